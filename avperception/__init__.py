@@ -1,0 +1,3 @@
+"""avperception: microphone-array perception for ROS 2."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,495 @@
+"""Typed configuration: one source of truth for the pipeline, the nodes and the CLI.
+
+Every block is a frozen dataclass with defaults. YAML files override the
+defaults (:func:`load_pipeline_config`), and the ROS parameters of the nodes are
+generated from the same dataclasses (``avperception/ros/params.py``), so there
+is exactly one list of settings.
+
+Microphone arrays live in their own YAML files (``config/arrays/*.yaml``)::
+
+    name: respeaker_4mic
+    frame_id: mic_array
+    sample_rate: 16000          # optional: the rate the hardware runs at
+    channels: 6                 # optional: channels the device delivers
+    channel_map: [1, 2, 3, 4]   # optional: input channel of each microphone
+    positions:                  # metres, array frame: x forward, y left, z up (REP 103)
+      - [0.0229, 0.0229, 0.0]
+      - ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or inconsistent."""
+
+
+def config_dir() -> Path:
+    """The shipped ``config/`` directory: the source tree's, or the installed share dir."""
+    import os
+    import sys
+
+    candidates = [PACKAGE_ROOT.parent / "config", Path(sys.prefix) / "share" / "avperception" / "config"]
+    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
+        if prefix:
+            candidates.append(Path(prefix) / "share" / "avperception" / "config")
+    for c in candidates:
+        if (c / "arrays").is_dir():
+            return c
+    raise ConfigError(f"cannot find the avperception config directory (looked in {[str(c) for c in candidates]})")
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+@dataclass(frozen=True)
+class ArrayGeometry:
+    """A microphone array.
+
+    Attributes:
+        positions: ``(mics, 3)`` microphone positions in metres in the array frame
+            (x forward, y left, z up).
+        channel_map: input channel of each microphone, or ``None`` when input
+            channel ``i`` is microphone ``i`` and the input has exactly ``mics`` channels.
+    """
+
+    name: str
+    positions: np.ndarray
+    frame_id: str = "mic_array"
+    sample_rate: int | None = None
+    channel_map: tuple[int, ...] | None = None
+    channels: int | None = None
+
+    def __post_init__(self) -> None:
+        pos = np.asarray(self.positions, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 3:
+            raise ConfigError(
+                f"array '{self.name}': positions must be a list of [x, y, z] in metres, got shape {pos.shape}"
+            )
+        if pos.shape[0] < 2:
+            raise ConfigError(f"array '{self.name}': needs at least 2 microphones, got {pos.shape[0]}")
+        if not np.all(np.isfinite(pos)):
+            raise ConfigError(f"array '{self.name}': positions contain NaN or inf")
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.eye(len(pos))
+        if d.min() < 1e-4:
+            raise ConfigError(f"array '{self.name}': two microphones are closer than 0.1 mm (duplicate position?)")
+        object.__setattr__(self, "positions", pos)
+        if self.channel_map is not None:
+            cm = tuple(int(c) for c in self.channel_map)
+            if len(cm) != pos.shape[0]:
+                raise ConfigError(
+                    f"array '{self.name}': channel_map has {len(cm)} entries but there are {pos.shape[0]} microphones"
+                )
+            if min(cm) < 0 or len(set(cm)) != len(cm):
+                raise ConfigError(f"array '{self.name}': channel_map must hold distinct non-negative indices, got {cm}")
+            object.__setattr__(self, "channel_map", cm)
+        if self.channels is not None:
+            need = max(self.channel_map) + 1 if self.channel_map is not None else pos.shape[0]
+            if int(self.channels) < need:
+                raise ConfigError(f"array '{self.name}': channels = {self.channels} but the microphones need {need}")
+            if self.channel_map is None and int(self.channels) != pos.shape[0]:
+                raise ConfigError(f"array '{self.name}': {self.channels} channels for {pos.shape[0]} microphones "
+                                  "needs a channel_map")
+        if self.sample_rate is not None and int(self.sample_rate) <= 0:
+            raise ConfigError(f"array '{self.name}': sample_rate must be positive, got {self.sample_rate}")
+
+    @property
+    def num_mics(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def centered(self) -> np.ndarray:
+        """``(mics, 3)`` positions relative to the array centroid."""
+        return self.positions - self.positions.mean(axis=0)
+
+    @property
+    def rank(self) -> int:
+        """Dimension spanned by the microphones: 1 linear, 2 planar, 3 volumetric."""
+        s = np.linalg.svd(self.centered, compute_uv=False)
+        return int(np.sum(s > 1e-3 * s[0]))
+
+    @property
+    def is_planar(self) -> bool:
+        return self.rank <= 2
+
+    @property
+    def normal(self) -> np.ndarray | None:
+        """Unit normal of a planar array (sign chosen so that its z >= 0), else None."""
+        if self.rank != 2:
+            return None
+        n = np.linalg.svd(self.centered)[2][-1]
+        return n if n[2] >= 0 else -n
+
+    @property
+    def axis(self) -> np.ndarray | None:
+        """Unit axis of a linear array, else None."""
+        if self.rank != 1:
+            return None
+        return np.linalg.svd(self.centered)[2][0]
+
+    @property
+    def aperture(self) -> float:
+        """Largest distance between two microphones (m)."""
+        return float(np.max(np.linalg.norm(self.positions[:, None] - self.positions[None], axis=-1)))
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the device delivers: ``channels``, else ``max(channel_map) + 1``, else ``mics``."""
+        if self.channels is not None:
+            return int(self.channels)
+        return self.num_mics if self.channel_map is None else max(self.channel_map) + 1
+
+    def to_device_layout(self, mics_block: np.ndarray) -> np.ndarray:
+        """Place ``(mics, samples)`` into ``(input_channels, samples)``; unmapped channels are zero."""
+        if self.channel_map is None:
+            return mics_block
+        out = np.zeros((self.input_channels, mics_block.shape[1]), dtype=mics_block.dtype)
+        out[list(self.channel_map)] = mics_block
+        return out
+
+    def select_channels(self, block: np.ndarray) -> np.ndarray:
+        """Pick the microphone channels out of a ``(channels, samples)`` block.
+
+        Returns ``(mics, samples)``. Raises ConfigError when the channel count does not fit.
+        """
+        channels = block.shape[0]
+        if self.channels is not None and channels != self.channels:
+            raise ConfigError(
+                f"array '{self.name}' expects {self.channels} input channels but the audio has {channels}; "
+                "pick the matching array file or fix its 'channels'"
+            )
+        if self.channel_map is None:
+            if channels != self.num_mics:
+                raise ConfigError(
+                    f"array '{self.name}' has {self.num_mics} microphones but the audio has {channels} channels; "
+                    "pick the matching array file or add a channel_map to it"
+                )
+            return block
+        if max(self.channel_map) >= channels:
+            raise ConfigError(
+                f"array '{self.name}': channel_map uses input channel {max(self.channel_map)} "
+                f"but the audio has only {channels} channels"
+            )
+        return block[list(self.channel_map)]
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"name": self.name, "frame_id": self.frame_id, "positions": self.positions.tolist()}
+        if self.sample_rate is not None:
+            d["sample_rate"] = int(self.sample_rate)
+        if self.channel_map is not None:
+            d["channel_map"] = list(self.channel_map)
+        if self.channels is not None:
+            d["channels"] = int(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "ArrayGeometry":
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{source}: an array file must be a mapping with 'positions', got {type(d).__name__}")
+        known = {"name", "positions", "frame_id", "sample_rate", "channel_map", "channels", "description"}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {sorted(unknown)}; valid keys are {sorted(known)}")
+        if "positions" not in d:
+            raise ConfigError(f"{source}: 'positions' is required (list of [x, y, z] in metres)")
+        try:
+            pos = np.asarray(d["positions"], dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: positions must be a list of [x, y, z] numbers ({e})") from None
+        return cls(
+            name=str(d.get("name", Path(source).stem)),
+            positions=pos,
+            frame_id=str(d.get("frame_id", "mic_array")),
+            sample_rate=None if d.get("sample_rate") is None else int(d["sample_rate"]),
+            channel_map=None if d.get("channel_map") is None else tuple(d["channel_map"]),
+            channels=None if d.get("channels") is None else int(d["channels"]),
+        )
+
+
+def array_presets() -> list[str]:
+    """Names of the shipped array presets."""
+    return sorted(p.stem for p in (config_dir() / "arrays").glob("*.yaml"))
+
+
+def load_array(spec: str | Path | Mapping | ArrayGeometry) -> ArrayGeometry:
+    """Load an array from a preset name, a YAML path, a mapping or pass one through."""
+    if isinstance(spec, ArrayGeometry):
+        return spec
+    if isinstance(spec, Mapping):
+        return ArrayGeometry.from_dict(spec)
+    p = Path(spec)
+    if not p.suffix and not p.exists():
+        p = config_dir() / "arrays" / f"{spec}.yaml"
+        if not p.exists():
+            raise ConfigError(f"unknown array preset '{spec}'; presets: {', '.join(array_presets())}, or give a YAML path")
+    if not p.exists():
+        raise ConfigError(f"array file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    return ArrayGeometry.from_dict(data, source=str(p))
+
+
+# --------------------------------------------------------------------------- pipeline blocks
+
+
+@dataclass(frozen=True)
+class FrameConfig:
+    """How the audio stream is cut into analysis frames (in samples)."""
+
+    frame_samples: int = 2048
+    hop_samples: int = 1024
+    buffer_seconds: float = 4.0
+
+    def validate(self) -> None:
+        if self.frame_samples <= 0 or self.hop_samples <= 0:
+            raise ConfigError("frame.frame_samples and frame.hop_samples must be positive")
+        if self.buffer_seconds <= 0:
+            raise ConfigError("frame.buffer_seconds must be positive")
+
+
+@dataclass(frozen=True)
+class StftConfig:
+    """Short-time Fourier transform inside a frame."""
+
+    nfft: int = 512
+    hop: int = 256
+    window: str = "hann"
+
+    def validate(self) -> None:
+        if self.nfft < 16 or self.nfft & (self.nfft - 1):
+            raise ConfigError(f"stft.nfft must be a power of two >= 16, got {self.nfft}")
+        if not 0 < self.hop <= self.nfft:
+            raise ConfigError(f"stft.hop must be in (0, nfft], got {self.hop}")
+        if self.window not in ("hann", "hamming", "rect"):
+            raise ConfigError(f"stft.window must be hann, hamming or rect, got {self.window!r}")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Directions the beamformer scans.
+
+    ``equirectangular``: azimuth x elevation in degrees (azimuth counter-clockwise
+    from +x toward +y, elevation up from the xy-plane). ``pinhole``: the pixels of
+    a camera with the given intrinsics whose optical axis is rotated from the
+    array's +x by ``camera_rpy_deg`` (roll, pitch, yaw).
+    """
+
+    kind: str = "equirectangular"
+    az_min_deg: float = -180.0
+    az_max_deg: float = 180.0
+    el_min_deg: float = -90.0
+    el_max_deg: float = 90.0
+    resolution_deg: float = 3.0
+    width: int = 64
+    height: int = 48
+    fx: float = 50.0
+    fy: float = 50.0
+    cx: float = 31.5
+    cy: float = 23.5
+    camera_rpy_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    camera_frame_id: str = "camera_optical_frame"
+
+    def validate(self) -> None:
+        if self.kind not in ("equirectangular", "pinhole"):
+            raise ConfigError(f"grid.kind must be 'equirectangular' or 'pinhole', got {self.kind!r}")
+        if self.kind == "equirectangular":
+            if not -180 <= self.az_min_deg < self.az_max_deg <= 180:
+                raise ConfigError("grid: need -180 <= az_min_deg < az_max_deg <= 180")
+            if not -90 <= self.el_min_deg <= self.el_max_deg <= 90:
+                raise ConfigError("grid: need -90 <= el_min_deg <= el_max_deg <= 90")
+            if not 0.1 <= self.resolution_deg <= 45:
+                raise ConfigError(f"grid.resolution_deg must be in [0.1, 45], got {self.resolution_deg}")
+        else:
+            if self.width <= 0 or self.height <= 0 or self.fx <= 0 or self.fy <= 0:
+                raise ConfigError("grid: pinhole width, height, fx, fy must be positive")
+        if len(self.camera_rpy_deg) != 3:
+            raise ConfigError("grid.camera_rpy_deg must have three values (roll, pitch, yaw)")
+
+
+@dataclass(frozen=True)
+class BeamformerConfig:
+    """Beamforming and peak picking."""
+
+    method: str = "srp_phat"
+    fmin_hz: float = 300.0
+    fmax_hz: float = 6000.0
+    interp: int = 8
+    num_sources: int = 3
+    min_separation_deg: float = 20.0
+    min_relative_power: float = 0.5
+    refine: bool = True
+
+    def validate(self) -> None:
+        if not 0 <= self.fmin_hz < self.fmax_hz:
+            raise ConfigError("beamformer: need 0 <= fmin_hz < fmax_hz")
+        if self.interp < 1 or self.interp > 32:
+            raise ConfigError("beamformer.interp must be in [1, 32]")
+        if self.num_sources < 1:
+            raise ConfigError("beamformer.num_sources must be >= 1")
+        if not 0 <= self.min_relative_power <= 1:
+            raise ConfigError("beamformer.min_relative_power must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the pipeline needs besides the array."""
+
+    array: str = "respeaker_4mic"
+    sample_rate: int = 16000
+    speed_of_sound: float = 343.0
+    frame: FrameConfig = field(default_factory=FrameConfig)
+    stft: StftConfig = field(default_factory=StftConfig)
+    grid: GridConfig = field(default_factory=GridConfig)
+    beamformer: BeamformerConfig = field(default_factory=BeamformerConfig)
+
+    def validate(self) -> "PipelineConfig":
+        if self.sample_rate <= 0:
+            raise ConfigError("sample_rate must be positive")
+        if not 200 < self.speed_of_sound < 2000:
+            raise ConfigError("speed_of_sound must be in m/s (e.g. 343)")
+        for block in (self.frame, self.stft, self.grid, self.beamformer):
+            block.validate()
+        if self.stft.nfft > self.frame.frame_samples:
+            raise ConfigError(
+                f"stft.nfft ({self.stft.nfft}) must not exceed frame.frame_samples ({self.frame.frame_samples})"
+            )
+        if self.beamformer.fmax_hz > self.sample_rate / 2:
+            raise ConfigError(
+                f"beamformer.fmax_hz ({self.beamformer.fmax_hz}) is above Nyquist ({self.sample_rate / 2})"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) nested mapping, rejecting unknown keys."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; valid keys are {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    """Nested plain-Python dict of a config dataclass (tuples become lists)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        return v
+
+    return conv(obj)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"frame.hop_samples": 1024, ...}``: dotted names for every leaf field."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """Inverse of :func:`flatten` (dotted names to a nested dict)."""
+    out: dict[str, Any] = {}
+    for k, v in flat.items():
+        d = out
+        parts = k.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = v
+    return out
+
+
+def load_pipeline_config(spec: str | Path | Mapping | None = None, **overrides: Any) -> PipelineConfig:
+    """Load and validate a :class:`PipelineConfig` from YAML / mapping, then apply dotted overrides."""
+    if spec is None:
+        data: dict = {}
+    elif isinstance(spec, Mapping):
+        data = dict(spec)
+    else:
+        p = Path(spec)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML: {e}") from None
+        if "pipeline" in data:
+            data = data["pipeline"]
+    flat = flatten(from_dict(PipelineConfig, data))
+    for k, v in overrides.items():
+        k = k.replace("__", ".")
+        if k not in flat:
+            raise ConfigError(f"unknown setting '{k}'")
+        flat[k] = v
+    return from_dict(PipelineConfig, unflatten(flat)).validate()

@@ -1,0 +1,47 @@
+"""Short-time Fourier transform of multichannel blocks (numpy reference path)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=16)
+def window(name: str, n: int) -> np.ndarray:
+    """Periodic analysis window ``(n,)`` (float32)."""
+    if name == "hann":
+        w = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
+    elif name == "hamming":
+        w = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n) / n)
+    elif name == "rect":
+        w = np.ones(n)
+    else:
+        raise ValueError(f"unknown window {name!r} (hann, hamming, rect)")
+    w = w.astype(np.float32)
+    w.setflags(write=False)
+    return w
+
+
+def num_frames(samples: int, nfft: int, hop: int) -> int:
+    """Number of full STFT frames in ``samples`` samples (no padding)."""
+    return 0 if samples < nfft else 1 + (samples - nfft) // hop
+
+
+def stft(x: np.ndarray, nfft: int = 512, hop: int = 256, win: str = "hann") -> np.ndarray:
+    """STFT without padding.
+
+    Args:
+        x: ``(channels, samples)`` real signal.
+    Returns:
+        ``(channels, nfft // 2 + 1, frames)`` complex64 spectra.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"stft expects (channels, samples), got shape {x.shape}")
+    t = num_frames(x.shape[1], nfft, hop)
+    if t == 0:
+        raise ValueError(f"need at least nfft={nfft} samples, got {x.shape[1]}")
+    frames = np.lib.stride_tricks.sliding_window_view(x, nfft, axis=1)[:, ::hop][:, :t]  # (C, T, nfft)
+    spec = np.fft.rfft(frames * window(win, nfft), axis=-1)  # (C, T, F)
+    return np.ascontiguousarray(spec.transpose(0, 2, 1)).astype(np.complex64, copy=False)

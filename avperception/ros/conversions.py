@@ -1,0 +1,171 @@
+"""Pure conversions between numpy data and ROS 2 messages (no node, no I/O)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
+from sensor_msgs.msg import Image
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ..dsp.peaks import SourceDirection
+
+
+def sec_to_stamp(t: float) -> Time:
+    sec = math.floor(t)
+    return Time(sec=int(sec), nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
+
+
+def stamp_to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def header(stamp: float, frame_id: str) -> Header:
+    return Header(stamp=sec_to_stamp(stamp), frame_id=frame_id)
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def array_to_image(a: np.ndarray, stamp: float, frame_id: str) -> Image:
+    """``(H, W)`` float32 -> 32FC1, ``(H, W)`` uint8 -> mono8, ``(H, W, 3)`` uint8 -> rgb8."""
+    a = np.ascontiguousarray(a)
+    if a.ndim == 2 and a.dtype == np.float32:
+        enc, step = "32FC1", a.shape[1] * 4
+    elif a.ndim == 2 and a.dtype == np.uint8:
+        enc, step = "mono8", a.shape[1]
+    elif a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        enc, step = "rgb8", a.shape[1] * 3
+    else:
+        raise ValueError(f"cannot convert array of shape {a.shape} and dtype {a.dtype} to an Image")
+    msg = Image(header=header(stamp, frame_id), height=a.shape[0], width=a.shape[1], encoding=enc,
+                is_bigendian=0, step=step)
+    msg.data = a.tobytes()
+    return msg
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """Inverse of :func:`array_to_image` for 32FC1, mono8, rgb8 (and 16UC1 depth in mm)."""
+    dtypes = {"32FC1": (np.float32, 1), "mono8": (np.uint8, 1), "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3),
+              "16UC1": (np.uint16, 1)}
+    if msg.encoding not in dtypes:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+    dt, ch = dtypes[msg.encoding]
+    dt = np.dtype(dt).newbyteorder(">" if msg.is_bigendian else "<")
+    row = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
+    a = row[:, : msg.width * ch * dt.itemsize].copy().view(dt).reshape(msg.height, msg.width, ch)
+    return a[..., 0].astype(dt.newbyteorder("=")) if ch == 1 else a
+
+
+# ---------------------------------------------------------------------------- directions
+
+
+def quaternion_from_direction(v: Sequence[float]) -> Quaternion:
+    """Quaternion rotating +x onto direction ``v`` (no roll)."""
+    x, y, z = np.asarray(v, dtype=np.float64) / np.linalg.norm(v)
+    yaw = math.atan2(y, x)
+    pitch = -math.asin(max(-1.0, min(1.0, z)))
+    cy, sy, cp, sp = math.cos(yaw / 2), math.sin(yaw / 2), math.cos(pitch / 2), math.sin(pitch / 2)
+    return Quaternion(x=-sy * sp, y=cy * sp, z=sy * cp, w=cy * cp)
+
+
+def direction_from_quaternion(q: Quaternion) -> np.ndarray:
+    """The +x axis rotated by ``q`` (inverse of :func:`quaternion_from_direction`)."""
+    x, y, z, w = q.x, q.y, q.z, q.w
+    return np.array([1 - 2 * (y * y + z * z), 2 * (x * y + w * z), 2 * (x * z - w * y)])
+
+
+def sources_to_pose_array(sources: Sequence[SourceDirection], stamp: float, frame_id: str,
+                          distance: float = 1.0) -> PoseArray:
+    """One pose per source, ``distance`` metres out along its direction, +x pointing at it."""
+    msg = PoseArray(header=header(stamp, frame_id))
+    for s in sources:
+        v = np.asarray(s.vector)
+        msg.poses.append(Pose(position=Point(x=float(v[0] * distance), y=float(v[1] * distance), z=float(v[2] * distance)),
+                              orientation=quaternion_from_direction(v)))
+    return msg
+
+
+def pose_array_to_directions(msg: PoseArray) -> np.ndarray:
+    """``(n, 3)`` unit vectors of a PoseArray from :func:`sources_to_pose_array`."""
+    return np.array([direction_from_quaternion(p.orientation) for p in msg.poses]).reshape(-1, 3)
+
+
+def sources_to_markers(sources: Sequence[SourceDirection], stamp: float, frame_id: str, ns: str = "sources",
+                       color: tuple[float, float, float] = (1.0, 0.4, 0.0), length: float = 1.0,
+                       lifetime_s: float = 0.5) -> MarkerArray:
+    """Arrows from the array centre toward each source, with a text label; DELETEALL first."""
+    out = MarkerArray()
+    clear = Marker(header=header(stamp, frame_id), ns=ns, action=Marker.DELETEALL)
+    out.markers.append(clear)
+    lifetime = sec_to_stamp(lifetime_s)
+    for i, s in enumerate(sources):
+        v = np.asarray(s.vector, dtype=np.float64) * length
+        a = float(np.clip(0.4 + 0.6 * s.power, 0.4, 1.0)) if s.power <= 1 else 1.0
+        arrow = Marker(header=header(stamp, frame_id), ns=ns, id=2 * i, type=Marker.ARROW, action=Marker.ADD,
+                       scale=Vector3(x=0.03, y=0.06, z=0.08), color=ColorRGBA(r=color[0], g=color[1], b=color[2], a=a))
+        arrow.pose.orientation.w = 1.0
+        arrow.points = [Point(), Point(x=float(v[0]), y=float(v[1]), z=float(v[2]))]
+        arrow.lifetime.sec, arrow.lifetime.nanosec = lifetime.sec, lifetime.nanosec
+        text = Marker(header=header(stamp, frame_id), ns=ns + "_labels", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
+                      action=Marker.ADD, scale=Vector3(z=0.08), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
+                      text=f"{s.azimuth_deg:.0f}°/{s.elevation_deg:.0f}°")
+        text.pose.position = Point(x=float(v[0] * 1.1), y=float(v[1] * 1.1), z=float(v[2] * 1.1 + 0.05))
+        text.pose.orientation.w = 1.0
+        text.lifetime.sec, text.lifetime.nanosec = lifetime.sec, lifetime.nanosec
+        out.markers += [arrow, text]
+    return out
+
+
+def positions_to_markers(points: np.ndarray, stamp: float, frame_id: str, ns: str = "true_sources",
+                         color: tuple[float, float, float] = (0.1, 0.8, 0.2)) -> MarkerArray:
+    """Spheres at ``(n, 3)`` positions (e.g. simulated true sources)."""
+    out = MarkerArray()
+    for i, p in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 3)):
+        m = Marker(header=header(stamp, frame_id), ns=ns, id=i, type=Marker.SPHERE, action=Marker.ADD,
+                   scale=Vector3(x=0.15, y=0.15, z=0.15), color=ColorRGBA(r=color[0], g=color[1], b=color[2], a=0.9))
+        m.pose.position = Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+        m.pose.orientation.w = 1.0
+        out.markers.append(m)
+    return out
+
+
+def positions_to_pose_array(points: np.ndarray, stamp: float, frame_id: str) -> PoseArray:
+    """Poses at ``(n, 3)`` positions, +x pointing away from the frame origin."""
+    msg = PoseArray(header=header(stamp, frame_id))
+    for p in np.asarray(points, dtype=np.float64).reshape(-1, 3):
+        msg.poses.append(Pose(position=Point(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+                              orientation=quaternion_from_direction(p)))
+    return msg
+
+
+# ---------------------------------------------------------------------------- diagnostics
+
+
+def diagnostics(name: str, hardware_id: str, values: dict, stamp: float, level: int = 0,
+                message: str = "ok") -> DiagnosticArray:
+    """One DiagnosticStatus with ``values`` as key/value strings."""
+    st = DiagnosticStatus(level=bytes([level]), name=name, message=message, hardware_id=hardware_id)
+    st.values = [KeyValue(key=str(k), value=(f"{v:.3f}" if isinstance(v, float) else str(v))) for k, v in values.items()]
+    return DiagnosticArray(header=header(stamp, ""), status=[st])
+
+
+# ---------------------------------------------------------------------------- audio
+
+
+def audio_frame_msg(x: np.ndarray, sample_rate: int, stamp: float, frame_id: str, sequence: int,
+                    encoding: str = "S16LE"):
+    """``(channels, samples)`` float audio -> avperception_msgs/AudioFrame."""
+    from avperception_msgs.msg import AudioFrame
+
+    from ..audio.pcm import encode_interleaved
+
+    msg = AudioFrame(header=header(stamp, frame_id), sample_rate=int(sample_rate), channels=int(x.shape[0]),
+                     encoding=encoding, sequence=int(sequence))
+    msg.data = encode_interleaved(x, encoding)
+    return msg

@@ -1,0 +1,167 @@
+"""perception_node: microphone-array audio -> acoustic energy map, source directions, diagnostics.
+
+Subscribes:
+    audio (avperception_msgs/AudioFrame, or any type ``input_type`` selects)
+Publishes:
+    acoustic/energy          sensor_msgs/Image 32FC1   SRP-PHAT power per grid direction
+    acoustic/energy_color    sensor_msgs/Image rgb8    the same as a heat map (``publish_color``)
+    acoustic/sources         visualization_msgs/MarkerArray  arrows toward the detected sources
+    acoustic/source_poses    geometry_msgs/PoseArray   one pose per source, +x toward it
+    /diagnostics             diagnostic_msgs/DiagnosticArray  rate, latency, drops, gaps
+Parameters: every field of PipelineConfig (``array``, ``sample_rate``, ``frame.*``,
+``stft.*``, ``grid.*``, ``beamformer.*``) plus the node's own (see ``NODE_PARAMS``).
+Output stamps are the centre of the analysed audio frame.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from visualization_msgs.msg import MarkerArray
+
+from ..audio.buffer import AudioBuffer
+from ..audio.pcm import AudioChunk
+from ..config import ConfigError, PipelineConfig, load_array
+from ..pipeline import Pipeline
+from ..viz import heatmap_rgb
+from . import conversions as conv
+from .audio_input import AudioInput
+from .params import declare, declare_dataclass, read_dataclass
+
+NODE_PARAMS = {
+    "audio_topic": ("audio", "audio topic to subscribe to"),
+    "input_type": ("auto", "auto | avperception | audio_common | audio_stamped | odas | float32"),
+    "float32_channels": (0, "Float32MultiArray input: channel count (0: the array's input channels)"),
+    "float32_layout": ("interleaved", "Float32MultiArray input: interleaved | planar"),
+    "max_pending_frames": (2, "frames kept waiting before the oldest are dropped"),
+    "publish_color": (True, "also publish the rgb8 heat map"),
+    "color_max": (0.0, "heat-map value shown as full scale (0: each map's own maximum)"),
+    "marker_length": (1.0, "length of the source arrows (m)"),
+    "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
+}
+
+
+class PerceptionNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("perception_node", **kwargs)
+        declare_dataclass(self, PipelineConfig())
+        p = {k: declare(self, k, v, d) for k, (v, d) in NODE_PARAMS.items()}
+        self.p = p
+        cfg = read_dataclass(self, PipelineConfig).validate()
+        self.array = load_array(cfg.array)
+        self.pipeline = Pipeline(cfg, self.array)
+        self.frame_id = (cfg.grid.camera_frame_id if cfg.grid.kind == "pinhole" else self.array.frame_id)
+        f = cfg.frame
+        self.buffer = AudioBuffer(self.array.num_mics, cfg.sample_rate, f.frame_samples, f.hop_samples,
+                                  f.buffer_seconds, int(p["max_pending_frames"]))
+        self.pub_energy = self.create_publisher(Image, "acoustic/energy", qos_profile_sensor_data)
+        self.pub_color = self.create_publisher(Image, "acoustic/energy_color", qos_profile_sensor_data)
+        self.pub_markers = self.create_publisher(MarkerArray, "acoustic/sources", 10)
+        self.pub_poses = self.create_publisher(PoseArray, "acoustic/source_poses", 10)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.input = AudioInput(self, p["audio_topic"], p["input_type"], self.on_chunk,
+                                float32_sample_rate=cfg.sample_rate,
+                                float32_channels=int(p["float32_channels"]) or self.array.input_channels,
+                                float32_layout=p["float32_layout"])
+        self.rejected = 0
+        self._published = 0
+        self._latency: list[float] = []
+        self._compute: list[float] = []
+        self._last_diag = time.monotonic()
+        self.create_timer(float(p["diagnostics_period_s"]), self.publish_diagnostics)
+        self.get_logger().info(
+            f"array {self.array.name} ({self.array.num_mics} mics), {cfg.grid.kind} grid {self.pipeline.grid.shape}, "
+            f"{cfg.beamformer.method}, frame {f.frame_samples}/{f.hop_samples} samples at {cfg.sample_rate} Hz"
+        )
+
+    def now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def on_chunk(self, chunk: AudioChunk) -> None:
+        cfg = self.pipeline.config
+        if chunk.sample_rate != cfg.sample_rate:
+            self.rejected += 1
+            self.get_logger().error(f"audio at {chunk.sample_rate} Hz but the pipeline expects {cfg.sample_rate} Hz; "
+                                    "set sample_rate to match", throttle_duration_sec=5.0)
+            return
+        try:
+            block = self.array.select_channels(chunk.data)
+        except ConfigError as e:
+            self.rejected += 1
+            self.get_logger().error(str(e), throttle_duration_sec=5.0)
+            return
+        stamp = chunk.stamp if chunk.stamp is not None else self.now() - block.shape[1] / cfg.sample_rate
+        self.buffer.push(block, stamp, chunk.sequence)
+        frames = self.buffer.pop_frames()
+        if not frames:
+            return
+        if len(frames) > 1:  # behind: work on the newest audio only
+            self.buffer.stats.dropped_frames += len(frames) - 1
+        t_first, block = frames[-1]
+        self.process(t_first, block)
+
+    def process(self, t_first: float, block: np.ndarray) -> None:
+        cfg = self.pipeline.config
+        out = self.pipeline.process(block, t_first)
+        stamp = t_first + 0.5 * cfg.frame.frame_samples / cfg.sample_rate
+        self.pub_energy.publish(conv.array_to_image(out.energy, stamp, self.frame_id))
+        if self.p["publish_color"]:
+            vmax = float(self.p["color_max"]) or None
+            self.pub_color.publish(conv.array_to_image(heatmap_rgb(out.energy, 0.0, vmax), stamp, self.frame_id))
+        af = self.array.frame_id
+        self.pub_markers.publish(conv.sources_to_markers(out.sources, stamp, af, length=float(self.p["marker_length"])))
+        self.pub_poses.publish(conv.sources_to_pose_array(out.sources, stamp, af))
+        self._published += 1
+        self._compute.append(out.compute_ms)
+        self._latency.append((self.now() - (t_first + cfg.frame.frame_samples / cfg.sample_rate)) * 1e3)
+
+    def publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        dt = max(now - self._last_diag, 1e-6)
+        st = self.buffer.stats
+        lat = np.array(self._latency) if self._latency else np.array([np.nan])
+        comp = np.array(self._compute) if self._compute else np.array([np.nan])
+        values = {
+            "map_rate_hz": self._published / dt,
+            "latency_ms_median": float(np.median(lat)),
+            "latency_ms_max": float(np.max(lat)),
+            "compute_ms_median": float(np.median(comp)),
+            "input_type": self.input.input_type or "waiting for topic",
+            "dropped_frames": st.dropped_frames,
+            "lost_messages": st.lost_messages,
+            "gaps": st.gaps,
+            "overlaps": st.overlaps,
+            "rejected_chunks": self.rejected + self.input.errors,
+            "measured_rate_hz": st.measured_rate,
+            "backend": "numpy/" + self.pipeline.config.beamformer.method,
+        }
+        level, message = 0, "ok"
+        if self.input.input_type is None or st.chunks == 0:
+            level, message = 1, "no audio received"
+        elif st.rate_mismatch:
+            level, message = 1, f"audio stamps run at {st.measured_rate:.0f} Hz, declared {self.pipeline.config.sample_rate}"
+        elif self.rejected or self.input.errors:
+            level, message = 2, "audio rejected (rate, channels or format)"
+        self.pub_diag.publish(conv.diagnostics("avperception: perception_node", self.array.name, values, self.now(),
+                                               level, message))
+        self._published = 0
+        self._latency.clear()
+        self._compute.clear()
+        self._last_diag = now
+
+
+def main(args=None) -> None:
+    from .runner import run_nodes
+
+    run_nodes([PerceptionNode], args)
+
+
+if __name__ == "__main__":
+    main()

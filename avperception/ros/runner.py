@@ -1,0 +1,80 @@
+"""Run one or more avperception nodes in one process on a SingleThreadedExecutor.
+
+This is what the console scripts call, and, on machines without ``ros2 launch``,
+the direct way to run what ``perception.launch.py`` starts::
+
+    avperception-run sim_audio perception --ros-args --params-file config/perception.yaml
+
+Every node reads its parameters from the same ``--params-file`` (sections are
+keyed by node name, as for ``ros2 launch``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+NODES = {
+    "sim_audio": ("avperception.ros.sim_audio_node", "SimAudioNode"),
+    "capture": ("avperception.ros.capture_node", "CaptureNode"),
+    "perception": ("avperception.ros.perception_node", "PerceptionNode"),
+}
+
+
+def _prepare_env() -> None:
+    # find our own packages (message types, share dir) when run from a venv without a ROS setup.bash
+    prefix = sys.prefix
+    paths = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    if prefix not in paths:
+        os.environ["AMENT_PREFIX_PATH"] = os.pathsep.join(paths + [prefix])
+
+
+def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -> None:
+    """Create the nodes, spin them until Ctrl-C (or ``duration`` seconds), shut down cleanly."""
+    _prepare_env()
+    rclpy.init(args=args)
+    nodes = []
+    try:
+        for cls in classes:
+            nodes.append(cls())
+        executor = SingleThreadedExecutor()
+        for n in nodes:
+            executor.add_node(n)
+        t_end = None if duration is None else time.monotonic() + duration
+        while rclpy.ok() and (t_end is None or time.monotonic() < t_end):
+            executor.spin_once(timeout_sec=0.1)
+            if on_spin is not None:
+                on_spin(nodes)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for n in nodes:
+            n.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    ap = argparse.ArgumentParser(prog="avperception-run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("nodes", nargs="+", choices=sorted(NODES), help="nodes to run in this process")
+    ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    a = ap.parse_args(argv)
+    import importlib
+
+    classes = [getattr(importlib.import_module(NODES[n][0]), NODES[n][1]) for n in a.nodes]
+    run_nodes(classes, [sys.argv[0]] + ros_args, a.duration)
+
+
+if __name__ == "__main__":
+    main()
