@@ -5,8 +5,9 @@ preallocated ring under a short lock: it never waits for the consumer); the
 processing side calls :meth:`AudioBuffer.pop_frames`. Everything that goes wrong
 in a live stream is detected and counted rather than silently absorbed:
 
-- gaps (a chunk starts later than the previous one ended): framing restarts
-  after the gap so no frame straddles it;
+- gaps (a chunk starts at least half a chunk later than the previous one
+  ended): framing restarts after the gap so no frame straddles it; smaller
+  timing errors are jitter or clock drift and only move the time anchor;
 - overlaps (a chunk starts before the previous one ended): the overlapping
   head is trimmed;
 - lost messages (the publisher's sequence number jumps);
@@ -89,6 +90,7 @@ class AudioBuffer:
         self._s0 = 0
         self._expected: float | None = None  # stamp the next chunk should have
         self._seq: int | None = None
+        self._last_n = 0
         self._rate_ref: tuple[float, int] | None = None  # (stamp, samples) at the start of rate estimation
 
     # ------------------------------------------------------------------ producer side
@@ -113,7 +115,9 @@ class AudioBuffer:
                 stamp = self._expected if self._expected is not None else 0.0
             if self._expected is not None:
                 dt = stamp - self._expected
-                if dt > self.tol:  # gap: restart framing at this chunk
+                # a late chunk is a gap when at least half a chunk is missing; less is clock jitter or
+                # drift (re-anchored below and seen by the rate estimate)
+                if dt > max(self.tol, 0.5 * self._last_n / self.fs):  # gap: restart framing at this chunk
                     st.gaps += 1
                     st.gap_seconds += dt
                     self._r = self._w
@@ -130,6 +134,7 @@ class AudioBuffer:
             # anchor the timeline at this chunk
             self._t0, self._s0 = stamp, self._w
             self._expected = stamp + n / self.fs
+            self._last_n = n
             self._update_rate(stamp, n)
             self._write(chunk)
             st.samples_in += n

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rclpy.parameter import Parameter  # noqa: E402
+
+from avperception.config import PipelineConfig  # noqa: E402
+from avperception.dsp.grid import azel_to_vector  # noqa: E402
+from avperception.dsp.peaks import SourceDirection  # noqa: E402
+from avperception.ros import conversions as conv  # noqa: E402
+from avperception.ros.params import declare_dataclass, read_dataclass  # noqa: E402
+
+
+@pytest.mark.parametrize("a", [np.random.default_rng(0).random((5, 7), dtype=np.float32),
+                               np.arange(12, dtype=np.uint8).reshape(3, 4),
+                               np.arange(36, dtype=np.uint8).reshape(3, 4, 3)])
+def test_image_round_trip(a):
+    msg = conv.array_to_image(a, 12.25, "mic_array")
+    assert msg.header.frame_id == "mic_array" and conv.stamp_to_sec(msg.header.stamp) == pytest.approx(12.25)
+    np.testing.assert_array_equal(conv.image_to_array(msg), a)
+
+
+def test_direction_quaternion_round_trip():
+    for az, el in [(0, 0), (90, 0), (-135, 30), (45, -60), (180, 89)]:
+        v = azel_to_vector(az, el)
+        np.testing.assert_allclose(conv.direction_from_quaternion(conv.quaternion_from_direction(v)), v, atol=1e-9)
+
+
+def test_markers_and_poses_point_at_sources():
+    v = azel_to_vector(30, 20)
+    src = [SourceDirection(30.0, 20.0, 0.8, tuple(v))]
+    poses = conv.sources_to_pose_array(src, 1.0, "mic_array", distance=2.0)
+    np.testing.assert_allclose(conv.pose_array_to_directions(poses)[0], v, atol=1e-9)
+    assert poses.poses[0].position.x == pytest.approx(2 * v[0])
+    markers = conv.sources_to_markers(src, 1.0, "mic_array")
+    assert markers.markers[0].action == markers.markers[0].DELETEALL
+    arrow = [m for m in markers.markers if m.type == m.ARROW and m.action == m.ADD][0]
+    np.testing.assert_allclose([arrow.points[1].x, arrow.points[1].y, arrow.points[1].z], v, atol=1e-6)
+
+
+def test_parameters_come_from_the_config_dataclass():
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    try:
+        node = rclpy.create_node("p", context=ctx, parameter_overrides=[
+            Parameter("grid.resolution_deg", value=5), Parameter("array", value="robot_8mic")])
+        declare_dataclass(node, PipelineConfig())
+        cfg = read_dataclass(node, PipelineConfig)
+        assert cfg.grid.resolution_deg == 5.0 and cfg.array == "robot_8mic"
+        assert cfg.frame == PipelineConfig().frame
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
