@@ -1,0 +1,48 @@
+"""Launch the avperception nodes.
+
+    ros2 launch avperception perception.launch.py                      # simulated room, robot_8mic
+    ros2 launch avperception perception.launch.py use_sim:=false array:=respeaker_4mic device:=ReSpeaker
+    ros2 launch avperception perception.launch.py params_file:=/path/to/my.yaml rviz:=true
+
+Launch arguments:
+    array        array preset name or YAML path (overrides the params file)     [robot_8mic]
+    use_sim      true: sim_audio_node (simulated room); false: capture_node     [true]
+    params_file  node parameters (sections keyed by node name)                  [share/avperception/config/perception.yaml]
+    device       capture device name or index (use_sim:=false)                   ['']
+    rviz         also start RViz with share/avperception/config/avperception.rviz [false]
+
+Without `ros2 launch` (e.g. a venv with the PyPI wheels) the same nodes run with
+the same parameter file as:  avperception-run sim_audio perception --ros-args --params-file FILE
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = FindPackageShare("avperception")
+    array = LaunchConfiguration("array")
+    use_sim = LaunchConfiguration("use_sim")
+    params_file = LaunchConfiguration("params_file")
+    device = LaunchConfiguration("device")
+    rviz = LaunchConfiguration("rviz")
+    return LaunchDescription([
+        DeclareLaunchArgument("array", default_value="robot_8mic", description="array preset name or YAML path"),
+        DeclareLaunchArgument("use_sim", default_value="true", description="simulated room instead of a sound card"),
+        DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "perception.yaml"]),
+                              description="parameter file for all nodes"),
+        DeclareLaunchArgument("device", default_value="", description="capture device name or index"),
+        DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
+        Node(package="avperception", executable="sim_audio_node", name="sim_audio_node", output="screen",
+             parameters=[params_file, {"array": array}], condition=IfCondition(use_sim)),
+        Node(package="avperception", executable="capture_node", name="capture_node", output="screen",
+             parameters=[params_file, {"array": array, "device": device}], condition=UnlessCondition(use_sim)),
+        Node(package="avperception", executable="perception_node", name="perception_node", output="screen",
+             parameters=[params_file, {"array": array}]),
+        Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+             arguments=["-d", PathJoinSubstitution([share, "config", "avperception.rviz"])], condition=IfCondition(rviz)),
+    ])
