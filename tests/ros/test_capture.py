@@ -1,6 +1,5 @@
 import pytest
 
-pytest.importorskip("rclpy")
 
 from avperception.ros.capture_node import open_input_stream  # noqa: E402
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
+import rclpy  # noqa: E402
 
 from rclpy.parameter import Parameter  # noqa: E402
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
-pytest.importorskip("avperception_msgs.msg")
+import rclpy  # noqa: E402
+import avperception_msgs.msg  # noqa: E402,F401  (built by make install)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseArray  # noqa: E402
