@@ -1,0 +1,119 @@
+"""Dense-prediction metrics of the papers: depth, segmentation, voxels and energy maps (numpy).
+
+Every function takes a batch or a single sample, ignores invalid ground truth
+(NaN depth, the ignore label), and returns plain floats so results can be
+averaged over a split and written to a table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IGNORE = 255
+LAYOUT_CLASSES = (1, 2, 3)  # floor, ceiling, wall in the data engine's labels (0 = obstacle)
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max_depth: float | None = None) -> dict:
+    """MAE, RMSE, AbsRel, SqRel, RMSE-log and delta_1..3 (fraction with max(p/g, g/p) < 1.25^k).
+
+    Args:
+        pred, gt: ``(..., H, W)`` metres; gt NaN / <= min_depth / > max_depth are ignored.
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    g = np.asarray(gt, dtype=np.float64)
+    valid = np.isfinite(g) & (g > min_depth)
+    if max_depth is not None:
+        valid &= g <= max_depth
+    p = np.clip(p[valid], min_depth, None)
+    g = g[valid]
+    if g.size == 0:
+        return {k: float("nan") for k in ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3")}
+    ratio = np.maximum(p / g, g / p)
+    return {
+        "mae": float(np.mean(np.abs(p - g))),
+        "rmse": float(np.sqrt(np.mean((p - g) ** 2))),
+        "abs_rel": float(np.mean(np.abs(p - g) / g)),
+        "sq_rel": float(np.mean((p - g) ** 2 / g)),
+        "rmse_log": float(np.sqrt(np.mean((np.log(p) - np.log(g)) ** 2))),
+        "delta1": float(np.mean(ratio < 1.25)),
+        "delta2": float(np.mean(ratio < 1.25**2)),
+        "delta3": float(np.mean(ratio < 1.25**3)),
+    }
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
+    """``(C, C)`` confusion matrix, rows = ground truth, columns = prediction."""
+    g = np.asarray(gt).ravel().astype(np.int64)
+    p = np.asarray(pred).ravel().astype(np.int64)
+    keep = (g != ignore) & (g >= 0) & (g < num_classes)
+    return np.bincount(g[keep] * num_classes + p[keep], minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(conf: np.ndarray, layout_classes=LAYOUT_CLASSES) -> dict:
+    """pAcc, mAcc, mIoU, per-class IoU and layout IoU (mean IoU over floor/ceiling/wall) from a confusion matrix.
+
+    Classes absent from both ground truth and prediction are left out of the means.
+    """
+    c = np.asarray(conf, dtype=np.float64)
+    tp = np.diag(c)
+    gt_count = c.sum(1)
+    pred_count = c.sum(0)
+    union = gt_count + pred_count - tp
+    present = union > 0
+    iou = np.where(present, tp / np.maximum(union, 1), np.nan)
+    acc = np.where(gt_count > 0, tp / np.maximum(gt_count, 1), np.nan)
+    layout = [iou[k] for k in layout_classes if k < len(iou) and present[k]]
+    return {
+        "pacc": float(tp.sum() / max(c.sum(), 1)),
+        "macc": float(np.nanmean(acc)) if np.any(gt_count > 0) else float("nan"),
+        "miou": float(np.nanmean(iou)) if present.any() else float("nan"),
+        "layout_iou": float(np.mean(layout)) if layout else float("nan"),
+        "iou_per_class": [None if np.isnan(x) else float(x) for x in iou],
+    }
+
+
+def voxel_metrics(pred: np.ndarray, gt: np.ndarray, voxel_size: float = 1.0, f1_tau: float | None = None) -> dict:
+    """IoU, Chamfer-L1 and F1 between two occupancy grids ``(D, H, W)`` (bool).
+
+    Chamfer-L1 is the mean of the two directed mean nearest-neighbour distances
+    between occupied voxel centres (in the units of ``voxel_size``); F1 at
+    distance ``f1_tau`` (default: one voxel).
+    """
+    from scipy.spatial import cKDTree
+
+    p = np.asarray(pred).astype(bool)
+    g = np.asarray(gt).astype(bool)
+    inter = np.logical_and(p, g).sum()
+    union = np.logical_or(p, g).sum()
+    out = {"iou": float(inter / union) if union else 1.0}
+    tau = voxel_size if f1_tau is None else f1_tau
+    pp = np.argwhere(p) * voxel_size
+    gp = np.argwhere(g) * voxel_size
+    if len(pp) == 0 or len(gp) == 0:
+        same = len(pp) == len(gp)
+        out.update(chamfer_l1=0.0 if same else float("nan"), f1=1.0 if same else 0.0)
+        return out
+    d_pg = cKDTree(gp).query(pp)[0]
+    d_gp = cKDTree(pp).query(gp)[0]
+    precision = float(np.mean(d_pg <= tau))
+    recall = float(np.mean(d_gp <= tau))
+    out["chamfer_l1"] = float(0.5 * (d_pg.mean() + d_gp.mean()))
+    out["f1"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return out
+
+
+def energy_map_metrics(pred: np.ndarray, gt: np.ndarray) -> dict:
+    """Localisation quality of an energy map, as in the acoustic-image paper.
+
+    Both maps are thresholded at their mean; IoU of the two masks, whether it
+    exceeds 0.5, and the AUC of the success rate over IoU thresholds 0..1 (step 0.1).
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    g = np.asarray(gt, dtype=np.float64)
+    pm = p > p.mean()
+    gm = g > g.mean()
+    union = np.logical_or(pm, gm).sum()
+    iou = float(np.logical_and(pm, gm).sum() / union) if union else 1.0
+    thresholds = np.linspace(0, 1, 11)
+    success = (iou >= thresholds).astype(np.float64)
+    return {"iou": iou, "iou_at_0.5": float(iou >= 0.5), "auc": float(np.trapezoid(success, thresholds))}

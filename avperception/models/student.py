@@ -1,0 +1,332 @@
+"""The audio student: multichannel echoes in, depth / semantics / occupancy / energy out.
+
+Read top to bottom:
+
+1. ``EchoFrontend``   raw audio ``(B, M, N)`` -> spectrogram stack ``(B, 3M-2, F, T)``:
+   log-magnitude of every microphone plus cos/sin of each microphone's phase
+   relative to microphone 0 (inter-channel phase carries direction). The STFT
+   is a strided convolution with a fixed DFT basis, so the whole model exports
+   to ONNX / TensorRT as one graph.
+2. ``TimePatchEmbed`` slices the stack into time patches (all frequencies of
+   ``patch_frames`` frames) -> tokens ``(B, T', D)`` (the dense-prediction
+   paper's best input slicing), then a small transformer encodes them.
+3. ``SAMBlock`` (spatial alignment via matching) maps the audio tokens onto the
+   visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
+   spatial embeddings, similarity pooling, and multi-head attention refinement.
+4. Heads: a 2-D decoder to the panoramas (depth in metres, semantic logits,
+   energy map) and a 3-D decoder to occupancy logits.
+
+Fixed input shape, no Python control flow depending on data in ``forward``.
+The config is saved with the weights (``save`` / ``load``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class StudentConfig:
+    """Everything needed to rebuild the network (saved beside the weights)."""
+
+    num_mics: int = 8
+    sample_rate: int = 16000
+    num_samples: int = 2048          # audio per inference (128 ms at 16 kHz)
+    nfft: int = 256
+    hop: int = 64
+    patch_frames: int = 2
+    dim: int = 128
+    depth: int = 4                   # transformer layers
+    heads: int = 4
+    latent_h: int = 15
+    latent_w: int = 30
+    sam_k: int = 16
+    pano_h: int = 60
+    pano_w: int = 120
+    num_classes: int = 4
+    voxel_size: int = 32
+    decoder_width: int = 48
+    max_depth: float = 10.0
+    dropout: float = 0.0
+    array: str = "robot_8mic"
+    array_positions: list = field(default_factory=list)
+
+    @property
+    def num_frames(self) -> int:
+        return 1 + (self.num_samples - self.nfft) // self.hop
+
+    @property
+    def in_channels(self) -> int:
+        return 3 * self.num_mics - 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_frames // self.patch_frames
+
+
+def small_config(**kw) -> StudentConfig:
+    """Real time on 2 CPU cores."""
+    return StudentConfig(**kw)
+
+
+def large_config(**kw) -> StudentConfig:
+    """For GPUs."""
+    base = dict(dim=256, depth=8, heads=8, sam_k=64, decoder_width=128)
+    base.update(kw)
+    return StudentConfig(**base)
+
+
+# ----------------------------------------------------------------------------- front end
+
+
+class EchoFrontend(nn.Module):
+    """``(B, M, N)`` audio -> ``(B, 3M-2, F, T)`` log-magnitude + relative-phase stack."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        n = cfg.nfft
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+        t = torch.arange(n, dtype=torch.float64)[None]
+        win = 0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(n, dtype=torch.float64) / n)
+        ang = 2 * math.pi * k * t / n
+        basis = torch.cat([torch.cos(ang) * win, -torch.sin(ang) * win], 0)  # (2F, n)
+        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+        self.hop = cfg.hop
+        self.num_freq = n // 2 + 1
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        b, m, n = audio.shape
+        x = audio.reshape(b * m, 1, n)
+        spec = F.conv1d(x, self.basis, stride=self.hop)  # (B*M, 2F, T)
+        re, im = spec[:, : self.num_freq], spec[:, self.num_freq:]
+        re = re.reshape(b, m, self.num_freq, -1)
+        im = im.reshape(b, m, self.num_freq, -1)
+        power = re * re + im * im
+        logmag = torch.log(power + 1e-8)
+        # phase of each mic relative to mic 0: X_m X_0^* / |.|
+        cr = re[:, 1:] * re[:, :1] + im[:, 1:] * im[:, :1]
+        ci = im[:, 1:] * re[:, :1] - re[:, 1:] * im[:, :1]
+        norm = torch.sqrt(cr * cr + ci * ci + 1e-12)
+        return torch.cat([logmag, cr / norm, ci / norm], dim=1)
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+class TimePatchEmbed(nn.Module):
+    """``(B, C, F, T)`` -> ``(B, T // p, D)``: one token per time patch of all frequencies."""
+
+    def __init__(self, cfg: StudentConfig, num_freq: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(cfg.in_channels)
+        self.proj = nn.Conv2d(cfg.in_channels, cfg.dim, kernel_size=(num_freq, cfg.patch_frames),
+                              stride=(num_freq, cfg.patch_frames))
+        self.pos = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        x = self.proj(self.norm(feats))  # (B, D, 1, T')
+        return x.flatten(2).transpose(1, 2) + self.pos
+
+
+class Attention(nn.Module):
+    """Multi-head attention with explicit matmuls (exports cleanly)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = 1.0 / math.sqrt(dim // heads)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, lq, d = query.shape
+        lk = context.shape[1]
+        h, hd = self.heads, self.head_dim
+        q = self.q(query).reshape(b, lq, h, hd).transpose(1, 2)
+        k, v = self.kv(context).reshape(b, lk, 2, h, hd).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, lq, d)
+        return self.out(y)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (self- or cross-attention + MLP)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n1 = nn.LayerNorm(dim)
+        self.nc = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.n2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.n1(x)
+        c = q if context is None else self.nc(context)
+        x = x + self.attn(q, c)
+        return x + self.mlp(self.n2(x))
+
+
+class SAMBlock(nn.Module):
+    """Spatial alignment via matching: audio tokens ``(B, L, D)`` -> visual layout ``(B, V, D)``.
+
+    ``K`` learnable spatial embeddings ``p_k`` of shape ``(V, D)``. For each
+    position ``l``: similarity ``T_k(l) = max_j p_k(l) . W a_j``, softmax over
+    ``k``, pooled embedding ``sum_k softmax_k(l) p_k(l)``; then multi-head
+    attention with the pooled embedding as queries and the audio tokens as
+    keys/values, plus a residual and an MLP.
+    """
+
+    def __init__(self, dim: int, positions: int, k: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.embed = nn.Parameter(torch.randn(k, positions, dim) * 0.02)
+        self.w = nn.Linear(dim, dim, bias=False)
+        self.scale = 1.0 / math.sqrt(dim)
+        self.refine = Block(dim, heads, dropout)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        a = self.w(audio)  # (B, L, D)
+        sim = torch.einsum("kvd,bld->bkvl", self.embed, a).amax(dim=-1) * self.scale  # (B, K, V)
+        weights = torch.softmax(sim, dim=1)
+        pooled = torch.einsum("bkv,kvd->bvd", weights, self.embed)  # (B, V, D)
+        return self.refine(pooled, audio)
+
+
+# ----------------------------------------------------------------------------- heads
+
+
+def up2d(cin: int, cout: int) -> nn.Sequential:
+    """x2 upsampling block; circular padding in width (the panorama wraps around in azimuth)."""
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(cin, cout, 3, padding=1, padding_mode="circular"),
+        nn.BatchNorm2d(cout),
+        nn.GELU(),
+    )
+
+
+class PanoramaDecoder(nn.Module):
+    """Latent ``(B, D, h, w)`` -> ``(B, out, H, W)`` with ``H / h`` a power of two.
+
+    A 1x1 projection to ``width`` channels, then x2 upsampling blocks halving the
+    channels (at least 16), then a 3x3 output convolution.
+    """
+
+    def __init__(self, dim: int, out: int, scale: int, width: int = 48) -> None:
+        super().__init__()
+        layers, c = [nn.Conv2d(dim, width, 1), nn.GELU()], width
+        for _ in range(int(round(math.log2(scale)))):
+            layers.append(up2d(c, max(c // 2, 16)))
+            c = max(c // 2, 16)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c, out, 3, padding=1, padding_mode="circular")
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(z))
+
+
+class VoxelDecoder(nn.Module):
+    """Latent ``(B, V, D)`` -> occupancy logits ``(B, S, S, S)`` (z, y, x)."""
+
+    def __init__(self, dim: int, positions: int, size: int) -> None:
+        super().__init__()
+        self.base = 4
+        self.ch = 48
+        self.squeeze = nn.Linear(dim, 2)
+        self.fc = nn.Linear(2 * positions, self.ch * self.base**3)
+        layers, c = [], self.ch
+        for _ in range(int(round(math.log2(size // self.base)))):
+            layers += [nn.ConvTranspose3d(c, c // 2, 4, stride=2, padding=1), nn.BatchNorm3d(c // 2), nn.GELU()]
+            c //= 2
+        layers.append(nn.Conv3d(c, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        x = self.fc(self.squeeze(z).reshape(b, -1)).reshape(b, self.ch, self.base, self.base, self.base)
+        return self.body(F.gelu(x))[:, 0]
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class AudioStudent(nn.Module):
+    """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
+    ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation)."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = EchoFrontend(cfg)
+        self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
+        self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
+        positions = cfg.latent_h * cfg.latent_w
+        self.sam = SAMBlock(cfg.dim, positions, cfg.sam_k, cfg.heads, cfg.dropout)
+        scale = cfg.pano_h // cfg.latent_h
+        self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
+        self.voxels = VoxelDecoder(cfg.dim, positions, cfg.voxel_size)
+
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio -> spatially aligned latent ``(B, V, D)``."""
+        x = self.embed(self.frontend(audio))
+        for blk in self.encoder:
+            x = blk(x)
+        return self.sam(x)
+
+    def decode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        b = latent.shape[0]
+        grid = latent.transpose(1, 2).reshape(b, cfg.dim, cfg.latent_h, cfg.latent_w)
+        p = self.pano(grid)
+        depth = torch.sigmoid(p[:, 0]) * cfg.max_depth
+        return {
+            "depth": depth,
+            "semantic": p[:, 1: 1 + cfg.num_classes],
+            "energy": F.softplus(p[:, 1 + cfg.num_classes]),
+            "voxels": self.voxels(latent),
+        }
+
+    def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        latent = self.encode(audio)
+        out = self.decode(latent)
+        out["latent"] = latent
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Weights as safetensors plus the config (and ``extra`` metadata) as JSON beside them."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {"config": json.dumps(asdict(self.cfg)), "extra": json.dumps(extra or {})}
+        save_file(state, str(path.with_suffix(".safetensors")), metadata=meta)
+        path.with_suffix(".json").write_text(json.dumps({"config": asdict(self.cfg), **(extra or {})}, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str = "cpu") -> "AudioStudent":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path).with_suffix(".safetensors")
+        if not path.exists():
+            raise FileNotFoundError(f"no model weights at {path}")
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if "config" not in meta:
+            raise ValueError(f"{path} carries no model config; it was not written by AudioStudent.save")
+        model = cls(StudentConfig(**json.loads(meta["config"])))
+        model.load_state_dict(load_file(str(path), device=map_location))
+        return model.eval()
