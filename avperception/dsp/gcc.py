@@ -68,3 +68,63 @@ def gcc_phat(x: np.ndarray, y: np.ndarray, fs: float, max_tau: float | None = No
     else:
         frac = 0.0
     return (k + frac - max_shift) / float(interp * fs), cc
+
+
+def phat_normalize(spec: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Unit-magnitude spectra ``X / |X|`` (the phase transform applied per channel).
+
+    Since ``|X_q X_p^*| = |X_q| |X_p|``, whitening each channel first and then
+    multiplying gives exactly the PHAT-weighted cross-spectrum of every pair.
+
+    Args:
+        spec: ``(..., T)`` complex STFT values.
+    Returns:
+        same shape, complex64; bins with ``|X| < eps`` become ~0.
+    """
+    y = np.asarray(spec)
+    if y.dtype != np.complex64:
+        y = y.astype(np.complex64)
+    m2 = y.real * y.real
+    m2 += y.imag * y.imag
+    np.maximum(m2, eps * eps, out=m2)
+    np.sqrt(m2, out=m2)
+    np.reciprocal(m2, out=m2)
+    return y * m2
+
+
+def band_covariance(spec: np.ndarray, band: slice | np.ndarray, phat: bool = False) -> np.ndarray:
+    """Spatial covariance (cross-spectral) matrices of the bins in ``band``, averaged over frames.
+
+    Args:
+        spec: ``(mics, F, T)`` STFT.
+        band: a ``slice`` or integer indices of the bins to keep (``Fb`` of them).
+        phat: whiten every channel and snapshot to unit magnitude first (GCC-PHAT / SRP-PHAT).
+    Returns:
+        ``(Fb, mics, mics)`` complex64, ``R[f, m, n] = mean_t X_m(f, t) X_n(f, t)^*``.
+    """
+    y = np.asarray(spec)[:, band]
+    if phat:
+        y = phat_normalize(y)
+    elif y.dtype != np.complex64:
+        y = y.astype(np.complex64)
+    yt = y.transpose(1, 0, 2)  # (Fb, M, T) view
+    r = np.matmul(yt, yt.conj().transpose(0, 2, 1))
+    r *= np.float32(1.0 / max(y.shape[-1], 1))
+    return r
+
+
+def pair_spectra(cov: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``(Fb, P)`` cross-spectra ``X_q X_p^*`` of each pair ``(p, q)`` from ``(Fb, M, M)`` covariances."""
+    return cov[:, pairs[:, 1], pairs[:, 0]]
+
+
+def lag_dft_matrix(bins: np.ndarray, nfft: int, lags: np.ndarray, interp: int = 1) -> np.ndarray:
+    """Real matrix ``(L, 2 Fb)`` that takes stacked ``[Re r; Im r]`` cross-spectra to correlations.
+
+    ``(D @ np.concatenate([r.real, r.imag]))[l] = sum_k Re(r_k exp(2j pi k lags[l] / (nfft interp)))``:
+    the (unnormalised, band-limited) cross-correlation at lag ``lags[l] / interp`` samples,
+    with the same sign convention as :func:`gcc_from_cross_spectra`. Evaluating only the
+    lags a pair can physically produce is much cheaper than a full inverse FFT.
+    """
+    ph = 2.0 * np.pi * np.outer(np.asarray(lags, dtype=np.float64), np.asarray(bins, dtype=np.float64)) / (nfft * interp)
+    return np.ascontiguousarray(np.concatenate([np.cos(ph), -np.sin(ph)], axis=1), dtype=np.float32)
