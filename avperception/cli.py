@@ -100,6 +100,16 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    if a.bench == "beamforming":
+        from .bench.beamforming import run_cli
+    elif a.bench == "doa":
+        from .bench.doa import run_cli
+    else:
+        from .bench.features import run_cli
+    return run_cli(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="avperception", description="Microphone-array perception: localisation, maps, demos.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -120,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ros", action="store_true", help="run the sim and perception nodes over real DDS instead")
     p.add_argument("--duration", type=float, default=8.0, help="seconds to run with --ros")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature timing")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat
+
+    for name, mod, hlp in (("beamforming", bench_bf, "map speed vs pyroomacoustics and acoular"),
+                           ("doa", bench_doa, "DOA accuracy over simulated rooms vs pyroomacoustics"),
+                           ("features", bench_feat, "torch feature front-end timing on CPU / CUDA")):
+        bp = bsub.add_parser(name, help=hlp, description=(mod.__doc__ or "").split("\n\n")[0])
+        mod.add_arguments(bp)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("info", help="versions, arrays and beamformers")
     p.set_defaults(func=cmd_info)
