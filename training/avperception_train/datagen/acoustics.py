@@ -1,0 +1,199 @@
+"""Room acoustics with pyroomacoustics: impulse responses, the robot's sweep, ambient sources.
+
+Empty rectangular rooms use pyroomacoustics' fast shoebox image-source model;
+polygonal rooms and rooms with boxes are built wall by wall (boxes become
+inner walls that reflect and occlude), with a lower image order. The hybrid
+ray tracer is an option for a realistic reverberant tail.
+
+Levels: a source's level is given in dBFS at 1 m; pyroomacoustics' distance law
+is measured once per process (:func:`distance_gain`) so levels stay right
+whatever its convention.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .geometry import RoomGeometry
+
+
+def _pra():
+    try:
+        import pyroomacoustics as pra
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("the data engine needs pyroomacoustics: pip install pyroomacoustics") from e
+    return pra
+
+
+def rir_latency() -> int:
+    """Samples by which pyroomacoustics delays every impulse response (half its fractional-delay filter)."""
+    return int(_pra().constants.get("frac_delay_length")) // 2
+
+
+@functools.lru_cache(maxsize=8)
+def distance_gain(fs: int, c: float) -> float:
+    """Sum of a direct-path impulse response at 1 m: the amplitude pyroomacoustics gives a unit source there."""
+    pra = _pra()
+    room = pra.ShoeBox([20.0, 20.0, 20.0], fs=fs, max_order=0)
+    room.set_sound_speed(c)
+    room.add_source([10.0, 10.0, 10.0])
+    room.add_microphone_array(np.array([[11.0, 10.0, 10.0]]).T)
+    room.compute_rir()
+    h = np.asarray(room.rir[0][0], dtype=np.float64)
+    lat = rir_latency()
+    k = int(round(fs / c)) + lat
+    return float(np.sum(h[max(0, k - lat): k + lat + 1]))
+
+
+def sweep(fs: int, f0: float, f1: float, duration: float, kind: str = "linear", fade: float = 0.25) -> np.ndarray:
+    """The emitted sweep, peak amplitude 1, Tukey-tapered: ``(round(duration * fs),)`` float64."""
+    from scipy.signal import chirp
+    from scipy.signal.windows import tukey
+
+    n = max(2, int(round(duration * fs)))
+    t = np.arange(n) / fs
+    method = "linear" if kind == "linear" else "logarithmic"
+    x = chirp(t, f0=f0, t1=t[-1], f1=f1, method=method)
+    x = x * tukey(n, fade)
+    return x / np.max(np.abs(x))
+
+
+class RoomAcoustics:
+    """Impulse responses from sources to microphones in one room.
+
+    Args:
+        room: the geometry (materials named per surface).
+        mics: ``(M, 3)`` microphone positions, world frame.
+        sources: ``(S, 3)`` source positions, world frame.
+        fs, c: sample rate and speed of sound.
+        max_order_shoebox, max_order: image-source orders (rectangle without boxes / otherwise).
+        air_absorption, ray_tracing, rt_num_rays, rt_receiver_radius, scattering: simulator options.
+        seed: seeds pyroomacoustics' own random generators (ray tracer, inside tests), for determinism.
+        duration_s: longest impulse response needed; the ray tracer stops there.
+    """
+
+    def __init__(self, room: RoomGeometry, mics: np.ndarray, sources: np.ndarray, fs: int, c: float = 343.0,
+                 max_order_shoebox: int = 10, max_order: int = 3, air_absorption: bool = True,
+                 ray_tracing: bool = False, rt_num_rays: int = 5000, rt_receiver_radius: float = 0.5,
+                 scattering: float = 0.1, seed: int = 0, duration_s: float = 0.5) -> None:
+        pra = _pra()
+        self.fs = int(fs)
+        mics = np.asarray(mics, dtype=np.float64).reshape(-1, 3)
+        sources = np.asarray(sources, dtype=np.float64).reshape(-1, 3)
+        for name, pts in (("microphone", mics), ("source", sources)):
+            bad = ~room.contains(pts)
+            if np.any(bad):
+                raise ValueError(f"{name} at {np.round(pts[np.argmax(bad)], 3).tolist()} is not in the room's air")
+        seed = int(seed) % (2**63)
+        pra.random.seed(numpy=seed, libroom=seed ^ 0x5DEECE66D)
+        kw = dict(fs=self.fs, air_absorption=air_absorption)
+
+        def material(name: str):
+            return pra.Material(name, scattering if ray_tracing else None)
+
+        if room.is_rectangle and not room.boxes:
+            w, l = room.floor.max(0)
+            # our wall i runs from corner i to corner i+1 of [(0,0), (w,0), (w,l), (0,l)]
+            mats = {"south": material(room.wall_materials[0]), "east": material(room.wall_materials[1]),
+                    "north": material(room.wall_materials[2]), "west": material(room.wall_materials[3]),
+                    "floor": material(room.floor_material), "ceiling": material(room.ceiling_material)}
+            self.room = pra.ShoeBox([w, l, room.height], materials=mats, max_order=int(max_order_shoebox), **kw)
+            self.order = int(max_order_shoebox)
+        else:
+            bands = pra.acoustics.AntoniOctaveFilterBank(
+                fs=self.fs, n_fft=pra.constants.get("octave_bands_n_fft"),
+                base_frequency=pra.constants.get("octave_bands_base_freq"))
+            cache: dict = {}
+            walls = []
+            for s in room.surfaces(box_bottoms=True):  # closed boxes keep its inside test right
+                if s.material not in cache:
+                    m = material(s.material)
+                    m.resample(bands)
+                    cache[s.material] = m
+                m = cache[s.material]
+                walls.append(pra.wall_factory(np.ascontiguousarray(s.corners.T), m.absorption_coeffs,
+                                              m.scattering_coeffs, name=s.name))
+            self.room = pra.Room(walls, max_order=int(max_order), **kw)
+            self.order = int(max_order)
+        self.room.set_sound_speed(float(c))
+        if ray_tracing:
+            self.room.set_ray_tracing(n_rays=int(rt_num_rays), receiver_radius=float(rt_receiver_radius),
+                                      time_thres=float(duration_s))
+        for p in sources:
+            self.room.add_source(p)
+        self.room.add_microphone_array(mics.T)
+        self.num_sources = len(sources)
+        self.num_mics = len(mics)
+
+    def rirs(self) -> list[np.ndarray]:
+        """Per source: ``(M, L)`` float64 impulse responses, advanced by :func:`rir_latency`.
+
+        Index 0 is the emission time: a path of length ``d`` peaks at ``d / c * fs``.
+        """
+        if self.num_sources == 0:
+            return []
+        self.room.compute_rir()
+        lat = rir_latency()
+        out = []
+        for s in range(self.num_sources):
+            length = max(len(self.room.rir[m][s]) for m in range(self.num_mics))
+            h = np.zeros((self.num_mics, max(1, length - lat)))
+            for m in range(self.num_mics):
+                r = np.asarray(self.room.rir[m][s], dtype=np.float64)[lat:]
+                h[m, : len(r)] = r
+            out.append(h)
+        return out
+
+
+def render_active(h: np.ndarray, emitted: np.ndarray, num_samples: int) -> np.ndarray:
+    """The array's recording of a sweep emitted at sample 0: ``(M, num_samples)``."""
+    from scipy.signal import oaconvolve
+
+    y = oaconvolve(emitted[None], h, axes=1)
+    out = np.zeros((h.shape[0], num_samples))
+    n = min(num_samples, y.shape[1])
+    out[:, :n] = y[:, :n]
+    return out
+
+
+def render_passive(h: np.ndarray, signal: np.ndarray, num_samples: int) -> np.ndarray:
+    """Steady-state recording of a continuous source: ``signal`` must hold ``num_samples + L`` samples.
+
+    The window starts after the impulse response length, so the reverberation
+    has built up as it would for a sound that was already playing.
+    """
+    from scipy.signal import oaconvolve
+
+    L = h.shape[1]
+    if len(signal) < num_samples + L:
+        raise ValueError(f"signal needs {num_samples + L} samples, got {len(signal)}")
+    y = oaconvolve(signal[None, : num_samples + L], h, axes=1)
+    return y[:, L: L + num_samples]
+
+
+def echo_profile(audio: np.ndarray, emitted: np.ndarray) -> np.ndarray:
+    """Matched-filter envelope ``(M, N)``: how much of the emitted sweep arrives at each lag.
+
+    A path of length ``d`` shows up as a peak at lag ``d / c * fs``.
+    """
+    from scipy.signal import hilbert, oaconvolve
+
+    x = np.asarray(audio, dtype=np.float64)
+    mf = oaconvolve(x, np.asarray(emitted, dtype=np.float64)[::-1][None], axes=1)[:, len(emitted) - 1:]
+    return np.abs(hilbert(mf, axis=1))
+
+
+def first_arrival(envelope: np.ndarray, threshold: float = 0.3, start: int = 0, mainlobe: int = 6) -> np.ndarray:
+    """``(M,)`` lag of the first envelope peak above ``threshold`` x the channel's maximum (from ``start`` on).
+
+    After the first crossing, the peak is the maximum within ``mainlobe`` samples
+    (the compressed sweep's main lobe), which skips the low ramp in front of it.
+    """
+    env = np.atleast_2d(np.asarray(envelope, dtype=np.float64))[:, start:]
+    out = np.zeros(len(env), dtype=np.int64)
+    for m, ch in enumerate(env):
+        k0 = int(np.argmax(ch > threshold * ch.max()))
+        out[m] = start + k0 + int(np.argmax(ch[k0: k0 + mainlobe]))
+    return out
