@@ -1,0 +1,282 @@
+"""Generate a dataset: parallel, resumable, byte-deterministic.
+
+Workers (spawned processes, one BLAS thread each) render scenes by index; the
+parent collects them in index order and writes each shard as soon as it is
+complete. A shard that exists under its expected name is done, so an
+interrupted run picks up where it stopped when started again with the same
+command. The seed of scene ``i`` comes from (seed, i) only, so the bytes do not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import DatagenConfig, DatagenConfigError
+from .progress import progress
+from .scene import MAX_FLOOR_VERTICES, generate_scene, material_table, room_of, room_split, grids
+from .shards import (CONSTANTS, FORMAT, FORMAT_VERSION, MANIFEST, RUNS_LOG, SCHEMA, SHARD_GLOB, SPLITS,
+                     library_versions, sha256_file, shard_name, shard_ranges, stack_scenes, write_json, write_npz)
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS")
+
+# identity of a dataset: a resumed run must agree on all of these
+_IDENTITY = ("format", "format_version", "config", "array")
+
+
+def dataset_constants(cfg: DatagenConfig, array) -> dict:
+    from .acoustics import sweep
+    from .geometry import voxel_grid
+
+    a = cfg.active
+    _, lo, size = voxel_grid(cfg.voxels.center_m, cfg.voxels.extent_m, cfg.voxels.resolution)
+    r = cfg.voxels.resolution
+    return {
+        "format_version": FORMAT_VERSION,
+        "sample_rate": cfg.audio.sample_rate,
+        "array_name": array.name,
+        "mic_positions": array.positions,
+        "speaker_position": np.asarray(a.speaker_position, dtype=np.float64),
+        "emitted": sweep(cfg.audio.sample_rate, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade),
+        "voxel_shape": np.array([r[2], r[1], r[0]], dtype=np.int64),
+        "voxel_origin": lo,
+        "voxel_size": size,
+    }
+
+
+def pad_sizes(cfg: DatagenConfig) -> dict[str, int]:
+    return {"K": int(cfg.passive.num_sources[1]), "P": MAX_FLOOR_VERTICES, "B": int(cfg.boxes.count[1])}
+
+
+def build_manifest(cfg: DatagenConfig, array, num_scenes: int) -> dict:
+    """The deterministic manifest of a synthetic dataset (shards filled in when they are written)."""
+    pano, egrid, ph = grids(cfg)
+    rooms = sorted({room_of(cfg, i) for i in range(num_scenes)})
+    split_rooms = {s: [] for s in SPLITS}
+    split_scenes = {s: 0 for s in SPLITS}
+    for r in rooms:
+        split_rooms[SPLITS[room_split(cfg, r)]].append(r)
+    for i in range(num_scenes):
+        split_scenes[SPLITS[room_split(cfg, room_of(cfg, i))]] += 1
+    grids_info = {
+        "panorama": {"kind": "equirectangular", "shape": list(pano.shape), "resolution_deg": pano.resolution_deg,
+                     "az_deg": [180.0, -180.0], "el_deg": [cfg.panorama.el_max_deg, cfg.panorama.el_min_deg],
+                     "note": "column 0 = azimuth +180 decreasing to the right, row 0 = highest elevation; "
+                             "avperception.dsp.grid.equirectangular"},
+        "energy": {"kind": "equirectangular", "shape": list(egrid.shape), "resolution_deg": egrid.resolution_deg,
+                   "sigma_deg": cfg.energy.sigma_deg},
+        "voxels": {"index": "[z, y, x]", "shape_dhw": [cfg.voxels.resolution[2], cfg.voxels.resolution[1],
+                                                         cfg.voxels.resolution[0]],
+                   "extent_m_xyz": list(cfg.voxels.extent_m), "center_m_xyz": list(cfg.voxels.center_m),
+                   "frame": "array frame (x forward, y left, z up)"},
+    }
+    if ph is not None:
+        grids_info["pinhole"] = {"shape": list(ph.shape), **{k: getattr(cfg.pinhole, k) for k in
+                                                             ("fx", "fy", "cx", "cy")},
+                                 "rpy_deg": list(cfg.pinhole.rpy_deg)}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source": "synthetic",
+        "config": cfg.to_dict(),
+        "config_digest": cfg.digest(),
+        "array": array.to_dict(),
+        "seed": int(cfg.seed),
+        "seeding": {"room": "numpy SeedSequence(seed, spawn_key=(1, room_id))",
+                    "scene": "numpy SeedSequence(seed, spawn_key=(2, scene_index))",
+                    "room_of_scene": f"scene_index // {cfg.room.scenes_per_room}",
+                    "split": "golden-ratio sequence over room ids, offset by SeedSequence(seed, spawn_key=(3,))"},
+        "num_scenes": int(num_scenes),
+        "scenes_per_shard": int(cfg.scenes_per_shard),
+        "pads": pad_sizes(cfg),
+        "classes": {"0": "floor", "1": "ceiling", "2": "wall", "3": "obstacle", "255": "ignore"},
+        "signals": ["noise", "babble", "harmonic", "chirps"],
+        "materials": material_table(cfg),
+        "grids": grids_info,
+        "splits": {s: {"rooms": split_rooms[s], "scenes": split_scenes[s]} for s in SPLITS},
+        "schema": {k: {"shape": v[0], "dtype": v[1], "meaning": v[2]} for k, v in SCHEMA.items()},
+        "constants": {k: {"shape": v[0], "dtype": v[1], "meaning": v[2]} for k, v in CONSTANTS.items()},
+        "libraries": library_versions(),
+        "complete": False,
+        "shards": [],
+    }
+
+
+# --------------------------------------------------------------------------- workers
+
+_W: dict = {}
+
+
+def limit_threads() -> None:
+    """One BLAS/OpenMP thread in this process (the parallelism is across processes)."""
+    for v in _THREAD_VARS:
+        os.environ.setdefault(v, "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _single_thread():
+    """Context: one BLAS thread in this process, restored afterwards."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1)
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _init_worker(cfg_dict: dict, array_dict: dict, backend: str) -> None:
+    from avperception.config import ArrayGeometry
+
+    from .config import config_from_dict
+
+    limit_threads()
+    _W["cfg"] = config_from_dict(cfg_dict)
+    _W["array"] = ArrayGeometry.from_dict(array_dict)
+    _W["backend"] = backend
+
+
+def _work(index: int) -> dict:
+    return generate_scene(_W["cfg"], index, _W["array"], _W["backend"])
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _check_resume(out: Path, manifest: dict, overwrite: bool) -> None:
+    old_path = out / MANIFEST
+    if not old_path.exists():
+        if any(out.glob(SHARD_GLOB)) and not overwrite:
+            raise DatagenConfigError(f"{out} holds shards but no {MANIFEST}; use an empty directory or --overwrite")
+        return
+    if overwrite:
+        for p in out.glob(SHARD_GLOB):
+            p.unlink()
+        old_path.unlink()
+        return
+    try:
+        old = json.loads(old_path.read_text())
+    except json.JSONDecodeError:
+        raise DatagenConfigError(f"{old_path} is not valid JSON; use --overwrite to start again") from None
+    diff = [k for k in _IDENTITY if old.get(k) != manifest.get(k)]
+    if diff:
+        detail = ""
+        if "config" in diff:
+            a, b = old.get("config", {}), manifest["config"]
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            detail = f" (config sections that differ: {keys})"
+        raise DatagenConfigError(
+            f"{out} already holds a dataset made with a different {', '.join(diff)}{detail}; "
+            "resume with the same config and seed, pick another --out, or pass --overwrite")
+
+
+def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: int = 1, *,
+                overwrite: bool = False, show_progress: bool = True, backend: str = "auto",
+                log: Callable[[str], None] | None = print) -> dict:
+    """Generate ``num_scenes`` scenes into ``out``; returns the final manifest.
+
+    Resumes an interrupted run in the same directory (same config and seed);
+    ``overwrite`` deletes an existing dataset there first.
+    """
+    if num_scenes < 1:
+        raise DatagenConfigError("num_scenes must be >= 1")
+    if workers < 1:
+        raise DatagenConfigError("workers must be >= 1")
+    cfg.validate()
+    array = cfg.array_geometry()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatagenConfigError(f"--out {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = build_manifest(cfg, array, num_scenes)
+    _check_resume(out, manifest, overwrite)
+    write_json(out / MANIFEST, manifest)
+
+    ranges = shard_ranges(num_scenes, cfg.scenes_per_shard)
+    wanted = {shard_name(a, b) for a, b in ranges}
+    for p in out.glob(SHARD_GLOB):  # shards of another num_scenes / left-over temporaries
+        if p.name not in wanted:
+            p.unlink()
+    for p in out.glob("*.tmp"):
+        p.unlink()
+    todo = [(a, b) for a, b in ranges if not (out / shard_name(a, b)).exists()]
+    indices = [i for a, b in todo for i in range(a, b + 1)]
+    done_before = num_scenes - len(indices)
+    if log and done_before:
+        log(f"resuming: {done_before} of {num_scenes} scenes already in {out}")
+
+    constants = dataset_constants(cfg, array)
+    pads = pad_sizes(cfg)
+    started = time.time()
+    t0 = time.perf_counter()
+    bar = progress(total=len(indices), desc="datagen", unit="scene", disable=not show_progress)
+    try:
+        if indices:
+            if workers == 1:
+                with _single_thread():
+                    results = (generate_scene(cfg, i, array, backend) for i in indices)
+                    _collect(results, todo, out, constants, pads, bar)
+            else:
+                ctx = mp.get_context("spawn")
+                saved = {v: os.environ.get(v) for v in _THREAD_VARS}
+                for v in _THREAD_VARS:
+                    os.environ[v] = "1"
+                try:
+                    with ctx.Pool(workers, initializer=_init_worker,
+                                  initargs=(cfg.to_dict(), array.to_dict(), backend)) as pool:
+                        _collect(pool.imap(_work, indices, chunksize=1), todo, out, constants, pads, bar)
+                finally:
+                    for v, val in saved.items():
+                        if val is None:
+                            os.environ.pop(v, None)
+                        else:
+                            os.environ[v] = val
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+
+    manifest["shards"] = []
+    for a, b in ranges:
+        name = shard_name(a, b)
+        with np.load(out / name, allow_pickle=False) as z:
+            sp = z["split"]
+        manifest["shards"].append({"file": name, "first": a, "last": b, "count": b - a + 1,
+                                   "splits": {s: int(np.sum(sp == k)) for k, s in enumerate(SPLITS)},
+                                   "sha256": sha256_file(out / name)})
+    manifest["complete"] = True
+    write_json(out / MANIFEST, manifest)
+    rate = len(indices) / elapsed if elapsed > 0 and indices else float("nan")
+    with open(out / RUNS_LOG, "a") as f:
+        f.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                            "seconds": round(elapsed, 3), "scenes_generated": len(indices),
+                            "scenes_total": num_scenes, "workers": workers, "scenes_per_second": round(rate, 3),
+                            "cpu_count": os.cpu_count(), "config_digest": manifest["config_digest"]}) + "\n")
+    if log:
+        log(f"{num_scenes} scenes in {len(ranges)} shards in {out} "
+            f"({len(indices)} generated in {elapsed:.1f} s, {rate:.2f} scenes/s with {workers} worker(s)); "
+            f"splits: " + ", ".join(f"{s} {manifest['splits'][s]['scenes']}" for s in SPLITS))
+    return manifest
+
+
+def _collect(results, todo, out: Path, constants: dict, pads: dict, bar) -> None:
+    it = iter(results)
+    for a, b in todo:
+        scenes = []
+        for _ in range(a, b + 1):
+            scenes.append(next(it))
+            bar.update(1)
+        write_npz(out / shard_name(a, b), stack_scenes(scenes, pads, constants))
