@@ -1,0 +1,24 @@
+"""Shared fixtures for the data-engine tests: one small dataset generated once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from avperception_train.datagen import config_from_dict, run_datagen
+
+# small but real: default physics, a pinhole view for the bag round trip, 4 scenes per shard
+SMALL = {"seed": 11, "scenes_per_shard": 4, "room": {"scenes_per_room": 2}, "pinhole": {"enabled": True},
+         "split": {"train": 0.5, "val": 0.25, "test": 0.25}}
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    return config_from_dict(SMALL)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, small_cfg):
+    """8 scenes in 4 rooms, 2 shards; returns the directory."""
+    out = tmp_path_factory.mktemp("ds")
+    run_datagen(small_cfg, out, 8, workers=1, show_progress=False, log=None)
+    return out

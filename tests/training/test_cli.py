@@ -1,0 +1,42 @@
+"""The ``avperception-train`` command line: datagen + preview smoke test and error messages."""
+
+from __future__ import annotations
+
+import json
+
+from avperception_train.cli import main
+
+
+def test_datagen_and_preview_smoke(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["datagen", "--out", str(out), "--num-scenes", "4", "--workers", "1", "--seed", "7",
+                 "--set", "room.scenes_per_room=1", "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["num_scenes"] == 4 and m["seed"] == 7 and m["complete"]
+    assert main(["preview", str(out), "--num", "2", "--out", str(tmp_path / "png")]) == 0
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20000 for p in pngs)
+    assert main(["dataset-info", str(out)]) == 0
+    assert "4 scenes" in capsys.readouterr().out
+
+
+def test_print_config_is_valid_yaml(capsys):
+    import yaml
+
+    assert main(["datagen", "--print-config", "--seed", "3"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["seed"] == 3 and cfg["panorama"]["resolution_deg"] == 3.0
+
+
+def test_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("audio:\n  samplerate: 8000\n")
+    assert main(["datagen", "--config", str(bad), "--out", str(tmp_path / "o"), "--num-scenes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown keys ['samplerate']" in err and "sample_rate" in err
+    assert main(["datagen", "--out", str(tmp_path / "o"), "--num-scenes", "1", "--array", "nope"]) == 2
+    assert "unknown array preset 'nope'" in capsys.readouterr().err
+    assert main(["preview", str(tmp_path / "missing")]) == 2
+    assert "dataset directory not found" in capsys.readouterr().err
+    assert main(["import-bag", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert "bag not found" in capsys.readouterr().err
