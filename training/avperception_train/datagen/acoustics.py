@@ -88,6 +88,9 @@ class RoomAcoustics:
                 raise ValueError(f"{name} at {np.round(pts[np.argmax(bad)], 3).tolist()} is not in the room's air")
         seed = int(seed) % (2**63)
         pra.random.seed(numpy=seed, libroom=seed ^ 0x5DEECE66D)
+        # its impulse-response builder sums per-thread partial sums: one thread keeps the bytes
+        # independent of the machine (the data engine runs in parallel across processes instead)
+        pra.constants.set("num_threads", 1)
         kw = dict(fs=self.fs, air_absorption=air_absorption)
 
         def material(name: str):
