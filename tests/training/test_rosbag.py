@@ -92,3 +92,16 @@ def test_import_errors(dataset, tmp_path):
         import_bag(tmp_path / "nope", tmp_path / "x", show_progress=False)
     with pytest.raises(BagError, match="expects 8 input channels but the audio has 6"):
         import_bag(bag, tmp_path / "x", array="respeaker_6mic", show_progress=False)
+    with pytest.raises(BagError, match="already holds a dataset"):
+        import_bag(bag, dataset, show_progress=False)  # never over a synthetic dataset
+
+
+def test_datagen_refuses_an_imported_dataset_dir(dataset, tmp_path, small_cfg):
+    from avperception_train.datagen import DatagenConfigError, run_datagen
+
+    bag = tmp_path / "bag"
+    export_bag(dataset, bag, [0, 1])
+    out = tmp_path / "imported"
+    import_bag(bag, out, show_progress=False)
+    with pytest.raises(DatagenConfigError, match="different source"):
+        run_datagen(small_cfg, out, 2, show_progress=False, log=None)

@@ -49,7 +49,7 @@ def cmd_datagen(args: argparse.Namespace) -> int:
         return 0
     if args.out is None or args.num_scenes is None:
         raise _Usage("datagen needs --out DIR and --num-scenes N")
-    workers = args.workers if args.workers is not None else 1
+    workers = args.workers if args.workers is not None else max(1, os.cpu_count() or 1)
     run_datagen(cfg, args.out, args.num_scenes, workers, overwrite=args.overwrite, show_progress=not args.quiet)
     return 0
 
@@ -80,7 +80,8 @@ def cmd_import_bag(args: argparse.Namespace) -> int:
     m = import_bag(args.bag, args.out, array=args.array, config=args.config, audio_topic=args.audio_topic,
                    depth_topic=args.depth_topic, info_topic=args.info_topic, camera_xyz=tuple(args.camera_xyz),
                    camera_rpy_deg=tuple(args.camera_rpy), align=args.align, min_interval_s=args.min_interval,
-                   split=args.split, room_id=args.room_id, overwrite=args.overwrite, show_progress=not args.quiet)
+                   split=args.split, room_id=args.room_id, overwrite=args.overwrite, show_progress=not args.quiet,
+                   active={"auto": None, "yes": True, "no": False}[args.active])
     print(f"{m['num_scenes']} frames -> {args.out} (skipped: {m['import']['skipped']}, "
           f"audio gaps: {m['import']['audio_gaps']})")
     return 0
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="dataset directory (created; resumed when it holds the same dataset)")
     p.add_argument("--num-scenes", type=_positive, help="number of scenes")
     p.add_argument("--workers", type=_positive, default=None,
-                   help=f"worker processes (default 1; this machine has {os.cpu_count()} CPUs)")
+                   help=f"worker processes (default: one per CPU, {os.cpu_count()} here); "
+                        "the output does not depend on it")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--array", help="override the config's array (preset name or YAML path)")
     p.add_argument("--scenes-per-shard", type=_positive, help="override the config's scenes_per_shard")
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Cut an audio window at each depth image (time-aligned), project the depth "
                                    "image into the range panorama and the occupancy crop, and write shards in the "
                                    "dataset format (no semantic / energy labels).")
-    p.add_argument("bag", help="rosbag2 directory (or ROS 1 .bag)")
+    p.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap)")
     p.add_argument("--out", required=True, help="dataset directory to write")
     p.add_argument("--array", default="respeaker_4mic", help="microphone array (preset or YAML path)")
     p.add_argument("--config", help="datagen YAML for audio length, grids, voxel crop and sweep (default shipped)")
@@ -192,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", choices=["start", "center", "end", "chirp"], default="start",
                    help="where the audio window sits relative to the image stamp (chirp: at the sweep emission)")
     p.add_argument("--min-interval", type=float, default=0.0, help="minimum seconds between imported frames")
+    p.add_argument("--active", choices=["auto", "yes", "no"], default="auto",
+                   help="does the audio hold the robot's sweep? (auto: yes with --align chirp)")
     p.add_argument("--split", choices=["train", "val", "test"], default="train")
     p.add_argument("--room-id", type=int, default=0, help="room id for the split bookkeeping")
     p.add_argument("--overwrite", action="store_true")

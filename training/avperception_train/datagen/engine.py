@@ -29,7 +29,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "N
                 "VECLIB_MAXIMUM_THREADS")
 
 # identity of a dataset: a resumed run must agree on all of these
-_IDENTITY = ("format", "format_version", "config", "array")
+_IDENTITY = ("format", "format_version", "source", "config", "array")
 
 
 def dataset_constants(cfg: DatagenConfig, array) -> dict:
@@ -219,6 +219,9 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
     if log and done_before:
         log(f"resuming: {done_before} of {num_scenes} scenes already in {out}")
 
+    if log and array.sample_rate is not None and int(array.sample_rate) != cfg.audio.sample_rate:
+        log(f"note: array '{array.name}' runs at {array.sample_rate} Hz but the data is made at "
+            f"{cfg.audio.sample_rate} Hz (audio.sample_rate); the runtime must resample to match")
     constants = dataset_constants(cfg, array)
     pads = pad_sizes(cfg)
     started = time.time()

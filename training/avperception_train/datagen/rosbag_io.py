@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import SceneDataset
+from .shards import MANIFEST, SceneDataset
 
 AUDIO_FRAME = "avperception_msgs/msg/AudioFrame"
 TOPICS = {
@@ -497,7 +497,7 @@ def import_bag(bag: str | Path, out: str | Path, *, array: str | Path = "respeak
     from .progress import progress
     from .scene import grids
     from .engine import build_manifest, dataset_constants
-    from .shards import (MANIFEST, SHARD_GLOB, SPLITS, sha256_file, shard_name, shard_ranges, stack_scenes,
+    from .shards import (SHARD_GLOB, SPLITS, sha256_file, shard_name, shard_ranges, stack_scenes,
                          write_json, write_npz)
 
     if align not in ("start", "center", "end", "chirp"):
@@ -512,6 +512,8 @@ def import_bag(bag: str | Path, out: str | Path, *, array: str | Path = "respeak
     bag = Path(bag)
     if not bag.exists():
         raise BagError(f"bag not found: {bag}")
+    if (Path(out) / MANIFEST).exists() and not overwrite:
+        raise BagError(f"{out} already holds a dataset; pick another --out or pass --overwrite")
     fs = cfg.audio.sample_rate
     n = cfg.audio.num_samples
     ts = typestore()
@@ -639,6 +641,8 @@ def import_bag(bag: str | Path, out: str | Path, *, array: str | Path = "respeak
         raise BagError(f"{bag}: no depth frame had a full audio window (skipped: {skipped})")
 
     out = Path(out)
+    if (out / MANIFEST).exists() and not overwrite:
+        raise BagError(f"{out} already holds a dataset; pick another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(cfg, geom, len(scenes))
     manifest.update({"source": "rosbag", "num_scenes": len(scenes),
