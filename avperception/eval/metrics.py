@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 IGNORE = 255
-LAYOUT_CLASSES = (1, 2, 3)  # floor, ceiling, wall in the data engine's labels (0 = obstacle)
+LAYOUT_CLASSES = (0, 1, 2)  # floor, ceiling, wall in the data engine's labels (3 = obstacle)
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max_depth: float | None = None) -> dict:

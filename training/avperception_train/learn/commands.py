@@ -1,0 +1,199 @@
+"""``avperception-train`` commands for learning: train, evaluate, export, recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .config import load_train_config
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
+                            batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples)
+    best = train(cfg, resume=a.resume)
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def load_predictor(spec: str, data_root: str, device: str = "cpu"):
+    """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``teacher:CK``,
+    ``manifold:ATNET_CK,VQVAE_CK``, ``mean-layout`` or ``echo-tof``."""
+    from .baselines import EchoTimeOfFlight, MeanLayout
+    from .data import InMemoryScenes
+    from .evaluate import torch_predictor
+    from .train import load_stage
+
+    kind, _, path = spec.partition(":")
+    dev = torch.device(device)
+    if kind == "student":
+        if path.endswith(".pt"):
+            model, _ = load_stage(path, "distill", dev)
+        else:
+            from avperception.models.student import AudioStudent
+
+            model = AudioStudent.load(path).to(dev)
+        return torch_predictor(model, "student", device)
+    if kind == "teacher":
+        return torch_predictor(load_stage(path, "teacher", dev)[0], "teacher", device)
+    if kind == "manifold":
+        at, vq = path.split(",")
+        return torch_predictor((load_stage(at, "manifold", dev)[0], load_stage(vq, "vqvae", dev)[0]), "manifold", device)
+    if kind == "mean-layout":
+        return MeanLayout(InMemoryScenes(data_root, "train"))
+    if kind == "echo-tof":
+        train = InMemoryScenes(data_root, "train", max_samples=1)
+        return EchoTimeOfFlight(train.info.emitted, train.info.sample_rate)
+    raise ValueError(f"unknown model spec {spec!r}: use student:PATH, teacher:CK, manifold:AT,VQ, mean-layout, echo-tof")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .data import InMemoryScenes
+    from .evaluate import evaluate, markdown_table, write_report
+
+    test = InMemoryScenes(a.data, a.split)
+    specs = list(a.model)
+    if a.default:
+        specs.insert(0, "student:" + str(default_model_path()))
+    if a.baselines:
+        specs += ["mean-layout", "echo-tof"]
+    if not specs:
+        raise SystemExit("nothing to evaluate: give --model SPEC (repeatable), --default or --baselines")
+    results = {}
+    for spec in specs:
+        name = spec if len(spec) < 48 else spec[:20] + "…" + spec[-24:]
+        t = time.time()
+        results[name] = evaluate(load_predictor(spec, a.data, a.device), test, voxel_size_m=test.info.voxel_size_m,
+                                 progress=True)
+        print(f"{name}: {time.time() - t:.1f} s", flush=True)
+    print(markdown_table(results))
+    if a.out:
+        write_report(results, a.out, f"Evaluation on the {a.split} split of {a.data}",
+                     f"{len(test)} scenes from rooms never seen in training.")
+        print(f"report: {a.out}")
+    return 0
+
+
+def default_model_path() -> Path:
+    from avperception.models import default_model
+
+    return default_model()
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .train import export_student
+
+    path = export_student(a.checkpoint, a.out, half=a.half)
+    print(f"weights: {path} ({path.stat().st_size / 1e6:.1f} MB), config: {Path(a.out).with_suffix('.json')}")
+    if a.onnx:
+        from avperception.models.export import export_onnx
+        from avperception.models.student import AudioStudent
+
+        onnx_path, err = export_onnx(AudioStudent.load(a.out), Path(a.out).with_suffix(".onnx"))
+        print(f"onnx: {onnx_path} (max |onnxruntime - torch| = {err:.2e})")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a teacher, VQ-VAE or student (see configs/)")
+    p.add_argument("--config", help="training YAML (training/configs/*.yaml)")
+    p.add_argument("--mode", choices=["distill", "e2e", "manifold", "teacher", "vqvae"])
+    p.add_argument("--data", help="dataset directory from `datagen`")
+    p.add_argument("--out", help="run directory (checkpoints, log.jsonl, tb/)")
+    p.add_argument("--teacher", help="teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score models and baselines on the test rooms; markdown table")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--model", action="append", default=[],
+                   help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | mean-layout | echo-tof (repeatable)")
+    p.add_argument("--default", action="store_true", help="also score the shipped default model")
+    p.add_argument("--baselines", action="store_true", help="add the mean-layout and echo time-of-flight baselines")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the table here (markdown, plus .json)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="student checkpoint -> safetensors + config JSON (+ ONNX)")
+    p.add_argument("checkpoint", help="best.pt of a student run")
+    p.add_argument("--out", required=True, help="destination without suffix, e.g. models/robot_8mic/student")
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    p.add_argument("--onnx", action="store_true", help="also export ONNX and check it against torch")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("recipe", help="the whole recipe: data, teacher, students, baselines, evaluation, export")
+    p.add_argument("--out", required=True, help="work directory")
+    p.add_argument("--scenes", type=int, default=2000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--array", default="robot_8mic")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--variant", default="small", choices=["small", "large"])
+    p.add_argument("--skip-manifold", action="store_true", help="leave out the VQ-VAE + AT-net student")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_recipe)
+
+
+def cmd_recipe(a: argparse.Namespace) -> int:
+    """Data -> teacher -> distilled student, end-to-end student, manifold student -> evaluation -> export."""
+    from dataclasses import replace
+
+    from ..datagen.config import load_config
+    from ..datagen.engine import run_datagen
+    from .config import ModelSpec, TrainConfig
+    from .data import InMemoryScenes
+    from .evaluate import evaluate, write_report
+    from .train import export_student, train
+
+    out = Path(a.out)
+    data = out / "data"
+    times = {}
+    t = time.time()
+    if not (data / "manifest.json").exists() or not json.loads((data / "manifest.json").read_text()).get("complete"):
+        run_datagen(load_config(None, {"array": a.array, "seed": a.seed}), data, a.scenes, a.workers)
+    times["datagen_s"] = time.time() - t
+    base = TrainConfig(data=str(data), epochs=a.epochs, batch_size=a.batch_size, device=a.device, seed=a.seed,
+                       workers=min(a.workers, 4), model=ModelSpec(variant=a.variant))
+
+    def stage(name: str, **kw) -> Path:
+        t0 = time.time()
+        ck = train(replace(base, out=str(out / name), **kw).validate())
+        times[f"{name}_s"] = time.time() - t0
+        return ck
+
+    teacher = stage("teacher", mode="teacher")
+    distill = stage("student_distill", mode="distill", teacher=str(teacher))
+    e2e = stage("student_e2e", mode="e2e")
+    manifold = None
+    if not a.skip_manifold:
+        vq = stage("vqvae", mode="vqvae")
+        manifold = (stage("student_manifold", mode="manifold", teacher=str(vq)), vq)
+    test = InMemoryScenes(data, "test")
+    dev = "cuda" if torch.cuda.is_available() and a.device != "cpu" else "cpu"
+    specs = {"student (SAM distillation)": f"student:{distill}", "student (end-to-end, no teacher)": f"student:{e2e}"}
+    if manifold:
+        specs["student (VQ-VAE manifold + AT-net, depth)"] = f"manifold:{manifold[0]},{manifold[1]}"
+    specs.update({"teacher (sees the geometry)": f"teacher:{teacher}", "mean layout": "mean-layout",
+                  "echo time of flight": "echo-tof"})
+    results = {name: evaluate(load_predictor(spec, str(data), dev), test, voxel_size_m=test.info.voxel_size_m)
+               for name, spec in specs.items()}
+    export_student(distill, out / "export" / "student", {"recipe": vars(a) | {"func": None}, "times": times},
+                   half=True)
+    notes = (f"{len(test)} test scenes from held-out rooms; {a.scenes} scenes generated for array {a.array}; "
+             f"{a.epochs} epochs, batch {a.batch_size}, variant {a.variant}, device {dev}. "
+             f"Stage times (s): {json.dumps({k: round(v) for k, v in times.items()})}")
+    report = write_report(results, out / "results.md", "avperception students vs baselines", notes)
+    print(report.read_text())
+    return 0

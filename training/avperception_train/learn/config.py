@@ -1,0 +1,91 @@
+"""Training configuration (YAML -> dataclass, unknown keys rejected)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from avperception.config import ConfigError, from_dict, to_dict
+
+MODES = ("distill", "e2e", "manifold", "teacher", "vqvae")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Student size and layout; the data decides mics, samples, panorama and voxel shapes."""
+
+    variant: str = "small"          # small | large
+    dim: int = 0                    # 0: the variant's default
+    depth: int = 0
+    latent_h: int = 15
+    latent_w: int = 30
+    num_classes: int = 4
+    max_depth: float = 10.0
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    gt: float = 1.0                 # prediction loss against the ground truth
+    teacher: float = 0.5            # prediction loss against the teacher's output (distill)
+    feature: float = 1.0            # lambda for the triplet feature-alignment loss (distill)
+    feature_margin: float = 0.3
+    info_nce: float = 0.0           # symmetric InfoNCE between pooled latents (distill, optional)
+    depth: float = 1.0
+    semantic: float = 1.0
+    voxels: float = 1.0
+    energy: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "distill"           # distill | e2e | manifold | teacher | vqvae
+    data: str = "data"              # folder written by `avperception-train datagen`
+    out: str = "runs/student"
+    teacher: str = ""               # teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    workers: int = 2
+    device: str = "auto"            # auto | cpu | cuda
+    amp: bool = True                # bf16 autocast on CUDA
+    seed: int = 0
+    eval_every: int = 1             # epochs
+    max_train_samples: int = 0      # 0: all
+    model: ModelSpec = field(default_factory=ModelSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+
+    def validate(self) -> "TrainConfig":
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode in ("distill", "manifold") and not self.teacher:
+            raise ConfigError(f"mode {self.mode} needs `teacher:` (a checkpoint from the "
+                              f"{'teacher' if self.mode == 'distill' else 'vqvae'} stage)")
+        if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
+            raise ConfigError("epochs, batch_size and lr must be positive")
+        if self.model.variant not in ("small", "large"):
+            raise ConfigError("model.variant must be small or large")
+        return self
+
+
+def load_train_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"training config not found: {p}")
+        data = yaml.safe_load(p.read_text()) or {}
+    cfg = from_dict(TrainConfig, data, where=str(path or "config"))
+    if overrides:
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    return cfg.validate()
+
+
+def dump(cfg: TrainConfig) -> dict:
+    return to_dict(cfg)

@@ -1,0 +1,118 @@
+"""Score students, teachers and baselines on held-out test rooms with the papers' metrics.
+
+``evaluate(predictor, dataset)`` runs any callable that maps a batch to a dict
+of numpy predictions (``depth`` m, ``semantic`` labels, ``voxels`` bool,
+``energy``) and returns averaged metrics; ``markdown_table`` compares several.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from avperception.eval.metrics import confusion, depth_metrics, energy_map_metrics, segmentation_metrics, voxel_metrics
+
+Predictor = Callable[[dict], dict]
+
+
+def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str = "cpu",
+                    voxel_threshold: float = 0.5) -> Predictor:
+    """Wrap a student (audio in), a teacher (geometry in) or a manifold pair (ATNet, VQ-VAE)."""
+    dev = torch.device(device)
+
+    @torch.no_grad()
+    def run(batch: dict) -> dict:
+        if kind == "teacher":
+            out = model(batch["depth"].to(dev), batch["semantic"].to(dev))
+        elif kind == "manifold":
+            atnet, vqvae = model
+            return {"depth": vqvae.decode(atnet(batch["audio"].to(dev))).float().cpu().numpy()}
+        else:
+            out = model(batch["audio"].to(dev))
+        res = {"depth": out["depth"].float().cpu().numpy(),
+               "semantic": out["semantic"].argmax(1).cpu().numpy().astype(np.uint8),
+               "voxels": (torch.sigmoid(out["voxels"].float()) > voxel_threshold).cpu().numpy()}
+        if kind != "teacher":
+            res["energy"] = out["energy"].float().cpu().numpy()
+        return res
+
+    return run
+
+
+def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
+             batch_size: int = 32, progress: bool = False) -> dict:
+    """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields)."""
+    from torch.utils.data import DataLoader
+
+    depth_rows, vox_rows, energy_rows = [], [], []
+    conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    loader = DataLoader(dataset, batch_size, num_workers=0)
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            loader = tqdm(loader, desc="evaluate", leave=False)
+        except ImportError:
+            pass
+    for batch in loader:
+        pred = predict(batch)
+        gt_depth = batch["depth"].numpy()
+        for i in range(gt_depth.shape[0]):
+            if "depth" in pred:
+                depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
+            if "semantic" in pred:
+                conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
+            if "voxels" in pred:
+                vox_rows.append(voxel_metrics(pred["voxels"][i], batch["voxels"][i].numpy() > 0.5, voxel_size_m,
+                                              f1_tau=voxel_size_m))
+            if "energy" in pred:
+                g = batch["energy"][i].numpy()
+                if g.max() > 0:
+                    energy_rows.append(energy_map_metrics(pred["energy"][i], g))
+    out: dict = {"samples": len(depth_rows)}
+    if depth_rows:
+        out["depth"] = {k: float(np.nanmean([r[k] for r in depth_rows])) for k in depth_rows[0]}
+    if conf.sum():
+        out["semantic"] = segmentation_metrics(conf)
+    if vox_rows:
+        out["voxels"] = {k: float(np.nanmean([r[k] for r in vox_rows])) for k in vox_rows[0]}
+    if energy_rows:
+        out["energy"] = {k: float(np.mean([r[k] for r in energy_rows])) for k in energy_rows[0]}
+    return out
+
+
+COLUMNS = [
+    ("depth", "abs_rel", "AbsRel ↓"), ("depth", "rmse", "RMSE m ↓"), ("depth", "mae", "MAE m ↓"),
+    ("depth", "delta1", "δ1 ↑"), ("depth", "delta2", "δ2 ↑"),
+    ("semantic", "pacc", "pAcc ↑"), ("semantic", "miou", "mIoU ↑"), ("semantic", "layout_iou", "layout IoU ↑"),
+    ("voxels", "iou", "voxel IoU ↑"), ("voxels", "chamfer_l1", "Chamfer-L1 m ↓"), ("voxels", "f1", "F1 ↑"),
+    ("energy", "iou", "energy IoU ↑"), ("energy", "auc", "energy AUC ↑"),
+]
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """One row per method, the papers' metrics as columns ('–' where a method does not predict it)."""
+    head = "| method | " + " | ".join(c[2] for c in COLUMNS) + " |"
+    sep = "|---|" + "---|" * len(COLUMNS)
+    rows = [head, sep]
+    for name, r in results.items():
+        cells = []
+        for group, key, _ in COLUMNS:
+            v = r.get(group, {}).get(key)
+            cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def write_report(results: dict[str, dict], path: str | Path, title: str = "Results", notes: str = "") -> Path:
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {title}\n\n{notes}\n\n{markdown_table(results)}\n"
+    p.write_text(text)
+    p.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    return p

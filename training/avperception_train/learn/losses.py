@@ -1,0 +1,72 @@
+"""Losses: dense prediction, feature alignment (triplet on cosine similarity), symmetric InfoNCE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255
+
+
+def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                    weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of the per-output losses against ``target`` (ground truth or a teacher's pseudo ground truth).
+
+    depth: L1 on valid pixels (NaN = unknown) plus L1 of log depth; semantic: cross-entropy
+    (``IGNORE`` skipped; soft targets ``(B, C, H, W)`` allowed); voxels: BCE with logits
+    (float targets in [0, 1]); energy: MSE.
+    """
+    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0}
+    w.update(weights or {})
+    parts: dict[str, torch.Tensor] = {}
+    if "depth" in target and w["depth"]:
+        g = target["depth"]
+        valid = torch.isfinite(g)
+        p = out["depth"][valid]
+        g = g[valid]
+        parts["depth"] = F.l1_loss(p, g) + F.l1_loss(torch.log(p.clamp_min(1e-3)), torch.log(g.clamp_min(1e-3)))
+    if "semantic" in target and w["semantic"]:
+        t = target["semantic"]
+        if t.dtype.is_floating_point and t.dim() == 4:
+            parts["semantic"] = -(t * F.log_softmax(out["semantic"], 1)).sum(1).mean()
+        else:
+            parts["semantic"] = F.cross_entropy(out["semantic"], t.long(), ignore_index=IGNORE)
+    if "voxels" in target and w["voxels"]:
+        t = target["voxels"].float()
+        pos = t.mean().clamp(0.01, 0.5)
+        parts["voxels"] = F.binary_cross_entropy_with_logits(out["voxels"], t, pos_weight=(1 - pos) / pos)
+    if "energy" in target and w["energy"]:
+        parts["energy"] = F.mse_loss(out["energy"], target["energy"])
+    total = sum(w[k] * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def triplet_feature_loss(student: torch.Tensor, teacher: torch.Tensor, margin: float = 0.3,
+                         negatives: int = 16) -> torch.Tensor:
+    """Triplet margin loss on cosine similarity between aligned feature maps ``(B, V, D)``.
+
+    For every teacher feature ``v(j)`` the positive is the student feature at the
+    same position ``j`` (the SAM block put it there), the negatives are student
+    features at random other positions of the same sample:
+    ``max(0, margin - cos(v_j, s_j) + cos(v_j, s_neg))``.
+    """
+    s = F.normalize(student, dim=-1)
+    t = F.normalize(teacher.detach(), dim=-1)
+    b, v, _ = s.shape
+    pos = (s * t).sum(-1)  # (B, V)
+    idx = torch.randint(1, v, (b, v, negatives), device=s.device)
+    idx = (torch.arange(v, device=s.device)[None, :, None] + idx) % v  # never the position itself
+    neg = torch.einsum("bvd,bvnd->bvn", t, s[torch.arange(b, device=s.device)[:, None, None], idx])
+    return F.relu(margin - pos[..., None] + neg).mean()
+
+
+def info_nce(audio: torch.Tensor, visual: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Symmetric InfoNCE with distance ``||a - b||_2`` between unit-norm features ``(B, D)``.
+
+    ``logits = -d(a_i, v_j) / temperature``; audio->visual and visual->audio cross-entropies averaged.
+    """
+    a = F.normalize(audio, dim=-1)
+    v = F.normalize(visual.detach(), dim=-1)
+    logits = -torch.cdist(a, v) / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))

@@ -1,0 +1,167 @@
+"""Teachers that see the geometry, for the audio student to learn from.
+
+- ``VisualTeacher``: reads the ground-truth views (depth + semantic panorama),
+  encodes them to the same latent layout ``(B, V, D)`` the student's SAM block
+  produces, and decodes them with the student's own decoders. Trained on the
+  labels; its latent features are what the student aligns to, and its outputs
+  are the student's pseudo ground truth (the dense-prediction paper's recipe).
+- ``VQVAE`` + ``ATNet``: the manifold paper's two stages. The VQ-VAE learns the
+  manifold of one visual modality (depth panoramas); the audio transformation
+  network regresses the continuous, unquantised latent from audio with plain L2,
+  and the frozen decoder turns it into a depth map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from avperception.models.student import (AudioStudent, Block, EchoFrontend, PanoramaDecoder, StudentConfig,
+                                         TimePatchEmbed, VoxelDecoder)
+
+
+def down2d(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, padding_mode="circular"),
+                         nn.BatchNorm2d(cout), nn.GELU(),
+                         nn.Conv2d(cout, cout, 3, padding=1, padding_mode="circular"), nn.BatchNorm2d(cout), nn.GELU())
+
+
+def geometry_input(depth: torch.Tensor, semantic: torch.Tensor, num_classes: int, max_depth: float) -> torch.Tensor:
+    """``depth (B, H, W)`` m (NaN unknown) and ``semantic (B, H, W)`` labels -> ``(B, 2 + C, H, W)``:
+    normalised depth, a validity mask, and one-hot classes (the ignore label becomes all zeros)."""
+    valid = torch.isfinite(depth)
+    d = torch.where(valid, depth, torch.zeros_like(depth)) / max_depth
+    onehot = F.one_hot(semantic.long().clamp(0, num_classes), num_classes + 1)[..., :num_classes]
+    onehot = onehot.permute(0, 3, 1, 2).float()
+    return torch.cat([d[:, None], valid[:, None].float(), onehot], dim=1)
+
+
+class VisualTeacher(nn.Module):
+    """Geometry views -> latent ``(B, V, D)`` -> the student's decoders."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        scale = cfg.pano_h // cfg.latent_h
+        c, layers = 2 + cfg.num_classes, []
+        width = 32
+        for _ in range(int(round(math.log2(scale)))):
+            layers.append(down2d(c, width))
+            c, width = width, width * 2
+        layers.append(nn.Conv2d(c, cfg.dim, 1))
+        self.encoder = nn.Sequential(*layers)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.latent_h * cfg.latent_w, cfg.dim))
+        self.mix = nn.ModuleList([Block(cfg.dim, cfg.heads) for _ in range(2)])
+        self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
+        self.voxels = VoxelDecoder(cfg.dim, cfg.latent_h * cfg.latent_w, cfg.voxel_size)
+
+    def encode(self, depth: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(geometry_input(depth, semantic, self.cfg.num_classes, self.cfg.max_depth))
+        x = x.flatten(2).transpose(1, 2) + self.pos
+        for blk in self.mix:
+            x = blk(x)
+        return x
+
+    def forward(self, depth: torch.Tensor, semantic: torch.Tensor) -> dict[str, torch.Tensor]:
+        latent = self.encode(depth, semantic)
+        out = AudioStudent.decode(self, latent)  # same heads, same output conventions
+        out["latent"] = latent
+        return out
+
+
+# ----------------------------------------------------------------------------- manifold (VQ-VAE + AT-net)
+
+
+@dataclass
+class VQConfig:
+    codes: int = 256
+    code_dim: int = 32
+    beta: float = 0.25
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-codebook quantisation with a straight-through gradient and the usual commitment loss."""
+
+    def __init__(self, codes: int, dim: int, beta: float) -> None:
+        super().__init__()
+        self.codebook = nn.Embedding(codes, dim)
+        self.codebook.weight.data.uniform_(-1 / codes, 1 / codes)
+        self.beta = beta
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z (B, D, h, w)`` -> quantised (same shape), loss, code indices ``(B, h, w)``."""
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.weight.t() + self.codebook.weight.pow(2).sum(1)
+        idx = dist.argmin(1)
+        q = self.codebook(idx).reshape(b, h, w, d).permute(0, 3, 1, 2)
+        loss = F.mse_loss(q, z.detach()) + self.beta * F.mse_loss(z, q.detach())
+        return z + (q - z).detach(), loss, idx.reshape(b, h, w)
+
+
+class VQVAE(nn.Module):
+    """Depth panorama ``(B, H, W)`` <-> manifold latent ``(B, code_dim, h, w)``."""
+
+    def __init__(self, cfg: StudentConfig, vq: VQConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vq_cfg = vq or VQConfig()
+        scale = cfg.pano_h // cfg.latent_h
+        c, width, layers = 2, 32, []
+        for _ in range(int(round(math.log2(scale)))):
+            layers.append(down2d(c, width))
+            c, width = width, width * 2
+        layers.append(nn.Conv2d(c, self.vq_cfg.code_dim, 1))
+        self.encoder = nn.Sequential(*layers)
+        self.quantizer = VectorQuantizer(self.vq_cfg.codes, self.vq_cfg.code_dim, self.vq_cfg.beta)
+        self.decoder = PanoramaDecoder(self.vq_cfg.code_dim, 1, scale, cfg.decoder_width)
+
+    def encode(self, depth: torch.Tensor) -> torch.Tensor:
+        """Continuous (unquantised) latent."""
+        valid = torch.isfinite(depth)
+        d = torch.where(valid, depth, torch.zeros_like(depth)) / self.cfg.max_depth
+        return self.encoder(torch.stack([d, valid.float()], 1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z)[:, 0]) * self.cfg.max_depth
+
+    def forward(self, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q, vq_loss, _ = self.quantizer(self.encode(depth))
+        return self.decode(q), vq_loss
+
+
+class ATNet(nn.Module):
+    """Audio transformation network: audio -> the VQ-VAE's continuous latent.
+
+    Audio encoder (the student's front end and transformer), a 3-layer MLP
+    (domain transformation), then strided transposed convolutions up to the
+    manifold's spatial size.
+    """
+
+    def __init__(self, cfg: StudentConfig, code_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = EchoFrontend(cfg)
+        self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
+        self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads) for _ in range(cfg.depth)])
+        self.h0, self.w0 = max(cfg.latent_h // 4, 1), max(cfg.latent_w // 4, 1)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim * cfg.num_tokens, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
+                                 nn.Linear(512, 64 * self.h0 * self.w0))
+        self.up = nn.Sequential(nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.GELU(), nn.ConvTranspose2d(64, 64, 4, 2, 1),
+                                nn.GELU(), nn.Conv2d(64, code_dim, 3, padding=1))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = self.embed(self.frontend(audio))
+        for blk in self.encoder:
+            x = blk(x)
+        z = self.mlp(x.flatten(1)).reshape(-1, 64, self.h0, self.w0)
+        z = self.up(z)
+        return F.interpolate(z, size=(self.cfg.latent_h, self.cfg.latent_w), mode="bilinear", align_corners=False)
+
+
+def vq_config_dict(vq: VQConfig) -> dict:
+    return asdict(vq)

@@ -1,0 +1,291 @@
+"""Training: teacher, VQ-VAE, and the audio student (distilled, end-to-end or through the manifold).
+
+One loop serves every stage. Checkpoints carry the full training config and the
+model config; ``--resume`` continues from the last one. Logs go to TensorBoard
+(when installed) and to ``log.jsonl``. On CUDA it uses bf16 autocast; launched by
+``torchrun --nproc_per_node N`` it trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from avperception.models.student import AudioStudent, StudentConfig, large_config, small_config
+
+from .config import TrainConfig, dump
+from .data import DataInfo, make_datasets
+from .losses import info_nce, prediction_loss, triplet_feature_loss
+from .teachers import ATNet, VisualTeacher, VQVAE
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
+    m = cfg.model
+    make = small_config if m.variant == "small" else large_config
+    kw = dict(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
+              latent_h=m.latent_h, latent_w=m.latent_w, pano_h=info.pano_shape[0], pano_w=info.pano_shape[1],
+              num_classes=m.num_classes, voxel_size=info.voxel_size, max_depth=m.max_depth, array=info.array,
+              array_positions=info.array_positions)
+    if m.dim:
+        kw["dim"] = m.dim
+    if m.depth:
+        kw["depth"] = m.depth
+    sc = make(**kw)
+    if sc.pano_h % sc.latent_h or sc.pano_w % sc.latent_w or sc.pano_h // sc.latent_h != sc.pano_w // sc.latent_w:
+        raise ValueError(f"panorama {sc.pano_h}x{sc.pano_w} must be the latent {sc.latent_h}x{sc.latent_w} "
+                         "times a power of two")
+    return sc
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_model(mode: str, sc: StudentConfig) -> nn.Module:
+    if mode == "teacher":
+        return VisualTeacher(sc)
+    if mode == "vqvae":
+        return VQVAE(sc)
+    if mode == "manifold":
+        return ATNet(sc, VQVAE(sc).vq_cfg.code_dim)
+    return AudioStudent(sc)
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, step: int, cfg: TrainConfig,
+                    sc: StudentConfig, metrics: dict | None = None) -> None:
+    from dataclasses import asdict
+
+    raw = model.module if hasattr(model, "module") else model
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                "train_config": dump(cfg), "student_config": asdict(sc), "metrics": metrics or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_stage(path: str | Path, mode: str, device: torch.device) -> tuple[nn.Module, StudentConfig]:
+    """A trained teacher / VQ-VAE / student from its checkpoint, frozen, in eval mode."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    sc = StudentConfig(**ck["student_config"])
+    model = build_model(mode, sc)
+    model.load_state_dict(ck["model"])
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, sc
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------- one step per mode
+
+
+class Stage:
+    """What one training step computes for a mode; returns (loss, scalars)."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None) -> None:
+        self.cfg, self.model, self.teacher = cfg, model, teacher
+        lw = cfg.loss
+        self.w = {"depth": lw.depth, "semantic": lw.semantic, "voxels": lw.voxels, "energy": lw.energy}
+
+    def __call__(self, b: dict) -> tuple[torch.Tensor, dict]:
+        mode, lw = self.cfg.mode, self.cfg.loss
+        if mode == "teacher":
+            out = self.model(b["depth"], b["semantic"])
+            return prediction_loss(out, b, {**self.w, "energy": 0.0})
+        if mode == "vqvae":
+            rec, vq = self.model(b["depth"])
+            loss, parts = prediction_loss({"depth": rec}, {"depth": b["depth"]})
+            return loss + vq, {**parts, "vq": float(vq.detach())}
+        if mode == "manifold":
+            with torch.no_grad():
+                target = self.teacher.encode(b["depth"])
+            pred = self.model(b["audio"])
+            loss = F.mse_loss(pred, target)
+            return loss, {"latent_l2": float(loss.detach())}
+        out = self.model(b["audio"])
+        loss, parts = prediction_loss(out, b, self.w)
+        loss = lw.gt * loss
+        if mode == "distill":
+            with torch.no_grad():
+                t = self.teacher(b["depth"], b["semantic"])
+            pseudo = {"depth": t["depth"], "semantic": torch.softmax(t["semantic"].float(), 1),
+                      "voxels": torch.sigmoid(t["voxels"].float())}
+            lt, tparts = prediction_loss(out, pseudo, {**self.w, "energy": 0.0})
+            lf = triplet_feature_loss(out["latent"], t["latent"], lw.feature_margin)
+            loss = loss + lw.teacher * lt + lw.feature * lf
+            parts.update({f"teacher_{k}": v for k, v in tparts.items()}, feature=float(lf.detach()))
+            if lw.info_nce:
+                ln = info_nce(out["latent"].mean(1), t["latent"].mean(1))
+                loss = loss + lw.info_nce * ln
+                parts["info_nce"] = float(ln.detach())
+        return loss, parts
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train one stage; returns the path of the best checkpoint (``best.pt`` in ``cfg.out``)."""
+    from torch.utils.data import DataLoader
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples)
+    sc = student_config(cfg, info)
+    model = build_model(cfg.mode, sc).to(device)
+    teacher = None
+    if cfg.mode == "distill":
+        teacher, _ = load_stage(cfg.teacher, "teacher", device)
+    elif cfg.mode == "manifold":
+        teacher, _ = load_stage(cfg.teacher, "vqvae", device)
+    sampler = torch.utils.data.DistributedSampler(train_ds, seed=cfg.seed) if distributed else None
+    loader = DataLoader(train_ds, cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_ds)} training samples are fewer than one batch of {cfg.batch_size}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
+    start_epoch, step, best = 0, 0, float("inf")
+    last = out / "last.pt"
+    if resume and last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, step = ck["epoch"] + 1, ck["step"]
+        best = ck.get("metrics", {}).get("best_val", best)
+        for _ in range(step):
+            sched.step()
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    stage = Stage(cfg, model, teacher)
+    writer = _writer(out) if rank == 0 else None
+    amp = cfg.amp and device.type == "cuda"
+    (out / "config.json").write_text(json.dumps({"train": dump(cfg), "student": sc.__dict__}, indent=2, default=str))
+    for epoch in range(start_epoch, cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.time()
+        bar = _bar(loader, f"{cfg.mode} epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        running = 0.0
+        for i, batch in enumerate(bar):
+            b = to_device(batch, device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, parts = stage(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            running += float(loss.detach())
+            if writer is not None and step % 10 == 0:
+                writer.add_scalar("train/loss", float(loss.detach()), step)
+                for k, v in parts.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{running / (i + 1):.4f}")
+        if rank != 0:
+            continue
+        val = validate(cfg, model.module if distributed else model, stage, val_ds, device, amp)
+        record = {"epoch": epoch + 1, "step": step, "train_loss": running / len(loader), "val_loss": val,
+                  "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if writer is not None:
+            writer.add_scalar("val/loss", val, step)
+        if progress:
+            print(f"epoch {epoch + 1}: train {record['train_loss']:.4f} val {val:.4f} ({record['seconds']:.0f} s)", flush=True)
+        best = min(best, val)
+        save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+        if val <= best:
+            save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+    if writer is not None:
+        writer.close()
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return out / "best.pt"
+
+
+@torch.no_grad()
+def validate(cfg: TrainConfig, model: nn.Module, stage: Stage, ds, device, amp: bool) -> float:
+    from torch.utils.data import DataLoader
+
+    if ds is None or len(ds) == 0:
+        return float("nan")
+    model.eval()
+    stage.model = model
+    total, n = 0.0, 0
+    for batch in DataLoader(ds, cfg.batch_size, num_workers=0):
+        b = to_device(batch, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = stage(b)
+        total += float(loss) * b["audio"].shape[0]
+        n += b["audio"].shape[0]
+    return total / max(n, 1)
+
+
+def _writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(out / "tb"))
+    except ImportError:
+        return None
+
+
+def _bar(it, desc: str, enabled: bool):
+    if not enabled:
+        return it
+    try:
+        from tqdm import tqdm
+
+        return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # off when not a terminal
+    except ImportError:
+        return it
+
+
+def export_student(checkpoint: str | Path, dest: str | Path, extra: dict | None = None, half: bool = False) -> Path:
+    """Write a student checkpoint as ``dest.safetensors`` + ``dest.json`` (the runtime's model format)."""
+    model, sc = load_stage(checkpoint, "distill", torch.device("cpu"))
+    if half:
+        model = model.half()
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    meta = {"train_config": ck["train_config"], "metrics": ck.get("metrics", {}), **(extra or {})}
+    model.save(dest, meta)
+    return Path(dest).with_suffix(".safetensors")
+
+
+def replace_cfg(cfg: TrainConfig, **kw) -> TrainConfig:
+    return replace(cfg, **kw).validate()
