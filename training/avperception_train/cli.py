@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dataset-info", help="summarise a dataset's manifest")
     p.add_argument("dir")
     p.set_defaults(func=cmd_dataset_info)
+
+    from .learn.commands import add_commands
+
+    add_commands(sub)  # train, evaluate, export, recipe
     return ap
 
 

@@ -16,7 +16,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import train
 
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
-                            batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples)
+                            batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr)
     best = train(cfg, resume=a.resume)
     print(f"best checkpoint: {best}")
     return 0
@@ -109,6 +109,7 @@ def add_commands(sub) -> None:
     p.add_argument("--teacher", help="teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -177,9 +178,9 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     distill = stage("student_distill", mode="distill", teacher=str(teacher))
     e2e = stage("student_e2e", mode="e2e")
     manifold = None
-    if not a.skip_manifold:
-        vq = stage("vqvae", mode="vqvae")
-        manifold = (stage("student_manifold", mode="manifold", teacher=str(vq)), vq)
+    if not a.skip_manifold:  # the manifold paper's Adam lr 1e-4 scale: VQ training is unstable at 1e-3
+        vq = stage("vqvae", mode="vqvae", lr=2e-4)
+        manifold = (stage("student_manifold", mode="manifold", teacher=str(vq), lr=2e-4), vq)
     test = InMemoryScenes(data, "test")
     dev = "cuda" if torch.cuda.is_available() and a.device != "cpu" else "cpu"
     specs = {"student (SAM distillation)": f"student:{distill}", "student (end-to-end, no teacher)": f"student:{e2e}"}

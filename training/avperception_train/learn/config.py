@@ -25,6 +25,8 @@ class ModelSpec:
     latent_w: int = 30
     num_classes: int = 4
     max_depth: float = 10.0
+    dropout: float = 0.1
+    decoder_width: int = 0          # 0: the variant's default
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1             # epochs
     max_train_samples: int = 0      # 0: all
+    augment: bool = True            # exact rotations/mirrors the array's symmetry allows
     model: ModelSpec = field(default_factory=ModelSpec)
     loss: LossSpec = field(default_factory=LossSpec)
 

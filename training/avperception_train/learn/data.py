@@ -28,6 +28,70 @@ class DataInfo:
     emitted: np.ndarray | None = None
 
 
+def _rz(k: int) -> np.ndarray:
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=np.float64)
+
+
+def _match(points: np.ndarray, targets: np.ndarray, tol: float) -> np.ndarray | None:
+    """Index of the target each point lands on, or None when one does not land on any."""
+    from scipy.spatial import cKDTree
+
+    dist, idx = cKDTree(targets).query(points)
+    return idx if dist.max() <= tol else None
+
+
+class Symmetries:
+    """Exact data augmentation from the array's own symmetry.
+
+    A rotation of the scene by a multiple of 90 deg about z, or a mirror y -> -y,
+    that maps the microphones (and the speaker) onto themselves turns one
+    recording into another valid one: permute the channels, roll/flip the
+    panoramas, rotate/flip the voxel crop. Only the transforms the array admits
+    are used (all 8 for a ring of 4k microphones around a centred speaker; just
+    the identity for an asymmetric array).
+    """
+
+    def __init__(self, mic_positions, speaker_position, pano_shape, voxel_shape, voxel_origin, voxel_size) -> None:
+        from avperception.dsp.grid import equirectangular
+
+        mics = np.asarray(mic_positions, dtype=np.float64)
+        spk = np.asarray(speaker_position, dtype=np.float64).reshape(1, 3)
+        h, w = pano_shape
+        grid = equirectangular(-180, 180, -90, 90, 360.0 / w)
+        pano_ok = grid.shape == (h, w)
+        d, hh, ww = voxel_shape
+        zz, yy, xx = np.meshgrid(np.arange(d), np.arange(hh), np.arange(ww), indexing="ij")
+        centres = np.asarray(voxel_origin) + (np.stack([xx, yy, zz], -1).reshape(-1, 3) + 0.5) * np.asarray(voxel_size)
+        self.transforms = []
+        for flip in (False, True):
+            for k in range(4):
+                t = _rz(k) @ np.diag([1.0, -1.0 if flip else 1.0, 1.0])
+                inv = t.T  # orthogonal
+                audio = _match(mics @ inv.T, mics, 1e-3)  # new mic j hears old mic audio[j]
+                if audio is None or _match(spk @ t.T, spk, 1e-3) is None or not pano_ok:
+                    continue
+                pano = _match(grid.vectors @ inv.T, grid.vectors, 1e-6)
+                vox = _match(centres @ inv.T, centres, 1e-6 + 1e-3 * float(np.min(voxel_size)))
+                if pano is None or vox is None:
+                    continue
+                self.transforms.append({"k": k, "flip": flip, "audio": audio, "pano": pano, "voxels": vox})
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def apply(self, item: dict, i: int) -> dict:
+        t = self.transforms[i]
+        h, w = item["depth"].shape
+        out = dict(item)
+        out["audio"] = item["audio"][t["audio"]]
+        for key in ("depth", "semantic", "energy"):
+            out[key] = item[key].reshape(-1)[t["pano"]].reshape(h, w)
+        shape = item["voxels"].shape
+        out["voxels"] = item["voxels"].reshape(-1)[t["voxels"]].reshape(shape)
+        return out
+
+
 class InMemoryScenes(torch.utils.data.Dataset):
     """One split of a dataset directory as tensors.
 
@@ -36,7 +100,7 @@ class InMemoryScenes(torch.utils.data.Dataset):
     ``energy (H, W)`` float32.
     """
 
-    def __init__(self, root: str | Path, split: str, max_samples: int = 0) -> None:
+    def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False) -> None:
         ds = SceneDataset(root, None)
         self.root = Path(root)
         want = SPLITS.index(split)
@@ -76,24 +140,29 @@ class InMemoryScenes(torch.utils.data.Dataset):
             array=str(np.asarray(consts["array_name"]).reshape(-1)[0]), array_positions=np.asarray(consts["mic_positions"]).tolist(),
             emitted=np.asarray(consts["emitted"], dtype=np.float32),
         )
+        self.symmetries = Symmetries(consts["mic_positions"], consts["speaker_position"], pano, self.voxel_shape,
+                                     consts["voxel_origin"], consts["voxel_size"]) if augment else None
 
     def __len__(self) -> int:
         return len(self.data["audio"])
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def item(self, i: int) -> dict[str, np.ndarray]:
+        """Scene ``i`` as numpy arrays (no augmentation)."""
         d = self.data
-        return {
-            "audio": torch.from_numpy(np.ascontiguousarray(d["audio"][i])),
-            "depth": torch.from_numpy(d["depth"][i]),
-            "semantic": torch.from_numpy(d["semantic"][i].astype(np.int64)),
-            "voxels": torch.from_numpy(unpack_voxels(d["voxels"][i], self.voxel_shape).astype(np.float32)),
-            "energy": torch.from_numpy(d["energy"][i]),
-        }
+        return {"audio": d["audio"][i], "depth": d["depth"][i], "semantic": d["semantic"][i].astype(np.int64),
+                "voxels": unpack_voxels(d["voxels"][i], self.voxel_shape).astype(np.float32), "energy": d["energy"][i]}
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.item(i)
+        if self.symmetries is not None and len(self.symmetries) > 1:
+            item = self.symmetries.apply(item, int(np.random.randint(len(self.symmetries))))
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item.items()}
 
 
-def make_datasets(root: str | Path, max_train: int = 0) -> tuple[InMemoryScenes, InMemoryScenes | None, DataInfo]:
-    """Train and val splits of a dataset directory, and what the model must fit."""
-    train = InMemoryScenes(root, "train", max_train)
+def make_datasets(root: str | Path, max_train: int = 0, augment: bool = True
+                  ) -> tuple[InMemoryScenes, InMemoryScenes | None, DataInfo]:
+    """Train (augmented by the array's symmetries) and val splits of a dataset directory, and what the model must fit."""
+    train = InMemoryScenes(root, "train", max_train, augment)
     try:
         val = InMemoryScenes(root, "val")
     except ValueError:

@@ -93,12 +93,16 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z (B, D, h, w)`` -> quantised (same shape), loss, code indices ``(B, h, w)``."""
+        """``z (B, D, h, w)`` unit vectors -> quantised (same shape), loss, code indices ``(B, h, w)``.
+
+        Codes live on the unit sphere too (cosine-similarity lookup), which keeps
+        the encoder from drifting away from the codebook.
+        """
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.weight.t() + self.codebook.weight.pow(2).sum(1)
-        idx = dist.argmin(1)
-        q = self.codebook(idx).reshape(b, h, w, d).permute(0, 3, 1, 2)
+        codes = F.normalize(self.codebook.weight, dim=1)
+        idx = (flat @ codes.t()).argmax(1)
+        q = codes[idx].reshape(b, h, w, d).permute(0, 3, 1, 2)
         loss = F.mse_loss(q, z.detach()) + self.beta * F.mse_loss(z, q.detach())
         return z + (q - z).detach(), loss, idx.reshape(b, h, w)
 
@@ -121,10 +125,10 @@ class VQVAE(nn.Module):
         self.decoder = PanoramaDecoder(self.vq_cfg.code_dim, 1, scale, cfg.decoder_width)
 
     def encode(self, depth: torch.Tensor) -> torch.Tensor:
-        """Continuous (unquantised) latent."""
+        """Continuous (unquantised) latent, unit-norm per position."""
         valid = torch.isfinite(depth)
         d = torch.where(valid, depth, torch.zeros_like(depth)) / self.cfg.max_depth
-        return self.encoder(torch.stack([d, valid.float()], 1))
+        return F.normalize(self.encoder(torch.stack([d, valid.float()], 1)), dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decoder(z)[:, 0]) * self.cfg.max_depth
@@ -147,7 +151,7 @@ class ATNet(nn.Module):
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
-        self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads) for _ in range(cfg.depth)])
+        self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
         self.h0, self.w0 = max(cfg.latent_h // 4, 1), max(cfg.latent_w // 4, 1)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim * cfg.num_tokens, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
                                  nn.Linear(512, 64 * self.h0 * self.w0))
@@ -160,7 +164,8 @@ class ATNet(nn.Module):
             x = blk(x)
         z = self.mlp(x.flatten(1)).reshape(-1, 64, self.h0, self.w0)
         z = self.up(z)
-        return F.interpolate(z, size=(self.cfg.latent_h, self.cfg.latent_w), mode="bilinear", align_corners=False)
+        z = F.interpolate(z, size=(self.cfg.latent_h, self.cfg.latent_w), mode="bilinear", align_corners=False)
+        return F.normalize(z, dim=1)  # the manifold's latents are unit vectors
 
 
 def vq_config_dict(vq: VQConfig) -> dict:

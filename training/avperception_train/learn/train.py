@@ -36,7 +36,9 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
     kw = dict(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
               latent_h=m.latent_h, latent_w=m.latent_w, pano_h=info.pano_shape[0], pano_w=info.pano_shape[1],
               num_classes=m.num_classes, voxel_size=info.voxel_size, max_depth=m.max_depth, array=info.array,
-              array_positions=info.array_positions)
+              array_positions=info.array_positions, dropout=m.dropout)
+    if m.decoder_width:
+        kw["decoder_width"] = m.decoder_width
     if m.dim:
         kw["dim"] = m.dim
     if m.depth:
@@ -158,7 +160,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     torch.manual_seed(cfg.seed + rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples)
+    train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment)
     sc = student_config(cfg, info)
     model = build_model(cfg.mode, sc).to(device)
     teacher = None
