@@ -95,8 +95,9 @@ def voxel_metrics(pred: np.ndarray, gt: np.ndarray, voxel_size: float = 1.0, f1_
         return out
     d_pg = cKDTree(gp).query(pp)[0]
     d_gp = cKDTree(pp).query(gp)[0]
-    precision = float(np.mean(d_pg <= tau))
-    recall = float(np.mean(d_gp <= tau))
+    eps = 1e-9 * max(tau, 1.0)  # a neighbour exactly tau away counts, despite rounding
+    precision = float(np.mean(d_pg <= tau + eps))
+    recall = float(np.mean(d_gp <= tau + eps))
     out["chamfer_l1"] = float(0.5 * (d_pg.mean() + d_gp.mean()))
     out["f1"] = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     return out

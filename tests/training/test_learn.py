@@ -1,0 +1,176 @@
+"""Learning: symmetry augmentation against physics, metrics, baselines, training stages, the shipped model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from avperception.config import load_array
+from avperception.dsp.grid import equirectangular
+from avperception.eval import metrics
+from avperception.pipeline import localize
+from avperception_train.datagen import config_from_dict, run_datagen
+from avperception_train.learn.baselines import EchoTimeOfFlight, MeanLayout
+from avperception_train.learn.config import ModelSpec, TrainConfig
+from avperception_train.learn.data import InMemoryScenes
+from avperception_train.learn.evaluate import evaluate, markdown_table
+
+
+@pytest.fixture(scope="module")
+def passive_ds(tmp_path_factory):
+    """robot_8mic, no sweep, exactly one white-noise source: the audio says where the source is."""
+    cfg = config_from_dict({"seed": 5, "array": "robot_8mic", "scenes_per_shard": 8,
+                            "active": {"probability": 0.0},
+                            "passive": {"num_sources": [1, 1], "signals": ["noise"], "level_db": [-25, -20],
+                                        "min_distance_m": 1.0},
+                            "split": {"train": 1.0, "val": 0.0, "test": 0.0}})
+    out = tmp_path_factory.mktemp("passive")
+    run_datagen(cfg, out, 6, workers=1, show_progress=False, log=None)
+    return InMemoryScenes(out, "train", augment=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory):
+    """Small panoramas (12 deg), 8^3 voxels and short audio, so training runs in seconds."""
+    cfg = config_from_dict({"seed": 3, "array": "respeaker_6mic", "scenes_per_shard": 16,
+                            "audio": {"num_samples": 1024}, "panorama": {"resolution_deg": 12.0},
+                            "energy": {"resolution_deg": 12.0}, "voxels": {"resolution": [8, 8, 8]},
+                            "room": {"scenes_per_room": 2}, "split": {"train": 0.6, "val": 0.2, "test": 0.2}})
+    out = tmp_path_factory.mktemp("tiny")
+    run_datagen(cfg, out, 32, workers=1, show_progress=False, log=None)
+    return out
+
+
+def test_robot_ring_admits_eight_exact_symmetries(passive_ds):
+    sym = passive_ds.symmetries
+    assert len(sym) == 8
+    rot90 = [t for t in sym.transforms if t["k"] == 1 and not t["flip"]][0]
+    # turning the scene +90 deg: the new front mic hears what the old mic at -90 deg (index 6) heard
+    assert rot90["audio"][0] == 6
+
+
+def test_augmented_audio_and_energy_target_agree(passive_ds):
+    """After every symmetry transform, SRP-PHAT on the permuted audio points where the transformed target does."""
+    arr = load_array("robot_8mic")
+    grid = equirectangular(-180, 180, -90, 90, 3.0)
+    for i in range(len(passive_ds)):
+        item = passive_ds.item(i)
+        for t in range(len(passive_ds.symmetries)):
+            a = passive_ds.symmetries.apply(item, t)
+            target_az = grid.azimuth_deg[int(np.argmax(a["energy"]))]
+            found = localize(a["audio"], arr, 16000, 1)[0].azimuth_deg
+            assert abs((found - target_az + 180) % 360 - 180) < 8, (i, t, found, target_az)
+
+
+def test_augmented_voxels_agree_with_depth(passive_ds):
+    """Near horizontal surfaces seen in the depth panorama are occupied voxels, in every transform."""
+    grid = equirectangular(-180, 180, -90, 90, 3.0)
+    horizon = np.abs(grid.elevation_deg) < 2
+    d = passive_ds
+    origin = np.asarray(np.load(next(d.root.glob("shard-*.npz")))["voxel_origin"])
+    size = np.asarray(np.load(next(d.root.glob("shard-*.npz")))["voxel_size"])
+    checked = agree = 0
+    for i in range(len(d)):
+        item = d.item(i)
+        for t in range(len(d.symmetries)):
+            a = d.symmetries.apply(item, t)
+            depth = a["depth"].reshape(-1)
+            for g in np.nonzero(horizon & (depth < 1.0))[0]:
+                p = grid.vectors[g] * (depth[g] + 0.02)
+                ix, iy, iz = np.floor((p - origin) / size).astype(int)
+                v = a["voxels"][max(iz - 1, 0):iz + 2, max(iy - 1, 0):iy + 2, max(ix - 1, 0):ix + 2]
+                checked += 1
+                agree += bool(v.any())
+    assert checked > 20
+    assert agree / checked > 0.95
+
+
+def test_depth_metrics_known_values():
+    gt = np.array([[1.0, 2.0], [4.0, np.nan]])
+    pred = np.array([[1.0, 2.5], [2.0, 7.0]])
+    m = metrics.depth_metrics(pred, gt)
+    assert m["mae"] == pytest.approx((0 + 0.5 + 2) / 3)
+    assert m["abs_rel"] == pytest.approx((0 + 0.25 + 0.5) / 3)
+    # ratios 1, 1.25, 2: 1.25 is not < 1.25; 2 is above 1.25^3 = 1.95
+    assert m["delta1"] == pytest.approx(1 / 3)
+    assert m["delta2"] == pytest.approx(2 / 3) and m["delta3"] == pytest.approx(2 / 3)
+
+
+def test_segmentation_and_voxel_metrics_known_values():
+    gt = np.array([[0, 0, 1, 2], [3, 3, 255, 2]])
+    pred = np.array([[0, 1, 1, 2], [3, 0, 2, 2]])
+    s = metrics.segmentation_metrics(metrics.confusion(pred, gt, 4))
+    assert s["pacc"] == pytest.approx(5 / 7)
+    assert s["iou_per_class"][0] == pytest.approx(1 / 3)
+    assert s["layout_iou"] == pytest.approx(np.mean([1 / 3, 1 / 2, 1.0]))
+    a = np.zeros((8, 8, 8), bool)
+    a[2:4, 2:4, 2:4] = True
+    b = np.roll(a, 1, axis=2)
+    v = metrics.voxel_metrics(a, b, voxel_size=0.1, f1_tau=0.1)
+    assert v["iou"] == pytest.approx(4 / 12)
+    assert v["chamfer_l1"] == pytest.approx(0.05)
+    assert v["f1"] == pytest.approx(1.0)
+
+
+def test_evaluate_perfect_and_mean_layout(tiny_ds):
+    test = InMemoryScenes(tiny_ds, "test")
+
+    def oracle(batch):
+        return {"depth": batch["depth"].numpy(), "semantic": batch["semantic"].numpy(),
+                "voxels": batch["voxels"].numpy() > 0.5}
+
+    perfect = evaluate(oracle, test, voxel_size_m=test.info.voxel_size_m)
+    assert perfect["depth"]["delta1"] == 1.0 and perfect["depth"]["abs_rel"] == 0.0
+    assert perfect["semantic"]["miou"] == 1.0 and perfect["voxels"]["iou"] == 1.0
+    mean = evaluate(MeanLayout(InMemoryScenes(tiny_ds, "train")), test, voxel_size_m=test.info.voxel_size_m)
+    assert 0 < mean["depth"]["delta1"] < 1
+    table = markdown_table({"oracle": perfect, "mean layout": mean})
+    assert "| oracle |" in table and "δ1" in table
+
+
+def test_echo_time_of_flight_finds_the_wall():
+    fs, c = 16000, 343.0
+    t = np.arange(int(0.008 * fs)) / fs
+    sweep = np.sin(2 * np.pi * (1000 * t + (6000 / (2 * t[-1])) * t ** 2)) * np.hanning(len(t))
+    audio = np.zeros((2, 2048))
+    audio[:, :len(sweep)] += sweep  # direct sound
+    delay = int(round(2 * 1.7 / c * fs))  # a wall 1.7 m away
+    audio[:, delay:delay + len(sweep)] += 0.3 * sweep
+    audio += 0.001 * np.random.default_rng(0).standard_normal(audio.shape)
+    assert EchoTimeOfFlight(sweep, fs).distance(audio) == pytest.approx(1.7, abs=0.05)
+
+
+def test_teacher_distill_and_manifold_stages_run_and_learn(tiny_ds, tmp_path):
+    from avperception_train.learn.train import load_stage, train
+
+    base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1,
+                       model=ModelSpec(dim=32, depth=1, latent_h=15, latent_w=30, decoder_width=16))
+    teacher = train(TrainConfig(**{**base.__dict__, "mode": "teacher", "epochs": 4, "out": str(tmp_path / "t")}),
+                    progress=False)
+    log = [__import__("json").loads(x) for x in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    student = train(TrainConfig(**{**base.__dict__, "mode": "distill", "epochs": 1, "teacher": str(teacher),
+                                   "out": str(tmp_path / "s")}), progress=False)
+    model, sc = load_stage(student, "distill", torch.device("cpu"))
+    assert sc.num_mics == 6 and sc.pano_h == 15 and sc.voxel_size == 8
+    vq = train(TrainConfig(**{**base.__dict__, "mode": "vqvae", "epochs": 1, "out": str(tmp_path / "v")}),
+               progress=False)
+    train(TrainConfig(**{**base.__dict__, "mode": "manifold", "epochs": 1, "teacher": str(vq),
+                         "out": str(tmp_path / "m")}), progress=False)
+    assert (tmp_path / "m" / "best.pt").exists()
+
+
+def test_shipped_default_model_loads_and_runs():
+    from avperception.models import default_model
+    from avperception.models.student import AudioStudent
+
+    model = AudioStudent.load(default_model("robot_8mic"))
+    cfg = model.cfg
+    assert cfg.array == "robot_8mic" and cfg.num_mics == 8
+    np.testing.assert_allclose(np.asarray(cfg.array_positions), load_array("robot_8mic").positions, atol=1e-6)
+    with torch.no_grad():
+        out = model(torch.zeros(1, cfg.num_mics, cfg.num_samples))
+    assert out["depth"].shape == (1, cfg.pano_h, cfg.pano_w) and torch.isfinite(out["depth"]).all()
+    with pytest.raises(FileNotFoundError, match="no shipped student model for array 'binaural'"):
+        default_model("binaural")
