@@ -17,6 +17,7 @@ setup(
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
         ("share/" + package_name + "/config/arrays", glob("config/arrays/*.yaml")),
     ],
+    package_data={"avperception.models": ["weights/*.safetensors", "weights/*.json"]},
     install_requires=["setuptools", "numpy", "scipy", "pyyaml"],
     extras_require={"sim": ["pyroomacoustics"], "capture": ["sounddevice"], "plots": ["matplotlib"]},
     zip_safe=True,
