@@ -143,6 +143,8 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--variant", default="small", choices=["small", "large"])
     p.add_argument("--skip-manifold", action="store_true", help="leave out the VQ-VAE + AT-net student")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="datagen override, e.g. --set panorama.resolution_deg=6 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_recipe)
 
@@ -163,7 +165,10 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     times = {}
     t = time.time()
     if not (data / "manifest.json").exists() or not json.loads((data / "manifest.json").read_text()).get("complete"):
-        run_datagen(load_config(None, {"array": a.array, "seed": a.seed}), data, a.scenes, a.workers)
+        from ..datagen.config import _deep_merge, parse_set
+
+        overrides = _deep_merge({"array": a.array, "seed": a.seed}, parse_set(a.overrides))
+        run_datagen(load_config(None, overrides), data, a.scenes, a.workers)
     times["datagen_s"] = time.time() - t
     base = TrainConfig(data=str(data), epochs=a.epochs, batch_size=a.batch_size, device=a.device, seed=a.seed,
                        workers=min(a.workers, 4), model=ModelSpec(variant=a.variant))
