@@ -30,6 +30,10 @@ Registered methods (``BEAMFORMERS``; ``avperception info`` lists them):
     MUSIC pseudo-spectrum per frequency (signal subspace from the covariance
     eigenvectors), summed over the band; ``normmusic`` normalises each
     frequency's pseudo-spectrum to a maximum of 1 first.
+``srp_phat_normmusic``
+    SRP-PHAT's map and strongest source, NormMUSIC for further sources: the
+    most accurate with several simultaneous sources (``avperception localize``
+    uses it).
 
 All share the keyword arguments ``sample_rate``, ``nfft``, ``fmin``, ``fmax``
 and ``speed_of_sound``; method-specific ones are listed on each class.
@@ -50,8 +54,10 @@ from .grid import DirectionGrid
 
 BEAMFORMERS: dict[str, type["Beamformer"]] = {}
 
-#: the method ``avperception localize`` and the pipeline use unless told otherwise
+#: the method the streaming pipeline uses unless told otherwise (fastest, robust)
 DEFAULT_METHOD = "srp_phat"
+#: the method offline localisation (``avperception localize``) uses unless told otherwise (most accurate)
+DEFAULT_LOCALIZE_METHOD = "srp_phat_normmusic"
 
 
 def register(name: str) -> Callable[[type["Beamformer"]], type["Beamformer"]]:
@@ -384,13 +390,17 @@ class NarrowbandBeamformer(Beamformer):
         """``(Fs, n)`` narrowband spectra on the grid (``directions=None``) or on given directions."""
         n = len(self.grid) if directions is None else len(directions)
         out = np.empty((len(self.sel_bins), n), dtype=np.float32)
+        stepper = None
+        if directions is None and self._steer is None:
+            stepper = _SteeringStepper(self.positions, self.grid.vectors, self.sel_freqs, self.c)
         for s in range(0, len(self.sel_bins), chunk):
             sl = slice(s, min(s + chunk, len(self.sel_bins)))
-            if directions is None and self._steer is not None:
+            if stepper is not None:
+                a = stepper.take(sl)
+            elif directions is None:
                 a = self._steer[sl]
             else:
-                vecs = self.grid.vectors if directions is None else directions
-                a = steering_vectors(self.positions, vecs, self.sel_freqs[sl], self.c)
+                a = steering_vectors(self.positions, directions, self.sel_freqs[sl], self.c)
             out[sl] = self._narrowband(state, a, sl)
         return out
 
@@ -415,6 +425,41 @@ class NarrowbandBeamformer(Beamformer):
 
     def _weight(self, nb: np.ndarray, state) -> np.ndarray:
         return nb
+
+
+class _SteeringStepper:
+    """Grid steering vectors bin after bin without a table: ``a(f') = a(f) * exp(2j pi (f' - f) r.u / c)``.
+
+    One complex multiply per element instead of an ``exp``; the phasor of each
+    distinct bin step is computed once (a contiguous band has a single step).
+    The phase is re-anchored with an exact ``exp`` every 64 bins so float32
+    rounding cannot accumulate.
+    """
+
+    def __init__(self, positions: np.ndarray, directions: np.ndarray, freqs: np.ndarray, c: float) -> None:
+        self.proj = (np.asarray(directions, dtype=np.float64) @ np.asarray(positions, dtype=np.float64).T) / c  # (G, M)
+        self.freqs = np.asarray(freqs, dtype=np.float64)
+        self.steps: dict[float, np.ndarray] = {}
+        self.cur: np.ndarray | None = None
+        self.k = -1
+
+    def _exact(self, f: float) -> np.ndarray:
+        return np.exp((2j * np.pi * f) * self.proj).astype(np.complex64)
+
+    def take(self, sl: slice) -> np.ndarray:
+        """``(len(sl), G, M)`` steering vectors for the bins of ``sl`` (called with increasing slices)."""
+        out = np.empty((sl.stop - sl.start, *self.proj.shape), dtype=np.complex64)
+        for i, k in enumerate(range(sl.start, sl.stop)):
+            if self.cur is None or k != self.k + 1 or k % 64 == 0:
+                self.cur = self._exact(self.freqs[k])
+            else:
+                df = round(float(self.freqs[k] - self.freqs[k - 1]), 6)
+                if df not in self.steps:
+                    self.steps[df] = self._exact(df)
+                self.cur = self.cur * self.steps[df]
+            self.k = k
+            out[i] = self.cur
+        return out
 
 
 def _quadratic(a: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -597,6 +642,75 @@ class SrpPhatCoarseToFine(CoarseToFine):
     inner_name = "srp_phat"
 
 
+# --------------------------------------------------------------------------- hybrid
+
+
+@register("srp_phat_normmusic")
+class SrpPhatNormMusic(Beamformer):
+    """SRP-PHAT for the map and the strongest source, NormMUSIC for the further ones.
+
+    SRP-PHAT is the most robust single-source estimator in reverberant rooms,
+    but with several simultaneous broadband sources the phase of every
+    time-frequency bin belongs to the louder one, so a weaker source's peak can
+    sink below the louder one's reflections. A subspace method keeps every
+    source in its signal subspace whatever their levels. So: the map (and
+    :meth:`evaluate`) is SRP-PHAT's and the first source is SRP-PHAT's peak; when
+    more sources are asked for, a NormMUSIC map (signal subspace of the number
+    of sources asked for, capped at ``M - 1``) provides the others, away from
+    the ones already found, and each is kept only if SRP-PHAT there is at least
+    ``min_relative_power`` of the first source's.
+
+    Args:
+        interp: SRP-PHAT lag oversampling.
+        max_bins: frequency bins NormMUSIC uses (evenly spread over the band).
+    """
+
+    def __init__(self, array: ArrayGeometry, grid: DirectionGrid, interp: int = 16, max_bins: int | None = 96,
+                 **kw) -> None:
+        super().__init__(array, grid, **kw)
+        self.srp = SrpPhat(array, grid, interp=interp, **kw)
+        self.music = NormMusic(array, grid, max_bins=max_bins, **kw)
+        self._spec: np.ndarray | None = None
+
+    def map(self, spec: np.ndarray) -> np.ndarray:
+        self._spec = spec
+        return self.srp.map(spec)
+
+    def evaluate(self, spec: np.ndarray | None, directions: np.ndarray) -> np.ndarray:
+        if spec is not None:
+            self._spec = spec
+        return self.srp.evaluate(spec, directions)
+
+    def find_sources(self, power: np.ndarray, num: int, min_separation_deg: float, min_relative_power: float,
+                     refine: bool, mask: np.ndarray | None):
+        """Sources strongest first (see the class notes); called by :func:`~avperception.dsp.peaks.find_sources`."""
+        from .peaks import find_sources
+
+        first = find_sources(self.srp, None, power, 1, min_separation_deg, min_relative_power, refine, mask)
+        if num <= 1 or not first or self._spec is None:
+            return first
+        self.music.num_sources = int(min(num, self.array.num_mics - 1))
+        pm = self.music.map(self._spec)
+        cos_sep = np.cos(np.radians(min_separation_deg))
+        found = list(first)
+        away = np.ones(len(self.grid), bool)
+        for s in found:
+            away &= self.grid.vectors @ np.asarray(s.vector) < cos_sep
+        cands = find_sources(self.music, None, np.where(away, pm, 0.0), num + 2, min_separation_deg, 0.0, refine,
+                             None if mask is None else mask & away)
+        for c in cands:
+            if len(found) >= num:
+                break
+            v = np.asarray(c.vector)
+            if any(v @ np.asarray(s.vector) >= cos_sep for s in found):
+                continue
+            p = float(self.srp.evaluate(None, v[None])[0])
+            if p <= 0 or p < min_relative_power * first[0].power:
+                continue
+            found.append(type(c)(c.azimuth_deg, c.elevation_deg, p, c.vector))
+        return found
+
+
 # --------------------------------------------------------------------------- reference
 
 
@@ -614,7 +728,7 @@ def srp_phat_reference(spec: np.ndarray, array: ArrayGeometry, directions: np.nd
 
 
 __all__ = [
-    "BEAMFORMERS", "DEFAULT_METHOD", "Beamformer", "CoarseToFine", "DelayAndSum", "Music", "Mvdr", "NormMusic",
-    "PairLagBeamformer", "SrpPhat", "SrpPhatCoarseToFine", "gcc_from_cross_spectra", "make_beamformer", "register",
+    "BEAMFORMERS", "DEFAULT_LOCALIZE_METHOD", "DEFAULT_METHOD", "Beamformer", "CoarseToFine", "DelayAndSum", "Music", "Mvdr", "NormMusic",
+    "PairLagBeamformer", "SrpPhat", "SrpPhatCoarseToFine", "SrpPhatNormMusic", "gcc_from_cross_spectra", "make_beamformer", "register",
     "srp_phat_reference", "steering_vectors", "tdoa",
 ]

@@ -107,12 +107,17 @@ def find_sources(
 
     Refinement evaluates the beamformer on a local patch around each peak at
     1/8 of the grid spacing, twice (coarse-to-fine), so the result is not tied
-    to the grid resolution.
+    to the grid resolution. A beamformer with its own ``find_sources(power,
+    num, min_separation_deg, min_relative_power, refine, mask)`` method does the
+    search itself.
     """
     grid: DirectionGrid = beamformer.grid
     array: ArrayGeometry = beamformer.array
     if mask is None:
         mask = grid.search_mask(array)
+    custom = getattr(beamformer, "find_sources", None)
+    if custom is not None:  # a method with its own multi-source search (e.g. srp_phat_normmusic)
+        return custom(power, num, min_separation_deg, min_relative_power, refine, mask)
     out = []
     for i in pick_peaks(power, grid, num, min_separation_deg, min_relative_power, mask):
         v = grid.vectors[i]

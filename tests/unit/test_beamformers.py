@@ -9,7 +9,7 @@ import pytest
 
 from avperception.config import ArrayGeometry, load_array
 from avperception.dsp import grid as grids
-from avperception.dsp.beamforming import (BEAMFORMERS, DEFAULT_METHOD, Music, make_beamformer, srp_phat_reference,
+from avperception.dsp.beamforming import (BEAMFORMERS, DEFAULT_LOCALIZE_METHOD, DEFAULT_METHOD, Music, make_beamformer, srp_phat_reference,
                                           steering_vectors)
 from avperception.dsp.gcc import band_covariance, mic_pairs, phat_cross_spectra
 from avperception.dsp.grid import angular_distance_deg, azel_to_vector
@@ -35,8 +35,8 @@ def grid642():
 
 
 def test_registry_lists_all_methods():
-    assert {"srp_phat", "srp_phat_c2f", "das", "mvdr", "music", "normmusic"} <= set(BEAMFORMERS)
-    assert DEFAULT_METHOD in BEAMFORMERS
+    assert {"srp_phat", "srp_phat_c2f", "das", "mvdr", "music", "normmusic", "srp_phat_normmusic"} <= set(BEAMFORMERS)
+    assert DEFAULT_METHOD in BEAMFORMERS and DEFAULT_LOCALIZE_METHOD in BEAMFORMERS
     with pytest.raises(ValueError, match="available: .*srp_phat"):
         make_beamformer("nope", CUBE, grids.icosphere(1))
     # settings a method does not take are ignored unless strict
@@ -128,7 +128,7 @@ def test_das_and_mvdr_equal_their_textbook_formulas():
     np.testing.assert_allclose(mv.evaluate(None, dirs), (1 / q).mean(0), rtol=2e-3)
 
 
-@pytest.mark.parametrize("method", ["srp_phat", "normmusic", "mvdr"])
+@pytest.mark.parametrize("method", ["srp_phat", "normmusic", "mvdr", "srp_phat_normmusic"])
 def test_two_sources_resolved_with_min_separation(method, grid642):
     arr = load_array("robot_8mic")
     truth = [(40.0, 15.0), (-100.0, 25.0)]
@@ -139,6 +139,39 @@ def test_two_sources_resolved_with_min_separation(method, grid642):
     for az, el in truth:
         err = min(angular_distance_deg(np.array(s.vector), azel_to_vector(az, el)) for s in found)
         assert err < 3.0, (method, az, el, found)
+
+
+def test_hybrid_finds_a_weak_second_source_that_srp_phat_misses():
+    """Two white sources, one 12 dB weaker: every bin's PHAT phase belongs to the loud one."""
+    arr = load_array("robot_8mic")
+    loud, weak = (30.0, 10.0), (-150.0, 40.0)
+    x = plane_wave(arr, azel_to_vector(*loud), FS, 16000, seed=1) + 0.25 * plane_wave(arr, azel_to_vector(*weak), FS,
+                                                                                      16000, seed=2)
+    rng = np.random.default_rng(0)
+    x = x + 0.02 * rng.standard_normal(x.shape).astype(np.float32)
+    X = stft(x, NFFT, 256)
+    g = grids.icosphere(3)
+    srp = make_beamformer("srp_phat", arr, g, **KW)
+    alone = find_sources(srp, None, srp.map(X), num=2, min_separation_deg=20, min_relative_power=0.0)
+    assert min(angular_distance_deg(np.array(s.vector), azel_to_vector(*weak)) for s in alone) > 10
+    hy = make_beamformer("srp_phat_normmusic", arr, g, **KW)
+    found = find_sources(hy, None, hy.map(X), num=2, min_separation_deg=20, min_relative_power=0.0)
+    errs = [min(angular_distance_deg(np.array(s.vector), azel_to_vector(*d)) for s in found) for d in (loud, weak)]
+    assert max(errs) < 3.0, (found, errs)
+    assert angular_distance_deg(np.array(found[0].vector), azel_to_vector(*loud)) < 2.0  # strongest first
+    # with min_relative_power the weak one must also have SRP-PHAT support
+    assert len(find_sources(hy, None, hy.map(X), num=2, min_relative_power=0.99)) == 1
+
+
+def test_steering_without_table_equals_table():
+    arr = load_array("respeaker_6mic")
+    X = spec_of(arr, [(20.0, 30.0)], seed=6)
+    g = grids.icosphere(3)
+    for method in ("normmusic", "mvdr"):
+        table = make_beamformer(method, arr, g, **KW)
+        stepped = make_beamformer(method, arr, g, memory_mb=0, **KW)  # too little memory for a table
+        assert table._steer is not None and stepped._steer is None
+        np.testing.assert_allclose(stepped.map(X), table.map(X), rtol=1e-3)
 
 
 def test_music_estimates_the_number_of_sources():
