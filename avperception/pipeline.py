@@ -101,14 +101,19 @@ def localize(
     """Offline localisation of a whole ``(mics, samples)`` recording.
 
     The STFT of the whole recording is pooled into one cross-spectrum (static
-    sources), then the map's peaks are refined.
+    sources), then the map's peaks are refined. Without a ``config`` the most
+    accurate method (``DEFAULT_LOCALIZE_METHOD``, see ``avperception bench doa``)
+    is used, else ``config.beamformer.method``.
     """
     from dataclasses import replace
+
+    from .dsp.beamforming import DEFAULT_LOCALIZE_METHOD
 
     cfg = config or PipelineConfig()
     cfg = replace(
         cfg, sample_rate=sample_rate, array=array.name,
         beamformer=replace(cfg.beamformer, num_sources=num_sources, interp=max(cfg.beamformer.interp, 16),
+                           method=DEFAULT_LOCALIZE_METHOD if config is None else cfg.beamformer.method,
                            fmax_hz=0.45 * sample_rate if config is None else min(cfg.beamformer.fmax_hz, sample_rate / 2)),
         frame=replace(cfg.frame, frame_samples=max(cfg.frame.frame_samples, cfg.stft.nfft)),
     ).validate()
