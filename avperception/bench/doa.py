@@ -16,10 +16,19 @@ estimate (Hungarian assignment); a source left without an estimate counts as
 estimates are folded to the upper side first. pyroomacoustics' methods search
 the same 2562-direction icosphere grid (the upper half for planar arrays,
 where a full sphere would return mirror images) with their own peak finder;
-ours use the same grid and then refine each peak off the grid, except
-``srp_phat`` (default), which is exactly what ``avperception localize`` runs.
+ours use the same grid and then refine each peak off the grid. ``localize``
+is exactly what ``avperception localize`` runs (its default method,
+``srp_phat_normmusic``, on the pipeline's 3-degree equirectangular grid);
 ``srp_phat_grid`` is our SRP-PHAT without off-grid refinement, to separate the
 method from the refinement.
+
+Two error measures are reported: the 3-D angle, and the *resolvable* angle
+(azimuth for planar arrays, the 3-D angle for the others). A planar array
+measures only the in-plane component of the direction, so its elevation
+follows from ``cos(el)`` and is ill-conditioned near the plane; in a room the
+floor and ceiling reflections of a source lie at the same azimuth and, folded
+to the upper side, at higher elevations, which pulls a planar array's
+elevation up by several degrees (see docs/dsp.md).
 
     avperception bench doa [--scenes 200] [--jobs 2] [--json] [--markdown]
 """
@@ -51,7 +60,7 @@ MAX_ORDER = 40
 
 #: arrays of the bench: shipped presets plus a non-planar 8-mic cube (10 cm edge)
 ARRAYS = ["respeaker_4mic", "respeaker_6mic", "robot_8mic", "minidsp_uma16", "tetra_4mic", "cube_8mic"]
-OUR_METHODS = ["srp_phat", "srp_phat_grid", "das", "mvdr", "music", "normmusic"]
+OUR_METHODS = ["localize", "srp_phat", "srp_phat_grid", "das", "mvdr", "music", "normmusic"]
 PRA_METHODS = ["SRP", "MUSIC", "NormMUSIC"]
 PRA_SLOW = ["TOPS", "CSSM", "WAVES"]
 SNR_BUCKETS = [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0001)]
@@ -136,6 +145,22 @@ def render(scene: Scene, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def azimuth_errors(estimated: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Azimuth error (deg) of each true direction to its matched estimate (Hungarian); 180 when unmatched."""
+    from scipy.optimize import linear_sum_assignment
+
+    est = np.asarray(estimated, dtype=np.float64).reshape(-1, 3)
+    out = np.full(len(true), 180.0)
+    if len(est) == 0:
+        return out
+    ae = np.degrees(np.arctan2(est[:, 1], est[:, 0]))
+    at = np.degrees(np.arctan2(true[:, 1], true[:, 0]))
+    cost = np.abs((ae[None] - at[:, None] + 180.0) % 360.0 - 180.0)
+    r, c = linear_sum_assignment(cost)
+    out[r] = cost[r, c]
+    return out
+
+
 def _search_grid(arr: ArrayGeometry) -> DirectionGrid:
     g = grids.icosphere(4)
     m = g.search_mask(arr)
@@ -155,7 +180,7 @@ class _Worker:
             grid = _search_grid(arr)
             kw = dict(sample_rate=FS, nfft=NFFT, fmin=FMIN, fmax=FMAX, interp=16)
             bfs = {m: make_beamformer("srp_phat" if m == "srp_phat_grid" else m, arr, grid, **kw)
-                   for m in self.ours if m != "srp_phat"}
+                   for m in self.ours if m != "localize"}
             pras = {}
             if self.pra:
                 from .peers import PraMethod
@@ -179,16 +204,21 @@ class _Worker:
         k = len(scene.sources)
         X = stft(x, NFFT, HOP)
         out = {"index": index, "array": scene.array, "planar": bool(arr.is_planar), "rt60": scene.rt60,
-               "snr_db": scene.snr_db, "sources": k, "errors": {}, "ms": {}}
+               "snr_db": scene.snr_db, "sources": k, "errors": {}, "errors_resolvable": {}, "ms": {}}
 
         def record(name, est, dt):
-            e = match_errors(np.asarray(est).reshape(-1, 3), scene.directions, arr)
+            est = np.asarray(est).reshape(-1, 3)
+            e = match_errors(est, scene.directions, arr)
             out["errors"][name] = [180.0 if not np.isfinite(v) else float(v) for v in e]
+            if arr.is_planar:  # what a planar array resolves: azimuth
+                out["errors_resolvable"][name] = azimuth_errors(est, scene.directions).tolist()
+            else:
+                out["errors_resolvable"][name] = out["errors"][name]
             out["ms"][name] = dt * 1e3
 
         for m in self.ours:
             t = time.perf_counter()
-            if m == "srp_phat":
+            if m == "localize":
                 from ..pipeline import localize
 
                 found = localize(x, arr, FS, k)
@@ -202,7 +232,11 @@ class _Worker:
             record(m, [s.vector for s in found], time.perf_counter() - t)
         for m, pm in pras.items():
             t = time.perf_counter()
-            est = pm.locate(X, num_src=k)
+            try:
+                est = pm.locate(X, num_src=k)
+            except (np.linalg.LinAlgError, ValueError, FloatingPointError) as e:  # e.g. CSSM / WAVES: singular matrix
+                est = np.zeros((0, 3))
+                out.setdefault("failures", {})[f"pyroomacoustics.{m}"] = str(e)
             record(f"pyroomacoustics.{m}", est, time.perf_counter() - t)
         return out
 
@@ -230,7 +264,8 @@ def run(scenes: int = 200, seed: int = 0, jobs: int = 2, ours=None, pra=None, pr
                 progress(len(results), scenes)
     results.sort(key=lambda r: r["index"])
     methods = ours + [f"pyroomacoustics.{m}" for m in pra]
-    return {"scenes": results, "summary": summarize(results, methods), "methods": methods,
+    return {"scenes": results, "summary": summarize(results, methods),
+            "summary_resolvable": summarize(results, methods, "errors_resolvable"), "methods": methods,
             "settings": {"scenes": scenes, "seed": seed, "fs": FS, "nfft": NFFT, "band_hz": [FMIN, FMAX],
                          "duration_s": DURATION, "max_image_order": MAX_ORDER, "arrays": ARRAYS},
             "wall_s": time.perf_counter() - t0, "machine": machine()}
@@ -252,17 +287,19 @@ def _stats(e: list[float]) -> dict:
     return {"n": int(a.size), "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
 
 
-def summarize(results: list[dict], methods: list[str]) -> dict:
+def summarize(results: list[dict], methods: list[str], key: str = "errors") -> dict:
     """Median / p90 error per method: overall, single sources, single sources at SNR >= 10 dB, per SNR bucket,
-    per source count and per array."""
+    per source count, per array, and single sources at SNR >= 10 dB on non-planar arrays."""
     out = {}
     for m in methods:
         def errs(pred):
-            return [e for r in results if pred(r) for e in r["errors"].get(m, [])]
+            return [e for r in results if pred(r) for e in r[key].get(m, [])]
 
         s = {"all": _stats(errs(lambda r: True)),
              "single": _stats(errs(lambda r: r["sources"] == 1)),
              "single_snr_ge_10": _stats(errs(lambda r: r["sources"] == 1 and r["snr_db"] >= 10)),
+             "single_snr_ge_10_nonplanar": _stats(errs(lambda r: r["sources"] == 1 and r["snr_db"] >= 10
+                                                        and not r["planar"])),
              "snr": {f"{lo:g}-{min(hi, 30):g}": _stats(errs(lambda r, lo=lo, hi=hi: lo <= r["snr_db"] < hi))
                      for lo, hi in SNR_BUCKETS},
              "sources": {str(k): _stats(errs(lambda r, k=k: r["sources"] == k)) for k in (1, 2, 3)},
@@ -276,9 +313,7 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.1f}"
 
 
-def markdown(result: dict) -> str:
-    """The summary as markdown tables."""
-    summ = result["summary"]
+def _tables(summ: dict) -> tuple[str, str]:
     buckets = list(next(iter(summ.values()))["snr"]) if summ else []
     head = (["method", "all: median / p90", "1 source: median / p90", "1 source, SNR >= 10 dB: median"]
             + [f"SNR {b} dB: median / p90" for b in buckets] + ["ms / scene"])
@@ -288,38 +323,87 @@ def markdown(result: dict) -> str:
                      f"{_f(s['single']['median'])} / {_f(s['single']['p90'])}", _f(s["single_snr_ge_10"]["median"])]
                     + [f"{_f(s['snr'][b]['median'])} / {_f(s['snr'][b]['p90'])}" for b in buckets]
                     + [f"{s['ms_median']:.1f}"])
-    t1 = markdown_table(head, rows)
-    head2 = ["method"] + [f"{a}" for a in ARRAYS] + ["2 sources", "3 sources"]
+    head2 = ["method"] + list(ARRAYS) + ["2 sources", "3 sources"]
     rows2 = [[m] + [_f(s["arrays"][a]["median"]) for a in ARRAYS]
              + [_f(s["sources"]["2"]["median"]), _f(s["sources"]["3"]["median"])] for m, s in summ.items()]
-    t2 = markdown_table(head2, rows2)
+    return markdown_table(head, rows), markdown_table(head2, rows2)
+
+
+def markdown(result: dict) -> str:
+    """The summaries as markdown tables."""
     n = len(result["scenes"])
     counts = {k: sum(r["sources"] == k for r in result["scenes"]) for k in (1, 2, 3)}
-    return (f"{n} scenes ({counts[1]} with 1 source, {counts[2]} with 2, {counts[3]} with 3); errors in degrees "
-            f"(median / 90th percentile over all sources).\n\n{t1}\n\nMedian error per array and per source count:\n\n{t2}\n")
+    fails: dict[str, int] = {}
+    for r in result["scenes"]:
+        for m in r.get("failures", {}):
+            fails[m] = fails.get(m, 0) + 1
+    failed = "".join(f"{m} raised an error on {c} scene(s) (counted as missed sources). " for m, c in fails.items())
+    a1, a2 = _tables(result["summary"])
+    b1, b2 = _tables(result["summary_resolvable"])
+    return (f"{n} scenes ({counts[1]} with 1 source, {counts[2]} with 2, {counts[3]} with 3). Errors in degrees, "
+            f"median / 90th percentile over all sources; a missed source counts as 180. {failed}\n\n"
+            f"**3-D angle** between true and estimated direction (planar arrays: both folded to the upper side):\n\n"
+            f"{a1}\n\nMedian 3-D error per array and per source count:\n\n{a2}\n\n"
+            f"**Resolvable angle**: azimuth error for the planar arrays (which cannot measure elevation well, see the "
+            f"notes), 3-D angle for the non-planar ones:\n\n{b1}\n\nMedian per array and per source count:\n\n{b2}\n")
 
 
-def checks(result: dict) -> list[str]:
-    summ = result["summary"]
+def checks(result: dict, method: str = "localize") -> list[str]:
     out = []
-    if "srp_phat" not in summ:
-        return out
-    ours = summ["srp_phat"]
-    med = ours["single_snr_ge_10"]["median"]
-    if med is not None:
-        out.append(f"{'PASS' if med <= 2.0 else 'MISS'}: srp_phat median error for single sources at SNR >= 10 dB "
-                   f"= {med:.2f} deg (<= 2 deg)")
-    peers = [m for m in summ if m.startswith("pyroomacoustics.")]
-    for b in ours["snr"]:
-        if not peers:
-            break
-        best = min(peers, key=lambda m: summ[m]["snr"][b]["median"] if summ[m]["snr"][b]["median"] is not None else 1e9)
-        pb, ob = summ[best]["snr"][b]["median"], ours["snr"][b]["median"]
-        if pb is None or ob is None:
-            continue
-        out.append(f"{'PASS' if ob <= pb else 'MISS'}: SNR {b} dB: srp_phat median {ob:.2f} deg vs best "
-                   f"pyroomacoustics ({best.split('.')[1]}) {pb:.2f} deg")
+    for label, key in (("3-D", "summary"), ("resolvable", "summary_resolvable")):
+        summ = result[key]
+        if method not in summ:
+            return out
+        ours = summ[method]
+        med = ours["single_snr_ge_10"]["median"]
+        if med is not None:
+            out.append(f"{'PASS' if med <= 2.0 else 'MISS'}: {label} error, {method}: median for single sources at "
+                       f"SNR >= 10 dB = {med:.2f} deg (<= 2 deg)")
+        npl = ours["single_snr_ge_10_nonplanar"]["median"]
+        if label == "3-D" and npl is not None:
+            out.append(f"{'PASS' if npl <= 2.0 else 'MISS'}: 3-D error, {method}, non-planar arrays only: median for "
+                       f"single sources at SNR >= 10 dB = {npl:.2f} deg (<= 2 deg)")
+        peers = [m for m in summ if m.startswith("pyroomacoustics.")]
+        for b in ours["snr"]:
+            vals = {m: summ[m]["snr"][b]["median"] for m in peers if summ[m]["snr"][b]["median"] is not None}
+            if not vals or ours["snr"][b]["median"] is None:
+                continue
+            best = min(vals, key=vals.get)
+            ob = ours["snr"][b]["median"]
+            out.append(f"{'PASS' if ob <= vals[best] else 'MISS'}: {label} error, SNR {b} dB: {method} median "
+                       f"{ob:.2f} deg vs best pyroomacoustics ({best.split('.', 1)[1]}) {vals[best]:.2f} deg")
     return out
+
+
+def plot(result: dict, path: str, methods: list[str] | None = None) -> None:
+    """Cumulative distributions of the errors (3-D and resolvable, single and multiple sources) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = methods or [m for m in result["methods"] if m not in ("music", "pyroomacoustics.MUSIC")]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, key, title in ((axes[0], "errors", "3-D angle"), (axes[1], "errors_resolvable",
+                                                                "resolvable angle (azimuth for planar arrays)")):
+        for m in methods:
+            e = np.sort([v for r in result["scenes"] for v in r[key].get(m, [])])
+            if e.size == 0:
+                continue
+            style = "-" if not m.startswith("pyroomacoustics") else "--"
+            ax.plot(e, np.arange(1, e.size + 1) / e.size, style, lw=1.6 if m == "localize" else 1.0,
+                    label=m.replace("pyroomacoustics.", "pra."))
+        ax.set_xscale("log")
+        ax.set_xlim(0.2, 180)
+        ax.set_ylim(0, 1)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("error (deg)")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("fraction of sources")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"DOA error CDF, {len(result['scenes'])} simulated rooms", fontsize=10)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -333,6 +417,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
     ap.add_argument("--markdown", action="store_true", help="print only the markdown tables")
     ap.add_argument("--save", help="also write the full JSON result to this file")
+    ap.add_argument("--plot", help="also draw the error distributions into this PNG")
+    ap.add_argument("--load", help="do not simulate: report a result saved with --save")
 
 
 def run_cli(a: argparse.Namespace) -> int:
@@ -342,9 +428,15 @@ def run_cli(a: argparse.Namespace) -> int:
         if not quiet and sys.stderr.isatty():
             print(f"\rscene {i}/{n}", end="", file=sys.stderr, flush=True)
 
-    res = run(a.scenes, a.seed, a.jobs, a.methods, a.pra, progress)
-    if not quiet and sys.stderr.isatty():
-        print(file=sys.stderr)
+    if a.load:
+        with open(a.load) as f:
+            res = json.load(f)
+    else:
+        res = run(a.scenes, a.seed, a.jobs, a.methods, a.pra, progress)
+        if not quiet and sys.stderr.isatty():
+            print(file=sys.stderr)
+    if a.plot:
+        plot(res, a.plot)
     if a.save:
         with open(a.save, "w") as f:
             json.dump(res, f)
@@ -353,7 +445,8 @@ def run_cli(a: argparse.Namespace) -> int:
         return 0
     print(markdown(res))
     if not a.markdown:
-        print(f"wall time {res['wall_s']:.0f} s with {a.jobs} worker(s)")
+        if not a.load:
+            print(f"wall time {res['wall_s']:.0f} s with {a.jobs} worker(s)")
         for line in checks(res):
             print(line)
     return 0
