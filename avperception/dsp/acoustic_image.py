@@ -91,7 +91,8 @@ class AcousticImager:
         m, t = spec.shape[0], spec.shape[2]
         direct = t < m  # few frames: beamform the frames themselves, cheaper than the covariance
         if direct:
-            y = np.ascontiguousarray(spec[:, self.bins].transpose(1, 0, 2)).astype(np.complex64)  # (Fb, M, T)
+            # |a^H x|^2 = |a^T x^*|^2: conjugate the small frames, not the big steering table
+            y = np.ascontiguousarray(spec[:, self.bins].transpose(1, 0, 2).conj()).astype(np.complex64)  # (Fb, M, T)
         else:
             cov = band_covariance(spec, self.bins)
         out = np.empty((len(self.bins), len(self.grid)), dtype=np.float32)
@@ -100,8 +101,9 @@ class AcousticImager:
             a = self._steer[sl] if self._steer is not None else steering_vectors(
                 self.array.centered, self.grid.vectors, self.freqs[sl], self.c)
             if direct:
-                z = np.matmul(a.conj(), y[sl])  # (F, G, T) = a^H x
-                out[sl] = (z.real**2 + z.imag**2).mean(-1)
+                z = np.ascontiguousarray(np.matmul(a, y[sl]), dtype=np.complex64)  # (F, G, T) = conj(a^H x)
+                zf = z.view(np.float32)
+                out[sl] = np.einsum("fgk,fgk->fg", zf, zf) / t
             else:
                 out[sl] = _quadratic(a, cov[sl])
         return out / np.float32(m * m)
