@@ -96,30 +96,47 @@ def pose_array_to_directions(msg: PoseArray) -> np.ndarray:
     return np.array([direction_from_quaternion(p.orientation) for p in msg.poses]).reshape(-1, 3)
 
 
-def sources_to_markers(sources: Sequence[SourceDirection], stamp: float, frame_id: str, ns: str = "sources",
-                       color: tuple[float, float, float] = (1.0, 0.4, 0.0), length: float = 1.0,
-                       lifetime_s: float = 0.5) -> MarkerArray:
-    """Arrows from the array centre toward each source, with a text label; DELETEALL first."""
+def direction_markers(vectors, alphas, labels, stamp: float, frame_id: str, ns: str,
+                      color: tuple[float, float, float] = (1.0, 0.4, 0.0), length: float = 1.0,
+                      lifetime_s: float = 0.5) -> MarkerArray:
+    """Arrows from the array centre along unit ``vectors`` with text ``labels``; DELETEALL first."""
     out = MarkerArray()
-    clear = Marker(header=header(stamp, frame_id), ns=ns, action=Marker.DELETEALL)
-    out.markers.append(clear)
+    out.markers.append(Marker(header=header(stamp, frame_id), ns=ns, action=Marker.DELETEALL))
     lifetime = sec_to_stamp(lifetime_s)
-    for i, s in enumerate(sources):
-        v = np.asarray(s.vector, dtype=np.float64) * length
-        a = float(np.clip(0.4 + 0.6 * s.power, 0.4, 1.0)) if s.power <= 1 else 1.0
+    for i, (vec, alpha, label) in enumerate(zip(vectors, alphas, labels)):
+        v = np.asarray(vec, dtype=np.float64) * length
         arrow = Marker(header=header(stamp, frame_id), ns=ns, id=2 * i, type=Marker.ARROW, action=Marker.ADD,
-                       scale=Vector3(x=0.03, y=0.06, z=0.08), color=ColorRGBA(r=color[0], g=color[1], b=color[2], a=a))
+                       scale=Vector3(x=0.03, y=0.06, z=0.08),
+                       color=ColorRGBA(r=color[0], g=color[1], b=color[2], a=float(alpha)))
         arrow.pose.orientation.w = 1.0
         arrow.points = [Point(), Point(x=float(v[0]), y=float(v[1]), z=float(v[2]))]
         arrow.lifetime.sec, arrow.lifetime.nanosec = lifetime.sec, lifetime.nanosec
         text = Marker(header=header(stamp, frame_id), ns=ns + "_labels", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
                       action=Marker.ADD, scale=Vector3(z=0.08), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
-                      text=f"{s.azimuth_deg:.0f}°/{s.elevation_deg:.0f}°")
+                      text=label)
         text.pose.position = Point(x=float(v[0] * 1.1), y=float(v[1] * 1.1), z=float(v[2] * 1.1 + 0.05))
         text.pose.orientation.w = 1.0
         text.lifetime.sec, text.lifetime.nanosec = lifetime.sec, lifetime.nanosec
         out.markers += [arrow, text]
     return out
+
+
+def sources_to_markers(sources: Sequence[SourceDirection], stamp: float, frame_id: str, ns: str = "sources",
+                       color: tuple[float, float, float] = (1.0, 0.4, 0.0), length: float = 1.0,
+                       lifetime_s: float = 0.5) -> MarkerArray:
+    """Arrows toward each detected source (opacity grows with power), labelled azimuth/elevation."""
+    return direction_markers([s.vector for s in sources], [float(np.clip(0.4 + 0.6 * s.power, 0.4, 1.0)) for s in sources],
+                             [f"{s.azimuth_deg:.0f}°/{s.elevation_deg:.0f}°" for s in sources],
+                             stamp, frame_id, ns, color, length, lifetime_s)
+
+
+def tracks_to_markers(tracks, stamp: float, frame_id: str, ns: str = "tracks",
+                      color: tuple[float, float, float] = (0.2, 0.6, 1.0), length: float = 1.2,
+                      lifetime_s: float = 0.5) -> MarkerArray:
+    """Arrows along each confirmed track (opacity = activity), labelled ``#id az/el``."""
+    return direction_markers([t.vector for t in tracks], [float(np.clip(t.activity, 0.2, 1.0)) for t in tracks],
+                             [f"#{t.id} {t.azimuth_deg:.0f}°/{t.elevation_deg:.0f}°" for t in tracks],
+                             stamp, frame_id, ns, color, length, lifetime_s)
 
 
 def positions_to_markers(points: np.ndarray, stamp: float, frame_id: str, ns: str = "true_sources",

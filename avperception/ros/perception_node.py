@@ -7,6 +7,7 @@ Publishes:
     acoustic/energy_color    sensor_msgs/Image rgb8    the same as a heat map (``publish_color``)
     acoustic/sources         visualization_msgs/MarkerArray  arrows toward the detected sources
     acoustic/source_poses    geometry_msgs/PoseArray   one pose per source, +x toward it
+    acoustic/tracks          visualization_msgs/MarkerArray  tracked sources with stable IDs (``tracking``)
     /diagnostics             diagnostic_msgs/DiagnosticArray  rate, latency, drops, gaps
 Parameters: every field of PipelineConfig (``array``, ``sample_rate``, ``frame.*``,
 ``stft.*``, ``grid.*``, ``beamformer.*``) plus the node's own (see ``NODE_PARAMS``).
@@ -29,6 +30,7 @@ from visualization_msgs.msg import MarkerArray
 from ..audio.buffer import AudioBuffer
 from ..audio.pcm import AudioChunk
 from ..config import ConfigError, PipelineConfig, load_array
+from ..dsp.tracking import SourceTracker
 from ..pipeline import Pipeline
 from ..viz import heatmap_rgb
 from . import conversions as conv
@@ -44,6 +46,7 @@ NODE_PARAMS = {
     "publish_color": (True, "also publish the rgb8 heat map"),
     "color_max": (0.0, "heat-map value shown as full scale (0: each map's own maximum)"),
     "marker_length": (1.0, "length of the source arrows (m)"),
+    "tracking": (True, "track sources over time (stable IDs) and publish acoustic/tracks"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
 }
 
@@ -66,6 +69,8 @@ class PerceptionNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, "acoustic/sources", 10)
         self.pub_poses = self.create_publisher(PoseArray, "acoustic/source_poses", 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.tracker = SourceTracker(self.array) if p["tracking"] else None
+        self.pub_tracks = self.create_publisher(MarkerArray, "acoustic/tracks", 10)
         self.input = AudioInput(self, p["audio_topic"], p["input_type"], self.on_chunk,
                                 float32_sample_rate=cfg.sample_rate,
                                 float32_channels=int(p["float32_channels"]) or self.array.input_channels,
@@ -118,6 +123,9 @@ class PerceptionNode(Node):
         af = self.array.frame_id
         self.pub_markers.publish(conv.sources_to_markers(out.sources, stamp, af, length=float(self.p["marker_length"])))
         self.pub_poses.publish(conv.sources_to_pose_array(out.sources, stamp, af))
+        if self.tracker is not None:
+            tracks = self.tracker.update(out.sources, stamp)
+            self.pub_tracks.publish(conv.tracks_to_markers(tracks, stamp, af))
         self._published += 1
         self._compute.append(out.compute_ms)
         self._latency.append((self.now() - (t_first + cfg.frame.frame_samples / cfg.sample_rate)) * 1e3)
@@ -141,6 +149,7 @@ class PerceptionNode(Node):
             "rejected_chunks": self.rejected + self.input.errors,
             "measured_rate_hz": st.measured_rate,
             "backend": "numpy/" + self.pipeline.config.beamformer.method,
+            "tracks": len(self.tracker.confirmed()) if self.tracker is not None else 0,
         }
         level, message = 0, "ok"
         if self.input.input_type is None or st.chunks == 0:

@@ -16,6 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseArray  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from avperception.config import PipelineConfig, load_array  # noqa: E402
 from avperception.dsp import grid as grids  # noqa: E402
@@ -109,9 +110,10 @@ def test_sim_audio_node_room_source_is_found(ros_env):
     start(sys.executable, "-m", "avperception.ros.runner", "sim_audio", "--ros-args", *common,
           "-p", "source_positions:=[4.8, 1.6, 1.4]", "-p", "source_signals:=[noise]",
           "-p", "source_orbit_deg_per_s:=[0.0]")
-    maps, truth = [], []
+    maps, truth, tracks = [], [], []
     node.create_subscription(Image, "acoustic/energy", lambda m: maps.append(m), qos_profile_sensor_data)
     node.create_subscription(PoseArray, "sim/true_source_poses", lambda m: truth.append(m), 10)
+    node.create_subscription(MarkerArray, "acoustic/tracks", lambda m: tracks.append(m), 10)
     assert spin_until(node, ctx, lambda: len(maps) >= 15 and truth, 60), logs(tmp)
     grid = grids.from_config(PipelineConfig().grid)
     arr = load_array("robot_8mic")
@@ -119,3 +121,6 @@ def test_sim_audio_node_room_source_is_found(ros_env):
     errs = [angular_distance_deg(canonical_direction(peak_direction(image_to_array(m), grid), arr),
                                  canonical_direction(true, arr)) for m in maps[-10:]]
     assert np.median(errs) < 8, errs
+    # the tracker keeps one stable id on the static source
+    ids = [[m.text.split()[0] for m in t.markers if m.type == m.TEXT_VIEW_FACING] for t in tracks[-5:]]
+    assert all(i and i[0] == ids[0][0] for i in ids), ids
