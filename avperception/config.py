@@ -19,6 +19,7 @@ Microphone arrays live in their own YAML files (``config/arrays/*.yaml``)::
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import types
@@ -378,55 +379,66 @@ class PipelineConfig:
 # --------------------------------------------------------------------------- dict <-> dataclass
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
+def _coerce(tp: Any, value: Any, where: str, error: type[Exception]) -> Any:
     origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
+        return from_dict(tp, value or {}, where, error)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and type(None) in args:
             return None
-        return _coerce(args[0], value, where)
+        return _coerce(next(a for a in args if a is not type(None)), value, where, error)
     if origin is tuple:
-        args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise error(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, where) for v in value)
+            return tuple(_coerce(args[0], v, f"{where}[{i}]", error) for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+            raise error(f"{where}: expected {len(args)} values, got {len(value)} ({list(value)})")
+        return tuple(_coerce(a, v, f"{where}[{i}]", error) for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (collections.abc.Mapping, dict) or tp in (collections.abc.Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise error(f"{where}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(vt, v, f"{where}.{k}", error) for k, v in value.items()}
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        if not isinstance(value, bool):
+            raise error(f"{where}: expected true or false, got {value!r}")
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise error(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise error(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if not isinstance(value, (str, Path)):
+            raise error(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Any:
         return value
-    return value
+    raise error(f"{where}: unsupported type {tp}")  # pragma: no cover
 
 
-def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a (possibly partial) nested mapping, rejecting unknown keys."""
+def from_dict(cls: type, data: Mapping[str, Any] | None, where: str = "config",
+              error: type[Exception] = ConfigError) -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) nested mapping.
+
+    Unknown keys and values of the wrong type raise ``error`` naming the dotted
+    key (``where`` is the prefix; empty for none) and what was expected.
+    """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise error(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; valid keys are {sorted(names)}")
-    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        raise error(f"{where or 'config'}: unknown keys {unknown}; valid keys are {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k, error) for k, v in data.items()}
     return cls(**kwargs)
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ArrayGeometry, PipelineConfig, load_array
+from ..config import ArrayGeometry, load_array
 from ..dsp import grid as grids
 from ..dsp.beamforming import make_beamformer
 from ..dsp.grid import DirectionGrid, rpy_matrix
@@ -91,7 +91,6 @@ def make_scene(index: int, seed: int = 0) -> Scene:
     """Scene ``index`` (deterministic in ``seed``)."""
     rng = np.random.default_rng([seed, index])
     array = ARRAYS[index % len(ARRAYS)]
-    arr = bench_array(array)
     k = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
     while True:
         room = (rng.uniform(4, 9), rng.uniform(3.5, 7), rng.uniform(2.5, 3.5))

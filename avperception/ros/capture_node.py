@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import queue
 
-import numpy as np
-import rclpy
 from rclpy.node import Node
 
 from ..config import load_array

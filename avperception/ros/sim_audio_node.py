@@ -10,10 +10,8 @@ one x, y, z triple) per source, in room coordinates (m; origin in a corner).
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseArray
 from rclpy.node import Node
 from visualization_msgs.msg import MarkerArray

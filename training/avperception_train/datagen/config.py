@@ -11,17 +11,16 @@ sampled uniformly (integers inclusive).
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
+
+from avperception.config import from_dict
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "datagen.yaml"
 
@@ -398,67 +397,9 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        tp = next(a for a in args if a is not type(None))
-        return _coerce(value, tp, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise DatagenConfigError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise DatagenConfigError(f"{where}: expected {len(args)} values, got {len(value)} ({list(value)})")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (collections.abc.Mapping, dict) or tp in (collections.abc.Mapping, dict):
-        if not isinstance(value, Mapping):
-            raise DatagenConfigError(f"{where}: expected a mapping, got {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise DatagenConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise DatagenConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DatagenConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, Path)):
-            raise DatagenConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    if tp is Any:
-        return value
-    raise DatagenConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
-
-
 def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise DatagenConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise DatagenConfigError(f"{where or 'config'}: unknown keys {unknown}; valid keys are {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, key)
-        else:
-            kwargs[name] = _coerce(value, tp, key)
-    return cls(**kwargs)
+    """``cls`` from a nested mapping, strictly typed (the runtime's config loader, with this module's error)."""
+    return from_dict(cls, data, where, DatagenConfigError)
 
 
 def config_from_dict(data: Mapping[str, Any] | None) -> DatagenConfig:
