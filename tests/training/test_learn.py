@@ -174,3 +174,36 @@ def test_shipped_default_model_loads_and_runs():
     assert out["depth"].shape == (1, cfg.pano_h, cfg.pano_w) and torch.isfinite(out["depth"]).all()
     with pytest.raises(FileNotFoundError, match="no shipped student model for array 'binaural'"):
         default_model("binaural")
+
+
+def test_resume_continues_the_schedule(tiny_ds, tmp_path):
+    import json
+
+    from avperception_train.learn.train import train
+
+    cfg = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", mode="teacher", epochs=1,
+                      out=str(tmp_path / "r"), model=ModelSpec(dim=32, depth=1, decoder_width=16))
+    train(cfg, progress=False)
+    train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), resume=True, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[1]["step"] == 2 * log[0]["step"] and log[2]["step"] == 3 * log[0]["step"]
+
+
+def test_two_process_distributed_training(tiny_ds, tmp_path):
+    """torchrun with 2 CPU processes (gloo): DistributedDataParallel trains and rank 0 writes the checkpoints."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text("mode: teacher\nepochs: 2\nbatch_size: 4\nworkers: 0\ndevice: cpu\n"
+                   "model: {dim: 32, depth: 1, decoder_width: 16}\n")
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                        "avperception_train.cli", "train", "--config", str(cfg), "--data", str(tiny_ds),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert (out / "best.pt").exists()
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2  # one line per epoch, from rank 0 only

@@ -102,7 +102,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a teacher, VQ-VAE or student (see configs/)")
-    p.add_argument("--config", help="training YAML (training/configs/*.yaml)")
+    p.add_argument("--config", help="training YAML (examples: training/configs/*.yaml); options given here override it")
     p.add_argument("--mode", choices=["distill", "e2e", "manifold", "teacher", "vqvae"])
     p.add_argument("--data", help="dataset directory from `datagen`")
     p.add_argument("--out", help="run directory (checkpoints, log.jsonl, tb/)")

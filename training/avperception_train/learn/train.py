@@ -188,7 +188,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         for _ in range(step):
             sched.step()
     if distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # some parameters sit out a stage (e.g. the energy head for the teacher): let DDP skip them
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=True)
     stage = Stage(cfg, model, teacher)
     writer = _writer(out) if rank == 0 else None
     amp = cfg.amp and device.type == "cuda"
@@ -218,21 +220,22 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                     writer.add_scalar(f"train/{k}", v, step)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
-        if rank != 0:
-            continue
-        val = validate(cfg, model.module if distributed else model, stage, val_ds, device, amp)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": running / len(loader), "val_loss": val,
-                  "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if writer is not None:
-            writer.add_scalar("val/loss", val, step)
-        if progress:
-            print(f"epoch {epoch + 1}: train {record['train_loss']:.4f} val {val:.4f} ({record['seconds']:.0f} s)", flush=True)
-        best = min(best, val)
-        save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
-        if val <= best:
-            save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+        if rank == 0:  # validation, logs and checkpoints on one process
+            val = validate(cfg, model.module if distributed else model, stage, val_ds, device, amp)
+            record = {"epoch": epoch + 1, "step": step, "train_loss": running / len(loader), "val_loss": val,
+                      "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
+            with open(out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer is not None:
+                writer.add_scalar("val/loss", val, step)
+            if progress:
+                print(f"epoch {epoch + 1}: train {record['train_loss']:.4f} val {val:.4f} ({record['seconds']:.0f} s)", flush=True)
+            best = min(best, val)
+            save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+            if val <= best:
+                save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+        if distributed:
+            torch.distributed.barrier()
     if writer is not None:
         writer.close()
     if distributed:
@@ -247,7 +250,7 @@ def validate(cfg: TrainConfig, model: nn.Module, stage: Stage, ds, device, amp: 
     if ds is None or len(ds) == 0:
         return float("nan")
     model.eval()
-    stage.model = model
+    stage = Stage(cfg, model, stage.teacher)  # the unwrapped model; training keeps its own (DDP) stage
     total, n = 0.0, 0
     for batch in DataLoader(ds, cfg.batch_size, num_workers=0):
         b = to_device(batch, device)
