@@ -104,3 +104,14 @@ def test_student_learns_direction_dependent_depth():
     with torch.no_grad():
         err = torch.nn.functional.l1_loss(m(a)["depth"], d).item()
     assert err < 0.6  # a constant guess is off by 1.5 m on average
+
+
+def test_small_and_large_variants():
+    from avperception.models.student import large_config, small_config
+
+    small, large = AudioStudent(small_config()), AudioStudent(large_config())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(large) > 2 * count(small)
+    with torch.no_grad():
+        out = large.eval()(torch.zeros(1, 8, large.cfg.num_samples))
+    assert out["depth"].shape == (1, large.cfg.pano_h, large.cfg.pano_w)
