@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..dsp.features import stft, stft_basis
+
 
 @dataclass
 class StudentConfig:
@@ -87,29 +89,20 @@ def large_config(**kw) -> StudentConfig:
 
 
 class EchoFrontend(nn.Module):
-    """``(B, M, N)`` audio -> ``(B, 3M-2, F, T)`` log-magnitude + relative-phase stack."""
+    """``(B, M, N)`` audio -> ``(B, 3M-2, F, T)`` log-magnitude + relative-phase stack.
+
+    The STFT is the feature module's exportable one (a strided convolution with
+    a fixed Hann-windowed DFT basis, :func:`avperception.dsp.features.stft`).
+    """
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
-        n = cfg.nfft
-        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
-        t = torch.arange(n, dtype=torch.float64)[None]
-        win = 0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(n, dtype=torch.float64) / n)
-        ang = 2 * math.pi * k * t / n
-        basis = torch.cat([torch.cos(ang) * win, -torch.sin(ang) * win], 0)  # (2F, n)
-        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+        self.register_buffer("basis", torch.from_numpy(stft_basis(cfg.nfft, "hann")), persistent=False)
         self.hop = cfg.hop
-        self.num_freq = n // 2 + 1
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        b, m, n = audio.shape
-        x = audio.reshape(b * m, 1, n)
-        spec = F.conv1d(x, self.basis, stride=self.hop)  # (B*M, 2F, T)
-        re, im = spec[:, : self.num_freq], spec[:, self.num_freq:]
-        re = re.reshape(b, m, self.num_freq, -1)
-        im = im.reshape(b, m, self.num_freq, -1)
-        power = re * re + im * im
-        logmag = torch.log(power + 1e-8)
+        re, im = stft(audio, self.basis, self.hop)  # (B, M, F, T) each
+        logmag = torch.log(re * re + im * im + 1e-8)
         # phase of each mic relative to mic 0: X_m X_0^* / |.|
         cr = re[:, 1:] * re[:, :1] + im[:, 1:] * im[:, :1]
         ci = im[:, 1:] * re[:, :1] - re[:, 1:] * im[:, :1]
