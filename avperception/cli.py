@@ -105,6 +105,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench.beamforming import run_cli
     elif a.bench == "doa":
         from .bench.doa import run_cli
+    elif a.bench == "student":
+        from .bench.student import run_cli
     else:
         from .bench.features import run_cli
     return run_cli(a)
@@ -131,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=8.0, help="seconds to run with --ros")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature timing")
+    p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature and student timing")
     bsub = p.add_subparsers(dest="bench", required=True)
-    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat
+    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, student as bench_student
 
     for name, mod, hlp in (("beamforming", bench_bf, "map speed vs pyroomacoustics and acoular"),
                            ("doa", bench_doa, "DOA accuracy over simulated rooms vs pyroomacoustics"),
-                           ("features", bench_feat, "torch feature front-end timing on CPU / CUDA")):
+                           ("features", bench_feat, "torch feature front-end timing on CPU / CUDA"),
+                           ("student", bench_student, "student network inference: ONNX Runtime vs torch eager")):
         bp = bsub.add_parser(name, help=hlp, description=(mod.__doc__ or "").split("\n\n")[0])
         mod.add_arguments(bp)
     p.set_defaults(func=cmd_bench)

@@ -115,3 +115,13 @@ def test_small_and_large_variants():
     with torch.no_grad():
         out = large.eval()(torch.zeros(1, 8, large.cfg.num_samples))
     assert out["depth"].shape == (1, large.cfg.pano_h, large.cfg.pano_w)
+
+
+def test_student_benchmark_runs_and_onnx_matches_the_shipped_model():
+    pytest.importorskip("onnxruntime")
+    from avperception.bench.student import run
+
+    res = run(threads=1, min_time=0.05)
+    assert res["array"] == "robot_8mic" and res["input"] == [1, 8, 2048]
+    ort_row = [r for r in res["rows"] if r["runtime"] == "onnxruntime"][0]
+    assert ort_row["max_abs_diff_vs_torch"] < 1e-3 and ort_row["ms"] > 0
