@@ -13,16 +13,13 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from ..audio.pcm import stamp_to_sec  # noqa: F401  (Time -> seconds; re-exported for the nodes and tests)
 from ..dsp.peaks import SourceDirection
 
 
 def sec_to_stamp(t: float) -> Time:
     sec = math.floor(t)
     return Time(sec=int(sec), nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))
-
-
-def stamp_to_sec(stamp: Time) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def header(stamp: float, frame_id: str) -> Header:

@@ -49,14 +49,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
 
     depth_rows, vox_rows, energy_rows = [], [], []
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-    loader = DataLoader(dataset, batch_size, num_workers=0)
-    if progress:
-        try:
-            from tqdm import tqdm
+    from .train import _bar
 
-            loader = tqdm(loader, desc="evaluate", leave=False)
-        except ImportError:
-            pass
+    loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
     for batch in loader:
         pred = predict(batch)
         gt_depth = batch["depth"].numpy()
