@@ -1,7 +1,8 @@
 """Test helper process: publish a plane wave from a known direction as AudioFrame (or Float32MultiArray).
 
 usage: publish_plane_wave.py ARRAY AZ EL SECONDS [avperception|float32]
-Waits for a subscriber before sending, then publishes in real time.
+Waits for a subscriber before sending, then publishes in real time, repeating the SECONDS-long signal with
+continuous stamps until terminated (at most 120 s), so a slow discovery on a loaded machine cannot starve the test.
 """
 
 import sys
@@ -33,20 +34,26 @@ def main() -> None:
         from avperception_msgs.msg import AudioFrame
 
         pub = node.create_publisher(AudioFrame, "audio", audio_qos())
-    t_wait = time.monotonic() + 30
-    while pub.get_subscription_count() == 0 and time.monotonic() < t_wait:
+    t_start = time.monotonic()
+    while pub.get_subscription_count() == 0 and time.monotonic() < t_start + 60:
         rclpy.spin_once(node, timeout_sec=0.05)
+    print(f"subscribers: {pub.get_subscription_count()} after {time.monotonic() - t_start:.1f} s", flush=True)
     t0 = time.monotonic()
     stamp0 = node.get_clock().now().nanoseconds * 1e-9
-    for i, s in enumerate(range(0, x.shape[1] - chunk + 1, chunk)):
+    n_chunks = x.shape[1] // chunk
+    i = 0
+    while time.monotonic() < t0 + 120:
+        s = i * chunk
         while time.monotonic() < t0 + (s + chunk) / fs:
             time.sleep(0.001)
-        block = x[:, s:s + chunk]
+        block = x[:, (i % n_chunks) * chunk:(i % n_chunks + 1) * chunk]
         if kind == "float32":
             pub.publish(Float32MultiArray(data=block.T.ravel().tolist()))
         else:
             pub.publish(conv.audio_frame_msg(block, fs, stamp0 + s / fs, arr.frame_id, i, "S16LE"))
-    time.sleep(0.5)
+        i += 1
+        if i % 50 == 0:
+            print(f"published {i} chunks", flush=True)
     node.destroy_node()
     rclpy.shutdown()
 
