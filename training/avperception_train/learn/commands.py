@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -16,9 +17,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .train import train
 
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
-                            batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr)
+                            batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr,
+                            init=a.init)
     best = train(cfg, resume=a.resume)
-    print(f"best checkpoint: {best}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best checkpoint: {best}")
     return 0
 
 
@@ -113,6 +116,8 @@ def add_commands(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", help="fine-tune: start the distill/e2e student from a checkpoint (.pt), an exported "
+                                  "model (.safetensors) or `default` (the shipped model); shapes must match the data")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score models and baselines on the test rooms; markdown table")

@@ -48,6 +48,8 @@ class TrainConfig:
     data: str = "data"              # folder written by `avperception-train datagen`
     out: str = "runs/student"
     teacher: str = ""               # teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)
+    init: str = ""                  # distill/e2e: start from these weights (a student .pt, an exported
+                                    # .safetensors, or "default" for the shipped model); fine-tuning
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
@@ -72,6 +74,8 @@ class TrainConfig:
                               f"{'teacher' if self.mode == 'distill' else 'vqvae'} stage)")
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ConfigError("epochs, batch_size and lr must be positive")
+        if self.init and self.mode not in ("distill", "e2e"):
+            raise ConfigError(f"init (start from trained weights) applies to the distill and e2e students, not {self.mode}")
         if self.model.variant not in ("small", "large"):
             raise ConfigError("model.variant must be small or large")
         return self

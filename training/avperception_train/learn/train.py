@@ -79,6 +79,45 @@ def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, step: int, cf
     os.replace(tmp, path)
 
 
+# the fields a model must share with the data it is fine-tuned on
+_DATA_FIELDS = ("num_mics", "sample_rate", "num_samples", "pano_h", "pano_w", "voxel_size", "num_classes")
+
+
+def initial_student(spec: str, data_sc: StudentConfig) -> tuple[AudioStudent, StudentConfig]:
+    """The student to fine-tune: ``spec`` is a student checkpoint (``.pt``), an exported model
+    (``.safetensors``) or ``default`` (the shipped model for the data's array).
+
+    The architecture is the saved one; its inputs and outputs must match the data (``data_sc``):
+    same microphone count, positions (within 1 mm) and order, audio length and rate, panorama
+    and voxel shapes, classes. A mismatch raises ``ValueError`` naming every difference.
+    Dropout is taken from the data's config, so fine-tuning can change it.
+    """
+    import numpy as np
+
+    from avperception.models import default_model
+
+    if spec == "default":
+        model = AudioStudent.load(default_model(data_sc.array))
+    elif spec.endswith(".pt"):
+        if not Path(spec).exists():
+            raise FileNotFoundError(f"init: no checkpoint at {spec}")
+        model, _ = load_stage(spec, "distill", torch.device("cpu"))
+    else:
+        model = AudioStudent.load(spec)
+    sc = model.cfg
+    diffs = [f"{k}: model {getattr(sc, k)} vs data {getattr(data_sc, k)}"
+             for k in _DATA_FIELDS if getattr(sc, k) != getattr(data_sc, k)]
+    a, b = np.asarray(sc.array_positions, float), np.asarray(data_sc.array_positions, float)
+    if a.shape != b.shape or (a.size and np.abs(a - b).max() > 1e-3):
+        diffs.append(f"array_positions: model ({sc.array}) {a.tolist()} vs data ({data_sc.array}) {b.tolist()}")
+    if diffs:
+        raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
+    sc = replace(sc, dropout=data_sc.dropout)
+    fresh = AudioStudent(sc)
+    fresh.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    return fresh, sc
+
+
 def load_stage(path: str | Path, mode: str, device: torch.device) -> tuple[nn.Module, StudentConfig]:
     """A trained teacher / VQ-VAE / student from its checkpoint, frozen, in eval mode."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
@@ -162,7 +201,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     out.mkdir(parents=True, exist_ok=True)
     train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment)
     sc = student_config(cfg, info)
-    model = build_model(cfg.mode, sc).to(device)
+    if cfg.init:
+        model, sc = initial_student(cfg.init, sc)
+        model = model.to(device)
+    else:
+        model = build_model(cfg.mode, sc).to(device)
     teacher = None
     if cfg.mode == "distill":
         teacher, _ = load_stage(cfg.teacher, "teacher", device)
