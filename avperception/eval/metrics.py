@@ -41,6 +41,28 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max
     }
 
 
+def depth_error_by_label(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray, num_classes: int,
+                         min_depth: float = 1e-3) -> np.ndarray:
+    """Per-label sums for pooling depth errors over many images.
+
+    Args:
+        pred, gt: ``(..., H, W)`` metres (gt NaN / <= min_depth ignored); labels: same shape, ints.
+    Returns:
+        ``(num_classes, 3)``: valid pixels, sum of |p - g| / g, pixels with max(p/g, g/p) < 1.25.
+        Pooled AbsRel = col 1 / col 0 and delta_1 = col 2 / col 0.
+    """
+    g = np.asarray(gt, dtype=np.float64).ravel()
+    lab = np.asarray(labels).ravel().astype(np.int64)
+    valid = np.isfinite(g) & (g > min_depth) & (lab >= 0) & (lab < num_classes)
+    g, lab = g[valid], lab[valid]
+    p = np.clip(np.asarray(pred, dtype=np.float64).ravel()[valid], min_depth, None)
+    out = np.zeros((num_classes, 3))
+    out[:, 0] = np.bincount(lab, minlength=num_classes)
+    out[:, 1] = np.bincount(lab, weights=np.abs(p - g) / g, minlength=num_classes)
+    out[:, 2] = np.bincount(lab, weights=(np.maximum(p / g, g / p) < 1.25).astype(np.float64), minlength=num_classes)
+    return out
+
+
 def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore: int = IGNORE) -> np.ndarray:
     """``(C, C)`` confusion matrix, rows = ground truth, columns = prediction."""
     g = np.asarray(gt).ravel().astype(np.int64)

@@ -14,7 +14,7 @@ from avperception_train.datagen import config_from_dict, run_datagen
 from avperception_train.learn.baselines import EchoTimeOfFlight, MeanLayout
 from avperception_train.learn.config import ModelSpec, TrainConfig
 from avperception_train.learn.data import InMemoryScenes
-from avperception_train.learn.evaluate import evaluate, markdown_table
+from avperception_train.learn.evaluate import depth_by_class_table, evaluate, markdown_table
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,9 @@ def test_depth_metrics_known_values():
     # ratios 1, 1.25, 2: 1.25 is not < 1.25; 2 is above 1.25^3 = 1.95
     assert m["delta1"] == pytest.approx(1 / 3)
     assert m["delta2"] == pytest.approx(2 / 3) and m["delta3"] == pytest.approx(2 / 3)
+    # the same pixels split by label: floor (0) holds the exact and the 1.25 pixel, wall (2) the 2x one
+    by = metrics.depth_error_by_label(pred, gt, np.array([[0, 0], [2, 1]]), 4)
+    np.testing.assert_allclose(by, [[2, 0.25, 1], [0, 0, 0], [1, 0.5, 0], [0, 0, 0]])
 
 
 def test_segmentation_and_voxel_metrics_known_values():
@@ -127,6 +130,10 @@ def test_evaluate_perfect_and_mean_layout(tiny_ds):
     assert 0 < mean["depth"]["delta1"] < 1
     table = markdown_table({"oracle": perfect, "mean layout": mean})
     assert "| oracle |" in table and "δ1" in table
+    assert all(c["delta1"] == 1.0 for c in perfect["depth_by_class"].values())
+    shares = {k: c["share"] for k, c in mean["depth_by_class"].items()}
+    assert set(shares) <= {"floor", "ceiling", "wall", "obstacle"} and sum(shares.values()) == pytest.approx(1.0)
+    assert "| oracle | " in depth_by_class_table({"oracle": perfect, "mean layout": mean})
 
 
 def test_echo_time_of_flight_finds_the_wall():

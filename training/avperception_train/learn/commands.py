@@ -58,7 +58,7 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import InMemoryScenes
-    from .evaluate import evaluate, markdown_table, write_report
+    from .evaluate import depth_by_class_table, evaluate, markdown_table, write_report
 
     test = InMemoryScenes(a.data, a.split)
     specs = list(a.model)
@@ -76,6 +76,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                                  progress=True)
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
     print(markdown_table(results))
+    by_class = depth_by_class_table(results)
+    if by_class:
+        print("\ndepth by ground-truth class:\n" + by_class)
     if a.out:
         write_report(results, a.out, f"Evaluation on the {a.split} split of {a.data}",
                      f"{len(test)} scenes from rooms never seen in training.")

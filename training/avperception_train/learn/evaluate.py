@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from avperception.eval.metrics import confusion, depth_metrics, energy_map_metrics, segmentation_metrics, voxel_metrics
+from avperception.eval.metrics import (confusion, depth_error_by_label, depth_metrics, energy_map_metrics,
+                                      segmentation_metrics, voxel_metrics)
 
 Predictor = Callable[[dict], dict]
 
@@ -49,6 +50,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
 
     depth_rows, vox_rows, energy_rows = [], [], []
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+    by_class = np.zeros((num_classes, 3))
     from .train import _bar
 
     loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
@@ -58,6 +60,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         for i in range(gt_depth.shape[0]):
             if "depth" in pred:
                 depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
+                by_class += depth_error_by_label(pred["depth"][i], gt_depth[i], batch["semantic"][i].numpy(),
+                                                 num_classes)
             if "semantic" in pred:
                 conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
             if "voxels" in pred:
@@ -70,6 +74,12 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     out: dict = {"samples": len(depth_rows)}
     if depth_rows:
         out["depth"] = {k: float(np.nanmean([r[k] for r in depth_rows])) for k in depth_rows[0]}
+    if by_class[:, 0].sum():
+        # pooled over all test pixels of each ground-truth class: where the depth error comes from
+        names = class_names(num_classes)
+        out["depth_by_class"] = {names[c]: {"share": float(n / by_class[:, 0].sum()), "abs_rel": float(a / n),
+                                            "delta1": float(d / n)}
+                                 for c, (n, a, d) in enumerate(by_class) if n}
     if conf.sum():
         out["semantic"] = segmentation_metrics(conf)
     if vox_rows:
@@ -86,6 +96,27 @@ COLUMNS = [
     ("voxels", "iou", "voxel IoU ↑"), ("voxels", "chamfer_l1", "Chamfer-L1 m ↓"), ("voxels", "f1", "F1 ↑"),
     ("energy", "iou", "energy IoU ↑"), ("energy", "auc", "energy AUC ↑"),
 ]
+
+
+def class_names(num_classes: int) -> list[str]:
+    from avperception_train.datagen.geometry import CLASS_NAMES
+
+    return list(CLASS_NAMES[:num_classes]) + [f"class {c}" for c in range(len(CLASS_NAMES), num_classes)]
+
+
+def depth_by_class_table(results: dict[str, dict]) -> str:
+    """Depth AbsRel / delta_1 per ground-truth class (pooled over pixels), one row per method; '' if none has it."""
+    rows = {n: r["depth_by_class"] for n, r in results.items() if r.get("depth_by_class")}
+    if not rows:
+        return ""
+    classes = list(next(iter(rows.values())))
+    share = next(iter(rows.values()))
+    head = "| method | " + " | ".join(f"{c} ({100 * share[c]['share']:.0f} %) AbsRel ↓ | {c} δ1 ↑" for c in classes) + " |"
+    lines = [head, "|---|" + "---|---|" * len(classes)]
+    for name, r in rows.items():
+        cells = [f"{r[c]['abs_rel']:.3f} | {r[c]['delta1']:.3f}" if c in r else "– | –" for c in classes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(results: dict[str, dict]) -> str:
@@ -108,6 +139,10 @@ def write_report(results: dict[str, dict], path: str | Path, title: str = "Resul
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     text = f"# {title}\n\n{notes}\n\n{markdown_table(results)}\n"
+    by_class = depth_by_class_table(results)
+    if by_class:
+        text += ("\nDepth by ground-truth class (pooled over the test pixels of each class; "
+                 "the share of pixels is in brackets):\n\n" + by_class + "\n")
     p.write_text(text)
     p.with_suffix(".json").write_text(json.dumps(results, indent=2))
     return p
