@@ -9,7 +9,9 @@ Read top to bottom:
    to ONNX / TensorRT as one graph.
 2. ``TimePatchEmbed`` slices the stack into time patches (all frequencies of
    ``patch_frames`` frames) -> tokens ``(B, T', D)`` (the dense-prediction
-   paper's best input slicing), then a small transformer encodes them.
+   paper's best input slicing). With ``echo_hop`` set, ``EchogramEmbed`` adds
+   tokens of the matched-filter envelopes (the echoes' delays at a few samples'
+   resolution). A small transformer encodes all tokens.
 3. ``SAMBlock`` (spatial alignment via matching) maps the audio tokens onto the
    visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
    spatial embeddings, similarity pooling, and multi-head attention refinement.
@@ -27,10 +29,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..dsp.echo import echogram, quadrature_kernels
 from ..dsp.features import stft, stft_basis
 
 
@@ -59,6 +63,19 @@ class StudentConfig:
     dropout: float = 0.0
     array: str = "robot_8mic"
     array_positions: list = field(default_factory=list)
+    # echogram tokens (0: off): the matched filter of every mic with the emitted sweep, its log envelope
+    # power max-pooled over echo_hop samples, one token per echo_patch samples (sample 0 = sweep onset)
+    echo_hop: int = 0
+    echo_patch: int = 128
+    emitted: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.echo_hop:
+            if not self.emitted:
+                raise ValueError("echo_hop > 0 needs the emitted sweep (StudentConfig.emitted)")
+            if self.echo_patch % self.echo_hop or self.num_samples < self.echo_patch:
+                raise ValueError(f"echo_patch ({self.echo_patch}) must be a multiple of echo_hop ({self.echo_hop}) "
+                                 f"and at most num_samples ({self.num_samples})")
 
     @property
     def num_frames(self) -> int:
@@ -108,6 +125,30 @@ class EchoFrontend(nn.Module):
         ci = im[:, 1:] * re[:, :1] - re[:, 1:] * im[:, :1]
         norm = torch.sqrt(cr * cr + ci * ci + 1e-12)
         return torch.cat([logmag, cr / norm, ci / norm], dim=1)
+
+
+class EchogramEmbed(nn.Module):
+    """``(B, M, N)`` audio -> ``(B, N // echo_patch, D)``: one token per ``echo_patch`` samples of the
+    matched-filter envelopes of all mics (:func:`avperception.dsp.echo.echogram`, ``echo_hop`` resolution).
+
+    Where the STFT tokens blur an echo's delay over a 16 ms window, these keep it to
+    ``echo_hop`` samples (4 samples = 4.3 cm of range at 16 kHz).
+    """
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.register_buffer("kernels", torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))),
+                             persistent=False)
+        self.hop = cfg.echo_hop
+        self.norm = nn.BatchNorm1d(cfg.num_mics)
+        k = cfg.echo_patch // cfg.echo_hop
+        self.proj = nn.Conv1d(cfg.num_mics, cfg.dim, kernel_size=k, stride=k)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.num_samples // cfg.echo_patch, cfg.dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        e = echogram(audio, self.kernels, self.hop)  # (B, M, N // hop)
+        return self.proj(self.norm(e)).transpose(1, 2) + self.pos
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -263,6 +304,7 @@ class AudioStudent(nn.Module):
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
+        self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
         positions = cfg.latent_h * cfg.latent_w
         self.sam = SAMBlock(cfg.dim, positions, cfg.sam_k, cfg.heads, cfg.dropout)
@@ -273,6 +315,8 @@ class AudioStudent(nn.Module):
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio -> spatially aligned latent ``(B, V, D)``."""
         x = self.embed(self.frontend(audio))
+        if self.echo is not None:  # fixed by the config, not by the data: one graph either way
+            x = torch.cat([x, self.echo(audio)], dim=1)
         for blk in self.encoder:
             x = blk(x)
         return self.sam(x)

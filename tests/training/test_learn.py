@@ -168,6 +168,18 @@ def test_teacher_distill_and_manifold_stages_run_and_learn(tiny_ds, tmp_path):
     assert (tmp_path / "m" / "best.pt").exists()
 
 
+def test_echogram_student_carries_the_dataset_sweep(tiny_ds, tmp_path):
+    from avperception_train.learn.train import load_stage, train
+
+    cfg = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", mode="e2e", epochs=1,
+                      out=str(tmp_path / "echo"), model=ModelSpec(dim=32, depth=1, decoder_width=16, echo_hop=4,
+                                                                  echo_patch=64))
+    model, sc = load_stage(train(cfg, progress=False), "e2e", torch.device("cpu"))
+    emitted = InMemoryScenes(tiny_ds, "train").info.emitted
+    np.testing.assert_allclose(sc.emitted, emitted, atol=1e-6)
+    assert model.echo is not None and model.echo.pos.shape[1] == 1024 // 64
+
+
 def test_shipped_default_model_loads_and_runs():
     from avperception.models import default_model
     from avperception.models.student import AudioStudent

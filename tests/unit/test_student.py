@@ -50,9 +50,36 @@ def test_sam_block_maps_any_token_count_to_the_layout():
         assert sam(torch.randn(2, tokens, 16)).shape == (2, 12, 16)
 
 
-def test_onnx_export_matches_torch(tmp_path):
+def echo_cfg(**kw) -> StudentConfig:
+    from avperception.dsp.echo import sweep
+
+    return tiny(**{"echo_hop": 4, "echo_patch": 64, "emitted": sweep(16000, 1000, 7000, 0.008).tolist(), **kw})
+
+
+def test_echogram_tokens_join_the_sequence_and_config_is_checked():
+    m = AudioStudent(echo_cfg()).eval()
+    x = torch.randn(2, 4, 1024)
+    assert m.echo(x).shape == (2, 1024 // 64, 32)
+    with torch.no_grad():
+        assert m(x)["depth"].shape == (2, 16, 32)
+    # an echo moved to another delay changes the echogram tokens (the STFT-only model has no such tokens)
+    from avperception.dsp.echo import sweep
+
+    s = torch.from_numpy(sweep(16000, 1000, 7000, 0.008)).float()
+    a, b = torch.zeros(1, 4, 1024), torch.zeros(1, 4, 1024)
+    a[..., 300:428] += s
+    b[..., 500:628] += s
+    assert not torch.allclose(m.echo(a), m.echo(b))
+    with pytest.raises(ValueError, match="emitted sweep"):
+        tiny(echo_hop=4)
+    with pytest.raises(ValueError, match="multiple of echo_hop"):
+        echo_cfg(echo_hop=5)
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_onnx_export_matches_torch(tmp_path, echo):
     ort = pytest.importorskip("onnxruntime")
-    m = AudioStudent(tiny()).eval()
+    m = AudioStudent(echo_cfg() if echo else tiny()).eval()
     x = torch.randn(1, 4, 1024)
     with torch.no_grad():
         ref = m(x)

@@ -16,6 +16,8 @@ import functools
 
 import numpy as np
 
+from avperception.dsp.echo import echo_profile, sweep  # noqa: F401  (re-exported for the data engine)
+
 from .geometry import RoomGeometry
 
 
@@ -45,19 +47,6 @@ def distance_gain(fs: int, c: float) -> float:
     lat = rir_latency()
     k = int(round(fs / c)) + lat
     return float(np.sum(h[max(0, k - lat): k + lat + 1]))
-
-
-def sweep(fs: int, f0: float, f1: float, duration: float, kind: str = "linear", fade: float = 0.25) -> np.ndarray:
-    """The emitted sweep, peak amplitude 1, Tukey-tapered: ``(round(duration * fs),)`` float64."""
-    from scipy.signal import chirp
-    from scipy.signal.windows import tukey
-
-    n = max(2, int(round(duration * fs)))
-    t = np.arange(n) / fs
-    method = "linear" if kind == "linear" else "logarithmic"
-    x = chirp(t, f0=f0, t1=t[-1], f1=f1, method=method)
-    x = x * tukey(n, fade)
-    return x / np.max(np.abs(x))
 
 
 class RoomAcoustics:
@@ -174,18 +163,6 @@ def render_passive(h: np.ndarray, signal: np.ndarray, num_samples: int) -> np.nd
         raise ValueError(f"signal needs {num_samples + L} samples, got {len(signal)}")
     y = oaconvolve(signal[None, : num_samples + L], h, axes=1)
     return y[:, L: L + num_samples]
-
-
-def echo_profile(audio: np.ndarray, emitted: np.ndarray) -> np.ndarray:
-    """Matched-filter envelope ``(M, N)``: how much of the emitted sweep arrives at each lag.
-
-    A path of length ``d`` shows up as a peak at lag ``d / c * fs``.
-    """
-    from scipy.signal import hilbert, oaconvolve
-
-    x = np.asarray(audio, dtype=np.float64)
-    mf = oaconvolve(x, np.asarray(emitted, dtype=np.float64)[::-1][None], axes=1)[:, len(emitted) - 1:]
-    return np.abs(hilbert(mf, axis=1))
 
 
 def first_arrival(envelope: np.ndarray, threshold: float = 0.3, start: int = 0, mainlobe: int = 6) -> np.ndarray:

@@ -62,10 +62,9 @@ class EchoTimeOfFlight:
 
     def distance(self, audio: np.ndarray) -> float:
         """``audio (mics, samples)`` -> distance (m) of the first echo after the direct sound."""
-        from scipy.signal import fftconvolve, hilbert
+        from avperception.dsp.echo import echo_profile
 
-        mf = fftconvolve(audio, self.sweep[::-1][None], mode="full", axes=1)[:, len(self.sweep) - 1:]
-        env = np.abs(hilbert(mf, axis=1)).mean(0)
+        env = echo_profile(audio, self.sweep).mean(0)
         direct = int(np.argmax(env[: self.skip + len(self.sweep)]))
         start = direct + self.skip
         tail = env[start:]

@@ -15,6 +15,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,6 +44,10 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
         kw["dim"] = m.dim
     if m.depth:
         kw["depth"] = m.depth
+    if m.echo_hop:
+        if info.emitted is None or not np.any(info.emitted):
+            raise ValueError("model.echo_hop needs a dataset with the robot's sweep (active.probability > 0)")
+        kw.update(echo_hop=m.echo_hop, echo_patch=m.echo_patch, emitted=[float(v) for v in info.emitted])
     sc = make(**kw)
     if sc.pano_h % sc.latent_h or sc.pano_w % sc.latent_w or sc.pano_h // sc.latent_h != sc.pano_w // sc.latent_w:
         raise ValueError(f"panorama {sc.pano_h}x{sc.pano_w} must be the latent {sc.latent_h}x{sc.latent_w} "
@@ -92,8 +97,6 @@ def initial_student(spec: str, data_sc: StudentConfig) -> tuple[AudioStudent, St
     and voxel shapes, classes. A mismatch raises ``ValueError`` naming every difference.
     Dropout is taken from the data's config, so fine-tuning can change it.
     """
-    import numpy as np
-
     from avperception.models import default_model
 
     if spec == "default":
