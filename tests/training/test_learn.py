@@ -221,7 +221,9 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_ds, tmp_path):
     src = train(TrainConfig(**{**base.__dict__, "epochs": 4, "out": str(tmp_path / "src")}), progress=False)
     exported = export_student(src, tmp_path / "exported")
     info = make_datasets(str(tiny_ds), 0, False)[2]
-    model, sc = initial_student(str(exported), student_config(base, info))
+    model, sc = initial_student(str(exported), student_config(base, info), info.emitted)
+    with pytest.raises(ValueError, match="emitted sweep"):  # a robot with another sweep cannot reuse the echo tokens
+        initial_student(str(exported), student_config(base, info), info.emitted[::-1].copy())
     source = torch.load(src, map_location="cpu", weights_only=False)["model"]
     assert all(torch.equal(v, source[k]) for k, v in model.state_dict().items())
     # a fine-tuned first epoch starts where the source ended, far below a fresh model's first epoch

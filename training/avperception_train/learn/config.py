@@ -27,8 +27,9 @@ class ModelSpec:
     max_depth: float = 10.0
     dropout: float = 0.1
     decoder_width: int = 0          # 0: the variant's default
-    echo_hop: int = 0               # > 0: add echogram tokens (matched filter with the dataset's sweep),
-    echo_patch: int = 128           #      envelope max-pooled over echo_hop samples, a token per echo_patch
+    echo_hop: int = 4               # > 0: add echogram tokens (matched filter with the dataset's sweep),
+    echo_patch: int = 128           #      envelope max-pooled over echo_hop samples, a token per echo_patch;
+                                    #      0: spectrogram tokens only (the first shipped model's layout)
 
 
 @dataclass(frozen=True)

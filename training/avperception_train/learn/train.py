@@ -88,13 +88,15 @@ def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, step: int, cf
 _DATA_FIELDS = ("num_mics", "sample_rate", "num_samples", "pano_h", "pano_w", "voxel_size", "num_classes")
 
 
-def initial_student(spec: str, data_sc: StudentConfig) -> tuple[AudioStudent, StudentConfig]:
+def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | None = None
+                    ) -> tuple[AudioStudent, StudentConfig]:
     """The student to fine-tune: ``spec`` is a student checkpoint (``.pt``), an exported model
     (``.safetensors``) or ``default`` (the shipped model for the data's array).
 
     The architecture is the saved one; its inputs and outputs must match the data (``data_sc``):
     same microphone count, positions (within 1 mm) and order, audio length and rate, panorama
-    and voxel shapes, classes. A mismatch raises ``ValueError`` naming every difference.
+    and voxel shapes, classes, and (for a model with echogram tokens) the same emitted sweep as
+    ``emitted``. A mismatch raises ``ValueError`` naming every difference.
     Dropout is taken from the data's config, so fine-tuning can change it.
     """
     from avperception.models import default_model
@@ -113,6 +115,10 @@ def initial_student(spec: str, data_sc: StudentConfig) -> tuple[AudioStudent, St
     a, b = np.asarray(sc.array_positions, float), np.asarray(data_sc.array_positions, float)
     if a.shape != b.shape or (a.size and np.abs(a - b).max() > 1e-3):
         diffs.append(f"array_positions: model ({sc.array}) {a.tolist()} vs data ({data_sc.array}) {b.tolist()}")
+    if sc.echo_hop and emitted is not None:
+        e = np.asarray(emitted, float)
+        if e.shape != (len(sc.emitted),) or np.abs(e - np.asarray(sc.emitted)).max() > 1e-4:
+            diffs.append(f"emitted sweep: the model was trained with another one ({len(sc.emitted)} vs {e.size} samples)")
     if diffs:
         raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
     sc = replace(sc, dropout=data_sc.dropout)
@@ -205,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment)
     sc = student_config(cfg, info)
     if cfg.init:
-        model, sc = initial_student(cfg.init, sc)
+        model, sc = initial_student(cfg.init, sc, info.emitted)
         model = model.to(device)
     else:
         model = build_model(cfg.mode, sc).to(device)
