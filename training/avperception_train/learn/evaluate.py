@@ -109,9 +109,9 @@ def depth_by_class_table(results: dict[str, dict]) -> str:
     rows = {n: r["depth_by_class"] for n, r in results.items() if r.get("depth_by_class")}
     if not rows:
         return ""
-    classes = list(next(iter(rows.values())))
-    share = next(iter(rows.values()))
-    head = "| method | " + " | ".join(f"{c} ({100 * share[c]['share']:.0f} %) AbsRel ↓ | {c} δ1 ↑" for c in classes) + " |"
+    first = next(iter(rows.values()))
+    classes = list(first)
+    head = "| method | " + " | ".join(f"{c} ({100 * first[c]['share']:.0f} %) AbsRel ↓ | {c} δ1 ↑" for c in classes) + " |"
     lines = [head, "|---|" + "---|---|" * len(classes)]
     for name, r in rows.items():
         cells = [f"{r[c]['abs_rel']:.3f} | {r[c]['delta1']:.3f}" if c in r else "– | –" for c in classes]

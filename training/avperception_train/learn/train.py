@@ -118,7 +118,7 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     if sc.echo_hop and emitted is not None:
         e = np.asarray(emitted, float)
         if e.shape != (len(sc.emitted),) or np.abs(e - np.asarray(sc.emitted)).max() > 1e-4:
-            diffs.append(f"emitted sweep: the model was trained with another one ({len(sc.emitted)} vs {e.size} samples)")
+            diffs.append("emitted sweep: the model's echogram tokens were trained with another sweep than this dataset's")
     if diffs:
         raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
     sc = replace(sc, dropout=data_sc.dropout)
