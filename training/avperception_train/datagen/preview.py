@@ -34,8 +34,8 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
     from .acoustics import echo_profile
 
     path = Path(path)
-    fig = plt.figure(figsize=(15, 10.5))
-    gs = fig.add_gridspec(3, 3, height_ratios=[1.0, 1.0, 0.9])
+    fig = plt.figure(figsize=(15, 13.5))
+    gs = fig.add_gridspec(4, 3, height_ratios=[1.0, 1.0, 0.9, 0.9])
     c = float(manifest.get("config", {}).get("acoustics", {}).get("speed_of_sound", 343.0))
     fs = int(scene["sample_rate"])
     pose = scene["robot_pose"]
@@ -143,11 +143,49 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
     else:
         ax.text(0.5, 0.5, "passive scene (no sweep)", ha="center", va="center")
         ax.set_axis_off()
+
+    ax = fig.add_subplot(gs[3, :2])
+    if bool(scene["active"]):
+        _echo_image_panel(ax, fig, a, scene, fs, c, el)
+    else:
+        ax.text(0.5, 0.5, "passive scene (no sweep): no echo image", ha="center", va="center")
+        ax.set_axis_off()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _echo_image_panel(ax, fig, audio: np.ndarray, scene: dict, fs: int, c: float, el_range) -> None:
+    """The matched filters beamformed in the horizontal plane (azimuth x echo distance), with the
+    ray-cast range at the horizon on top: a wall lights up where it faces the array squarely."""
+    from avperception.dsp.echo import echo_directions, echo_image_reference
+
+    azimuths = 72
+    dirs = echo_directions(azimuths, [0.0])
+    img = echo_image_reference(audio, scene["emitted"], scene["mic_positions"], dirs, fs, c)  # (A, N)
+    img = 10 * np.log10(img / img[:, 40:].max() + 1e-6)  # past the direct sound
+    az = np.degrees(np.arctan2(dirs[:, 1], dirs[:, 0]))
+    order = np.argsort(-az)  # left = +180, as in the panoramas
+    dist = np.arange(img.shape[1]) / fs * c / 2
+    far = min(float(dist[-1]), 8.0)
+    keep = dist <= far
+    im = ax.imshow(img[order][:, keep].T, origin="lower", aspect="auto", cmap="magma", vmin=-30, vmax=0,
+                   extent=[float(az[order][0]), float(az[order][-1]), 0, far])
+    fig.colorbar(im, ax=ax, label="dB")
+    d = scene["depth"]
+    h, w = d.shape
+    row_el = el_range[0] - (np.arange(h) + 0.5) * (el_range[0] - el_range[1]) / h  # pixel centres
+    row = int(np.argmin(np.abs(row_el)))
+    pano_az = np.linspace(180.0, -180.0, w, endpoint=False) - 180.0 / w
+    ax.plot(pano_az, d[row], "c.", ms=3, label="ray-cast range at elevation 0")
+    ax.legend(loc="upper right", fontsize=7)
+    ax.set_xlim(180, -180)
+    ax.set_ylim(0, far)
+    ax.set_xlabel("azimuth (deg, left = +180)")
+    ax.set_ylabel("echo distance c*t/2 (m)")
+    ax.set_title("echo image at elevation 0 (matched filters, delay-and-sum)")
 
 
 def preview(root: str | Path, out: str | Path | None = None, num: int = 4, split: str | None = None,
