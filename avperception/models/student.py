@@ -11,9 +11,7 @@ Read top to bottom:
    ``patch_frames`` frames) -> tokens ``(B, T', D)`` (the dense-prediction
    paper's best input slicing). With ``echo_hop`` set, ``EchogramEmbed`` adds
    tokens of the matched-filter envelopes (the echoes' delays at a few samples'
-   resolution); with ``echo_azimuths`` set too, ``EchoImageEmbed`` adds one
-   token per azimuth of the beamformed echoes (which direction each echo comes
-   from). A small transformer encodes all tokens.
+   resolution). A small transformer encodes all tokens.
 3. ``SAMBlock`` (spatial alignment via matching) maps the audio tokens onto the
    visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
    spatial embeddings, similarity pooling, and multi-head attention refinement.
@@ -36,8 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..dsp.echo import (echo_directions, echo_image, echogram, fractional_delay_kernels, quadrature_kernels,
-                        steering_delays)
+from ..dsp.echo import echogram, quadrature_kernels
 from ..dsp.features import stft, stft_basis
 
 
@@ -71,24 +68,8 @@ class StudentConfig:
     echo_hop: int = 0
     echo_patch: int = 128
     emitted: list = field(default_factory=list)
-    # echo-image tokens (0: off; needs echo_hop): the matched filters beamformed towards echo_azimuths
-    # azimuths at each of echo_elevations (degrees), lags [0, echo_range) at echo_hop resolution,
-    # one token per azimuth
-    echo_azimuths: int = 0
-    echo_elevations: list = field(default_factory=lambda: [0.0, 30.0, 60.0])
-    echo_range: int = 1024
-    speed_of_sound: float = 343.0
 
     def __post_init__(self) -> None:
-        if self.echo_azimuths:
-            if not self.echo_hop:
-                raise ValueError("echo_azimuths > 0 needs echo_hop > 0 (the echo image uses the matched filter)")
-            if np.shape(self.array_positions) != (self.num_mics, 3):
-                raise ValueError(f"echo_azimuths > 0 needs array_positions for {self.num_mics} mics, "
-                                 f"got shape {np.shape(self.array_positions)}")
-            if self.echo_range % self.echo_hop or not 0 < self.echo_range <= self.num_samples:
-                raise ValueError(f"echo_range ({self.echo_range}) must be a multiple of echo_hop ({self.echo_hop}) "
-                                 f"and at most num_samples ({self.num_samples})")
         if self.echo_hop:
             if not self.emitted:
                 raise ValueError("echo_hop > 0 needs the emitted sweep (StudentConfig.emitted)")
@@ -168,45 +149,6 @@ class EchogramEmbed(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         e = echogram(audio, self.kernels, self.hop)  # (B, M, N // hop)
         return self.proj(self.norm(e)).transpose(1, 2) + self.pos
-
-
-def sweep_band(emitted: np.ndarray, floor_db: float = -20.0) -> tuple[float, float]:
-    """The band, in cycles per sample, where ``emitted`` has energy within ``floor_db`` of its peak."""
-    spec = np.abs(np.fft.rfft(np.asarray(emitted, float), 4096))
-    f = np.fft.rfftfreq(4096)
-    on = f[spec >= spec.max() * 10 ** (floor_db / 20)]
-    return float(on.min()), float(on.max())
-
-
-class EchoImageEmbed(nn.Module):
-    """``(B, M, N)`` audio -> ``(B, A, D)``: one token per azimuth of the echo image
-    (:func:`avperception.dsp.echo.echo_image`) at all ``echo_elevations``.
-
-    The echogram tokens say how far the echoes are; these say from where. The
-    delays are the array's own (``array_positions``), fitted over the sweep's band.
-    """
-
-    def __init__(self, cfg: StudentConfig) -> None:
-        super().__init__()
-        dirs = echo_directions(cfg.echo_azimuths, cfg.echo_elevations)
-        delays = steering_delays(np.asarray(cfg.array_positions), dirs, cfg.sample_rate, cfg.speed_of_sound)
-        taps = 2 * int(np.ceil(np.abs(delays).max())) + 7
-        fd = fractional_delay_kernels(delays, taps, sweep_band(np.asarray(cfg.emitted)))
-        self.register_buffer("kernels", torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))),
-                             persistent=False)
-        self.register_buffer("fd", torch.from_numpy(fd), persistent=False)
-        self.hop, self.range = cfg.echo_hop, cfg.echo_range
-        self.el, self.az = len(cfg.echo_elevations), cfg.echo_azimuths
-        self.norm = nn.BatchNorm1d(self.el * self.az)
-        self.proj = nn.Linear(self.el * (cfg.echo_range // cfg.echo_hop), cfg.dim)
-        self.pos = nn.Parameter(torch.zeros(1, cfg.echo_azimuths, cfg.dim))
-        nn.init.trunc_normal_(self.pos, std=0.02)
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        img = self.norm(echo_image(audio, self.kernels, self.fd, self.hop, self.range))  # (B, E A, R)
-        b, r = img.shape[0], img.shape[-1]
-        img = img.reshape(b, self.el, self.az, r).transpose(1, 2).reshape(b, self.az, self.el * r)
-        return self.proj(img) + self.pos
 
 
 # ----------------------------------------------------------------------------- encoder
@@ -363,7 +305,6 @@ class AudioStudent(nn.Module):
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
-        self.image = EchoImageEmbed(cfg) if cfg.echo_azimuths else None
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
         positions = cfg.latent_h * cfg.latent_w
         self.sam = SAMBlock(cfg.dim, positions, cfg.sam_k, cfg.heads, cfg.dropout)
@@ -376,8 +317,6 @@ class AudioStudent(nn.Module):
         x = self.embed(self.frontend(audio))
         if self.echo is not None:  # fixed by the config, not by the data: one graph either way
             x = torch.cat([x, self.echo(audio)], dim=1)
-        if self.image is not None:
-            x = torch.cat([x, self.image(audio)], dim=1)
         for blk in self.encoder:
             x = blk(x)
         return self.sam(x)

@@ -180,22 +180,6 @@ def test_echogram_student_carries_the_dataset_sweep(tiny_ds, tmp_path):
     assert model.echo is not None and model.echo.pos.shape[1] == 1024 // 64
 
 
-def test_echo_image_student_is_built_for_the_dataset_array(tiny_ds, tmp_path):
-    from avperception_train.learn.train import load_stage, train
-
-    spec = ModelSpec(dim=32, depth=1, decoder_width=16, echo_hop=4, echo_patch=64, echo_azimuths=8,
-                     echo_elevations=(0.0, 45.0), echo_range=512)
-    cfg = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", mode="e2e", epochs=1,
-                      out=str(tmp_path / "img"), model=spec)
-    model, sc = load_stage(train(cfg, progress=False), "e2e", torch.device("cpu"))
-    info = InMemoryScenes(tiny_ds, "train").info
-    np.testing.assert_allclose(sc.array_positions, info.array_positions)
-    assert (sc.echo_azimuths, sc.echo_elevations, sc.echo_range) == (8, [0.0, 45.0], 512)
-    assert model.image is not None and model.image.fd.shape[:2] == (16, info.num_mics)
-    with pytest.raises(ValueError, match="echo_azimuths needs model.echo_hop"):
-        train(TrainConfig(**{**cfg.__dict__, "model": ModelSpec(echo_hop=0, echo_azimuths=8)}), progress=False)
-
-
 def test_shipped_default_model_loads_and_runs():
     from avperception.models import default_model
     from avperception.models.student import AudioStudent

@@ -30,9 +30,6 @@ class ModelSpec:
     echo_hop: int = 4               # > 0: add echogram tokens (matched filter with the dataset's sweep),
     echo_patch: int = 128           #      envelope max-pooled over echo_hop samples, a token per echo_patch;
                                     #      0: spectrogram tokens only (the first shipped model's layout)
-    echo_azimuths: int = 0          # > 0 (needs echo_hop): add echo-image tokens, the matched filters
-    echo_elevations: tuple[float, ...] = (0.0, 30.0, 60.0)  # beamformed to these azimuths x elevations
-    echo_range: int = 1024          #      (degrees), lags [0, echo_range) samples, a token per azimuth
 
 
 @dataclass(frozen=True)
