@@ -12,8 +12,9 @@ steers the matched-filter outputs of all microphones towards a set of
 directions before taking the envelope: a surface in direction ``u`` at range
 ``r`` lights up the direction nearest ``u`` at lag ``2 r / c * fs``. Each
 microphone's complex matched-filter output is delayed by ``u . p_m / c``
-(a fractional delay, realised as a short windowed-sinc filter) and summed, so
-it is delay-and-sum beamforming of the compressed echoes (far field).
+(a fractional delay, realised as a short FIR filter) and summed, so it is
+delay-and-sum beamforming of the compressed echoes (far field). The dataset
+preview draws it; the torch version exports to ONNX like the echogram.
 """
 
 from __future__ import annotations
