@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from avperception.dsp.echo import echo_profile, echogram, quadrature_kernels, sweep
+from avperception.dsp.echo import (echo_directions, echo_image, echo_image_reference, echo_profile, echogram,
+                                   fractional_delay_kernels, quadrature_kernels, steering_delays, sweep)
 
 FS, C = 16000, 343.0
 
@@ -73,8 +74,6 @@ def plane_wave_echo(direction, r, n=2048, positions=RING, seed=0):
 
 
 def image_modules(azimuths=24, elevations=(0.0, 30.0, 60.0), taps=17):
-    from avperception.dsp.echo import echo_directions, fractional_delay_kernels, steering_delays
-
     dirs = echo_directions(azimuths, elevations)
     fd = fractional_delay_kernels(steering_delays(RING, dirs, FS, C), taps, (800 / FS, 7200 / FS))
     return dirs, torch.from_numpy(fd)
@@ -82,8 +81,6 @@ def image_modules(azimuths=24, elevations=(0.0, 30.0, 60.0), taps=17):
 
 @pytest.mark.parametrize("az_deg,el_deg,r", [(0.0, 0.0, 1.5), (105.0, 0.0, 2.4), (-60.0, 30.0, 3.1), (200.0, 60.0, 0.9)])
 def test_echo_image_finds_the_reflector_in_direction_and_range(az_deg, el_deg, r):
-    from avperception.dsp.echo import echo_image
-
     a, e = np.radians(az_deg), np.radians(el_deg)
     u = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
     x, s = plane_wave_echo(u, r)
@@ -94,17 +91,15 @@ def test_echo_image_finds_the_reflector_in_direction_and_range(az_deg, el_deg, r
     d, t = np.unravel_index(int(torch.argmax(img[:, skip:])), img[:, skip:].shape)
     found_r = C * (t + skip) * hop / FS / 2
     assert abs(found_r - r) <= 0.02 + C * hop / FS / 2, (found_r, r)
-    # the brightest direction is the grid direction nearest the reflector, up to the ring's
-    # up/down mirror (a planar array hears +el and -el alike) and a neighbouring cell
+    # the brightest direction is the grid direction nearest the reflector (grid spacing 15 deg), up to the
+    # ring's up/down mirror (a planar array hears +el and -el alike)
     mirrored = u * np.array([1, 1, -1])
     err = np.degrees(np.arccos(np.clip(max(dirs[d] @ u, dirs[d] @ mirrored), -1, 1)))
     grid = np.degrees(np.arccos(np.clip(max((dirs @ u).max(), (dirs @ mirrored).max()), -1, 1)))
-    assert err <= grid + 8.0, (err, grid)  # the nearest cell (spacing 15 deg)
+    assert err <= grid + 8.0, (err, grid)
 
 
 def test_echo_image_matches_the_numpy_reference():
-    from avperception.dsp.echo import echo_image, echo_image_reference
-
     x, s = plane_wave_echo([0.3, 0.8, 0.2], 3.0)
     dirs, fd = image_modules(azimuths=16, elevations=(0.0, 45.0))
     got = np.exp(echo_image(torch.from_numpy(x[None]).float(), torch.from_numpy(quadrature_kernels(s)), fd, 1,
@@ -119,8 +114,6 @@ def test_echo_image_matches_the_numpy_reference():
 
 
 def test_fractional_delay_kernels_check_their_length():
-    from avperception.dsp.echo import fractional_delay_kernels
-
     with pytest.raises(ValueError, match="odd"):
         fractional_delay_kernels(np.zeros((2, 3)), 24)
     with pytest.raises(ValueError, match="more than 9 taps"):
@@ -130,8 +123,6 @@ def test_fractional_delay_kernels_check_their_length():
 
 
 def test_fractional_delay_holds_in_band_for_the_fit_and_below_for_the_sinc():
-    from avperception.dsp.echo import fractional_delay_kernels
-
     delay = 2.37
     f = np.linspace(0.06, 0.44, 50)
     j = np.arange(17) - 8
@@ -145,8 +136,6 @@ def test_fractional_delay_holds_in_band_for_the_fit_and_below_for_the_sinc():
 
 def test_turning_the_ring_turns_the_echo_image():
     """Mic ``m`` hearing what mic ``m - 1`` heard is the scene turned by 45 deg: the image turns by 3 of 24 azimuths."""
-    from avperception.dsp.echo import echo_image
-
     x, s = plane_wave_echo([np.cos(1.0), np.sin(1.0), 0.3], 2.2)
     _, fd = image_modules()
     k = torch.from_numpy(quadrature_kernels(s))
