@@ -146,7 +146,7 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
 
     ax = fig.add_subplot(gs[3, :2])
     if bool(scene["active"]):
-        _echo_image_panel(ax, fig, a, scene, fs, c, el)
+        _echo_image_panel(ax, fig, a, scene, fs, c, pano)
     else:
         ax.text(0.5, 0.5, "passive scene (no sweep): no echo image", ha="center", va="center")
         ax.set_axis_off()
@@ -157,29 +157,26 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
     return path
 
 
-def _echo_image_panel(ax, fig, audio: np.ndarray, scene: dict, fs: int, c: float, el_range) -> None:
+def _echo_image_panel(ax, fig, audio: np.ndarray, scene: dict, fs: int, c: float, pano: dict) -> None:
     """The matched filters beamformed in the horizontal plane (azimuth x echo distance), with the
     ray-cast range at the horizon on top: a wall lights up where it faces the array squarely."""
-    from avperception.dsp.echo import echo_directions, echo_image_reference
+    from avperception.dsp.echo import echo_image
+    from avperception.dsp.grid import equirectangular, horizon
 
-    azimuths = 72
-    dirs = echo_directions(azimuths, [0.0])
-    img = echo_image_reference(audio, scene["emitted"], scene["mic_positions"], dirs, fs, c)  # (A, N)
+    ring = horizon(5.0)  # 72 azimuths, left = +180 as in the panoramas
+    img = echo_image(audio, scene["emitted"], scene["mic_positions"], ring.vectors, fs, c)  # (A, N)
     img = 10 * np.log10(img / img[:, 40:].max() + 1e-6)  # past the direct sound
-    az = np.degrees(np.arctan2(dirs[:, 1], dirs[:, 0]))
-    order = np.argsort(-az)  # left = +180, as in the panoramas
     dist = np.arange(img.shape[1]) / fs * c / 2
     far = min(float(dist[-1]), 8.0)
-    keep = dist <= far
-    im = ax.imshow(img[order][:, keep].T, origin="lower", aspect="auto", cmap="magma", vmin=-30, vmax=0,
-                   extent=[float(az[order][0]), float(az[order][-1]), 0, far])
+    az = ring.azimuth_deg
+    im = ax.imshow(img[:, dist <= far].T, origin="lower", aspect="auto", cmap="magma", vmin=-30, vmax=0,
+                   extent=[float(az[0]), float(az[-1]), 0, far])
     fig.colorbar(im, ax=ax, label="dB")
-    d = scene["depth"]
-    h, w = d.shape
-    row_el = el_range[0] - (np.arange(h) + 0.5) * (el_range[0] - el_range[1]) / h  # pixel centres
-    row = int(np.argmin(np.abs(row_el)))
-    pano_az = np.linspace(180.0, -180.0, w, endpoint=False) - 180.0 / w
-    ax.plot(pano_az, d[row], "c.", ms=3, label="ray-cast range at elevation 0")
+    el = pano["el_deg"]
+    grid = equirectangular(-180.0, 180.0, el[1], el[0], pano["resolution_deg"])
+    row = int(np.argmin(np.abs(grid.as_image(grid.elevation_deg)[:, 0])))
+    ax.plot(grid.as_image(grid.azimuth_deg)[row], scene["depth"][row], "c.", ms=3,
+            label="ray-cast range at elevation 0")
     ax.legend(loc="upper right", fontsize=7)
     ax.set_xlim(180, -180)
     ax.set_ylim(0, far)
