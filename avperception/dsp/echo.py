@@ -5,7 +5,9 @@ with it compresses every echo into a peak at its delay, so a surface at range
 ``r`` shows up at lag ``2 r / c * fs`` (sample 0 = sweep onset). The numpy
 reference (:func:`echo_profile`) serves the data engine and the classical
 baseline; the torch version (:func:`echogram`) runs inside the student network
-and exports to ONNX as a padded convolution, a max-pool and a log.
+and exports to ONNX as a padded convolution, a max-pool and a log;
+:func:`beam_envelope` beamforms the same compressed echoes towards a few
+directions inside the network (short fractional-delay filters).
 
 The echo image (:func:`echo_image`) steers the microphones' analytic
 matched-filter outputs towards a set of directions before taking the envelope:
@@ -67,6 +69,31 @@ def quadrature_kernels(emitted: np.ndarray) -> np.ndarray:
     return k[:, None, :].astype(np.float32)
 
 
+def matched_iq(x, kernels):
+    """The analytic matched filter in torch: ``(..., N)`` audio -> ``(..., 2, N)`` in-phase and quadrature.
+
+    ``I + jQ`` correlates ``x`` (sample 0 = sweep onset) with the analytic sweep; lag ``t`` is output ``t``.
+    ``kernels``: ``(2, 1, L)`` tensor from :func:`quadrature_kernels`.
+    """
+    import torch.nn.functional as F
+
+    lead, n = x.shape[:-1], x.shape[-1]
+    y = F.conv1d(F.pad(x.reshape(-1, 1, n), (0, kernels.shape[-1] - 1)), kernels)  # (B', 2, N)
+    return y.reshape(lead + (2, n))
+
+
+def log_envelope(iq, hop: int, eps: float = 1e-8):
+    """``(..., 2, N)`` I/Q -> ``(..., N // hop)``: ``log(I^2 + Q^2 + eps)``, the strongest value in each
+    ``hop`` samples (output ``t`` covers lags ``[t hop, (t + 1) hop)``)."""
+    import torch
+    import torch.nn.functional as F
+
+    lead, n = iq.shape[:-2], iq.shape[-1]
+    p = (iq[..., 0, :] * iq[..., 0, :] + iq[..., 1, :] * iq[..., 1, :]).reshape(-1, 1, n)
+    p = F.max_pool1d(p, hop)[:, 0]
+    return torch.log(p + eps).reshape(lead + (p.shape[-1],))
+
+
 def echogram(x, kernels, hop: int, eps: float = 1e-8):
     """Log envelope power of the matched filter, the strongest value in each ``hop`` samples.
 
@@ -78,14 +105,54 @@ def echogram(x, kernels, hop: int, eps: float = 1e-8):
         ``(..., N // hop)``: ``log(I^2 + Q^2 + eps)`` where ``I + jQ`` correlates ``x`` with the analytic sweep;
         output ``t`` covers lags ``[t hop, (t + 1) hop)``.
     """
-    import torch
+    return log_envelope(matched_iq(x, kernels), hop, eps)
+
+
+def sweep_band(emitted: np.ndarray, floor_db: float = -20.0) -> tuple[float, float]:
+    """``(low, high)`` in cycles per sample: where ``emitted`` has energy within ``floor_db`` of its peak."""
+    spec = np.abs(np.fft.rfft(np.asarray(emitted, dtype=np.float64), 4096))
+    f = np.fft.rfftfreq(4096)
+    on = f[spec >= spec.max() * 10 ** (floor_db / 20)]
+    return float(on.min()), float(on.max())
+
+
+def beam_kernels(positions: np.ndarray, directions: np.ndarray, fs: float, band: tuple[float, float],
+                 c: float = 343.0) -> np.ndarray:
+    """``(D, M, K)`` float32 delay-and-sum filters towards ``directions (D, 3)`` for mics at ``positions (M, 3)``.
+
+    Mic ``m`` hears a plane wave from ``u`` ``u . p_m / c`` earlier than the array origin; correlating it
+    (``conv1d`` with ``K // 2`` zeros on both sides) with ``[d, m]`` delays it by that much. The
+    fractional delays are least-squares fits over ``band`` (cycles per sample, e.g. :func:`sweep_band`),
+    the only frequencies the matched filter passes.
+    """
+    delays = np.asarray(directions, dtype=np.float64) @ np.asarray(positions, dtype=np.float64).T / c * fs
+    lo, hi = band
+    if not 0 <= lo < hi <= 0.5:
+        raise ValueError(f"band must satisfy 0 <= low < high <= 0.5 cycles per sample, got {band}")
+    half = int(np.ceil(np.abs(delays).max(initial=0.0))) + 3
+    j = np.arange(-half, half + 1)  # correlation offset: out[t] = sum_j w[j] in[t + j]
+    f = np.linspace(lo, hi, 8 * j.size)
+    basis = np.exp(2j * np.pi * f[:, None] * j[None])  # (F, K): each tap's response
+    a = np.concatenate([basis.real, basis.imag])  # real taps, complex target
+    target = np.exp(-2j * np.pi * f[None] * delays.reshape(-1, 1))  # (D M, F)
+    b = np.concatenate([target.real, target.imag], axis=1).T  # (2F, D M)
+    w = np.linalg.solve(a.T @ a + 1e-3 * np.eye(j.size), a.T @ b).T  # a small ridge keeps out-of-band gain low
+    return w.reshape(delays.shape + (j.size,)).astype(np.float32)
+
+
+def beam_envelope(iq, kernels, hop: int, eps: float = 1e-8):
+    """Echoes by direction: ``(B, M, 2, N)`` I/Q of every mic -> ``(B, D, N // hop)`` log power of their
+    delay-and-sum towards each of ``kernels``' directions (:func:`beam_kernels`), the strongest lag in
+    each ``hop`` samples. A surface in direction ``u`` at range ``r`` lights up the beam nearest ``u`` at
+    lag ``2 r / c * fs``: the torch, strided counterpart of :func:`echo_image`.
+    """
     import torch.nn.functional as F
 
-    lead, n = x.shape[:-1], x.shape[-1]
-    y = F.conv1d(F.pad(x.reshape(-1, 1, n), (0, kernels.shape[-1] - 1)), kernels)  # (B', 2, N)
-    p = y[:, 0] * y[:, 0] + y[:, 1] * y[:, 1]
-    p = F.max_pool1d(p[:, None], hop)[:, 0]  # (B', N // hop)
-    return torch.log(p + eps).reshape(lead + (p.shape[-1],))
+    b, m, _, n = iq.shape
+    half = kernels.shape[-1] // 2
+    y = iq.transpose(1, 2).reshape(2 * b, m, n)  # I and Q as separate batch entries
+    z = F.conv1d(F.pad(y, (half, half)), kernels).reshape(b, 2, -1, n)  # (B, 2, D, N)
+    return log_envelope(z.transpose(1, 2), hop, eps)
 
 
 def echo_image(audio: np.ndarray, emitted: np.ndarray, positions: np.ndarray, directions: np.ndarray,

@@ -11,7 +11,8 @@ Read top to bottom:
    ``patch_frames`` frames) -> tokens ``(B, T', D)`` (the dense-prediction
    paper's best input slicing). With ``echo_hop`` set, ``EchogramEmbed`` adds
    tokens of the matched-filter envelopes (the echoes' delays at a few samples'
-   resolution). A small transformer encodes all tokens.
+   resolution) and, with ``echo_beams``, the same echoes beamformed towards
+   azimuths in the array's plane (which direction each echo comes from). A small transformer encodes all tokens.
 3. ``SAMBlock`` (spatial alignment via matching) maps the audio tokens onto the
    visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
    spatial embeddings, similarity pooling, and multi-head attention refinement.
@@ -34,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..dsp.echo import echogram, quadrature_kernels
+from ..dsp.echo import beam_envelope, beam_kernels, log_envelope, matched_iq, quadrature_kernels, sweep_band
+from ..dsp.grid import horizon
 from ..dsp.features import stft, stft_basis
 
 
@@ -68,8 +70,18 @@ class StudentConfig:
     echo_hop: int = 0
     echo_patch: int = 128
     emitted: list = field(default_factory=list)
+    # echo beams (0: off; needs echo_hop): the echogram tokens also carry the matched filters beamformed
+    # towards echo_beams azimuths in the array's plane, where a vertical wall's first echo comes from
+    echo_beams: int = 0
+    speed_of_sound: float = 343.0
 
     def __post_init__(self) -> None:
+        if self.echo_beams:
+            if not self.echo_hop:
+                raise ValueError("echo_beams > 0 needs echo_hop > 0 (the beams steer the matched filter)")
+            if np.shape(self.array_positions) != (self.num_mics, 3):
+                raise ValueError(f"echo_beams > 0 needs array_positions for {self.num_mics} mics, "
+                                 f"got shape {np.shape(self.array_positions)}")
         if self.echo_hop:
             if not self.emitted:
                 raise ValueError("echo_hop > 0 needs the emitted sweep (StudentConfig.emitted)")
@@ -129,25 +141,36 @@ class EchoFrontend(nn.Module):
 
 class EchogramEmbed(nn.Module):
     """``(B, M, N)`` audio -> ``(B, N // echo_patch, D)``: one token per ``echo_patch`` samples of the
-    matched-filter envelopes of all mics (:func:`avperception.dsp.echo.echogram`, ``echo_hop`` resolution).
+    matched-filter envelopes of all mics (:func:`avperception.dsp.echo.echogram`, ``echo_hop`` resolution)
+    and, with ``echo_beams``, of the matched filters beamformed towards that many azimuths
+    (:func:`avperception.dsp.echo.beam_envelope`).
 
     Where the STFT tokens blur an echo's delay over a 16 ms window, these keep it to
-    ``echo_hop`` samples (4 samples = 4.3 cm of range at 16 kHz).
+    ``echo_hop`` samples (4 samples = 4.3 cm of range at 16 kHz); the beams add its direction.
     """
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
-        self.register_buffer("kernels", torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))),
-                             persistent=False)
+        emitted = np.asarray(cfg.emitted)
+        self.register_buffer("kernels", torch.from_numpy(quadrature_kernels(emitted)), persistent=False)
         self.hop = cfg.echo_hop
-        self.norm = nn.BatchNorm1d(cfg.num_mics)
+        beams = None
+        if cfg.echo_beams:
+            beams = torch.from_numpy(beam_kernels(np.asarray(cfg.array_positions), horizon(360.0 / cfg.echo_beams).vectors,
+                                                  cfg.sample_rate, sweep_band(emitted), cfg.speed_of_sound))
+        self.register_buffer("beams", beams, persistent=False)
+        channels = cfg.num_mics + cfg.echo_beams
+        self.norm = nn.BatchNorm1d(channels)
         k = cfg.echo_patch // cfg.echo_hop
-        self.proj = nn.Conv1d(cfg.num_mics, cfg.dim, kernel_size=k, stride=k)
+        self.proj = nn.Conv1d(channels, cfg.dim, kernel_size=k, stride=k)
         self.pos = nn.Parameter(torch.zeros(1, cfg.num_samples // cfg.echo_patch, cfg.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        e = echogram(audio, self.kernels, self.hop)  # (B, M, N // hop)
+        iq = matched_iq(audio, self.kernels)  # (B, M, 2, N)
+        e = log_envelope(iq, self.hop)  # (B, M, N // hop)
+        if self.beams is not None:  # fixed by the config
+            e = torch.cat([e, beam_envelope(iq, self.beams, self.hop)], dim=1)  # (B, M + beams, N // hop)
         return self.proj(self.norm(e)).transpose(1, 2) + self.pos
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from avperception.dsp.echo import echo_image, echo_profile, echogram, quadrature_kernels, sweep
-from avperception.dsp.grid import azel_to_vector
+from avperception.dsp.echo import (beam_envelope, beam_kernels, echo_image, echo_profile, echogram, matched_iq,
+                                  quadrature_kernels, sweep, sweep_band)
+from avperception.dsp.grid import azel_to_vector, horizon
 
 FS, C = 16000, 343.0
 
@@ -121,3 +122,33 @@ def test_turning_the_ring_turns_the_echo_image():
     turned = log_image(np.roll(x, 1, axis=0), s, dirs).reshape(3, 24, 256)
     np.testing.assert_allclose(turned, np.roll(img, 3, axis=1), atol=1e-3, rtol=1e-3)
     assert not np.allclose(turned, img, atol=0.1)
+
+
+# ----------------------------------------------------------------------------- beams inside the network
+
+
+def test_sweep_band_is_where_the_sweep_has_energy():
+    lo, hi = sweep_band(sweep(FS, 1000, 7000, 0.008))
+    assert 0.02 < lo < 1000 / FS and 7000 / FS < hi < 0.48
+    with pytest.raises(ValueError, match="band"):
+        beam_kernels(RING, horizon(90.0).vectors, FS, (0.3, 0.1))
+
+
+@pytest.mark.parametrize("az_deg,r", [(40.0, 1.7), (-100.0, 2.9), (170.0, 0.8)])
+def test_beams_match_the_echo_image_and_find_the_wall_echo(az_deg, r):
+    """The network's beams (band-fitted fractional-delay filters, strided) against the exact numpy echo image."""
+    x, s = plane_wave_echo(azel_to_vector(az_deg, 0.0), r)
+    dirs = horizon(22.5).vectors  # 16 azimuths
+    hop = 4
+    iq = matched_iq(torch.from_numpy(x).float()[None], torch.from_numpy(quadrature_kernels(s)))
+    got = beam_envelope(iq, torch.from_numpy(beam_kernels(RING, dirs, FS, sweep_band(s), C)), hop)[0].numpy()
+    ref = log_image(x, s, dirs, hop, length=x.shape[1])
+    strong = ref > ref.max() - np.log(100.0)  # within 20 dB of the peak
+    inner = np.zeros_like(strong)
+    inner[:, 16 // hop + 1: 1800 // hop] = True  # past the direct sound, away from the record's end
+    np.testing.assert_allclose(got[strong & inner], ref[strong & inner], atol=0.25)  # within about 1 dB
+    skip = 16 // hop + 1
+    d, t = np.unravel_index(int(np.argmax(got[:, skip:])), got[:, skip:].shape)
+    assert abs(C * (t + skip) * hop / FS / 2 - r) <= 0.02 + C * hop / FS / 2
+    beam_az = np.degrees(np.arctan2(dirs[d, 1], dirs[d, 0]))
+    assert abs((beam_az - az_deg + 180) % 360 - 180) <= 11.25 + 1e-6  # the nearest of 16 beams

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from avperception.dsp.echo import beam_envelope, log_envelope, matched_iq, sweep
 from avperception.models.student import AudioStudent, EchoFrontend, SAMBlock, StudentConfig
 
 
@@ -51,8 +52,6 @@ def test_sam_block_maps_any_token_count_to_the_layout():
 
 
 def echo_cfg(**kw) -> StudentConfig:
-    from avperception.dsp.echo import sweep
-
     return tiny(**{"echo_hop": 4, "echo_patch": 64, "emitted": sweep(16000, 1000, 7000, 0.008).tolist(), **kw})
 
 
@@ -63,8 +62,6 @@ def test_echogram_tokens_join_the_sequence_and_config_is_checked():
     with torch.no_grad():
         assert m(x)["depth"].shape == (2, 16, 32)
     # an echo moved to another delay changes the echogram tokens (the STFT-only model has no such tokens)
-    from avperception.dsp.echo import sweep
-
     s = torch.from_numpy(sweep(16000, 1000, 7000, 0.008)).float()
     a, b = torch.zeros(1, 4, 1024), torch.zeros(1, 4, 1024)
     a[..., 300:428] += s
@@ -74,12 +71,46 @@ def test_echogram_tokens_join_the_sequence_and_config_is_checked():
         tiny(echo_hop=4)
     with pytest.raises(ValueError, match="multiple of echo_hop"):
         echo_cfg(echo_hop=5)
+    with pytest.raises(ValueError, match="needs echo_hop"):
+        tiny(echo_beams=8, array_positions=RING4)
+    with pytest.raises(ValueError, match="array_positions for 4 mics"):
+        echo_cfg(echo_beams=8)
 
 
-@pytest.mark.parametrize("echo", [False, True])
+RING4 = [[0.05, 0.0, 0.0], [0.0, 0.05, 0.0], [-0.05, 0.0, 0.0], [0.0, -0.05, 0.0]]
+
+
+def test_echo_beams_widen_the_echogram_tokens_and_see_direction():
+    m = AudioStudent(echo_cfg(echo_beams=8, array_positions=RING4)).eval()
+    assert m.echo.proj.in_channels == 4 + 8
+    # the same echo from two directions a quarter turn apart
+    s = sweep(16000, 1000, 7000, 0.008)
+    f = np.fft.rfftfreq(2048, 1 / 16000)
+
+    def echo_from(az):
+        u = np.array([np.cos(az), np.sin(az), 0.0])
+        lead = np.asarray(RING4) @ u / 343.0  # mic m hears it this much earlier
+        spec = np.fft.rfft(np.pad(s, (400, 2048 - 400 - s.size)))[None] * np.exp(2j * np.pi * f * lead[:, None])
+        return torch.from_numpy(np.fft.irfft(spec, 2048, axis=1)[:, :1024]).float()[None]
+
+    a, b = matched_iq(echo_from(0.3), m.echo.kernels), matched_iq(echo_from(0.3 + np.pi / 2), m.echo.kernels)
+    ea, eb = log_envelope(a, 4)[0, :, 100:110].amax(-1), log_envelope(b, 4)[0, :, 100:110].amax(-1)  # (M,)
+    # a quarter turn on a square of mics only swaps which mic hears what
+    np.testing.assert_allclose(np.sort(ea.numpy()), np.sort(eb.numpy()), atol=0.05)
+    pa = beam_envelope(a, m.echo.beams, 4)[0, :, 100:110].amax(-1)  # (beams,)
+    pb = beam_envelope(b, m.echo.beams, 4)[0, :, 100:110].amax(-1)
+    assert int(pa.argmax()) != int(pb.argmax())
+    # a quarter turn of the echo moves the loudest beam by a quarter of the 8 beams (grid.horizon runs
+    # clockwise: azimuth falls with the index)
+    assert (int(pb.argmax()) - int(pa.argmax())) % 8 == 6
+
+
+@pytest.mark.parametrize("echo", ["off", "echogram", "beams"])
 def test_onnx_export_matches_torch(tmp_path, echo):
     ort = pytest.importorskip("onnxruntime")
-    m = AudioStudent(echo_cfg() if echo else tiny()).eval()
+    cfg = {"off": tiny, "echogram": echo_cfg,
+           "beams": lambda: echo_cfg(echo_beams=8, array_positions=RING4)}[echo]()
+    m = AudioStudent(cfg).eval()
     x = torch.randn(1, 4, 1024)
     with torch.no_grad():
         ref = m(x)

@@ -30,6 +30,8 @@ class ModelSpec:
     echo_hop: int = 4               # > 0: add echogram tokens (matched filter with the dataset's sweep),
     echo_patch: int = 128           #      envelope max-pooled over echo_hop samples, a token per echo_patch;
                                     #      0: spectrogram tokens only (the first shipped model's layout)
+    echo_beams: int = 0             # > 0: echogram tokens also carry the matched filters beamformed towards
+                                    #      that many azimuths in the array's plane (where echoes come from)
 
 
 @dataclass(frozen=True)
