@@ -12,7 +12,8 @@ Read top to bottom:
    paper's best input slicing). With ``echo_hop`` set, ``EchogramEmbed`` adds
    tokens of the matched-filter envelopes (the echoes' delays at a few samples'
    resolution) and, with ``echo_beams``, the same echoes beamformed towards
-   azimuths in the array's plane (which direction each echo comes from). A small transformer encodes all tokens.
+   azimuths in the array's plane (which direction each echo comes from). A
+   small transformer encodes all tokens.
 3. ``SAMBlock`` (spatial alignment via matching) maps the audio tokens onto the
    visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
    spatial embeddings, similarity pooling, and multi-head attention refinement.
@@ -156,8 +157,9 @@ class EchogramEmbed(nn.Module):
         self.hop = cfg.echo_hop
         beams = None
         if cfg.echo_beams:
-            beams = torch.from_numpy(beam_kernels(np.asarray(cfg.array_positions), horizon(360.0 / cfg.echo_beams).vectors,
-                                                  cfg.sample_rate, sweep_band(emitted), cfg.speed_of_sound))
+            dirs = horizon(360.0 / cfg.echo_beams).vectors  # (beams, 3), in the array's plane
+            beams = torch.from_numpy(beam_kernels(np.asarray(cfg.array_positions), dirs, cfg.sample_rate,
+                                                  sweep_band(emitted), cfg.speed_of_sound))
         self.register_buffer("beams", beams, persistent=False)
         channels = cfg.num_mics + cfg.echo_beams
         self.norm = nn.BatchNorm1d(channels)
