@@ -244,6 +244,25 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_ds, tmp_path):
         TrainConfig(**{**base.__dict__, "mode": "teacher", "init": "default"}).validate()
 
 
+def test_echo_beams_take_the_datasets_speed_of_sound(tiny_ds, tmp_path):
+    from dataclasses import replace
+
+    from avperception.models.student import AudioStudent
+    from avperception_train.datagen.shards import read_manifest
+    from avperception_train.learn.data import make_datasets
+    from avperception_train.learn.train import initial_student, student_config
+
+    info = make_datasets(str(tiny_ds), 0, False)[2]
+    assert info.speed_of_sound == read_manifest(tiny_ds)["config"]["acoustics"]["speed_of_sound"]
+    cfg = TrainConfig(data=str(tiny_ds), mode="e2e", model=ModelSpec(dim=32, depth=1, decoder_width=16, echo_beams=4))
+    sc = student_config(cfg, info)
+    assert sc.echo_beams == 4 and sc.speed_of_sound == info.speed_of_sound
+    AudioStudent(sc).save(tmp_path / "beams")
+    initial_student(str(tmp_path / "beams"), sc, info.emitted)  # fits its own data
+    with pytest.raises(ValueError, match="speed_of_sound: model .* vs data 330.0"):  # the beams' delays would be off
+        initial_student(str(tmp_path / "beams"), replace(sc, speed_of_sound=330.0), info.emitted)
+
+
 def test_two_process_distributed_training(tiny_ds, tmp_path):
     """torchrun with 2 CPU processes (gloo): DistributedDataParallel trains and rank 0 writes the checkpoints."""
     import os

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import SceneDataset
+from .shards import SceneDataset, speed_of_sound
 
 SEM_COLORS = {0: (0.55, 0.42, 0.25), 1: (0.6, 0.8, 1.0), 2: (0.85, 0.85, 0.8), 3: (0.9, 0.3, 0.2)}
 SEM_NAMES = {0: "floor", 1: "ceiling", 2: "wall", 3: "obstacle"}
@@ -36,7 +36,7 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
     path = Path(path)
     fig = plt.figure(figsize=(15, 13.5))
     gs = fig.add_gridspec(4, 3, height_ratios=[1.0, 1.0, 0.9, 0.9])
-    c = float(manifest.get("config", {}).get("acoustics", {}).get("speed_of_sound", 343.0))
+    c = speed_of_sound(manifest)
     fs = int(scene["sample_rate"])
     pose = scene["robot_pose"]
     title = (f"scene {int(scene['scene_index'])}  room {int(scene['room_id'])}  split {scene['split_name']}  "

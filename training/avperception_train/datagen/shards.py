@@ -209,6 +209,11 @@ def read_manifest(root: str | Path) -> dict:
     return m
 
 
+def speed_of_sound(manifest: dict) -> float:
+    """The speed of sound (m/s) the dataset was simulated with (343 when its manifest does not say)."""
+    return float(manifest.get("config", {}).get("acoustics", {}).get("speed_of_sound", 343.0))
+
+
 def unpack_voxels(packed: np.ndarray, shape) -> np.ndarray:
     """``(..., nbytes)`` packed bits -> ``(..., D, H, W)`` bool."""
     shape = tuple(int(s) for s in shape)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datagen.shards import SPLITS, SceneDataset, unpack_voxels
+from ..datagen.shards import SPLITS, SceneDataset, speed_of_sound, unpack_voxels
 
 KEYS = ("audio", "depth", "semantic", "voxels", "energy")
 
@@ -26,6 +26,7 @@ class DataInfo:
     array: str
     array_positions: list = field(default_factory=list)
     emitted: np.ndarray | None = None
+    speed_of_sound: float = 343.0
 
 
 def _rz(k: int) -> np.ndarray:
@@ -138,7 +139,7 @@ class InMemoryScenes(torch.utils.data.Dataset):
             num_samples=int(self.data["audio"].shape[2]), pano_shape=(int(pano[0]), int(pano[1])),
             voxel_size=self.voxel_shape[0], voxel_size_m=float(np.mean(consts["voxel_size"])),
             array=str(np.asarray(consts["array_name"]).reshape(-1)[0]), array_positions=np.asarray(consts["mic_positions"]).tolist(),
-            emitted=np.asarray(consts["emitted"], dtype=np.float32),
+            emitted=np.asarray(consts["emitted"], dtype=np.float32), speed_of_sound=speed_of_sound(ds.manifest),
         )
         self.symmetries = Symmetries(consts["mic_positions"], consts["speaker_position"], pano, self.voxel_shape,
                                      consts["voxel_origin"], consts["voxel_size"]) if augment else None

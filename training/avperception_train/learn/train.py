@@ -37,7 +37,7 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
     kw = dict(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
               latent_h=m.latent_h, latent_w=m.latent_w, pano_h=info.pano_shape[0], pano_w=info.pano_shape[1],
               num_classes=m.num_classes, voxel_size=info.voxel_size, max_depth=m.max_depth, array=info.array,
-              array_positions=info.array_positions, dropout=m.dropout)
+              array_positions=info.array_positions, dropout=m.dropout, speed_of_sound=info.speed_of_sound)
     if m.decoder_width:
         kw["decoder_width"] = m.decoder_width
     if m.dim:
@@ -119,6 +119,9 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
         e = np.asarray(emitted, float)
         if e.shape != (len(sc.emitted),) or np.abs(e - np.asarray(sc.emitted)).max() > 1e-4:
             diffs.append("emitted sweep: the model's echogram tokens were trained with another sweep than this dataset's")
+    if sc.echo_beams and abs(sc.speed_of_sound - data_sc.speed_of_sound) > 1.0:
+        diffs.append(f"speed_of_sound: model {sc.speed_of_sound} vs data {data_sc.speed_of_sound} m/s "
+                     "(the echo beams' delays)")
     if diffs:
         raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
     sc = replace(sc, dropout=data_sc.dropout)
