@@ -11,7 +11,7 @@ from avperception.dsp.grid import equirectangular
 from avperception.eval import metrics
 from avperception.pipeline import localize
 from avperception_train.datagen import config_from_dict, run_datagen
-from avperception_train.learn.baselines import EchoTimeOfFlight, MeanLayout
+from avperception_train.learn.baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
 from avperception_train.learn.config import ModelSpec, TrainConfig
 from avperception_train.learn.data import InMemoryScenes
 from avperception_train.learn.evaluate import depth_by_class_table, evaluate, markdown_table
@@ -207,6 +207,36 @@ def test_resume_continues_the_schedule(tiny_ds, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert log[1]["step"] == 2 * log[0]["step"] and log[2]["step"] == 3 * log[0]["step"]
+
+
+def test_echo_planes_put_the_walls_and_the_floor_at_their_distances():
+    """Two walls (plane-wave echoes from their normals) and the floor (from straight below, all mics in phase)."""
+    from avperception.dsp.echo import sweep as make_sweep
+
+    fs, c, n = 16000, 343.0, 2048
+    ring = np.array([[0.1 * np.cos(a), 0.1 * np.sin(a), 0.0] for a in 2 * np.pi * np.arange(8) / 8])
+    s = make_sweep(fs, 1000, 7000, 0.008)
+    f = np.fft.rfftfreq(2 * n)
+    audio = np.zeros((8, n))
+    audio[:, :s.size] += s  # the direct sound
+    for az_deg, el_deg, r, gain in [(30.0, 0.0, 1.2, 0.3), (120.0, 0.0, 2.0, 0.2), (0.0, -90.0, 0.6, 0.5)]:
+        az, el = np.radians(az_deg), np.radians(el_deg)
+        u = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        lag = (2 * r - ring @ u) / c * fs  # (M,) mic m hears the echo u . p_m / c early
+        spec = np.fft.rfft(s, 2 * n)[None] * np.exp(-2j * np.pi * f[None] * lag[:, None])
+        audio += gain * np.fft.irfft(spec, 2 * n, axis=1)[:, :n]
+    audio += 0.001 * np.random.default_rng(0).standard_normal(audio.shape)
+    planes = EchoPlanes(s, fs, ring, c)
+    floor, _, normals, dists = planes.planes(audio)
+    assert floor == pytest.approx(0.6, abs=0.05)
+    for az_deg, r in [(30.0, 1.2), (120.0, 2.0)]:
+        k = int(np.argmin(np.abs(np.angle(np.exp(1j * (normals - np.radians(az_deg)))))))
+        assert abs(np.degrees(np.angle(np.exp(1j * (normals[k] - np.radians(az_deg)))))) <= 2.5 + 1e-6
+        assert dists[k] == pytest.approx(r, abs=0.05)
+    depth = planes.depth(audio, (60, 120))  # 3-degree pixels, azimuth 180 at the left, elevation 90 at the top
+    col = lambda az: int((180 - az) / 3)  # noqa: E731
+    assert depth[30, col(30.0)] == pytest.approx(1.2, rel=0.1)  # just above the horizon, facing the wall
+    assert depth[-1, 0] == pytest.approx(0.6, rel=0.1)  # straight down
 
 
 def test_fine_tuning_starts_from_the_given_weights(tiny_ds, tmp_path):

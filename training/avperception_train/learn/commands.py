@@ -27,8 +27,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``teacher:CK``,
-    ``manifold:ATNET_CK,VQVAE_CK``, ``mean-layout`` or ``echo-tof``."""
-    from .baselines import EchoTimeOfFlight, MeanLayout
+    ``manifold:ATNET_CK,VQVAE_CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
+    from .baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
     from .data import InMemoryScenes
     from .evaluate import torch_predictor
     from .train import load_stage
@@ -53,7 +53,11 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     if kind == "echo-tof":
         train = InMemoryScenes(data_root, "train", max_samples=1)
         return EchoTimeOfFlight(train.info.emitted, train.info.sample_rate)
-    raise ValueError(f"unknown model spec {spec!r}: use student:PATH, teacher:CK, manifold:AT,VQ, mean-layout, echo-tof")
+    if kind == "echo-planes":
+        info = InMemoryScenes(data_root, "train", max_samples=1).info
+        return EchoPlanes(info.emitted, info.sample_rate, info.array_positions, info.speed_of_sound)
+    raise ValueError(f"unknown model spec {spec!r}: use student:PATH, teacher:CK, manifold:AT,VQ, mean-layout, "
+                     "echo-tof, echo-planes")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -65,7 +69,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.default:
         specs.insert(0, "student:" + str(default_model_path()))
     if a.baselines:
-        specs += ["mean-layout", "echo-tof"]
+        specs += ["mean-layout", "echo-tof", "echo-planes"]
     if not specs:
         raise SystemExit("nothing to evaluate: give --model SPEC (repeatable), --default or --baselines")
     results = {}
@@ -126,9 +130,10 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score models and baselines on the test rooms; markdown table")
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--model", action="append", default=[],
-                   help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | mean-layout | echo-tof (repeatable)")
+                   help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | mean-layout | echo-tof | echo-planes "
+                        "(repeatable)")
     p.add_argument("--default", action="store_true", help="also score the shipped default model")
-    p.add_argument("--baselines", action="store_true", help="add the mean-layout and echo time-of-flight baselines")
+    p.add_argument("--baselines", action="store_true", help="add the mean-layout, echo time-of-flight and echo-planes baselines")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the table here (markdown, plus .json)")
@@ -200,7 +205,7 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     if manifold:
         specs["student (VQ-VAE manifold + AT-net, depth)"] = f"manifold:{manifold[0]},{manifold[1]}"
     specs.update({"teacher (sees the geometry)": f"teacher:{teacher}", "mean layout": "mean-layout",
-                  "echo time of flight": "echo-tof"})
+                  "echo time of flight": "echo-tof", "echo planes": "echo-planes"})
     results = {name: evaluate(load_predictor(spec, str(data), dev), test, voxel_size_m=test.info.voxel_size_m)
                for name, spec in specs.items()}
     export_student(distill, out / "export" / "student", {"recipe": vars(a) | {"func": None}, "times": times},
