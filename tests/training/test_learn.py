@@ -212,6 +212,7 @@ def test_resume_continues_the_schedule(tiny_ds, tmp_path):
 def test_echo_planes_put_the_walls_and_the_floor_at_their_distances():
     """Two walls (plane-wave echoes from their normals) and the floor (from straight below, all mics in phase)."""
     from avperception.dsp.echo import sweep as make_sweep
+    from avperception.dsp.grid import equirectangular
 
     fs, c, n = 16000, 343.0, 2048
     ring = np.array([[0.1 * np.cos(a), 0.1 * np.sin(a), 0.0] for a in 2 * np.pi * np.arange(8) / 8])
@@ -226,14 +227,14 @@ def test_echo_planes_put_the_walls_and_the_floor_at_their_distances():
         spec = np.fft.rfft(s, 2 * n)[None] * np.exp(-2j * np.pi * f[None] * lag[:, None])
         audio += gain * np.fft.irfft(spec, 2 * n, axis=1)[:, :n]
     audio += 0.001 * np.random.default_rng(0).standard_normal(audio.shape)
-    planes = EchoPlanes(s, fs, ring, c)
+    planes = EchoPlanes(s, fs, ring, equirectangular(resolution_deg=3.0), c)
     floor, _, normals, dists = planes.planes(audio)
     assert floor == pytest.approx(0.6, abs=0.05)
     for az_deg, r in [(30.0, 1.2), (120.0, 2.0)]:
         k = int(np.argmin(np.abs(np.angle(np.exp(1j * (normals - np.radians(az_deg)))))))
         assert abs(np.degrees(np.angle(np.exp(1j * (normals[k] - np.radians(az_deg)))))) <= 2.5 + 1e-6
         assert dists[k] == pytest.approx(r, abs=0.05)
-    depth = planes.depth(audio, (60, 120))  # 3-degree pixels, azimuth 180 at the left, elevation 90 at the top
+    depth = planes.depth(audio)  # 3-degree pixels, azimuth 180 at the left, elevation 90 at the top
     col = lambda az: int((180 - az) / 3)  # noqa: E731
     assert depth[30, col(30.0)] == pytest.approx(1.2, rel=0.1)  # just above the horizon, facing the wall
     assert depth[-1, 0] == pytest.approx(0.6, rel=0.1)  # straight down

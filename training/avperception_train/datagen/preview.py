@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import SceneDataset, speed_of_sound
+from .shards import SceneDataset, panorama_grid, speed_of_sound
 
 SEM_COLORS = {0: (0.55, 0.42, 0.25), 1: (0.6, 0.8, 1.0), 2: (0.85, 0.85, 0.8), 3: (0.9, 0.3, 0.2)}
 SEM_NAMES = {0: "floor", 1: "ceiling", 2: "wall", 3: "obstacle"}
@@ -146,7 +146,7 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
 
     ax = fig.add_subplot(gs[3, :2])
     if bool(scene["active"]):
-        _echo_image_panel(ax, fig, a, scene, fs, c, pano)
+        _echo_image_panel(ax, fig, a, scene, fs, c, panorama_grid(manifest))
     else:
         ax.text(0.5, 0.5, "passive scene (no sweep): no echo image", ha="center", va="center")
         ax.set_axis_off()
@@ -157,11 +157,11 @@ def render_scene_png(scene: dict, manifest: dict, path: str | Path) -> Path:
     return path
 
 
-def _echo_image_panel(ax, fig, audio: np.ndarray, scene: dict, fs: int, c: float, pano: dict) -> None:
+def _echo_image_panel(ax, fig, audio: np.ndarray, scene: dict, fs: int, c: float, grid) -> None:
     """The matched filters beamformed in the horizontal plane (azimuth x echo distance), with the
     ray-cast range at the horizon on top: a wall lights up where it faces the array squarely."""
     from avperception.dsp.echo import echo_image
-    from avperception.dsp.grid import equirectangular, horizon
+    from avperception.dsp.grid import horizon
 
     ring = horizon(5.0)  # 72 azimuths, left = +180 as in the panoramas
     img = echo_image(audio, scene["emitted"], scene["mic_positions"], ring.vectors, fs, c)  # (A, N)
@@ -172,8 +172,6 @@ def _echo_image_panel(ax, fig, audio: np.ndarray, scene: dict, fs: int, c: float
     im = ax.imshow(img[:, dist <= far].T, origin="lower", aspect="auto", cmap="magma", vmin=-30, vmax=0,
                    extent=[float(az[0]), float(az[-1]), 0, far])
     fig.colorbar(im, ax=ax, label="dB")
-    el = pano["el_deg"]
-    grid = equirectangular(-180.0, 180.0, el[1], el[0], pano["resolution_deg"])
     row = int(np.argmin(np.abs(grid.as_image(grid.elevation_deg)[:, 0])))
     ax.plot(grid.as_image(grid.azimuth_deg)[row], scene["depth"][row], "c.", ms=3,
             label="ray-cast range at elevation 0")

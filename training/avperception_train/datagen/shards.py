@@ -214,6 +214,15 @@ def speed_of_sound(manifest: dict) -> float:
     return float(manifest.get("config", {}).get("acoustics", {}).get("speed_of_sound", 343.0))
 
 
+def panorama_grid(manifest: dict):
+    """The :class:`~avperception.dsp.grid.DirectionGrid` of the dataset's depth / semantic panoramas."""
+    from avperception.dsp.grid import equirectangular
+
+    g = manifest["grids"]["panorama"]
+    el_max, el_min = g["el_deg"]
+    return equirectangular(-180.0, 180.0, el_min, el_max, g["resolution_deg"])
+
+
 def unpack_voxels(packed: np.ndarray, shape) -> np.ndarray:
     """``(..., nbytes)`` packed bits -> ``(..., D, H, W)`` bool."""
     shape = tuple(int(s) for s in shape)

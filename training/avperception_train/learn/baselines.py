@@ -95,18 +95,23 @@ class EchoPlanes:
     heard). Depth only, no training; the parameters were chosen on the validation split.
     """
 
-    def __init__(self, sweep: np.ndarray, sample_rate: int, positions: np.ndarray, speed_of_sound: float = 343.0,
-                 azimuth_step_deg: float = 5.0, max_walls: int = 6, spreading: float = 1.0,
-                 floor_m: tuple[float, float] = (0.25, 1.4), max_depth: float = 10.0) -> None:
+    def __init__(self, sweep: np.ndarray, sample_rate: int, positions: np.ndarray, panorama,
+                 speed_of_sound: float = 343.0, azimuth_step_deg: float = 5.0, max_walls: int = 6,
+                 spreading: float = 1.0, floor_m: tuple[float, float] = (0.25, 1.4), max_depth: float = 10.0) -> None:
+        """``panorama``: the dataset's panorama :class:`~avperception.dsp.grid.DirectionGrid`
+        (:func:`avperception_train.datagen.shards.panorama_grid`), the pixels :meth:`depth` fills."""
         from avperception.dsp.grid import horizon
 
         self.sweep = np.asarray(sweep, dtype=np.float64)
         self.fs, self.c = sample_rate, speed_of_sound
         self.positions = np.asarray(positions, dtype=np.float64)
-        beams = horizon(azimuth_step_deg).vectors
-        self.azimuths = np.arctan2(beams[:, 1], beams[:, 0])
-        self.directions = np.vstack([beams, [[0.0, 0.0, 1.0]]])  # the last: broadside (floor and ceiling)
+        beams = horizon(azimuth_step_deg)
+        self.azimuths = np.deg2rad(beams.azimuth_deg)
+        self.directions = np.vstack([beams.vectors, [[0.0, 0.0, 1.0]]])  # the last: broadside (floor and ceiling)
         self.max_walls, self.spreading, self.floor_m, self.max_depth = max_walls, spreading, floor_m, max_depth
+        self.shape = tuple(panorama.shape)
+        self.pixel_az = np.deg2rad(panorama.as_image(panorama.azimuth_deg))  # (H, W)
+        self.pixel_el = np.deg2rad(panorama.as_image(panorama.elevation_deg))
 
     def planes(self, audio: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
         """``audio (M, N)`` -> floor distance, ceiling distance (m), wall normal azimuths (rad) and distances (m)."""
@@ -133,23 +138,21 @@ class EchoPlanes:
         walls = a[np.argsort(-power[a])[: self.max_walls]]
         return floor, ceiling, self.azimuths[walls], r[best[walls]]
 
-    def depth(self, audio: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """``audio (M, N)`` -> ``(H, W)`` depth panorama (the dataset's equirectangular layout)."""
-        h, w = shape
+    def depth(self, audio: np.ndarray) -> np.ndarray:
+        """``audio (M, N)`` -> ``(H, W)`` depth panorama on the dataset's panorama grid."""
         floor, ceiling, normals, dists = self.planes(np.asarray(audio, dtype=np.float64))
-        el = np.deg2rad(90 - (np.arange(h) + 0.5) * 180 / h)[:, None]
-        az = np.deg2rad(180 - (np.arange(w) + 0.5) * 360 / w)
-        horizontal = np.full(w, float(dists.max(initial=2.5)))
+        horizontal = np.full(self.shape, float(dists.max(initial=2.5)))
         for a, d in zip(normals, dists):
-            cos = np.cos(az - a)  # a vertical plane at distance d along a is d / cos away at azimuth az
+            cos = np.cos(self.pixel_az - a)  # a vertical plane at distance d along a is d / cos away at azimuth az
             horizontal = np.where(cos > 0.15, np.minimum(horizontal, d / np.maximum(cos, 0.15)), horizontal)
-        sin = np.sin(el)
-        depth = horizontal[None] / np.maximum(np.cos(el), 1e-3)
+        sin = np.sin(self.pixel_el)
+        depth = horizontal / np.maximum(np.cos(self.pixel_el), 1e-3)
         depth = np.where(sin < -1e-3, np.minimum(depth, floor / np.maximum(-sin, 1e-3)), depth)
         depth = np.where(sin > 1e-3, np.minimum(depth, ceiling / np.maximum(sin, 1e-3)), depth)
         return np.clip(depth, 0.05, self.max_depth).astype(np.float32)
 
     def __call__(self, batch: dict) -> dict:
         audio = batch["audio"].numpy() if torch.is_tensor(batch["audio"]) else batch["audio"]
-        shape = tuple(batch["depth"].shape[-2:])
-        return {"depth": np.stack([self.depth(a, shape) for a in audio])}
+        if tuple(batch["depth"].shape[-2:]) != self.shape:
+            raise ValueError(f"panorama {tuple(batch['depth'].shape[-2:])} is not the grid's {self.shape}")
+        return {"depth": np.stack([self.depth(a) for a in audio])}

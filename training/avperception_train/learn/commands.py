@@ -54,8 +54,11 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
         train = InMemoryScenes(data_root, "train", max_samples=1)
         return EchoTimeOfFlight(train.info.emitted, train.info.sample_rate)
     if kind == "echo-planes":
+        from ..datagen.shards import panorama_grid, read_manifest
+
         info = InMemoryScenes(data_root, "train", max_samples=1).info
-        return EchoPlanes(info.emitted, info.sample_rate, info.array_positions, info.speed_of_sound)
+        return EchoPlanes(info.emitted, info.sample_rate, info.array_positions, panorama_grid(read_manifest(data_root)),
+                          info.speed_of_sound)
     raise ValueError(f"unknown model spec {spec!r}: use student:PATH, teacher:CK, manifold:AT,VQ, mean-layout, "
                      "echo-tof, echo-planes")
 
