@@ -108,6 +108,12 @@ def echogram(x, kernels, hop: int, eps: float = 1e-8):
     return log_envelope(matched_iq(x, kernels), hop, eps)
 
 
+def _steering_delays(positions: np.ndarray, directions: np.ndarray, fs: float, c: float) -> np.ndarray:
+    """``(D, M)`` samples: mic ``m`` hears a plane wave from ``u`` ``u . p_m / c`` earlier than the array
+    origin, so delay-and-sum delays it by that much."""
+    return np.asarray(directions, dtype=np.float64) @ np.asarray(positions, dtype=np.float64).T / c * fs
+
+
 def sweep_band(emitted: np.ndarray, floor_db: float = -20.0) -> tuple[float, float]:
     """``(low, high)`` in cycles per sample: where ``emitted`` has energy within ``floor_db`` of its peak."""
     spec = np.abs(np.fft.rfft(np.asarray(emitted, dtype=np.float64), 4096))
@@ -120,12 +126,12 @@ def beam_kernels(positions: np.ndarray, directions: np.ndarray, fs: float, band:
                  c: float = 343.0) -> np.ndarray:
     """``(D, M, K)`` float32 delay-and-sum filters towards ``directions (D, 3)`` for mics at ``positions (M, 3)``.
 
-    Mic ``m`` hears a plane wave from ``u`` ``u . p_m / c`` earlier than the array origin; correlating it
-    (``conv1d`` with ``K // 2`` zeros on both sides) with ``[d, m]`` delays it by that much. The
+    Correlating mic ``m`` (``conv1d`` with ``K // 2`` zeros on both sides) with ``[d, m]`` delays it by
+    its steering delay towards direction ``d`` (:func:`_steering_delays`). The
     fractional delays are least-squares fits over ``band`` (cycles per sample, e.g. :func:`sweep_band`),
     the only frequencies the matched filter passes.
     """
-    delays = np.asarray(directions, dtype=np.float64) @ np.asarray(positions, dtype=np.float64).T / c * fs
+    delays = _steering_delays(positions, directions, fs, c)
     lo, hi = band
     if not 0 <= lo < hi <= 0.5:
         raise ValueError(f"band must satisfy 0 <= low < high <= 0.5 cycles per sample, got {band}")
@@ -168,6 +174,6 @@ def echo_image(audio: np.ndarray, emitted: np.ndarray, positions: np.ndarray, di
     n = a.shape[1]
     spec = np.fft.fft(a, 2 * n, axis=1)
     f = np.fft.fftfreq(2 * n)
-    tau = np.asarray(directions, float) @ np.asarray(positions, float).T / c * fs  # (D, M) samples
+    tau = _steering_delays(positions, directions, fs, c)  # (D, M) samples
     steered = np.einsum("mf,dmf->df", spec, np.exp(-2j * np.pi * f[None, None, :] * tau[..., None]))
     return np.abs(np.fft.ifft(steered, axis=1)[:, :n]) ** 2

@@ -136,7 +136,8 @@ def add_commands(sub) -> None:
                    help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | mean-layout | echo-tof | echo-planes "
                         "(repeatable)")
     p.add_argument("--default", action="store_true", help="also score the shipped default model")
-    p.add_argument("--baselines", action="store_true", help="add the mean-layout, echo time-of-flight and echo-planes baselines")
+    p.add_argument("--baselines", action="store_true",
+                   help="add the mean-layout, echo time-of-flight and echo-planes baselines")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the table here (markdown, plus .json)")

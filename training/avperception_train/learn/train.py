@@ -47,7 +47,8 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
     if m.echo_hop:
         if info.emitted is None or not np.any(info.emitted):
             raise ValueError("model.echo_hop needs a dataset with the robot's sweep (active.probability > 0)")
-        kw.update(echo_hop=m.echo_hop, echo_patch=m.echo_patch, echo_beams=m.echo_beams, emitted=[float(v) for v in info.emitted])
+        kw.update(echo_hop=m.echo_hop, echo_patch=m.echo_patch, echo_beams=m.echo_beams,
+                  emitted=[float(v) for v in info.emitted])
     sc = make(**kw)
     if sc.pano_h % sc.latent_h or sc.pano_w % sc.latent_w or sc.pano_h // sc.latent_h != sc.pano_w // sc.latent_w:
         raise ValueError(f"panorama {sc.pano_h}x{sc.pano_w} must be the latent {sc.latent_h}x{sc.latent_w} "
