@@ -14,11 +14,19 @@ Read top to bottom:
    resolution) and, with ``echo_beams``, the same echoes beamformed towards
    azimuths in the array's plane (which direction each echo comes from). A
    small transformer encodes all tokens.
+   With ``layout_beams``, ``LayoutHead`` reads the room's layout straight from the
+   echoes: the matched filters beamformed towards that many azimuths form a
+   (azimuth, range) image; convolutions over it and attention across azimuths
+   give each azimuth's horizontal wall distance plus the floor's and ceiling's
+   distances below and above the array, and :func:`layout_depth` renders them
+   into the depth panorama.
 3. ``SAMBlock`` (spatial alignment via matching) maps the audio tokens onto the
    visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
    spatial embeddings, similarity pooling, and multi-head attention refinement.
 4. Heads: a 2-D decoder to the panoramas (depth in metres, semantic logits,
-   energy map) and a 3-D decoder to occupancy logits.
+   energy map) and a 3-D decoder to occupancy logits. With a layout head, the
+   depth is the rendered layout except where the semantic head hears an
+   obstacle, where the decoder's own depth takes over.
 
 Fixed input shape, no Python control flow depending on data in ``forward``.
 The config is saved with the weights (``save`` / ``load``).
@@ -75,6 +83,14 @@ class StudentConfig:
     # towards echo_beams azimuths in the array's plane, where a vertical wall's first echo comes from
     echo_beams: int = 0
     speed_of_sound: float = 343.0
+    # layout head (0: off; needs echo_hop): the matched filters beamformed towards layout_beams azimuths in the
+    # array's plane give each azimuth's wall distance, rendered with the floor and ceiling into the depth
+    # panorama (rows from el_max_deg down to el_min_deg, columns from azimuth 180 down to -180 deg)
+    layout_beams: int = 0
+    layout_bins: int = 96            # log-spaced distance bins per azimuth, 0.2 m .. max_depth
+    el_min_deg: float = -90.0
+    el_max_deg: float = 90.0
+    obstacle_class: int = 3          # semantic class whose pixels keep the decoder's depth
 
     def __post_init__(self) -> None:
         if self.echo_beams:
@@ -83,6 +99,16 @@ class StudentConfig:
             if np.shape(self.array_positions) != (self.num_mics, 3):
                 raise ValueError(f"echo_beams > 0 needs array_positions for {self.num_mics} mics, "
                                  f"got shape {np.shape(self.array_positions)}")
+        if self.layout_beams:
+            if not self.echo_hop:
+                raise ValueError("layout_beams > 0 needs echo_hop > 0 (the layout head beamforms the matched filter)")
+            if np.shape(self.array_positions) != (self.num_mics, 3):
+                raise ValueError(f"layout_beams > 0 needs array_positions for {self.num_mics} mics, "
+                                 f"got shape {np.shape(self.array_positions)}")
+            if self.pano_w % self.layout_beams:
+                raise ValueError(f"layout_beams ({self.layout_beams}) must divide pano_w ({self.pano_w})")
+            if not 0 <= self.obstacle_class < self.num_classes:
+                raise ValueError(f"obstacle_class {self.obstacle_class} is not one of {self.num_classes} classes")
         if self.echo_hop:
             if not self.emitted:
                 raise ValueError("echo_hop > 0 needs the emitted sweep (StudentConfig.emitted)")
@@ -141,7 +167,7 @@ class EchoFrontend(nn.Module):
 
 
 class EchogramEmbed(nn.Module):
-    """``(B, M, N)`` audio -> ``(B, N // echo_patch, D)``: one token per ``echo_patch`` samples of the
+    """``(B, M, 2, N)`` matched filters -> ``(B, N // echo_patch, D)``: one token per ``echo_patch`` samples of the
     matched-filter envelopes of all mics (:func:`avperception.dsp.echo.echogram`, ``echo_hop`` resolution)
     and, with ``echo_beams``, of the matched filters beamformed towards that many azimuths
     (:func:`avperception.dsp.echo.beam_envelope`).
@@ -153,7 +179,6 @@ class EchogramEmbed(nn.Module):
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
         emitted = np.asarray(cfg.emitted)
-        self.register_buffer("kernels", torch.from_numpy(quadrature_kernels(emitted)), persistent=False)
         self.hop = cfg.echo_hop
         beams = None
         if cfg.echo_beams:
@@ -168,8 +193,8 @@ class EchogramEmbed(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, cfg.num_samples // cfg.echo_patch, cfg.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        iq = matched_iq(audio, self.kernels)  # (B, M, 2, N)
+    def forward(self, iq: torch.Tensor) -> torch.Tensor:
+        """``iq (B, M, 2, N)``: every mic's analytic matched filter (:func:`~avperception.dsp.echo.matched_iq`)."""
         e = log_envelope(iq, self.hop)  # (B, M, N // hop)
         if self.beams is not None:  # fixed by the config
             e = torch.cat([e, beam_envelope(iq, self.beams, self.hop)], dim=1)  # (B, M + beams, N // hop)
@@ -317,19 +342,134 @@ class VoxelDecoder(nn.Module):
         return self.body(F.gelu(x))[:, 0]
 
 
+# ----------------------------------------------------------------------------- room layout
+
+
+def layout_depth(walls: torch.Tensor, heights: torch.Tensor, sin_el: torch.Tensor, cos_el: torch.Tensor,
+                 max_depth: float) -> torch.Tensor:
+    """Render a room layout into a depth panorama.
+
+    Args:
+        walls: ``(B, W)`` horizontal distance (m) to the wall seen in each panorama column.
+        heights: ``(B, 2)`` distance (m) of the floor below and of the ceiling above the array.
+        sin_el, cos_el: ``(H,)`` sine and cosine of each panorama row's elevation.
+        max_depth: the farthest depth returned.
+    Returns:
+        ``(B, H, W)`` range along each pixel's ray to the nearest of the column's wall
+        (``walls / cos el``), the floor (``h_floor / -sin el``, below the horizon) and the
+        ceiling (``h_ceiling / sin el``, above it), at most ``max_depth``.
+    """
+    far = torch.full_like(sin_el, 1e4)
+    wall = walls[:, None, :] / cos_el.clamp_min(1e-4)[None, :, None]
+    floor = torch.where(sin_el < 0, heights[:, :1] / (-sin_el).clamp_min(1e-4), far)  # (B, H)
+    ceiling = torch.where(sin_el > 0, heights[:, 1:] / sin_el.clamp_min(1e-4), far)
+    planes = torch.minimum(floor, ceiling)[:, :, None]
+    return torch.minimum(wall, planes).clamp_max(max_depth)
+
+
+def _circular_interp(n: int, w: int) -> np.ndarray:
+    """``(n, w)`` weights: values at ``n`` equally spaced azimuths -> ``w`` columns (``w`` a multiple of ``n``),
+    linear and wrapping around; both sit at cell centres of the same full turn."""
+    x = (np.arange(w) + 0.5) * n / w - 0.5  # each column's position in beam units
+    lo = np.floor(x).astype(int)
+    frac = x - lo
+    m = np.zeros((n, w))
+    m[lo % n, np.arange(w)] += 1.0 - frac
+    m[(lo + 1) % n, np.arange(w)] += frac
+    return m.astype(np.float32)
+
+
+class PolarConv(nn.Module):
+    """Convolution over an ``(azimuth, range)`` image ``(B, C, A, R)``: wraps around in azimuth, zero-padded and
+    strided by 2 in range; BatchNorm and GELU."""
+
+    def __init__(self, cin: int, cout: int, k_range: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, (3, k_range), stride=(1, 2), padding=(0, k_range // 2))
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[:, :, -1:], x, x[:, :, :1]], dim=2)
+        return F.gelu(self.norm(self.conv(x)))
+
+
+class LayoutHead(nn.Module):
+    """Matched filters ``(B, M, 2, N)`` -> ``walls (B, W)`` horizontal wall distance (m) per panorama column and
+    ``heights (B, 2)`` floor below / ceiling above the array (m).
+
+    A vertical wall returns its first echo along its normal, so the matched filters beamformed towards
+    ``layout_beams`` azimuths in the array's plane form an (azimuth, range) image in which each wall is a
+    peak at its normal and distance; the upward (broadside) beam, which a planar ring cannot tell from the
+    downward one, carries the floor and ceiling echoes and joins every azimuth as a second channel.
+    Five polar convolutions reduce range 32-fold; each azimuth becomes a token, and attention across the
+    azimuths (plus one summary token) turns the walls' normals into the distance at every azimuth: a soft
+    choice among ``layout_bins`` log-spaced distances, interpolated to the panorama's columns. The summary
+    token gives the two heights.
+    """
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        emitted = np.asarray(cfg.emitted)
+        dirs = np.concatenate([horizon(360.0 / cfg.layout_beams).vectors, [[0.0, 0.0, 1.0]]])
+        self.register_buffer("beams", torch.from_numpy(beam_kernels(np.asarray(cfg.array_positions), dirs,
+                                                                    cfg.sample_rate, sweep_band(emitted),
+                                                                    cfg.speed_of_sound)), persistent=False)
+        self.hop = cfg.echo_hop
+        self.norm = nn.BatchNorm2d(2)
+        chans, r = [2, 8, 16, 24, 32, 32], cfg.num_samples // cfg.echo_hop
+        self.cnn = nn.Sequential(*[PolarConv(a, b, k) for a, b, k in zip(chans, chans[1:], (7, 5, 5, 5, 3))])
+        for _ in range(5):
+            r = (r + 1) // 2
+        self.tokens = nn.Linear(chans[-1] * r, cfg.dim)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.layout_beams + 1, cfg.dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.summary = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(3)])
+        self.bins = nn.Linear(cfg.dim, cfg.layout_bins)
+        self.register_buffer("log_bins", torch.linspace(math.log(0.2), math.log(cfg.max_depth), cfg.layout_bins),
+                             persistent=False)
+        self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, cfg.pano_w)),
+                             persistent=False)
+        self.heights = nn.Linear(cfg.dim, 2)
+        with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it
+            self.heights.weight.mul_(0.1)
+            self.heights.bias.copy_(torch.tensor([math.log(0.75), math.log(2.0)]))
+
+    def forward(self, iq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = beam_envelope(iq, self.beams, self.hop)  # (B, A + 1, R)
+        horiz, up = e[:, :-1], e[:, -1:].expand(-1, e.shape[1] - 1, -1)
+        x = self.cnn(self.norm(torch.stack([horiz, up], dim=1)))  # (B, C, A, R')
+        x = self.tokens(x.permute(0, 2, 1, 3).flatten(2))  # (B, A, D)
+        x = torch.cat([self.summary.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        for blk in self.blocks:
+            x = blk(x)
+        dist = (torch.softmax(self.bins(x[:, 1:]), dim=-1) * self.log_bins).sum(-1).exp()  # (B, A)
+        heights = self.heights(x[:, 0]).clamp(-3.0, 3.0).exp()
+        return dist @ self.to_columns, heights
+
+
+
 # ----------------------------------------------------------------------------- the model
 
 
 class AudioStudent(nn.Module):
     """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
-    ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation)."""
+    ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
+    with a layout head, ``layout (B, H, W)``: the room's depth without obstacles, rendered from
+    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling)."""
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
+        sweep = torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))) if cfg.echo_hop else None
+        self.register_buffer("sweep", sweep, persistent=False)
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
+        self.layout = LayoutHead(cfg) if cfg.layout_beams else None
+        el = np.deg2rad(cfg.el_max_deg - (np.arange(cfg.pano_h) + 0.5) * (cfg.el_max_deg - cfg.el_min_deg) / cfg.pano_h)
+        self.register_buffer("sin_el", torch.from_numpy(np.sin(el).astype(np.float32)), persistent=False)
+        self.register_buffer("cos_el", torch.from_numpy(np.cos(el).astype(np.float32)), persistent=False)
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
         positions = cfg.latent_h * cfg.latent_w
         self.sam = SAMBlock(cfg.dim, positions, cfg.sam_k, cfg.heads, cfg.dropout)
@@ -337,11 +477,11 @@ class AudioStudent(nn.Module):
         self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
         self.voxels = VoxelDecoder(cfg.dim, positions, cfg.voxel_size)
 
-    def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        """Audio -> spatially aligned latent ``(B, V, D)``."""
+    def encode(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio -> spatially aligned latent ``(B, V, D)``; ``iq``: its matched filters, when already computed."""
         x = self.embed(self.frontend(audio))
         if self.echo is not None:  # fixed by the config, not by the data: one graph either way
-            x = torch.cat([x, self.echo(audio)], dim=1)
+            x = torch.cat([x, self.echo(matched_iq(audio, self.sweep) if iq is None else iq)], dim=1)
         for blk in self.encoder:
             x = blk(x)
         return self.sam(x)
@@ -360,9 +500,18 @@ class AudioStudent(nn.Module):
         }
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        latent = self.encode(audio)
+        cfg = self.cfg
+        iq = matched_iq(audio, self.sweep) if cfg.echo_hop else None  # (B, M, 2, N)
+        latent = self.encode(audio, iq)
         out = self.decode(latent)
         out["latent"] = latent
+        if self.layout is not None:
+            walls, heights = self.layout(iq)
+            room = layout_depth(walls, heights, self.sin_el, self.cos_el, cfg.max_depth)
+            # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it)
+            obstacle = torch.softmax(out["semantic"], dim=1)[:, cfg.obstacle_class].detach()
+            out["depth"] = room + obstacle * (out["depth"] - room)
+            out.update(layout=room, walls=walls, heights=heights)
         return out
 
     # ------------------------------------------------------------------ persistence

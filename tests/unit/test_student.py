@@ -58,7 +58,7 @@ def echo_cfg(**kw) -> StudentConfig:
 def test_echogram_tokens_join_the_sequence_and_config_is_checked():
     m = AudioStudent(echo_cfg()).eval()
     x = torch.randn(2, 4, 1024)
-    assert m.echo(x).shape == (2, 1024 // 64, 32)
+    assert m.echo(matched_iq(x, m.sweep)).shape == (2, 1024 // 64, 32)
     with torch.no_grad():
         assert m(x)["depth"].shape == (2, 16, 32)
     # an echo moved to another delay changes the echogram tokens (the STFT-only model has no such tokens)
@@ -66,7 +66,7 @@ def test_echogram_tokens_join_the_sequence_and_config_is_checked():
     a, b = torch.zeros(1, 4, 1024), torch.zeros(1, 4, 1024)
     a[..., 300:428] += s
     b[..., 500:628] += s
-    assert not torch.allclose(m.echo(a), m.echo(b))
+    assert not torch.allclose(m.echo(matched_iq(a, m.sweep)), m.echo(matched_iq(b, m.sweep)))
     with pytest.raises(ValueError, match="emitted sweep"):
         tiny(echo_hop=4)
     with pytest.raises(ValueError, match="multiple of echo_hop"):
@@ -93,7 +93,7 @@ def test_echo_beams_widen_the_echogram_tokens_and_see_direction():
         spec = np.fft.rfft(np.pad(s, (400, 2048 - 400 - s.size)))[None] * np.exp(2j * np.pi * f * lead[:, None])
         return torch.from_numpy(np.fft.irfft(spec, 2048, axis=1)[:, :1024]).float()[None]
 
-    a, b = matched_iq(echo_from(0.3), m.echo.kernels), matched_iq(echo_from(0.3 + np.pi / 2), m.echo.kernels)
+    a, b = matched_iq(echo_from(0.3), m.sweep), matched_iq(echo_from(0.3 + np.pi / 2), m.sweep)
     ea, eb = log_envelope(a, 4)[0, :, 100:110].amax(-1), log_envelope(b, 4)[0, :, 100:110].amax(-1)  # (M,)
     # a quarter turn on a square of mics only swaps which mic hears what
     np.testing.assert_allclose(np.sort(ea.numpy()), np.sort(eb.numpy()), atol=0.05)
@@ -105,11 +105,12 @@ def test_echo_beams_widen_the_echogram_tokens_and_see_direction():
     assert (int(pb.argmax()) - int(pa.argmax())) % 8 == 6
 
 
-@pytest.mark.parametrize("echo", ["off", "echogram", "beams"])
+@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout"])
 def test_onnx_export_matches_torch(tmp_path, echo):
     ort = pytest.importorskip("onnxruntime")
     cfg = {"off": tiny, "echogram": echo_cfg,
-           "beams": lambda: echo_cfg(echo_beams=8, array_positions=RING4)}[echo]()
+           "beams": lambda: echo_cfg(echo_beams=8, array_positions=RING4),
+           "layout": lambda: echo_cfg(layout_beams=8, array_positions=RING4)}[echo]()
     m = AudioStudent(cfg).eval()
     x = torch.randn(1, 4, 1024)
     with torch.no_grad():
@@ -183,3 +184,66 @@ def test_student_benchmark_runs_and_onnx_matches_the_shipped_model():
     assert res["array"] == "robot_8mic" and res["input"] == [1, 8, 2048]
     ort_row = [r for r in res["rows"] if r["runtime"] == "onnxruntime"][0]
     assert ort_row["max_abs_diff_vs_torch"] < 1e-3 and ort_row["ms"] > 0
+
+
+def test_layout_depth_renders_a_shoebox_room_like_ray_casting():
+    from avperception.dsp.grid import equirectangular
+    from avperception.models.student import layout_depth
+
+    grid = equirectangular(-180, 180, -90, 90, 6.0)
+    h, w = grid.shape
+    # walls 1.2 m ahead (+x), 3 m behind, 0.8 m to the left (+y), 2.5 m to the right; floor 0.6 m below,
+    # ceiling 1.9 m above the array
+    planes = [((1, 0, 0), 1.2), ((-1, 0, 0), 3.0), ((0, 1, 0), 0.8), ((0, -1, 0), 2.5),
+              ((0, 0, -1), 0.6), ((0, 0, 1), 1.9)]
+
+    def cast(v):  # (n, 3) rays -> distance to the nearest plane in front
+        t = np.full(len(v), np.inf)
+        for n, d in planes:
+            c = v @ np.asarray(n, float)
+            t = np.minimum(t, np.where(c > 1e-9, d / np.where(c > 1e-9, c, 1.0), np.inf))
+        return t
+
+    az = np.deg2rad(grid.as_image(grid.azimuth_deg)[0])
+    walls = cast(np.stack([np.cos(az), np.sin(az), np.zeros_like(az)], 1))  # horizontal, per column
+    el = np.deg2rad(grid.as_image(grid.elevation_deg)[:, 0])
+    got = layout_depth(torch.tensor(walls[None], dtype=torch.float32), torch.tensor([[0.6, 1.9]]),
+                       torch.tensor(np.sin(el), dtype=torch.float32), torch.tensor(np.cos(el), dtype=torch.float32),
+                       max_depth=10.0)[0].numpy()
+    want = np.minimum(cast(grid.vectors).reshape(h, w), 10.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    np.testing.assert_allclose(got[-1], 0.6 / np.sin(-el[-1]), rtol=1e-5)  # the lowest row sees the floor
+
+
+def test_beams_interpolate_to_panorama_columns_around_the_full_turn():
+    from avperception.models.student import _circular_interp
+
+    n, w = 8, 32
+    beam_az = 180 - (np.arange(n) + 0.5) * 360 / n  # grid.horizon's order and cell centres
+    col_az = 180 - (np.arange(w) + 0.5) * 360 / w
+    m = _circular_interp(n, w)
+    np.testing.assert_allclose(m.sum(0), 1.0, atol=1e-6)  # a constant stays constant
+    got = np.cos(np.deg2rad(beam_az)) @ m
+    np.testing.assert_allclose(got, np.cos(np.deg2rad(col_az)), atol=0.08)  # linear between 45 deg beams
+    assert m[0, -1] > 0 and m[-1, 0] > 0  # the columns at +-180 deg mix the first and the last beam
+
+
+def test_layout_head_outputs_render_the_depth_and_config_is_checked():
+    from avperception.models.student import layout_depth
+
+    cfg = echo_cfg(layout_beams=8, array_positions=RING4)
+    m = AudioStudent(cfg).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, 4, 1024) * 0.05)
+    assert out["walls"].shape == (2, 32) and out["heights"].shape == (2, 2)
+    assert torch.all(out["walls"] > 0) and torch.all(out["heights"] > 0)
+    assert torch.allclose(out["layout"], layout_depth(out["walls"], out["heights"], m.sin_el, m.cos_el, cfg.max_depth))
+    # depth is the room except where the semantic head hears an obstacle: between the room and the decoder
+    p = torch.softmax(out["semantic"], 1)[:, cfg.obstacle_class]
+    assert torch.all((out["depth"] - out["layout"]).abs() <= p * cfg.max_depth + 1e-5)
+    with pytest.raises(ValueError, match="needs echo_hop"):
+        tiny(layout_beams=8, array_positions=RING4)
+    with pytest.raises(ValueError, match="must divide pano_w"):
+        echo_cfg(layout_beams=5, array_positions=RING4)
+    with pytest.raises(ValueError, match="array_positions for 4 mics"):
+        echo_cfg(layout_beams=8)
