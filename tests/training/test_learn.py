@@ -311,3 +311,68 @@ def test_two_process_distributed_training(tiny_ds, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert (out / "best.pt").exists() and r.stdout.count("best checkpoint:") == 1
     assert len((out / "log.jsonl").read_text().splitlines()) == 2  # one line per epoch, from rank 0 only
+
+
+def test_room_layout_reads_walls_floor_and_ceiling_from_a_ray_cast_room():
+    from avperception_train.datagen.geometry import Box, RoomGeometry
+    from avperception_train.datagen.groundtruth import RayCaster, render_view
+    from avperception_train.learn.data import room_layout
+
+    # a 5 x 4 m room, 2.8 m high, the array at (1.5, 3.0) 0.7 m up; a low box hides the bottom of the +x wall
+    grid = equirectangular(-180, 180, -90, 90, 3.0)
+    origin = np.array([1.5, 3.0, 0.7])
+    az = np.deg2rad(grid.as_image(grid.azimuth_deg)[0])
+    u = np.stack([np.cos(az), np.sin(az)], 1)
+    with np.errstate(divide="ignore"):
+        want = np.min(np.where(u > 1e-9, (np.array([5, 4]) - origin[:2]) / u,
+                               np.where(u < -1e-9, -origin[:2] / u, np.inf)), axis=1)
+
+    def layout(box_height):
+        room = RoomGeometry(floor=np.array([[0, 0], [5, 0], [5, 4], [0, 4]], float), height=2.8,
+                            boxes=[Box(center=(2.5, 3.0), size=(0.4, 0.4), height=box_height)])
+        caster = RayCaster.for_room(room, backend="numpy")
+        depth, labels = render_view(caster, origin, np.eye(3), grid.vectors, grid.shape)
+        return room_layout(depth, labels.astype(np.int64), (-90.0, 90.0))
+
+    walls, heights = layout(0.6)
+    np.testing.assert_allclose(heights, [0.7, 2.1], rtol=1e-4)
+    np.testing.assert_allclose(walls, want, rtol=1e-3)  # the wall above the box still shows in its columns
+    walls, _ = layout(1.8)  # a tall box hides the whole wall behind it: those columns are unknown
+    hidden = np.abs(np.rad2deg(az)) < 10
+    assert np.isnan(walls[hidden]).all()
+    np.testing.assert_allclose(walls[np.abs(np.rad2deg(az)) > 40], want[np.abs(np.rad2deg(az)) > 40], rtol=1e-3)
+
+
+def test_layout_head_joins_a_trained_model_and_learns_from_room_targets(tiny_ds, tmp_path):
+    from avperception.models.student import AudioStudent
+    from avperception_train.learn.data import make_datasets
+    from avperception_train.learn.losses import prediction_loss
+    from avperception_train.learn.train import initial_student, student_config
+
+    train_ds, _, info = make_datasets(str(tiny_ds), 0, False)
+    base = TrainConfig(data=str(tiny_ds), mode="e2e", model=ModelSpec(dim=32, depth=1, decoder_width=16))
+    with_layout = TrainConfig(**{**base.__dict__, "model": ModelSpec(dim=32, depth=1, decoder_width=16, layout_beams=15)})
+    old = AudioStudent(student_config(base, info))
+    old.save(tmp_path / "old")
+    model, sc = initial_student(str(tmp_path / "old"), student_config(with_layout, info), info.emitted)
+    assert sc.layout_beams == 15 and model.layout is not None
+    kept = old.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items() if not k.startswith("layout."))
+    with pytest.raises(ValueError, match="layout_beams needs model.echo_hop"):
+        student_config(TrainConfig(model=ModelSpec(echo_hop=0, layout_beams=15)), info)
+    # the loss compares the head's walls and heights with the room the ground truth shows (unknown ones skipped)
+    batch = torch.utils.data.default_collate([train_ds[i] for i in range(4)])
+    assert batch["walls"].shape == (4, info.pano_shape[1]) and batch["heights"].shape == (4, 2)
+    assert torch.isfinite(batch["heights"]).all() and torch.isfinite(batch["walls"]).float().mean() > 0.5
+    perfect = {"walls": torch.nan_to_num(batch["walls"], nan=1.0), "heights": batch["heights"]}
+    assert prediction_loss(perfect, batch, {"depth": 0, "semantic": 0, "voxels": 0, "energy": 0})[1]["layout"] == 0.0
+    model.train()
+    opt = torch.optim.Adam(model.layout.parameters(), 3e-3)
+    first = None
+    for _ in range(30):
+        loss = prediction_loss(model(batch["audio"]), batch, {"depth": 0, "semantic": 0, "voxels": 0, "energy": 0})[0]
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * first

@@ -32,6 +32,9 @@ class ModelSpec:
                                     #      0: spectrogram tokens only (the first shipped model's layout)
     echo_beams: int = 0             # > 0: echogram tokens also carry the matched filters beamformed towards
                                     #      that many azimuths in the array's plane (where echoes come from)
+    layout_beams: int = 0           # > 0: a layout head reads each azimuth's wall distance and the floor and
+                                    #      ceiling from the echoes beamformed towards that many azimuths, and
+                                    #      renders them as the depth (must divide the panorama's width)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class LossSpec:
     semantic: float = 1.0
     voxels: float = 1.0
     energy: float = 1.0
+    layout: float = 1.0             # the layout head's rendered room against floor, wall and ceiling depth
 
 
 @dataclass(frozen=True)

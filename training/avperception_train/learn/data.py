@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datagen.geometry import CEILING, FLOOR, WALL
 from ..datagen.shards import SPLITS, SceneDataset, speed_of_sound, unpack_voxels
 
 KEYS = ("audio", "depth", "semantic", "voxels", "energy")
@@ -27,6 +28,33 @@ class DataInfo:
     array_positions: list = field(default_factory=list)
     emitted: np.ndarray | None = None
     speed_of_sound: float = 343.0
+    el_range_deg: tuple[float, float] = (-90.0, 90.0)  # the panorama's lowest and highest elevation
+
+
+def room_layout(depth: np.ndarray, semantic: np.ndarray, el_range_deg: tuple[float, float]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The room a depth panorama shows, as a layout head predicts it.
+
+    Args:
+        depth: ``(H, W)`` m along each pixel's ray (NaN unknown); rows from the highest elevation down.
+        semantic: ``(H, W)`` class of each pixel.
+        el_range_deg: the panorama's lowest and highest elevation.
+    Returns:
+        ``walls (W,)``: median horizontal distance of each column's wall pixels (NaN where the column
+        shows no wall); ``heights (2,)``: median distance of the floor below and of the ceiling above
+        the array (NaN where none is seen). float32.
+    """
+    import warnings
+
+    lo, hi = el_range_deg
+    h = depth.shape[0]
+    el = np.deg2rad(hi - (np.arange(h) + 0.5) * (hi - lo) / h)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no wall seen there
+        walls = np.nanmedian(np.where(semantic == WALL, depth * np.cos(el), np.nan), axis=0)
+        heights = [np.nanmedian(np.where(semantic == cls, depth * sign * np.sin(el), np.nan))
+                   for cls, sign in ((FLOOR, -1.0), (CEILING, 1.0))]
+    return walls.astype(np.float32), np.asarray(heights, dtype=np.float32)
 
 
 def _rz(k: int) -> np.ndarray:
@@ -98,7 +126,8 @@ class InMemoryScenes(torch.utils.data.Dataset):
 
     Items: ``audio (M, N)`` float32, ``depth (H, W)`` float32 m (NaN unknown),
     ``semantic (H, W)`` int64 (255 ignore), ``voxels (D, H, W)`` float32 0/1,
-    ``energy (H, W)`` float32.
+    ``energy (H, W)`` float32, and the room's layout from the depth (:func:`room_layout`):
+    ``walls (W,)`` and ``heights (2,)`` float32 m (NaN unknown).
     """
 
     def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False) -> None:
@@ -140,6 +169,7 @@ class InMemoryScenes(torch.utils.data.Dataset):
             voxel_size=self.voxel_shape[0], voxel_size_m=float(np.mean(consts["voxel_size"])),
             array=str(np.asarray(consts["array_name"]).reshape(-1)[0]), array_positions=np.asarray(consts["mic_positions"]).tolist(),
             emitted=np.asarray(consts["emitted"], dtype=np.float32), speed_of_sound=speed_of_sound(ds.manifest),
+            el_range_deg=tuple(sorted(float(e) for e in ds.manifest["grids"]["panorama"]["el_deg"])),
         )
         self.symmetries = Symmetries(consts["mic_positions"], consts["speaker_position"], pano, self.voxel_shape,
                                      consts["voxel_origin"], consts["voxel_size"]) if augment else None
@@ -157,6 +187,7 @@ class InMemoryScenes(torch.utils.data.Dataset):
         item = self.item(i)
         if self.symmetries is not None and len(self.symmetries) > 1:
             item = self.symmetries.apply(item, int(np.random.randint(len(self.symmetries))))
+        item["walls"], item["heights"] = room_layout(item["depth"], item["semantic"], self.info.el_range_deg)
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item.items()}
 
 

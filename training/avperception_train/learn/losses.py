@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from ..datagen.geometry import IGNORE
 
 
 def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
@@ -14,9 +14,11 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
 
     depth: L1 on valid pixels (NaN = unknown) plus L1 of log depth; semantic: cross-entropy
     (``IGNORE`` skipped; soft targets ``(B, C, H, W)`` allowed); voxels: BCE with logits
-    (float targets in [0, 1]); energy: MSE.
+    (float targets in [0, 1]); energy: MSE; layout (a student with a layout head, against
+    :func:`~avperception_train.learn.data.room_layout` targets): L1 of log distance over the known
+    walls and heights.
     """
-    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0}
+    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0}
     w.update(weights or {})
     parts: dict[str, torch.Tensor] = {}
     if "depth" in target and w["depth"]:
@@ -35,6 +37,11 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         t = target["voxels"].float()
         pos = t.mean().clamp(0.01, 0.5)
         parts["voxels"] = F.binary_cross_entropy_with_logits(out["voxels"], t, pos_weight=(1 - pos) / pos)
+    if "walls" in out and "walls" in target and w["layout"]:
+        p = torch.cat([out["walls"], out["heights"]], dim=1)
+        g = torch.cat([target["walls"], target["heights"]], dim=1)
+        known = torch.isfinite(g)
+        parts["layout"] = F.l1_loss(torch.log(p[known].clamp_min(1e-3)), torch.log(g[known].clamp_min(1e-3)))
     if "energy" in target and w["energy"]:
         parts["energy"] = F.mse_loss(out["energy"], target["energy"])
     total = sum(w[k] * v for k, v in parts.items())

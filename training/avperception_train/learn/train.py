@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from avperception.models.student import AudioStudent, StudentConfig, large_config, small_config
 
+from ..datagen.geometry import OBSTACLE
 from .config import TrainConfig, dump
 from .data import DataInfo, make_datasets
 from .losses import info_nce, prediction_loss, triplet_feature_loss
@@ -48,7 +49,10 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
         if info.emitted is None or not np.any(info.emitted):
             raise ValueError("model.echo_hop needs a dataset with the robot's sweep (active.probability > 0)")
         kw.update(echo_hop=m.echo_hop, echo_patch=m.echo_patch, echo_beams=m.echo_beams,
-                  emitted=[float(v) for v in info.emitted])
+                  layout_beams=m.layout_beams, emitted=[float(v) for v in info.emitted])
+    elif m.layout_beams:
+        raise ValueError("model.layout_beams needs model.echo_hop > 0 (the layout head beamforms the matched filter)")
+    kw.update(el_min_deg=info.el_range_deg[0], el_max_deg=info.el_range_deg[1], obstacle_class=OBSTACLE)
     sc = make(**kw)
     if sc.pano_h % sc.latent_h or sc.pano_w % sc.latent_w or sc.pano_h // sc.latent_h != sc.pano_w // sc.latent_w:
         raise ValueError(f"panorama {sc.pano_h}x{sc.pano_w} must be the latent {sc.latent_h}x{sc.latent_w} "
@@ -86,7 +90,8 @@ def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, step: int, cf
 
 
 # the fields a model must share with the data it is fine-tuned on
-_DATA_FIELDS = ("num_mics", "sample_rate", "num_samples", "pano_h", "pano_w", "voxel_size", "num_classes")
+_DATA_FIELDS = ("num_mics", "sample_rate", "num_samples", "pano_h", "pano_w", "voxel_size", "num_classes",
+                "el_min_deg", "el_max_deg")
 
 
 def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | None = None
@@ -98,7 +103,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     same microphone count, positions (within 1 mm) and order, audio length and rate, panorama
     and voxel shapes, classes, and (for a model with echogram tokens) the same emitted sweep as
     ``emitted``. A mismatch raises ``ValueError`` naming every difference.
-    Dropout is taken from the data's config, so fine-tuning can change it.
+    Dropout is taken from the data's config, so fine-tuning can change it. When ``data_sc`` asks for
+    a layout head (``layout_beams``) and the model has none, it gains a freshly initialised one.
     """
     from avperception.models import default_model
 
@@ -120,14 +126,23 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
         e = np.asarray(emitted, float)
         if e.shape != (len(sc.emitted),) or np.abs(e - np.asarray(sc.emitted)).max() > 1e-4:
             diffs.append("emitted sweep: the model's echogram tokens were trained with another sweep than this dataset's")
-    if sc.echo_beams and abs(sc.speed_of_sound - data_sc.speed_of_sound) > 1.0:
+    if (sc.echo_beams or sc.layout_beams) and abs(sc.speed_of_sound - data_sc.speed_of_sound) > 1.0:
         diffs.append(f"speed_of_sound: model {sc.speed_of_sound} vs data {data_sc.speed_of_sound} m/s "
-                     "(the echo beams' delays)")
+                     "(the beams' delays)")
+    add_layout = bool(data_sc.layout_beams and not sc.layout_beams)
+    if add_layout and not sc.echo_hop:
+        diffs.append("layout_beams: the model has no echogram (echo_hop 0), which a layout head needs")
     if diffs:
         raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
     sc = replace(sc, dropout=data_sc.dropout)
+    if add_layout:
+        sc = replace(sc, layout_beams=data_sc.layout_beams, layout_bins=data_sc.layout_bins,
+                     obstacle_class=data_sc.obstacle_class, speed_of_sound=data_sc.speed_of_sound)
     fresh = AudioStudent(sc)
-    fresh.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    missing, unexpected = fresh.load_state_dict({k: v.float() for k, v in model.state_dict().items()},
+                                                strict=not add_layout)
+    if unexpected or any(not k.startswith("layout.") for k in missing):
+        raise ValueError(f"init {spec}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return fresh, sc
 
 
@@ -156,7 +171,8 @@ class Stage:
     def __init__(self, cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None) -> None:
         self.cfg, self.model, self.teacher = cfg, model, teacher
         lw = cfg.loss
-        self.w = {"depth": lw.depth, "semantic": lw.semantic, "voxels": lw.voxels, "energy": lw.energy}
+        self.w = {"depth": lw.depth, "semantic": lw.semantic, "voxels": lw.voxels, "energy": lw.energy,
+                  "layout": lw.layout}
 
     def __call__(self, b: dict) -> tuple[torch.Tensor, dict]:
         mode, lw = self.cfg.mode, self.cfg.loss
