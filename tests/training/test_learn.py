@@ -376,3 +376,10 @@ def test_layout_head_joins_a_trained_model_and_learns_from_room_targets(tiny_ds,
         loss.backward()
         opt.step()
     assert float(loss.detach()) < 0.5 * first
+    # the evaluation's top-view figure of heard against true walls
+    from avperception_train.learn.evaluate import layout_figure
+
+    png = layout_figure(model, train_ds, tmp_path / "layout.png", scenes=2)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no layout head"):
+        layout_figure(old, train_ds, tmp_path / "none.png")

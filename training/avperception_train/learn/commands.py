@@ -25,6 +25,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def load_student(path: str, device: str = "cpu") -> torch.nn.Module:
+    """A student from a checkpoint (``.pt``) or an exported model (``.safetensors``), in eval mode."""
+    from .train import load_stage
+
+    if path.endswith(".pt"):
+        return load_stage(path, "distill", torch.device(device))[0]
+    from avperception.models.student import AudioStudent
+
+    return AudioStudent.load(path).to(device)
+
+
 def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``teacher:CK``,
     ``manifold:ATNET_CK,VQVAE_CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
@@ -36,13 +47,7 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     kind, _, path = spec.partition(":")
     dev = torch.device(device)
     if kind == "student":
-        if path.endswith(".pt"):
-            model, _ = load_stage(path, "distill", dev)
-        else:
-            from avperception.models.student import AudioStudent
-
-            model = AudioStudent.load(path).to(dev)
-        return torch_predictor(model, "student", device)
+        return torch_predictor(load_student(path, device), "student", device)
     if kind == "teacher":
         return torch_predictor(load_stage(path, "teacher", dev)[0], "teacher", device)
     if kind == "manifold":
@@ -65,7 +70,7 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import InMemoryScenes
-    from .evaluate import depth_by_class_table, evaluate, markdown_table, write_report
+    from .evaluate import depth_by_class_table, evaluate, layout_figure, markdown_table, write_report
 
     test = InMemoryScenes(a.data, a.split)
     specs = list(a.model)
@@ -90,6 +95,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         write_report(results, a.out, f"Evaluation on the {a.split} split of {a.data}",
                      f"{len(test)} scenes from rooms never seen in training.")
         print(f"report: {a.out}")
+    if a.layout_figure:
+        students = [s.partition(":")[2] for s in specs if s.startswith("student:")]
+        models = [m for m in (load_student(p, a.device) for p in students) if m.layout is not None]
+        if not models:
+            raise SystemExit("--layout-figure: none of the students has a layout head (model.layout_beams)")
+        print(f"layout figure: {layout_figure(models[0], test, a.layout_figure, device=a.device)}")
     return 0
 
 
@@ -141,6 +152,8 @@ def add_commands(sub) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the table here (markdown, plus .json)")
+    p.add_argument("--layout-figure", dest="layout_figure", metavar="PNG",
+                   help="also draw the first student's layout head against the true walls (top views of 6 scenes)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="student checkpoint -> safetensors + config JSON (+ ONNX)")

@@ -43,6 +43,52 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
     return run
 
 
+def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int = 6, device: str = "cpu") -> Path:
+    """Top views of ``scenes`` scenes spread over ``dataset``: the walls the ground truth shows
+    (:func:`~avperception_train.learn.data.room_layout`) against those a student's layout head hears, the
+    array at the origin, floor and ceiling distances in each title. Writes ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .data import room_layout
+
+    if getattr(model, "layout", None) is None:
+        raise ValueError("the model has no layout head (model.layout_beams 0): nothing to draw")
+    idx = np.unique(np.linspace(0, len(dataset) - 1, scenes).round().astype(int))
+    items = [dataset.item(int(i)) for i in idx]
+    with torch.no_grad():
+        out = model.eval().to(device)(torch.from_numpy(np.stack([it["audio"] for it in items])).to(device))
+    walls, heights = out["walls"].float().cpu().numpy(), out["heights"].float().cpu().numpy()
+    w = walls.shape[1]
+    az = np.deg2rad(180.0 - (np.arange(w + 1) % w + 0.5) * 360.0 / w)  # panorama columns, closed loop
+    cols = min(3, len(items))
+    rows = -(-len(items) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    for ax, it, pw, ph, i in zip(axes.ravel(), items, walls, heights, idx):
+        tw, th = room_layout(it["depth"], it["semantic"], dataset.info.el_range_deg)
+        tw, pw = np.append(tw, tw[0]), np.append(pw, pw[0])
+        ax.plot(tw * np.cos(az), tw * np.sin(az), "k-", lw=2, label="ground truth (hidden walls: gaps)")
+        ax.plot(pw * np.cos(az), pw * np.sin(az), "-", color="tab:orange", lw=1.5, label="layout head")
+        ax.plot([0], [0], "o", color="tab:blue", ms=5)
+        ax.arrow(0, 0, 0.4, 0, color="tab:blue", width=0.02)  # the array's +x
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"scene {i}: floor {th[0]:.2f} / {ph[0]:.2f} m, ceiling {th[1]:.2f} / {ph[1]:.2f} m\n"
+                     "(true / heard)", fontsize=9)
+    for ax in axes.ravel()[len(items):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Room layout from the echoes, top view (m, array frame)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
              batch_size: int = 32, progress: bool = False) -> dict:
     """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields)."""
