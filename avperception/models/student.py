@@ -367,6 +367,11 @@ def layout_depth(walls: torch.Tensor, heights: torch.Tensor, sin_el: torch.Tenso
     return torch.minimum(wall, planes).clamp_max(max_depth)
 
 
+def panorama_elevations(h: int, el_min_deg: float, el_max_deg: float) -> np.ndarray:
+    """``(h,)`` elevation (rad) of each panorama row's centre, from the top row (``el_max_deg``) down."""
+    return np.deg2rad(el_max_deg - (np.arange(h) + 0.5) * (el_max_deg - el_min_deg) / h)
+
+
 def _circular_interp(n: int, w: int) -> np.ndarray:
     """``(n, w)`` weights: values at ``n`` equally spaced azimuths -> ``w`` columns (``w`` a multiple of ``n``),
     linear and wrapping around; both sit at cell centres of the same full turn."""
@@ -448,7 +453,6 @@ class LayoutHead(nn.Module):
         return dist @ self.to_columns, heights
 
 
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -467,7 +471,7 @@ class AudioStudent(nn.Module):
         self.register_buffer("sweep", sweep, persistent=False)
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
         self.layout = LayoutHead(cfg) if cfg.layout_beams else None
-        el = np.deg2rad(cfg.el_max_deg - (np.arange(cfg.pano_h) + 0.5) * (cfg.el_max_deg - cfg.el_min_deg) / cfg.pano_h)
+        el = panorama_elevations(cfg.pano_h, cfg.el_min_deg, cfg.el_max_deg)
         self.register_buffer("sin_el", torch.from_numpy(np.sin(el).astype(np.float32)), persistent=False)
         self.register_buffer("cos_el", torch.from_numpy(np.cos(el).astype(np.float32)), persistent=False)
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])

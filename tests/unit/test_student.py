@@ -188,7 +188,7 @@ def test_student_benchmark_runs_and_onnx_matches_the_shipped_model():
 
 def test_layout_depth_renders_a_shoebox_room_like_ray_casting():
     from avperception.dsp.grid import equirectangular
-    from avperception.models.student import layout_depth
+    from avperception.models.student import layout_depth, panorama_elevations
 
     grid = equirectangular(-180, 180, -90, 90, 6.0)
     h, w = grid.shape
@@ -207,6 +207,7 @@ def test_layout_depth_renders_a_shoebox_room_like_ray_casting():
     az = np.deg2rad(grid.as_image(grid.azimuth_deg)[0])
     walls = cast(np.stack([np.cos(az), np.sin(az), np.zeros_like(az)], 1))  # horizontal, per column
     el = np.deg2rad(grid.as_image(grid.elevation_deg)[:, 0])
+    np.testing.assert_allclose(panorama_elevations(h, -90, 90), el, atol=1e-12)  # the model's rows are the grid's
     got = layout_depth(torch.tensor(walls[None], dtype=torch.float32), torch.tensor([[0.6, 1.9]]),
                        torch.tensor(np.sin(el), dtype=torch.float32), torch.tensor(np.cos(el), dtype=torch.float32),
                        max_depth=10.0)[0].numpy()

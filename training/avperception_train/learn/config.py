@@ -48,7 +48,8 @@ class LossSpec:
     semantic: float = 1.0
     voxels: float = 1.0
     energy: float = 1.0
-    layout: float = 1.0             # the layout head's rendered room against floor, wall and ceiling depth
+    layout: float = 1.0             # the layout head's walls, floor and ceiling against the room the ground
+                                    # truth shows (learn.data.room_layout)
 
 
 @dataclass(frozen=True)

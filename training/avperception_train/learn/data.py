@@ -46,9 +46,9 @@ def room_layout(depth: np.ndarray, semantic: np.ndarray, el_range_deg: tuple[flo
     """
     import warnings
 
-    lo, hi = el_range_deg
-    h = depth.shape[0]
-    el = np.deg2rad(hi - (np.arange(h) + 0.5) * (hi - lo) / h)[:, None]
+    from avperception.models.student import panorama_elevations
+
+    el = panorama_elevations(depth.shape[0], *el_range_deg)[:, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: no wall seen there
         walls = np.nanmedian(np.where(semantic == WALL, depth * np.cos(el), np.nan), axis=0)
