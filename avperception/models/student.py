@@ -93,18 +93,17 @@ class StudentConfig:
     obstacle_class: int = 3          # semantic class whose pixels keep the decoder's depth
 
     def __post_init__(self) -> None:
-        if self.echo_beams:
+        # both beamform the matched filter: they need the echogram and the microphones' positions
+        for name, why in (("echo_beams", "the beams steer the matched filter"),
+                          ("layout_beams", "the layout head beamforms the matched filter")):
+            if not getattr(self, name):
+                continue
             if not self.echo_hop:
-                raise ValueError("echo_beams > 0 needs echo_hop > 0 (the beams steer the matched filter)")
+                raise ValueError(f"{name} > 0 needs echo_hop > 0 ({why})")
             if np.shape(self.array_positions) != (self.num_mics, 3):
-                raise ValueError(f"echo_beams > 0 needs array_positions for {self.num_mics} mics, "
+                raise ValueError(f"{name} > 0 needs array_positions for {self.num_mics} mics, "
                                  f"got shape {np.shape(self.array_positions)}")
         if self.layout_beams:
-            if not self.echo_hop:
-                raise ValueError("layout_beams > 0 needs echo_hop > 0 (the layout head beamforms the matched filter)")
-            if np.shape(self.array_positions) != (self.num_mics, 3):
-                raise ValueError(f"layout_beams > 0 needs array_positions for {self.num_mics} mics, "
-                                 f"got shape {np.shape(self.array_positions)}")
             if self.pano_w % self.layout_beams:
                 raise ValueError(f"layout_beams ({self.layout_beams}) must divide pano_w ({self.pano_w})")
             if not 0 <= self.obstacle_class < self.num_classes:
