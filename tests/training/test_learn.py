@@ -275,6 +275,26 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_ds, tmp_path):
         TrainConfig(**{**base.__dict__, "mode": "teacher", "init": "default"}).validate()
 
 
+def test_train_only_trains_the_named_part_and_leaves_the_rest_as_it_was(tiny_ds, tmp_path):
+    from avperception_train.learn.config import ConfigError
+    from avperception_train.learn.train import train
+
+    base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1, mode="e2e",
+                       model=ModelSpec(dim=32, depth=1, decoder_width=16, layout_beams=15))
+    src = train(TrainConfig(**{**base.__dict__, "epochs": 1, "out": str(tmp_path / "src")}), progress=False)
+    ft = train(TrainConfig(**{**base.__dict__, "epochs": 2, "init": str(src), "train_only": ("layout",),
+                              "out": str(tmp_path / "ft")}), progress=False)
+    before, after = (torch.load(p, map_location="cpu", weights_only=False)["model"] for p in (src, ft))
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("layout.") for k in moved)  # BatchNorm statistics of the rest included
+    assert any(k.startswith("layout.") and k.endswith("running_mean") for k in moved)
+    with pytest.raises(ValueError, match="not part.*it has: .*layout"):
+        train(TrainConfig(**{**base.__dict__, "epochs": 1, "init": str(src), "train_only": ("walls",),
+                             "out": str(tmp_path / "bad")}), progress=False)
+    with pytest.raises(ConfigError, match="train_only"):
+        TrainConfig(**{**base.__dict__, "mode": "teacher", "train_only": ("layout",)}).validate()
+
+
 def test_echo_beams_take_the_datasets_speed_of_sound(tiny_ds, tmp_path):
     from dataclasses import replace
 

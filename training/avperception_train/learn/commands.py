@@ -18,7 +18,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
                             batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr,
-                            init=a.init)
+                            init=a.init, train_only=tuple(a.train_only) if a.train_only else None)
     best = train(cfg, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
@@ -139,6 +139,8 @@ def add_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="fine-tune: start the distill/e2e student from a checkpoint (.pt), an exported "
                                   "model (.safetensors) or `default` (the shipped model); shapes must match the data")
+    p.add_argument("--train-only", dest="train_only", nargs="+", metavar="PART",
+                   help="train only these parts of the student (e.g. layout; see AudioStudent), the rest frozen")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score models and baselines on the test rooms; markdown table")

@@ -73,6 +73,8 @@ class TrainConfig:
     eval_every: int = 1             # epochs
     max_train_samples: int = 0      # 0: all
     augment: bool = True            # exact rotations/mirrors the array's symmetry allows
+    train_only: tuple[str, ...] = ()  # student parts to train (e.g. [layout]); the rest stays frozen
+                                    # (eval mode: fixed BatchNorm statistics, no dropout); []: all
     model: ModelSpec = field(default_factory=ModelSpec)
     loss: LossSpec = field(default_factory=LossSpec)
 
@@ -86,6 +88,8 @@ class TrainConfig:
             raise ConfigError("epochs, batch_size and lr must be positive")
         if self.init and self.mode not in ("distill", "e2e"):
             raise ConfigError(f"init (start from trained weights) applies to the distill and e2e students, not {self.mode}")
+        if self.train_only and self.mode not in ("distill", "e2e"):
+            raise ConfigError(f"train_only (train part of the student) applies to distill and e2e, not {self.mode}")
         if self.model.variant not in ("small", "large"):
             raise ConfigError("model.variant must be small or large")
         return self

@@ -146,6 +146,30 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     return fresh, sc
 
 
+def _trainable(model: nn.Module, only: tuple[str, ...]) -> list[nn.Parameter]:
+    """The parameters to optimise: all, or those of the top-level parts named in ``only`` (the others are
+    frozen). Unknown names raise ``ValueError`` listing the model's parts."""
+    if not only:
+        return list(model.parameters())
+    parts = dict(model.named_children())
+    unknown = [n for n in only if n not in parts or not any(True for _ in parts[n].parameters())]
+    if unknown:
+        have = ", ".join(n for n, m in parts.items() if any(True for _ in m.parameters()))
+        raise ValueError(f"train_only: {unknown} not part(s) of this model with weights; it has: {have}")
+    for name, part in parts.items():
+        part.requires_grad_(name in only)
+    return [p for n in only for p in parts[n].parameters()]
+
+
+def _train_mode(model: nn.Module, only: tuple[str, ...]) -> None:
+    """Train mode for the trained parts; frozen parts stay in eval mode (BatchNorm statistics, dropout)."""
+    model.train()
+    if only:
+        for name, part in model.named_children():
+            if name not in only:
+                part.eval()
+
+
 def load_stage(path: str | Path, mode: str, device: torch.device) -> tuple[nn.Module, StudentConfig]:
     """A trained teacher / VQ-VAE / student from its checkpoint, frozen, in eval mode."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
@@ -245,7 +269,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                         num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise ValueError(f"{len(train_ds)} training samples are fewer than one batch of {cfg.batch_size}")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = _trainable(model, cfg.train_only)
+    opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
@@ -270,7 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        model.train()
+        _train_mode(model, cfg.train_only)
         t0 = time.time()
         bar = _bar(loader, f"{cfg.mode} epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         running = 0.0
@@ -281,7 +306,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(trained, cfg.grad_clip)
             opt.step()
             sched.step()
             step += 1
