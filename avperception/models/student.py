@@ -88,6 +88,10 @@ class StudentConfig:
     # panorama (rows from el_max_deg down to el_min_deg, columns from azimuth 180 down to -180 deg)
     layout_beams: int = 0
     layout_bins: int = 96            # log-spaced distance bins per azimuth, 0.2 m .. max_depth
+    # False: each beam's distance is the wall's along its azimuth, interpolated to the columns; True: it is the
+    # distance of the wall plane facing it (the room's support function), and each column takes the nearest
+    # plane along its ray (sharp corners, exact for a convex room)
+    layout_planes: bool = False
     el_min_deg: float = -90.0
     el_max_deg: float = 90.0
     obstacle_class: int = 3          # semantic class whose pixels keep the decoder's depth
@@ -366,6 +370,32 @@ def layout_depth(walls: torch.Tensor, heights: torch.Tensor, sin_el: torch.Tenso
     return torch.minimum(wall, planes).clamp_max(max_depth)
 
 
+def plane_walls(support: torch.Tensor, interp: torch.Tensor, log_cos: torch.Tensor, tau: float = 0.02
+                ) -> torch.Tensor:
+    """Walls of a room given as planes: each column's distance to the nearest plane along its ray.
+
+    Args:
+        support: ``(B, A)`` distance (m) of the wall plane facing each of ``A`` equally spaced azimuths
+            (the room's support function: for a convex room, how far it reaches in that direction).
+        interp: ``(A, K)`` interpolation to ``K`` finer plane normals (:func:`_circular_interp`).
+        log_cos: ``(K, W)`` log cosine between each plane's normal and each column's azimuth, ``-inf``-like
+            (very negative) where the plane faces away (:func:`_plane_log_cos`).
+        tau: softness of the minimum, in log distance (0.02: within about 2 %).
+    Returns:
+        ``(B, W)`` horizontal distance per column: the soft minimum over planes of ``support / cos``.
+    """
+    t = torch.log(support.clamp_min(1e-3) @ interp)[:, :, None] - log_cos  # (B, K, W) log distance to each plane
+    return torch.exp(-tau * torch.logsumexp(-t / tau, dim=1))
+
+
+def _plane_log_cos(k: int, w: int, min_cos: float = 0.1) -> np.ndarray:
+    """``(k, w)`` log cosine between ``k`` plane normals and ``w`` column azimuths, both at cell centres of the
+    same full turn; -30 (a plane e^30 times farther than its distance) where the cosine is below ``min_cos``."""
+    d = 2 * np.pi * ((np.arange(w)[None, :] + 0.5) / w - (np.arange(k)[:, None] + 0.5) / k)
+    c = np.cos(d)
+    return np.where(c >= min_cos, np.log(np.maximum(c, min_cos)), -30.0).astype(np.float32)
+
+
 def panorama_elevations(h: int, el_min_deg: float, el_max_deg: float) -> np.ndarray:
     """``(h,)`` elevation (rad) of each panorama row's centre, from the top row (``el_max_deg``) down."""
     return np.deg2rad(el_max_deg - (np.arange(h) + 0.5) * (el_max_deg - el_min_deg) / h)
@@ -432,8 +462,15 @@ class LayoutHead(nn.Module):
         self.bins = nn.Linear(cfg.dim, cfg.layout_bins)
         self.register_buffer("log_bins", torch.linspace(math.log(0.2), math.log(cfg.max_depth), cfg.layout_bins),
                              persistent=False)
-        self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, cfg.pano_w)),
-                             persistent=False)
+        self.planes = cfg.layout_planes
+        if self.planes:  # four plane normals per beam, each column at its nearest plane
+            k = 4 * cfg.layout_beams
+            self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, k)),
+                                 persistent=False)
+            self.register_buffer("log_cos", torch.from_numpy(_plane_log_cos(k, cfg.pano_w)), persistent=False)
+        else:
+            self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, cfg.pano_w)),
+                                 persistent=False)
         self.heights = nn.Linear(cfg.dim, 2)
         with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it
             self.heights.weight.mul_(0.1)
@@ -449,6 +486,8 @@ class LayoutHead(nn.Module):
             x = blk(x)
         dist = (torch.softmax(self.bins(x[:, 1:]), dim=-1) * self.log_bins).sum(-1).exp()  # (B, A)
         heights = self.heights(x[:, 0]).clamp(-3.0, 3.0).exp()
+        if self.planes:
+            return plane_walls(dist, self.to_columns, self.log_cos), heights
         return dist @ self.to_columns, heights
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -293,6 +295,20 @@ def test_train_only_trains_the_named_part_and_leaves_the_rest_as_it_was(tiny_ds,
                              "out": str(tmp_path / "bad")}), progress=False)
     with pytest.raises(ConfigError, match="train_only"):
         TrainConfig(**{**base.__dict__, "mode": "teacher", "train_only": ("layout",)}).validate()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[2] / "training" / "configs").glob("*.yaml")))
+def test_example_training_configs_load(name):
+    from avperception_train.learn.config import load_train_config
+
+    import yaml
+
+    path = Path(__file__).parents[2] / "training" / "configs" / name
+    needs_teacher = yaml.safe_load(path.read_text()).get("mode") in ("distill", "manifold")  # given with --teacher
+    cfg = load_train_config(path, teacher="runs/teacher/best.pt" if needs_teacher else None)
+    assert cfg.epochs > 0 and cfg.model.variant in ("small", "large")
+    if cfg.model.layout_planes:  # the planes read the layout head's distances
+        assert cfg.model.layout_beams > 0
 
 
 def test_echo_beams_take_the_datasets_speed_of_sound(tiny_ds, tmp_path):

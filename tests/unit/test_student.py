@@ -105,12 +105,13 @@ def test_echo_beams_widen_the_echogram_tokens_and_see_direction():
     assert (int(pb.argmax()) - int(pa.argmax())) % 8 == 6
 
 
-@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout"])
+@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout", "layout planes"])
 def test_onnx_export_matches_torch(tmp_path, echo):
     ort = pytest.importorskip("onnxruntime")
     cfg = {"off": tiny, "echogram": echo_cfg,
            "beams": lambda: echo_cfg(echo_beams=8, array_positions=RING4),
-           "layout": lambda: echo_cfg(layout_beams=8, array_positions=RING4)}[echo]()
+           "layout": lambda: echo_cfg(layout_beams=8, array_positions=RING4),
+           "layout planes": lambda: echo_cfg(layout_beams=8, layout_planes=True, array_positions=RING4)}[echo]()
     m = AudioStudent(cfg).eval()
     x = torch.randn(1, 4, 1024)
     with torch.no_grad():
@@ -227,6 +228,37 @@ def test_beams_interpolate_to_panorama_columns_around_the_full_turn():
     got = np.cos(np.deg2rad(beam_az)) @ m
     np.testing.assert_allclose(got, np.cos(np.deg2rad(col_az)), atol=0.08)  # linear between 45 deg beams
     assert m[0, -1] > 0 and m[-1, 0] > 0  # the columns at +-180 deg mix the first and the last beam
+
+
+def test_wall_planes_render_a_turned_shoebox_room_like_ray_casting():
+    from avperception.models.student import _circular_interp, _plane_log_cos, plane_walls
+
+    beams, w = 60, 120
+    beam_az = np.deg2rad(180 - (np.arange(beams) + 0.5) * 360 / beams)
+    col_az = np.deg2rad(180 - (np.arange(w) + 0.5) * 360 / w)
+    rng = np.random.default_rng(0)
+    errors = []
+    for _ in range(50):
+        yaw = rng.uniform(0, np.pi / 2)
+        (x0, y0), (x1, y1) = -rng.uniform(0.5, 4, 2), rng.uniform(0.5, 4, 2)
+        turn = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) @ turn.T
+        support = (corners @ np.stack([np.cos(beam_az), np.sin(beam_az)])).max(0)  # how far the room reaches
+        u = np.stack([np.cos(col_az), np.sin(col_az)], 1) @ turn  # each column's ray in the room's frame
+        with np.errstate(divide="ignore"):
+            want = np.minimum(np.abs(np.where(u[:, 0] > 0, x1, x0) / u[:, 0]),
+                              np.abs(np.where(u[:, 1] > 0, y1, y0) / u[:, 1]))
+        got = plane_walls(torch.tensor(support[None], dtype=torch.float32),
+                          torch.from_numpy(_circular_interp(beams, 4 * beams)),
+                          torch.from_numpy(_plane_log_cos(4 * beams, w)))[0].numpy()
+        errors.append(np.abs(np.log(got / want)))
+    errors = np.concatenate(errors)
+    # 60 sampled normals against walls at any angle: a few percent, more in the corners
+    assert np.median(errors) < 0.04 and np.percentile(errors, 90) < 0.12 and errors.max() < 0.35
+    m = AudioStudent(echo_cfg(layout_beams=8, layout_planes=True, array_positions=RING4)).eval()
+    with torch.no_grad():
+        out = m(torch.randn(2, 4, 1024) * 0.05)
+    assert out["walls"].shape == (2, 32) and torch.all(out["walls"] > 0)
 
 
 def test_layout_head_outputs_render_the_depth_and_config_is_checked():

@@ -35,6 +35,8 @@ class ModelSpec:
     layout_beams: int = 0           # > 0: a layout head reads each azimuth's wall distance and the floor and
                                     #      ceiling from the echoes beamformed towards that many azimuths, and
                                     #      renders them as the depth (must divide the panorama's width)
+    layout_planes: bool = False     # the layout head's distances are the wall planes facing each azimuth (sharp
+                                    #      corners); false: each azimuth's distance along its own direction
 
 
 @dataclass(frozen=True)

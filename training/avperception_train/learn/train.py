@@ -49,7 +49,7 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
         if info.emitted is None or not np.any(info.emitted):
             raise ValueError("model.echo_hop needs a dataset with the robot's sweep (active.probability > 0)")
         kw.update(echo_hop=m.echo_hop, echo_patch=m.echo_patch, echo_beams=m.echo_beams,
-                  layout_beams=m.layout_beams, emitted=[float(v) for v in info.emitted])
+                  layout_beams=m.layout_beams, layout_planes=m.layout_planes, emitted=[float(v) for v in info.emitted])
     elif m.layout_beams:
         raise ValueError("model.layout_beams needs model.echo_hop > 0 (the layout head beamforms the matched filter)")
     kw.update(el_min_deg=info.el_range_deg[0], el_max_deg=info.el_range_deg[1], obstacle_class=OBSTACLE)
@@ -104,7 +104,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     and voxel shapes, classes, and (for a model with echogram tokens) the same emitted sweep as
     ``emitted``. A mismatch raises ``ValueError`` naming every difference.
     Dropout is taken from the data's config, so fine-tuning can change it. When ``data_sc`` asks for
-    a layout head (``layout_beams``) and the model has none, it gains a freshly initialised one.
+    a layout head (``layout_beams``) and the model has none, it gains a freshly initialised one; a model with one
+    takes the data config's ``layout_planes`` (how its distances become walls: no weights of its own).
     """
     from avperception.models import default_model
 
@@ -135,6 +136,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     if diffs:
         raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
     sc = replace(sc, dropout=data_sc.dropout)
+    if sc.layout_beams and data_sc.layout_beams:  # how the head's distances become walls has no weights of its own
+        sc = replace(sc, layout_planes=data_sc.layout_planes)
     if add_layout:
         sc = replace(sc, layout_beams=data_sc.layout_beams, layout_bins=data_sc.layout_bins,
                      obstacle_class=data_sc.obstacle_class, speed_of_sound=data_sc.speed_of_sound)
