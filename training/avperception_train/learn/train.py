@@ -298,7 +298,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        _train_mode(model, cfg.train_only)
+        _train_mode(model.module if distributed else model, cfg.train_only)  # DDP wraps the parts
         t0 = time.time()
         bar = _bar(loader, f"{cfg.mode} epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         running = 0.0
