@@ -463,14 +463,11 @@ class LayoutHead(nn.Module):
         self.register_buffer("log_bins", torch.linspace(math.log(0.2), math.log(cfg.max_depth), cfg.layout_bins),
                              persistent=False)
         self.planes = cfg.layout_planes
-        if self.planes:  # four plane normals per beam, each column at its nearest plane
-            k = 4 * cfg.layout_beams
-            self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, k)),
-                                 persistent=False)
+        # the beams' distances go to the columns, or to four plane normals per beam (each column at its nearest)
+        k = 4 * cfg.layout_beams if self.planes else cfg.pano_w
+        self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, k)), persistent=False)
+        if self.planes:
             self.register_buffer("log_cos", torch.from_numpy(_plane_log_cos(k, cfg.pano_w)), persistent=False)
-        else:
-            self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, cfg.pano_w)),
-                                 persistent=False)
         self.heights = nn.Linear(cfg.dim, 2)
         with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it
             self.heights.weight.mul_(0.1)

@@ -297,13 +297,16 @@ def test_train_only_trains_the_named_part_and_leaves_the_rest_as_it_was(tiny_ds,
         TrainConfig(**{**base.__dict__, "mode": "teacher", "train_only": ("layout",)}).validate()
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parents[2] / "training" / "configs").glob("*.yaml")))
-def test_example_training_configs_load(name):
-    from avperception_train.learn.config import load_train_config
+CONFIGS = Path(__file__).parents[2] / "training" / "configs"
 
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_example_training_configs_load(name):
     import yaml
 
-    path = Path(__file__).parents[2] / "training" / "configs" / name
+    from avperception_train.learn.config import load_train_config
+
+    path = CONFIGS / name
     needs_teacher = yaml.safe_load(path.read_text()).get("mode") in ("distill", "manifold")  # given with --teacher
     cfg = load_train_config(path, teacher="runs/teacher/best.pt" if needs_teacher else None)
     assert cfg.epochs > 0 and cfg.model.variant in ("small", "large")

@@ -154,11 +154,10 @@ def _trainable(model: nn.Module, only: tuple[str, ...]) -> list[nn.Parameter]:
     frozen). Unknown names raise ``ValueError`` listing the model's parts."""
     if not only:
         return list(model.parameters())
-    parts = dict(model.named_children())
-    unknown = [n for n in only if n not in parts or not any(True for _ in parts[n].parameters())]
+    parts = {n: m for n, m in model.named_children() if next(m.parameters(), None) is not None}  # with weights
+    unknown = [n for n in only if n not in parts]
     if unknown:
-        have = ", ".join(n for n, m in parts.items() if any(True for _ in m.parameters()))
-        raise ValueError(f"train_only: {unknown} not part(s) of this model with weights; it has: {have}")
+        raise ValueError(f"train_only: {unknown} not part(s) of this model with weights; it has: {', '.join(parts)}")
     for name, part in parts.items():
         part.requires_grad_(name in only)
     return [p for n in only for p in parts[n].parameters()]
