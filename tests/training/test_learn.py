@@ -422,3 +422,26 @@ def test_layout_head_joins_a_trained_model_and_learns_from_room_targets(tiny_ds,
     assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="no layout head"):
         layout_figure(old, train_ds, tmp_path / "none.png")
+
+
+def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny_ds, tmp_path, monkeypatch):
+    from avperception.models.student import AudioStudent
+    from avperception_train.cli import main
+    from avperception_train.learn import commands, evaluate as evaluate_mod
+    from avperception_train.learn.train import student_config
+
+    info = InMemoryScenes(tiny_ds, "train", max_samples=1).info
+    cfg = student_config(TrainConfig(data=str(tiny_ds), mode="e2e",
+                                     model=ModelSpec(dim=32, depth=1, decoder_width=16, layout_beams=15)), info)
+    torch.manual_seed(0)
+    AudioStudent(cfg).save(tmp_path / "shipped")
+    given = AudioStudent(cfg)
+    given.save(tmp_path / "given")
+    monkeypatch.setattr(commands, "default_model_path", lambda: tmp_path / "shipped.safetensors")
+    drawn = []
+    monkeypatch.setattr(evaluate_mod, "layout_figure", lambda model, *a, **k: drawn.append(model) or Path(a[1]))
+    assert main(["evaluate", "--data", str(tiny_ds), "--default", "--model", f"student:{tmp_path / 'given.safetensors'}",
+                 "--layout-figure", str(tmp_path / "layout.png")]) == 0
+    w = "layout.bins.weight"
+    assert len(drawn) == 1 and torch.equal(drawn[0].state_dict()[w], given.state_dict()[w])
+    assert not torch.equal(drawn[0].state_dict()[w], AudioStudent.load(tmp_path / "shipped").state_dict()[w])

@@ -96,11 +96,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
                      f"{len(test)} scenes from rooms never seen in training.")
         print(f"report: {a.out}")
     if a.layout_figure:
-        students = [s.partition(":")[2] for s in specs if s.startswith("student:")]
-        models = [m for m in (load_student(p, a.device) for p in students) if m.layout is not None]
-        if not models:
+        # the students given with --model first, then the shipped one (--default)
+        students = [s.partition(":")[2] for s in a.model + specs[:int(a.default)] if s.startswith("student:")]
+        model = next((m for m in (load_student(p, a.device) for p in students) if m.layout is not None), None)
+        if model is None:
             raise SystemExit("--layout-figure: none of the students has a layout head (model.layout_beams)")
-        print(f"layout figure: {layout_figure(models[0], test, a.layout_figure, device=a.device)}")
+        print(f"layout figure: {layout_figure(model, test, a.layout_figure, device=a.device)}")
     return 0
 
 
@@ -155,7 +156,8 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the table here (markdown, plus .json)")
     p.add_argument("--layout-figure", dest="layout_figure", metavar="PNG",
-                   help="also draw the first student's layout head against the true walls (top views of 6 scenes)")
+                   help="also draw a student's layout head against the true walls (top views of 6 scenes): the first "
+                        "--model student with a layout head, else the shipped one")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="student checkpoint -> safetensors + config JSON (+ ONNX)")
