@@ -26,7 +26,7 @@ Read top to bottom:
 4. Heads: a 2-D decoder to the panoramas (depth in metres, semantic logits,
    energy map) and a 3-D decoder to occupancy logits. With a layout head, the
    depth is the rendered layout except where the semantic head hears an
-   obstacle, where the decoder's own depth takes over.
+   obstacle, where the decoder's own depth takes over (never beyond the layout).
 
 Fixed input shape, no Python control flow depending on data in ``forward``.
 The config is saved with the weights (``save`` / ``load``).
@@ -547,9 +547,10 @@ class AudioStudent(nn.Module):
         if self.layout is not None:
             walls, heights = self.layout(iq)
             room = layout_depth(walls, heights, self.sin_el, self.cos_el, cfg.max_depth)
-            # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it)
+            # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it), and
+            # never behind the room's surface: an obstacle stands in front of the wall, floor or ceiling it hides
             obstacle = torch.softmax(out["semantic"], dim=1)[:, cfg.obstacle_class].detach()
-            out["depth"] = room + obstacle * (out["depth"] - room)
+            out["depth"] = room + obstacle * (torch.minimum(out["depth"], room) - room)
             out.update(layout=room, walls=walls, heights=heights)
         return out
 

@@ -271,9 +271,19 @@ def test_layout_head_outputs_render_the_depth_and_config_is_checked():
     assert out["walls"].shape == (2, 32) and out["heights"].shape == (2, 2)
     assert torch.all(out["walls"] > 0) and torch.all(out["heights"] > 0)
     assert torch.allclose(out["layout"], layout_depth(out["walls"], out["heights"], m.sin_el, m.cos_el, cfg.max_depth))
-    # depth is the room except where the semantic head hears an obstacle: between the room and the decoder
+    # depth is the room except where the semantic head hears an obstacle: between the room and the decoder,
+    # and never beyond the room (an obstacle stands in front of what it hides)
     p = torch.softmax(out["semantic"], 1)[:, cfg.obstacle_class]
-    assert torch.all((out["depth"] - out["layout"]).abs() <= p * cfg.max_depth + 1e-5)
+    audio = torch.randn(2, 4, 1024) * 0.05
+    with torch.no_grad():
+        m.pano.head.bias[0] = 10.0  # the decoder's depth at max_depth, behind every wall: the room alone
+        out = m(audio)
+        assert torch.allclose(out["depth"], out["layout"])
+        m.pano.head.bias[0] = -10.0  # the decoder's depth near 0: a blend, weighted by the obstacle probability
+        out = m(audio)
+        dec = m.decode(out["latent"])["depth"]
+    p = torch.softmax(out["semantic"], 1)[:, cfg.obstacle_class]
+    assert torch.all(dec < out["layout"]) and torch.allclose(out["depth"], out["layout"] + p * (dec - out["layout"]))
     with pytest.raises(ValueError, match="needs echo_hop"):
         tiny(layout_beams=8, array_positions=RING4)
     with pytest.raises(ValueError, match="must divide pano_w"):
