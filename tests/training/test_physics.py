@@ -124,3 +124,32 @@ def test_energy_target_peaks_at_the_true_source_direction():
         peak = egrid.vectors[int(np.argmax(s["energy"]))]
         ang = np.degrees(np.arccos(np.clip(s["source_dirs"][:k] @ peak, -1, 1)))
         assert ang.min() < 3.0  # within a grid cell of one of the sources (the loudest at the array)
+
+
+def test_a_source_hidden_from_every_path_is_heard_round_its_box():
+    """The image-source model finds no path from a source behind a box at order 0; the source is then heard
+    as if the boxes were not there (instead of failing), and a room that hides it even so is an error."""
+    from avperception_train.datagen.acoustics import RoomAcoustics
+
+    walls = np.array([[0, 0], [8, 0], [8, 8], [0, 8]], float)
+    box = RoomGeometry(walls, 4.0, boxes=[Box((4.0, 4.0), (1.0, 1.0), 3.5)])
+    mic, src = np.array([[2.0, 4.0, 1.0]]), np.array([[6.0, 4.0, 1.0], [2.0, 6.0, 1.0]])  # hidden, in view
+
+    def rirs(room, order):
+        return RoomAcoustics(room, mic, src, 16000, max_order_shoebox=order, max_order=order,
+                             air_absorption=False).rirs()
+
+    hidden, seen = rirs(box, 0)
+    open_hidden, open_seen = rirs(RoomGeometry(walls, 4.0), 0)
+    np.testing.assert_allclose(hidden, open_hidden[:, : hidden.shape[1]], atol=1e-12)
+    assert np.argmax(np.abs(hidden[0])) == pytest.approx(4.0 / 343.0 * 16000, abs=1)  # the 4 m straight line
+    np.testing.assert_allclose(seen, open_seen[:, : seen.shape[1]], atol=1e-12)  # the other source is untouched
+    # with reflections the model finds a way round itself: no direct sound, the box stays in
+    d = int(round(4.0 / 343.0 * 16000))
+    hidden1, _ = rirs(box, 1)
+    open1, _ = rirs(RoomGeometry(walls, 4.0), 1)
+    assert np.abs(hidden1[0, d - 2: d + 3]).max() < 0.02 * np.abs(open1[0, d - 2: d + 3]).max()
+    # an L-shaped room hides the source round its corner from the direct path, with no box to take away
+    ell = RoomGeometry(np.array([[0, 0], [8, 0], [8, 3], [3, 3], [3, 8], [0, 8]], float), 4.0)
+    with pytest.raises(ValueError, match="by no path"):
+        RoomAcoustics(ell, np.array([[1.5, 7.0, 1.0]]), np.array([[7.0, 1.5, 1.0]]), 16000, max_order=0).rirs()
