@@ -155,8 +155,8 @@ class RoomAcoustics:
         if hidden and (transparent_boxes or not self._geometry.boxes):
             s = hidden[0]
             raise ValueError(f"the source at {np.round(self._sources[s], 3).tolist()} reaches a microphone by no "
-                             f"path of the image-source model (order {self.order}) even with the room's boxes "
-                             "taken away; move it or raise the image order")
+                             f"path of the image-source model (order {self.order}) and no box hides it (the room's "
+                             "own walls do); move it or raise the image order")
         for s in reversed(hidden):  # out of this room's simulation
             del self.room.sources[s]
             del self.room.visibility[s]
