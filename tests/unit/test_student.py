@@ -273,7 +273,6 @@ def test_layout_head_outputs_render_the_depth_and_config_is_checked():
     assert torch.allclose(out["layout"], layout_depth(out["walls"], out["heights"], m.sin_el, m.cos_el, cfg.max_depth))
     # depth is the room except where the semantic head hears an obstacle: between the room and the decoder,
     # and never beyond the room (an obstacle stands in front of what it hides)
-    p = torch.softmax(out["semantic"], 1)[:, cfg.obstacle_class]
     audio = torch.randn(2, 4, 1024) * 0.05
     with torch.no_grad():
         m.pano.head.bias[0] = 10.0  # the decoder's depth at max_depth, behind every wall: the room alone

@@ -140,7 +140,7 @@ class RoomAcoustics:
             out.append(h)
         return out
 
-    def _raw_rirs(self, transparent_boxes: bool = False) -> list[list[np.ndarray]]:
+    def _raw_rirs(self) -> list[list[np.ndarray]]:
         """Per source, per microphone: pyroomacoustics' impulse response.
 
         A source that the image-source model joins to some microphone by no path at all (a box hides it and no
@@ -152,7 +152,7 @@ class RoomAcoustics:
             return []
         self.room.image_source_model()
         hidden = [s for s, v in enumerate(self.room.visibility) if not np.all(np.any(np.asarray(v), axis=1))]
-        if hidden and (transparent_boxes or not self._geometry.boxes):
+        if hidden and not self._geometry.boxes:  # also where the boxes were already taken away
             s = hidden[0]
             raise ValueError(f"the source at {np.round(self._sources[s], 3).tolist()} reaches a microphone by no "
                              f"path of the image-source model (order {self.order}) and no box hides it (the room's "
@@ -171,7 +171,7 @@ class RoomAcoustics:
 
             open_room = RoomAcoustics(replace(self._geometry, boxes=[]), self._mics, self._sources[hidden],
                                       **self._options)
-            for s, per_mic in zip(hidden, open_room._raw_rirs(transparent_boxes=True)):
+            for s, per_mic in zip(hidden, open_room._raw_rirs()):
                 out[s] = per_mic
         return out
 

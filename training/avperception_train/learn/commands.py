@@ -73,9 +73,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import depth_by_class_table, evaluate, layout_figure, markdown_table, write_report
 
     test = InMemoryScenes(a.data, a.split)
-    specs = list(a.model)
-    if a.default:
-        specs.insert(0, "student:" + str(default_model_path()))
+    shipped = ["student:" + str(default_model_path())] if a.default else []
+    specs = shipped + list(a.model)
     if a.baselines:
         specs += ["mean-layout", "echo-tof", "echo-planes"]
     if not specs:
@@ -97,7 +96,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         print(f"report: {a.out}")
     if a.layout_figure:
         # the students given with --model first, then the shipped one (--default)
-        students = [s.partition(":")[2] for s in a.model + specs[:int(a.default)] if s.startswith("student:")]
+        students = [s.partition(":")[2] for s in a.model + shipped if s.startswith("student:")]
         model = next((m for m in (load_student(p, a.device) for p in students) if m.layout is not None), None)
         if model is None:
             raise SystemExit("--layout-figure: none of the students has a layout head (model.layout_beams)")
