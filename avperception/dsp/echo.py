@@ -69,17 +69,27 @@ def quadrature_kernels(emitted: np.ndarray) -> np.ndarray:
     return k[:, None, :].astype(np.float32)
 
 
+_PHASES = 16  # lags per step of matched_iq's strided convolution
+
+
 def matched_iq(x, kernels):
     """The analytic matched filter in torch: ``(..., N)`` audio -> ``(..., 2, N)`` in-phase and quadrature.
 
     ``I + jQ`` correlates ``x`` (sample 0 = sweep onset) with the analytic sweep; lag ``t`` is output ``t``.
     ``kernels``: ``(2, 1, L)`` tensor from :func:`quadrature_kernels`.
     """
+    import torch
     import torch.nn.functional as F
 
     lead, n = x.shape[:-1], x.shape[-1]
-    y = F.conv1d(F.pad(x.reshape(-1, 1, n), (0, kernels.shape[-1] - 1)), kernels)  # (B', 2, N)
-    return y.reshape(lead + (2, n))
+    c, _, k = kernels.shape
+    # polyphase: lag t = p s + r is phase r of step s, and one convolution of stride p computes all p phases:
+    # the sums of a plain correlation, as a matrix product of a shape ONNX Runtime runs about twice as fast
+    p = _PHASES
+    w = torch.stack([F.pad(kernels[:, 0], (r, p - 1 - r)) for r in range(p)], dim=1)  # (2, p, k + p - 1)
+    y = F.conv1d(F.pad(x.reshape(-1, 1, n), (0, k + p - 2 + (-n) % p)), w.reshape(c * p, 1, -1), stride=p)
+    y = y.reshape(-1, c, p, y.shape[-1]).transpose(2, 3).reshape(-1, c, y.shape[-1] * p)  # (B', 2, >= N)
+    return y[..., :n].reshape(lead + (c, n))
 
 
 def log_envelope(iq, hop: int, eps: float = 1e-8):

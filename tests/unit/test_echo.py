@@ -127,6 +127,19 @@ def test_turning_the_ring_turns_the_echo_image():
 # ----------------------------------------------------------------------------- beams inside the network
 
 
+@pytest.mark.parametrize("n,length", [(2048, 128), (1000, 37), (5, 9)])
+def test_matched_iq_is_the_correlation_with_the_sweep_and_its_hilbert_transform(n, length):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((2, 3, n))
+    k = rng.standard_normal((2, 1, length))
+    got = matched_iq(torch.from_numpy(x).float(), torch.from_numpy(k).float()).numpy()
+    assert got.shape == (2, 3, 2, n)
+    padded = np.concatenate([x, np.zeros((2, 3, length - 1))], axis=-1)
+    for c in range(2):  # output t = sum_j k[j] x[t + j], zeros past the record's end
+        want = np.stack([[np.correlate(padded[b, m], k[c, 0], "valid") for m in range(3)] for b in range(2)])
+        np.testing.assert_allclose(got[:, :, c], want, atol=1e-4, rtol=1e-4)
+
+
 def test_sweep_band_is_where_the_sweep_has_energy():
     lo, hi = sweep_band(sweep(FS, 1000, 7000, 0.008))
     assert 0.02 < lo < 1000 / FS and 7000 / FS < hi < 0.48
