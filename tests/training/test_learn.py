@@ -16,7 +16,7 @@ from avperception_train.datagen import config_from_dict, run_datagen
 from avperception_train.learn.baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
 from avperception_train.learn.config import ModelSpec, TrainConfig
 from avperception_train.learn.data import InMemoryScenes
-from avperception_train.learn.evaluate import depth_by_class_table, evaluate, markdown_table
+from avperception_train.learn.evaluate import depth_by_class_table, evaluate, results_tables
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,15 @@ def test_evaluate_perfect_and_mean_layout(tiny_ds):
     assert perfect["semantic"]["miou"] == 1.0 and perfect["voxels"]["iou"] == 1.0
     mean = evaluate(MeanLayout(InMemoryScenes(tiny_ds, "train")), test, voxel_size_m=test.info.voxel_size_m)
     assert 0 < mean["depth"]["delta1"] < 1
-    table = markdown_table({"oracle": perfect, "mean layout": mean})
-    assert "| oracle |" in table and "δ1" in table
+    table = results_tables({"oracle": perfect, "mean layout": mean})
+    # every metric of the papers, in a depth table and a segmentation/voxel/energy table
+    depth, scene = table.split("Segmentation, voxels and energy:")
+    for name in ("MAE", "RMSE", "AbsRel", "SqRel", "RMSE-log", "δ1", "δ2", "δ3"):
+        assert f"| {name} " in depth
+    for name in ("pAcc", "mAcc", "mIoU", "layout IoU", "voxel IoU", "Chamfer-L1", "F1", "energy IoU", "energy AUC"):
+        assert f"| {name} " in scene
+    oracle_depth = next(line for line in depth.splitlines() if line.startswith("| oracle |"))
+    assert oracle_depth == "| oracle | 0.000 | 0.000 | 0.000 | 0.000 | 0.000 | 1.000 | 1.000 | 1.000 |"
     assert all(c["delta1"] == 1.0 for c in perfect["depth_by_class"].values())
     shares = {k: c["share"] for k, c in mean["depth_by_class"].items()}
     assert set(shares) <= {"floor", "ceiling", "wall", "obstacle"} and sum(shares.values()) == pytest.approx(1.0)

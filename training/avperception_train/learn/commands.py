@@ -70,7 +70,7 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import InMemoryScenes
-    from .evaluate import depth_by_class_table, evaluate, layout_figure, markdown_table, write_report
+    from .evaluate import depth_by_class_table, evaluate, layout_figure, results_tables, write_report
 
     test = InMemoryScenes(a.data, a.split)
     shipped = ["student:" + str(default_model_path())] if a.default else []
@@ -86,7 +86,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         results[name] = evaluate(load_predictor(spec, a.data, a.device), test, voxel_size_m=test.info.voxel_size_m,
                                  progress=True)
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
-    print(markdown_table(results))
+    print(results_tables(results))
     by_class = depth_by_class_table(results)
     if by_class:
         print("\ndepth by ground-truth class:\n" + by_class)

@@ -2,7 +2,7 @@
 
 ``evaluate(predictor, dataset)`` runs any callable that maps a batch to a dict
 of numpy predictions (``depth`` m, ``semantic`` labels, ``voxels`` bool,
-``energy``) and returns averaged metrics; ``markdown_table`` compares several.
+``energy``) and returns averaged metrics; ``results_tables`` compares several.
 """
 
 from __future__ import annotations
@@ -135,10 +135,14 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     return out
 
 
-COLUMNS = [
-    ("depth", "abs_rel", "AbsRel ↓"), ("depth", "rmse", "RMSE m ↓"), ("depth", "mae", "MAE m ↓"),
-    ("depth", "delta1", "δ1 ↑"), ("depth", "delta2", "δ2 ↑"),
-    ("semantic", "pacc", "pAcc ↑"), ("semantic", "miou", "mIoU ↑"), ("semantic", "layout_iou", "layout IoU ↑"),
+DEPTH_COLUMNS = [
+    ("depth", "abs_rel", "AbsRel ↓"), ("depth", "sq_rel", "SqRel ↓"), ("depth", "rmse", "RMSE m ↓"),
+    ("depth", "rmse_log", "RMSE-log ↓"), ("depth", "mae", "MAE m ↓"),
+    ("depth", "delta1", "δ1 ↑"), ("depth", "delta2", "δ2 ↑"), ("depth", "delta3", "δ3 ↑"),
+]
+SCENE_COLUMNS = [
+    ("semantic", "pacc", "pAcc ↑"), ("semantic", "macc", "mAcc ↑"), ("semantic", "miou", "mIoU ↑"),
+    ("semantic", "layout_iou", "layout IoU ↑"),
     ("voxels", "iou", "voxel IoU ↑"), ("voxels", "chamfer_l1", "Chamfer-L1 m ↓"), ("voxels", "f1", "F1 ↑"),
     ("energy", "iou", "energy IoU ↑"), ("energy", "auc", "energy AUC ↑"),
 ]
@@ -165,18 +169,25 @@ def depth_by_class_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(results: dict[str, dict]) -> str:
-    """One row per method, the papers' metrics as columns ('–' where a method does not predict it)."""
-    head = "| method | " + " | ".join(c[2] for c in COLUMNS) + " |"
-    sep = "|---|" + "---|" * len(COLUMNS)
+def markdown_table(results: dict[str, dict], columns: list[tuple[str, str, str]]) -> str:
+    """One row per method, one column per ``(group, key, title)`` of ``columns`` ('–' where a method does not
+    predict it)."""
+    head = "| method | " + " | ".join(c[2] for c in columns) + " |"
+    sep = "|---|" + "---|" * len(columns)
     rows = [head, sep]
     for name, r in results.items():
         cells = []
-        for group, key, _ in COLUMNS:
+        for group, key, _ in columns:
             v = r.get(group, {}).get(key)
             cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def results_tables(results: dict[str, dict]) -> str:
+    """The papers' metrics in two markdown tables: depth, then segmentation, voxels and energy."""
+    return (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
+            f"Segmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}")
 
 
 def write_report(results: dict[str, dict], path: str | Path, title: str = "Results", notes: str = "") -> Path:
@@ -184,7 +195,7 @@ def write_report(results: dict[str, dict], path: str | Path, title: str = "Resul
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# {title}\n\n{notes}\n\n{markdown_table(results)}\n"
+    text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
     by_class = depth_by_class_table(results)
     if by_class:
         text += ("\nDepth by ground-truth class (pooled over the test pixels of each class; "
