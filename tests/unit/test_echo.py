@@ -128,7 +128,7 @@ def test_turning_the_ring_turns_the_echo_image():
 
 
 @pytest.mark.parametrize("n,length", [(2048, 128), (1000, 37), (5, 9)])
-def test_matched_iq_is_the_correlation_with_the_sweep_and_its_hilbert_transform(n, length):
+def test_matched_iq_is_the_plain_correlation_with_each_kernel(n, length):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((2, 3, n))
     k = rng.standard_normal((2, 1, length))
