@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from avperception.bench.common import markdown_table as _table
 from avperception.eval.metrics import (confusion, depth_error_by_label, depth_metrics, energy_map_metrics,
                                       segmentation_metrics, voxel_metrics)
 
@@ -161,27 +162,26 @@ def depth_by_class_table(results: dict[str, dict]) -> str:
         return ""
     first = next(iter(rows.values()))
     classes = list(first)
-    head = "| method | " + " | ".join(f"{c} ({100 * first[c]['share']:.0f} %) AbsRel ↓ | {c} δ1 ↑" for c in classes) + " |"
-    lines = [head, "|---|" + "---|---|" * len(classes)]
+    head = ["method"]
+    for c in classes:
+        head += [f"{c} ({100 * first[c]['share']:.0f} %) AbsRel ↓", f"{c} δ1 ↑"]
+    body = []
     for name, r in rows.items():
-        cells = [f"{r[c]['abs_rel']:.3f} | {r[c]['delta1']:.3f}" if c in r else "– | –" for c in classes]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        row = [name]
+        for c in classes:
+            row += [f"{r[c]['abs_rel']:.3f}", f"{r[c]['delta1']:.3f}"] if c in r else ["–", "–"]
+        body.append(row)
+    return _table(head, body)
 
 
 def markdown_table(results: dict[str, dict], columns: list[tuple[str, str, str]]) -> str:
     """One row per method, one column per ``(group, key, title)`` of ``columns`` ('–' where a method does not
     predict it)."""
-    head = "| method | " + " | ".join(c[2] for c in columns) + " |"
-    sep = "|---|" + "---|" * len(columns)
-    rows = [head, sep]
-    for name, r in results.items():
-        cells = []
-        for group, key, _ in columns:
-            v = r.get(group, {}).get(key)
-            cells.append("–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}")
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    def cell(v) -> str:
+        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+    body = [[name] + [cell(r.get(group, {}).get(key)) for group, key, _ in columns] for name, r in results.items()]
+    return _table(["method"] + [c[2] for c in columns], body)
 
 
 def results_tables(results: dict[str, dict]) -> str:
