@@ -24,7 +24,8 @@ Read top to bottom:
    visual layout ``(B, V, D)`` with ``V = latent_h * latent_w``: K learnable
    spatial embeddings, similarity pooling, and multi-head attention refinement.
 4. Heads: a 2-D decoder to the panoramas (depth in metres, semantic logits,
-   energy map) and a 3-D decoder to occupancy logits. With a layout head, the
+   energy map) and a 3-D decoder to occupancy logits (or, with ``voxel_decoder="plan"``,
+   a 2-D decoder over the floor plan with the heights as channels). With a layout head, the
    depth is the rendered layout except where the semantic head hears an
    obstacle, where the decoder's own depth takes over (never beyond the layout).
 
@@ -70,6 +71,9 @@ class StudentConfig:
     num_classes: int = 4
     voxel_size: int = 32
     decoder_width: int = 48
+    # "3d": 3-D transposed convolutions up from a 4^3 grid; "plan": 2-D convolutions over the floor plan (y, x)
+    # whose last layer gives the voxel_size heights (z) as channels, about a tenth of the graph for ONNX Runtime
+    voxel_decoder: str = "3d"
     max_depth: float = 10.0
     dropout: float = 0.0
     array: str = "robot_8mic"
@@ -97,6 +101,8 @@ class StudentConfig:
     obstacle_class: int = 3          # semantic class whose pixels keep the decoder's depth
 
     def __post_init__(self) -> None:
+        if self.voxel_decoder not in VOXEL_DECODERS:
+            raise ValueError(f"voxel_decoder {self.voxel_decoder!r} is not one of {', '.join(VOXEL_DECODERS)}")
         # both beamform the matched filter: they need the echogram and the microphones' positions
         for name, why in (("echo_beams", "the beams steer the matched filter"),
                           ("layout_beams", "the layout head beamforms the matched filter")):
@@ -400,7 +406,8 @@ class SliceConv3d(nn.Conv3d):
 
 
 class VoxelDecoder(nn.Module):
-    """Latent ``(B, V, D)`` -> occupancy logits ``(B, S, S, S)`` (z, y, x)."""
+    """Latent ``(B, V, D)`` -> occupancy logits ``(B, S, S, S)`` (z, y, x): a fully connected layer to a
+    ``48 x 4^3`` grid, then x2 transposed 3-D convolutions halving the channels, then a 3x3x3 convolution."""
 
     def __init__(self, dim: int, positions: int, size: int) -> None:
         super().__init__()
@@ -419,6 +426,40 @@ class VoxelDecoder(nn.Module):
         b = z.shape[0]
         x = self.fc(self.squeeze(z).reshape(b, -1)).reshape(b, self.ch, self.base, self.base, self.base)
         return self.body(F.gelu(x))[:, 0]
+
+
+class PlanDecoder(nn.Module):
+    """Latent ``(B, V, D)`` -> occupancy logits ``(B, S, S, S)`` (z, y, x), decoded over the floor plan.
+
+    A fully connected layer to a ``96 x 4 x 4`` plan, x2 upsampling blocks (3x3 convolution to four times the
+    next width, 64 then 32, pixel shuffle, BatchNorm, GELU) up to ``S x S``, and a 3x3 convolution whose ``S``
+    output channels are the heights. Rooms are mostly vertical (walls, boxes standing on the floor) and
+    horizontal (floor, ceiling) planes, which this factorisation holds with 2-D convolutions only.
+    """
+
+    def __init__(self, dim: int, positions: int, size: int) -> None:
+        super().__init__()
+        self.base = 4
+        stages = int(round(math.log2(max(size, 1) / self.base)))
+        if stages < 1 or self.base * 2 ** stages != size:
+            raise ValueError(f"PlanDecoder: voxel size {size} is not {self.base} x a power of two")
+        widths = ([96, 64] + [32] * stages)[:stages + 1]
+        self.ch = widths[0]
+        self.squeeze = nn.Linear(dim, 2)
+        self.fc = nn.Linear(2 * positions, self.ch * self.base ** 2)
+        layers = []
+        for a, b in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(a, 4 * b, 3, padding=1), nn.PixelShuffle(2), nn.BatchNorm2d(b), nn.GELU()]
+        layers.append(nn.Conv2d(widths[-1], size, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        x = self.fc(self.squeeze(z).reshape(b, -1)).reshape(b, self.ch, self.base, self.base)
+        return self.body(F.gelu(x))
+
+
+VOXEL_DECODERS = {"3d": VoxelDecoder, "plan": PlanDecoder}
 
 
 # ----------------------------------------------------------------------------- room layout
@@ -590,7 +631,7 @@ class AudioStudent(nn.Module):
         self.sam = SAMBlock(cfg.dim, positions, cfg.sam_k, cfg.heads, cfg.dropout)
         scale = cfg.pano_h // cfg.latent_h
         self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
-        self.voxels = VoxelDecoder(cfg.dim, positions, cfg.voxel_size)
+        self.voxels = VOXEL_DECODERS[cfg.voxel_decoder](cfg.dim, positions, cfg.voxel_size)
 
     def encode(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
         """Audio -> spatially aligned latent ``(B, V, D)``; ``iq``: its matched filters, when already computed."""

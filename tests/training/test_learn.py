@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -302,6 +303,31 @@ def test_train_only_trains_the_named_part_and_leaves_the_rest_as_it_was(tiny_ds,
                              "out": str(tmp_path / "bad")}), progress=False)
     with pytest.raises(ConfigError, match="train_only"):
         TrainConfig(**{**base.__dict__, "mode": "teacher", "train_only": ("layout",)}).validate()
+
+
+def test_init_with_another_voxel_decoder_replaces_only_the_voxel_decoder(tiny_ds, tmp_path):
+    from avperception.models.student import PlanDecoder, VoxelDecoder
+    from avperception_train.learn.data import make_datasets
+    from avperception_train.learn.train import initial_student, student_config, train
+
+    base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1, mode="e2e",
+                       model=ModelSpec(dim=32, depth=1, decoder_width=16))
+    src = train(TrainConfig(**{**base.__dict__, "epochs": 1, "out": str(tmp_path / "src")}), progress=False)
+    info = make_datasets(str(tiny_ds), 0, False)[2]
+    source = torch.load(src, map_location="cpu", weights_only=False)["model"]
+    kept, sc = initial_student(str(src), student_config(base, info), info.emitted)  # empty: the model's own kind
+    assert sc.voxel_decoder == "3d" and isinstance(kept.voxels, VoxelDecoder)
+    assert all(torch.equal(v, source[k]) for k, v in kept.state_dict().items())
+    plan = ModelSpec(dim=32, depth=1, decoder_width=16, voxel_decoder="plan")
+    swapped, sc = initial_student(str(src), student_config(replace(base, model=plan), info), info.emitted, "plan")
+    assert sc.voxel_decoder == "plan" and isinstance(swapped.voxels, PlanDecoder)
+    assert all(torch.equal(v, source[k]) for k, v in swapped.state_dict().items() if not k.startswith("voxels."))
+    ft = train(replace(base, model=plan, epochs=2, init=str(src), train_only=("voxels",), out=str(tmp_path / "ft")),
+               progress=False)
+    after = torch.load(ft, map_location="cpu", weights_only=False)
+    assert after["student_config"]["voxel_decoder"] == "plan"
+    assert all(torch.equal(v, source[k]) for k, v in after["model"].items() if not k.startswith("voxels."))
+    assert after["model"]["voxels.body.0.weight"].dim() == 4 and source["voxels.body.0.weight"].dim() == 5  # 2-D, 3-D
 
 
 CONFIGS = Path(__file__).parents[2] / "training" / "configs"

@@ -92,6 +92,51 @@ def test_voxel_decoder_layers_are_the_3d_convolutions(bias):
                                    atol=1e-5, rtol=1e-5)
 
 
+def box_room_voxels(s: int, wall_lo: int, wall_hi: int, floor: int) -> torch.Tensor:
+    """``(S, S, S)`` (z, y, x) occupancy of a square room: a floor at height ``floor`` and four walls from it up."""
+    v = torch.zeros(s, s, s)
+    v[floor] = 1.0
+    for a in (wall_lo, wall_hi):
+        v[floor:, a, :] = 1.0
+        v[floor:, :, a] = 1.0
+    return v
+
+
+def test_plan_voxel_decoder_gives_heights_as_the_first_axis_and_fits_rooms():
+    from avperception.models.student import PlanDecoder
+
+    torch.manual_seed(0)
+    cfg = tiny(voxel_decoder="plan")
+    m = AudioStudent(cfg).eval()
+    assert isinstance(m.voxels, PlanDecoder)
+    dec = m.voxels
+    with torch.no_grad():  # the last convolution's channels are the heights: one channel on is one level on
+        head = dec.body[-1]
+        head.weight.zero_()
+        head.bias.fill_(-5.0)
+        head.bias[3] = 5.0
+        occ = dec(torch.randn(2, 32, 32)) > 0
+    assert occ.shape == (2, 16, 16, 16) and occ[:, 3].all() and occ.sum() == 2 * 16 * 16
+    # two latents -> two rooms (other walls, other floor): vertical walls and a floor plane are easy for it
+    dec = PlanDecoder(32, 32, 16).train()
+    z = torch.randn(2, 32, 32)
+    target = torch.stack([box_room_voxels(16, 2, 13, 1), box_room_voxels(16, 5, 10, 4)])
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(dec(z), target, pos_weight=torch.tensor(4.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = dec.eval()(z) > 0
+    iou = (pred & (target > 0)).sum((1, 2, 3)) / (pred | (target > 0)).sum((1, 2, 3))
+    assert torch.all(iou > 0.95), iou
+    with pytest.raises(ValueError, match="voxel_decoder '2d' is not one of 3d, plan"):
+        tiny(voxel_decoder="2d")
+    with pytest.raises(ValueError, match="voxel size 12"):
+        AudioStudent(tiny(voxel_decoder="plan", voxel_size=12))
+
+
 def echo_cfg(**kw) -> StudentConfig:
     return tiny(**{"echo_hop": 4, "echo_patch": 64, "emitted": sweep(16000, 1000, 7000, 0.008).tolist(), **kw})
 
@@ -146,13 +191,14 @@ def test_echo_beams_widen_the_echogram_tokens_and_see_direction():
     assert (int(pb.argmax()) - int(pa.argmax())) % 8 == 6
 
 
-@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout", "layout planes"])
+@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout", "layout planes", "plan voxels"])
 def test_onnx_export_matches_torch(tmp_path, echo):
     ort = pytest.importorskip("onnxruntime")
     cfg = {"off": tiny, "echogram": echo_cfg,
            "beams": lambda: echo_cfg(echo_beams=8, array_positions=RING4),
            "layout": lambda: echo_cfg(layout_beams=8, array_positions=RING4),
-           "layout planes": lambda: echo_cfg(layout_beams=8, layout_planes=True, array_positions=RING4)}[echo]()
+           "layout planes": lambda: echo_cfg(layout_beams=8, layout_planes=True, array_positions=RING4),
+           "plan voxels": lambda: tiny(voxel_decoder="plan")}[echo]()
     m = AudioStudent(cfg).eval()
     x = torch.randn(1, 4, 1024)
     with torch.no_grad():

@@ -37,6 +37,9 @@ class ModelSpec:
                                     #      renders them as the depth (must divide the panorama's width)
     layout_planes: bool = False     # the layout head's distances are the wall planes facing each azimuth (sharp
                                     #      corners); false: each azimuth's distance along its own direction
+    voxel_decoder: str = ""         # 3d: transposed 3-D convolutions; plan: 2-D over the floor plan with the
+                                    #      heights as channels (faster in ONNX Runtime); empty: 3d, or with
+                                    #      init the initial model's (another kind replaces its voxel decoder)
 
 
 @dataclass(frozen=True)

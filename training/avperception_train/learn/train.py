@@ -38,7 +38,8 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
     kw = dict(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
               latent_h=m.latent_h, latent_w=m.latent_w, pano_h=info.pano_shape[0], pano_w=info.pano_shape[1],
               num_classes=m.num_classes, voxel_size=info.voxel_size, max_depth=m.max_depth, array=info.array,
-              array_positions=info.array_positions, dropout=m.dropout, speed_of_sound=info.speed_of_sound)
+              array_positions=info.array_positions, dropout=m.dropout, speed_of_sound=info.speed_of_sound,
+              voxel_decoder=m.voxel_decoder or "3d")
     if m.decoder_width:
         kw["decoder_width"] = m.decoder_width
     if m.dim:
@@ -94,7 +95,7 @@ _DATA_FIELDS = ("num_mics", "sample_rate", "num_samples", "pano_h", "pano_w", "v
                 "el_min_deg", "el_max_deg")
 
 
-def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | None = None
+def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | None = None, voxel_decoder: str = ""
                     ) -> tuple[AudioStudent, StudentConfig]:
     """The student to fine-tune: ``spec`` is a student checkpoint (``.pt``), an exported model
     (``.safetensors``) or ``default`` (the shipped model for the data's array).
@@ -105,7 +106,9 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     ``emitted``. A mismatch raises ``ValueError`` naming every difference.
     Dropout is taken from the data's config, so fine-tuning can change it. When ``data_sc`` asks for
     a layout head (``layout_beams``) and the model has none, it gains a freshly initialised one; a model with one
-    takes the data config's ``layout_planes`` (how its distances become walls: no weights of its own).
+    takes the data config's ``layout_planes`` (how its distances become walls: no weights of its own). A
+    ``voxel_decoder`` kind other than the model's gives it a freshly initialised voxel decoder of that kind
+    (train it with ``train_only: [voxels]``); empty keeps the model's.
     """
     from avperception.models import default_model
 
@@ -141,10 +144,14 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     if add_layout:
         sc = replace(sc, layout_beams=data_sc.layout_beams, layout_bins=data_sc.layout_bins,
                      obstacle_class=data_sc.obstacle_class, speed_of_sound=data_sc.speed_of_sound)
+    new_voxels = bool(voxel_decoder) and voxel_decoder != sc.voxel_decoder
+    if new_voxels:
+        sc = replace(sc, voxel_decoder=voxel_decoder)
     fresh = AudioStudent(sc)
-    missing, unexpected = fresh.load_state_dict({k: v.float() for k, v in model.state_dict().items()},
-                                                strict=not add_layout)
-    if unexpected or any(not k.startswith("layout.") for k in missing):
+    weights = {k: v.float() for k, v in model.state_dict().items() if not (new_voxels and k.startswith("voxels."))}
+    missing, unexpected = fresh.load_state_dict(weights, strict=False)
+    new_parts = tuple(p for p, new in (("layout.", add_layout), ("voxels.", new_voxels)) if new)
+    if unexpected or any(not k.startswith(new_parts) for k in missing):
         raise ValueError(f"init {spec}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return fresh, sc
 
@@ -257,7 +264,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment)
     sc = student_config(cfg, info)
     if cfg.init:
-        model, sc = initial_student(cfg.init, sc, info.emitted)
+        model, sc = initial_student(cfg.init, sc, info.emitted, cfg.model.voxel_decoder)
         model = model.to(device)
     else:
         model = build_model(cfg.mode, sc).to(device)
