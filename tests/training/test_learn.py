@@ -307,6 +307,7 @@ def test_train_only_trains_the_named_part_and_leaves_the_rest_as_it_was(tiny_ds,
 
 def test_init_with_another_voxel_decoder_replaces_only_the_voxel_decoder(tiny_ds, tmp_path):
     from avperception.models.student import PlanDecoder, VoxelDecoder
+    from avperception_train.learn.config import ConfigError
     from avperception_train.learn.data import make_datasets
     from avperception_train.learn.train import initial_student, student_config, train
 
@@ -328,6 +329,8 @@ def test_init_with_another_voxel_decoder_replaces_only_the_voxel_decoder(tiny_ds
     assert after["student_config"]["voxel_decoder"] == "plan"
     assert all(torch.equal(v, source[k]) for k, v in after["model"].items() if not k.startswith("voxels."))
     assert after["model"]["voxels.body.0.weight"].dim() == 4 and source["voxels.body.0.weight"].dim() == 5  # 2-D, 3-D
+    with pytest.raises(ConfigError, match="voxel_decoder must be 3d or plan"):
+        replace(base, model=ModelSpec(voxel_decoder="2d")).validate()
 
 
 CONFIGS = Path(__file__).parents[2] / "training" / "configs"

@@ -97,6 +97,8 @@ class TrainConfig:
             raise ConfigError(f"train_only (train part of the student) applies to distill and e2e, not {self.mode}")
         if self.model.variant not in ("small", "large"):
             raise ConfigError("model.variant must be small or large")
+        if self.model.voxel_decoder not in ("", "3d", "plan"):
+            raise ConfigError(f"model.voxel_decoder must be 3d or plan (or empty), got {self.model.voxel_decoder!r}")
         return self
 
 
