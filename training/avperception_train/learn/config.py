@@ -97,8 +97,11 @@ class TrainConfig:
             raise ConfigError(f"train_only (train part of the student) applies to distill and e2e, not {self.mode}")
         if self.model.variant not in ("small", "large"):
             raise ConfigError("model.variant must be small or large")
-        if self.model.voxel_decoder not in ("", "3d", "plan"):
-            raise ConfigError(f"model.voxel_decoder must be 3d or plan (or empty), got {self.model.voxel_decoder!r}")
+        from avperception.models.student import VOXEL_DECODERS  # imports torch: here, not when the module loads
+
+        if self.model.voxel_decoder and self.model.voxel_decoder not in VOXEL_DECODERS:
+            raise ConfigError(f"model.voxel_decoder must be {' or '.join(VOXEL_DECODERS)} (or empty), "
+                              f"got {self.model.voxel_decoder!r}")
         return self
 
 

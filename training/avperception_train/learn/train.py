@@ -38,8 +38,9 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
     kw = dict(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
               latent_h=m.latent_h, latent_w=m.latent_w, pano_h=info.pano_shape[0], pano_w=info.pano_shape[1],
               num_classes=m.num_classes, voxel_size=info.voxel_size, max_depth=m.max_depth, array=info.array,
-              array_positions=info.array_positions, dropout=m.dropout, speed_of_sound=info.speed_of_sound,
-              voxel_decoder=m.voxel_decoder or "3d")
+              array_positions=info.array_positions, dropout=m.dropout, speed_of_sound=info.speed_of_sound)
+    if m.voxel_decoder:
+        kw["voxel_decoder"] = m.voxel_decoder
     if m.decoder_width:
         kw["decoder_width"] = m.decoder_width
     if m.dim:
