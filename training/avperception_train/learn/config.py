@@ -12,6 +12,7 @@ import yaml
 from avperception.config import ConfigError, from_dict, to_dict
 
 MODES = ("distill", "e2e", "manifold", "teacher", "vqvae")
+DISTANCE_LOSSES = ("log", "relative")  # learn.losses.distance_loss
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class LossSpec:
     energy: float = 1.0
     layout: float = 1.0             # the layout head's walls, floor and ceiling against the room the ground
                                     # truth shows (learn.data.room_layout)
+    distance: str = "log"           # how depth and layout distances are compared: log (L1 plus L1 of log:
+                                    # the conditional median) or relative (|p - g| / g, the AbsRel metric
+                                    # itself: nearer where the audio leaves the distance in doubt)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class TrainConfig:
         if self.model.voxel_decoder and self.model.voxel_decoder not in VOXEL_DECODERS:
             raise ConfigError(f"model.voxel_decoder must be {' or '.join(VOXEL_DECODERS)} (or empty), "
                               f"got {self.model.voxel_decoder!r}")
+        if self.loss.distance not in DISTANCE_LOSSES:
+            raise ConfigError(f"loss.distance must be {' or '.join(DISTANCE_LOSSES)}, got {self.loss.distance!r}")
         return self
 
 

@@ -6,17 +6,35 @@ import torch
 import torch.nn.functional as F
 
 from ..datagen.geometry import IGNORE
+from .config import DISTANCE_LOSSES
+
+
+def distance_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "log") -> torch.Tensor:
+    """Error between predicted and true distances (m), both ``(N,)``.
+
+    ``log``: L1 plus L1 of log distance; both are least at the conditional median, whatever the audio leaves
+    in doubt. ``relative``: mean ``|p - g| / g``, the AbsRel metric itself, least at the median weighted by
+    ``1 / g``: where the audio leaves a wall at 3 m or at 6 m, it answers 3 m, which costs at most 0.5
+    instead of 1.0.
+    """
+    p, g = pred.clamp_min(1e-3), target.clamp_min(1e-3)
+    if kind == "log":
+        return F.l1_loss(p, g) + F.l1_loss(torch.log(p), torch.log(g))
+    if kind == "relative":
+        return ((p - g).abs() / g).mean()
+    raise ValueError(f"distance loss must be one of {DISTANCE_LOSSES}, got {kind!r}")
 
 
 def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                    weights: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                    weights: dict[str, float] | None = None, distance: str = "log"
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of the per-output losses against ``target`` (ground truth or a teacher's pseudo ground truth).
 
-    depth: L1 on valid pixels (NaN = unknown) plus L1 of log depth; semantic: cross-entropy
+    depth: :func:`distance_loss` (``distance``) on valid pixels (NaN = unknown); semantic: cross-entropy
     (``IGNORE`` skipped; soft targets ``(B, C, H, W)`` allowed); voxels: BCE with logits
     (float targets in [0, 1]); energy: MSE; layout (a student with a layout head, against
-    :func:`~avperception_train.learn.data.room_layout` targets): L1 of log distance over the known
-    walls and heights.
+    :func:`~avperception_train.learn.data.room_layout` targets): :func:`distance_loss` over the known
+    walls and heights, of log distance only for ``log``.
     """
     w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0}
     w.update(weights or {})
@@ -24,9 +42,7 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     if "depth" in target and w["depth"]:
         g = target["depth"]
         valid = torch.isfinite(g)
-        p = out["depth"][valid]
-        g = g[valid]
-        parts["depth"] = F.l1_loss(p, g) + F.l1_loss(torch.log(p.clamp_min(1e-3)), torch.log(g.clamp_min(1e-3)))
+        parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance)
     if "semantic" in target and w["semantic"]:
         t = target["semantic"]
         if t.dtype.is_floating_point and t.dim() == 4:
@@ -41,7 +57,9 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         p = torch.cat([out["walls"], out["heights"]], dim=1)
         g = torch.cat([target["walls"], target["heights"]], dim=1)
         known = torch.isfinite(g)
-        parts["layout"] = F.l1_loss(torch.log(p[known].clamp_min(1e-3)), torch.log(g[known].clamp_min(1e-3)))
+        p, g = p[known].clamp_min(1e-3), g[known].clamp_min(1e-3)
+        parts["layout"] = (F.l1_loss(torch.log(p), torch.log(g)) if distance == "log"
+                           else distance_loss(p, g, distance))
     if "energy" in target and w["energy"]:
         parts["energy"] = F.mse_loss(out["energy"], target["energy"])
     total = sum(w[k] * v for k, v in parts.items())

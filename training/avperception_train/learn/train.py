@@ -212,7 +212,7 @@ class Stage:
         mode, lw = self.cfg.mode, self.cfg.loss
         if mode == "teacher":
             out = self.model(b["depth"], b["semantic"])
-            return prediction_loss(out, b, {**self.w, "energy": 0.0})
+            return prediction_loss(out, b, {**self.w, "energy": 0.0}, lw.distance)
         if mode == "vqvae":
             rec, vq = self.model(b["depth"])
             loss, parts = prediction_loss({"depth": rec}, {"depth": b["depth"]})
@@ -224,14 +224,14 @@ class Stage:
             loss = F.mse_loss(pred, target)
             return loss, {"latent_l2": float(loss.detach())}
         out = self.model(b["audio"])
-        loss, parts = prediction_loss(out, b, self.w)
+        loss, parts = prediction_loss(out, b, self.w, lw.distance)
         loss = lw.gt * loss
         if mode == "distill":
             with torch.no_grad():
                 t = self.teacher(b["depth"], b["semantic"])
             pseudo = {"depth": t["depth"], "semantic": torch.softmax(t["semantic"].float(), 1),
                       "voxels": torch.sigmoid(t["voxels"].float())}
-            lt, tparts = prediction_loss(out, pseudo, {**self.w, "energy": 0.0})
+            lt, tparts = prediction_loss(out, pseudo, {**self.w, "energy": 0.0}, lw.distance)
             lf = triplet_feature_loss(out["latent"], t["latent"], lw.feature_margin)
             loss = loss + lw.teacher * lt + lw.feature * lf
             parts.update({f"teacher_{k}": v for k, v in tparts.items()}, feature=float(lf.detach()))
