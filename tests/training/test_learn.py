@@ -315,14 +315,15 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_ds, tmp_path):
 
 
 def test_train_only_trains_the_named_part_and_leaves_the_rest_as_it_was(tiny_ds, tmp_path):
-    from avperception_train.learn.config import ConfigError
+    from avperception_train.learn.config import ConfigError, LossSpec
     from avperception_train.learn.train import train
 
     base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1, mode="e2e",
                        model=ModelSpec(dim=32, depth=1, decoder_width=16, layout_beams=15))
     src = train(TrainConfig(**{**base.__dict__, "epochs": 1, "out": str(tmp_path / "src")}), progress=False)
     ft = train(TrainConfig(**{**base.__dict__, "epochs": 2, "init": str(src), "train_only": ("layout",),
-                              "out": str(tmp_path / "ft")}), progress=False)
+                              "loss": LossSpec(distance="relative"), "out": str(tmp_path / "ft")}), progress=False)
+    assert torch.load(ft, map_location="cpu", weights_only=False)["train_config"]["loss"]["distance"] == "relative"
     before, after = (torch.load(p, map_location="cpu", weights_only=False)["model"] for p in (src, ft))
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("layout.") for k in moved)  # BatchNorm statistics of the rest included
@@ -469,7 +470,9 @@ def test_layout_head_joins_a_trained_model_and_learns_from_room_targets(tiny_ds,
     assert batch["walls"].shape == (4, info.pano_shape[1]) and batch["heights"].shape == (4, 2)
     assert torch.isfinite(batch["heights"]).all() and torch.isfinite(batch["walls"]).float().mean() > 0.5
     perfect = {"walls": torch.nan_to_num(batch["walls"], nan=1.0), "heights": batch["heights"]}
-    assert prediction_loss(perfect, batch, {"depth": 0, "semantic": 0, "voxels": 0, "energy": 0})[1]["layout"] == 0.0
+    for distance in ("log", "relative"):
+        parts = prediction_loss(perfect, batch, {"depth": 0, "semantic": 0, "voxels": 0, "energy": 0}, distance)[1]
+        assert parts["layout"] == 0.0
     model.train()
     opt = torch.optim.Adam(model.layout.parameters(), 3e-3)
     first = None
