@@ -207,6 +207,32 @@ def test_teacher_distill_and_manifold_stages_run_and_learn(tiny_ds, tmp_path):
     assert (tmp_path / "m" / "best.pt").exists()
 
 
+def test_manifold_student_hears_the_echogram_and_learns_the_latent(tiny_ds, tmp_path):
+    from avperception_train.learn.train import load_stage, train
+
+    spec = ModelSpec(dim=32, depth=1, latent_h=15, latent_w=30, decoder_width=16, echo_hop=4, echo_patch=64)
+    base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1, model=spec)
+    vq = train(TrainConfig(**{**base.__dict__, "mode": "vqvae", "epochs": 1, "out": str(tmp_path / "v")}),
+               progress=False)
+    at = train(TrainConfig(**{**base.__dict__, "mode": "manifold", "epochs": 4, "teacher": str(vq),
+                              "out": str(tmp_path / "m")}), progress=False)
+    log = [__import__("json").loads(x) for x in (tmp_path / "m" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    atnet, sc = load_stage(at, "manifold", torch.device("cpu"))
+    vqvae, _ = load_stage(vq, "vqvae", torch.device("cpu"))
+    assert atnet.echo is not None and atnet.echo.pos.shape[1] == 1024 // 64
+    audio = next(iter(torch.utils.data.DataLoader(InMemoryScenes(tiny_ds, "test"), 2)))["audio"]
+    with torch.no_grad():
+        z = atnet(audio)
+        depth = vqvae.decode(z)
+        atnet.echo.proj.weight.zero_()  # silence the echogram tokens: the latent changes
+        deaf = atnet(audio)
+    assert z.shape == (2, vqvae.vq_cfg.code_dim, 15, 30)
+    assert torch.allclose(z.norm(dim=1), torch.ones(2, 15, 30), atol=1e-5)  # on the manifold's unit sphere
+    assert not torch.allclose(deaf, z, atol=1e-4)
+    assert depth.shape == (2, sc.pano_h, sc.pano_w) and bool((depth > 0).all())
+
+
 def test_echogram_student_carries_the_dataset_sweep(tiny_ds, tmp_path):
     from avperception_train.learn.train import load_stage, train
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avperception.models.student import (AudioStudent, Block, EchoFrontend, PanoramaDecoder, StudentConfig,
-                                         TimePatchEmbed, VoxelDecoder)
+from avperception.dsp.echo import matched_iq, quadrature_kernels
+from avperception.models.student import (AudioStudent, Block, EchoFrontend, EchogramEmbed, PanoramaDecoder,
+                                         StudentConfig, TimePatchEmbed, VoxelDecoder)
 
 
 def down2d(cin: int, cout: int) -> nn.Sequential:
@@ -141,9 +143,9 @@ class VQVAE(nn.Module):
 class ATNet(nn.Module):
     """Audio transformation network: audio -> the VQ-VAE's continuous latent.
 
-    Audio encoder (the student's front end and transformer), a 3-layer MLP
-    (domain transformation), then strided transposed convolutions up to the
-    manifold's spatial size.
+    Audio encoder (the student's front end and transformer, with its echogram
+    tokens when ``cfg.echo_hop`` is set), a 3-layer MLP (domain transformation),
+    then strided transposed convolutions up to the manifold's spatial size.
     """
 
     def __init__(self, cfg: StudentConfig, code_dim: int) -> None:
@@ -151,15 +153,21 @@ class ATNet(nn.Module):
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
+        sweep = torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))) if cfg.echo_hop else None
+        self.register_buffer("sweep", sweep, persistent=False)
+        self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
+        tokens = cfg.num_tokens + (cfg.num_samples // cfg.echo_patch if cfg.echo_hop else 0)
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
         self.h0, self.w0 = max(cfg.latent_h // 4, 1), max(cfg.latent_w // 4, 1)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim * cfg.num_tokens, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim * tokens, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
                                  nn.Linear(512, 64 * self.h0 * self.w0))
         self.up = nn.Sequential(nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.GELU(), nn.ConvTranspose2d(64, 64, 4, 2, 1),
                                 nn.GELU(), nn.Conv2d(64, code_dim, 3, padding=1))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         x = self.embed(self.frontend(audio))
+        if self.echo is not None:  # fixed by the config
+            x = torch.cat([x, self.echo(matched_iq(audio, self.sweep))], dim=1)
         for blk in self.encoder:
             x = blk(x)
         z = self.mlp(x.flatten(1)).reshape(-1, 64, self.h0, self.w0)
