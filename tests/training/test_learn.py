@@ -518,6 +518,19 @@ def test_layout_head_joins_a_trained_model_and_learns_from_room_targets(tiny_ds,
         layout_figure(old, train_ds, tmp_path / "none.png")
 
 
+def test_evaluate_gives_every_model_its_own_row():
+    from avperception_train.learn.commands import row_names
+
+    vq = "/runs/shared/vqvae/best.pt"
+    specs = [f"manifold:/work/experiments/first/best.pt,{vq}", f"manifold:/work/experiments/second/best.pt,{vq}",
+             "mean-layout", "mean-layout", "student:/a/very/long/path/to/an/exported/model/student.safetensors"]
+    names = row_names(specs)
+    assert len(set(names)) == len(specs)
+    assert names[:2] == specs[:2]  # shortened, both would read "manifold:/work/exper…/runs/shared/vqvae/best.pt"
+    assert names[2:4] == ["mean-layout (1)", "mean-layout (2)"]
+    assert names[4] == "student:/a/very/long…odel/student.safetensors"
+
+
 def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny_ds, tmp_path, monkeypatch):
     from avperception.models.student import AudioStudent
     from avperception_train.cli import main

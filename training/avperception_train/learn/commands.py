@@ -68,6 +68,15 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
                      "echo-tof, echo-planes")
 
 
+def row_names(specs: list[str], width: int = 48) -> list[str]:
+    """One table row name per model spec, all different: a long spec is shortened to its head and tail
+    unless that would make two rows alike (two manifold students over one VQ-VAE); the same spec given
+    twice is numbered."""
+    short = [s if len(s) < width else s[:20] + "…" + s[-24:] for s in specs]
+    names = [n if short.count(n) == 1 else s for n, s in zip(short, specs)]
+    return [n if names.count(n) == 1 else f"{n} ({names[:i].count(n) + 1})" for i, n in enumerate(names)]
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import InMemoryScenes
     from .evaluate import depth_by_class_table, evaluate, layout_figure, results_tables, write_report
@@ -80,8 +89,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if not specs:
         raise SystemExit("nothing to evaluate: give --model SPEC (repeatable), --default or --baselines")
     results = {}
-    for spec in specs:
-        name = spec if len(spec) < 48 else spec[:20] + "…" + spec[-24:]
+    for spec, name in zip(specs, row_names(specs)):
         t = time.time()
         results[name] = evaluate(load_predictor(spec, a.data, a.device), test, voxel_size_m=test.info.voxel_size_m,
                                  progress=True)
