@@ -233,6 +233,22 @@ def test_manifold_student_hears_the_echogram_and_learns_the_latent(tiny_ds, tmp_
     assert depth.shape == (2, sc.pano_h, sc.pano_w) and bool((depth > 0).all())
 
 
+def test_manifold_control_learns_depth_from_the_labels_and_is_scored(tiny_ds, tmp_path):
+    from avperception_train.learn.commands import load_predictor
+    from avperception_train.learn.train import train
+
+    spec = ModelSpec(dim=32, depth=1, latent_h=15, latent_w=30, decoder_width=16, echo_hop=4, echo_patch=64)
+    cfg = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1, model=spec,
+                      mode="manifold-e2e", epochs=4, out=str(tmp_path / "c"))
+    ck = train(cfg.validate(), progress=False)  # no teacher needed
+    log = [__import__("json").loads(x) for x in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["val_loss"] < 0.9 * log[0]["val_loss"] and log[-1]["train_loss"] < 0.9 * log[0]["train_loss"]
+    test = InMemoryScenes(tiny_ds, "test")
+    scores = evaluate(load_predictor(f"manifold-e2e:{ck}", str(tiny_ds)), test)
+    assert set(scores) >= {"depth"} and "semantic" not in scores  # depth only
+    assert 0 < scores["depth"]["delta1"] <= 1 and np.isfinite(scores["depth"]["abs_rel"])
+
+
 def test_echogram_student_carries_the_dataset_sweep(tiny_ds, tmp_path):
     from avperception_train.learn.train import load_stage, train
 

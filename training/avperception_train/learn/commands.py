@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import load_train_config
+from .config import MODES, load_train_config
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def load_student(path: str, device: str = "cpu") -> torch.nn.Module:
 
 def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``teacher:CK``,
-    ``manifold:ATNET_CK,VQVAE_CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
+    ``manifold:ATNET_CK,VQVAE_CK``, ``manifold-e2e:CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
     from .baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
     from .data import InMemoryScenes
     from .evaluate import torch_predictor
@@ -53,6 +53,8 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     if kind == "manifold":
         at, vq = path.split(",")
         return torch_predictor((load_stage(at, "manifold", dev)[0], load_stage(vq, "vqvae", dev)[0]), "manifold", device)
+    if kind == "manifold-e2e":
+        return torch_predictor(load_stage(path, "manifold-e2e", dev)[0], "manifold-e2e", device)
     if kind == "mean-layout":
         return MeanLayout(InMemoryScenes(data_root, "train"))
     if kind == "echo-tof":
@@ -64,8 +66,8 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
         info = InMemoryScenes(data_root, "train", max_samples=1).info
         return EchoPlanes(info.emitted, info.sample_rate, info.array_positions, panorama_grid(read_manifest(data_root)),
                           info.speed_of_sound)
-    raise ValueError(f"unknown model spec {spec!r}: use student:PATH, teacher:CK, manifold:AT,VQ, mean-layout, "
-                     "echo-tof, echo-planes")
+    raise ValueError(f"unknown model spec {spec!r}: use student:PATH, teacher:CK, manifold:AT,VQ, manifold-e2e:CK, "
+                     "mean-layout, echo-tof, echo-planes")
 
 
 def row_names(specs: list[str], width: int = 48) -> list[str]:
@@ -135,7 +137,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a teacher, VQ-VAE or student (see configs/)")
     p.add_argument("--config", help="training YAML (examples: training/configs/*.yaml); options given here override it")
-    p.add_argument("--mode", choices=["distill", "e2e", "manifold", "teacher", "vqvae"])
+    p.add_argument("--mode", choices=list(MODES),
+                   help="manifold-e2e: the manifold student's network on the depth labels, without the VQ-VAE")
     p.add_argument("--data", help="dataset directory from `datagen`")
     p.add_argument("--out", help="run directory (checkpoints, log.jsonl, tb/)")
     p.add_argument("--teacher", help="teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)")
@@ -154,8 +157,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score models and baselines on the test rooms; markdown table")
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--model", action="append", default=[],
-                   help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | mean-layout | echo-tof | echo-planes "
-                        "(repeatable)")
+                   help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | manifold-e2e:CK | mean-layout | echo-tof | "
+                        "echo-planes (repeatable)")
     p.add_argument("--default", action="store_true", help="also score the shipped default model")
     p.add_argument("--baselines", action="store_true",
                    help="add the mean-layout, echo time-of-flight and echo-planes baselines")

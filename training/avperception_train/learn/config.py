@@ -11,7 +11,7 @@ import yaml
 
 from avperception.config import ConfigError, from_dict, to_dict
 
-MODES = ("distill", "e2e", "manifold", "teacher", "vqvae")
+MODES = ("distill", "e2e", "manifold", "manifold-e2e", "teacher", "vqvae")
 DISTANCE_LOSSES = ("log", "relative")  # learn.losses.distance_loss
 
 

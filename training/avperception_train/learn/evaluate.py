@@ -22,7 +22,8 @@ Predictor = Callable[[dict], dict]
 
 def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str = "cpu",
                     voxel_threshold: float = 0.5) -> Predictor:
-    """Wrap a student (audio in), a teacher (geometry in) or a manifold pair (ATNet, VQ-VAE)."""
+    """Wrap a student (audio in), a teacher (geometry in), a manifold pair (ATNet, VQ-VAE) or the
+    manifold student's network trained end to end (``manifold-e2e``, depth only)."""
     dev = torch.device(device)
 
     @torch.no_grad()
@@ -32,6 +33,8 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
         elif kind == "manifold":
             atnet, vqvae = model
             return {"depth": vqvae.decode(atnet(batch["audio"].to(dev))).float().cpu().numpy()}
+        elif kind == "manifold-e2e":
+            return {"depth": model(batch["audio"].to(dev)).float().cpu().numpy()}
         else:
             out = model(batch["audio"].to(dev))
         res = {"depth": out["depth"].float().cpu().numpy(),

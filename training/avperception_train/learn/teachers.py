@@ -8,7 +8,8 @@
 - ``VQVAE`` + ``ATNet``: the manifold paper's two stages. The VQ-VAE learns the
   manifold of one visual modality (depth panoramas); the audio transformation
   network regresses the continuous, unquantised latent from audio with plain L2,
-  and the frozen decoder turns it into a depth map.
+  and the frozen decoder turns it into a depth map. ``DepthATNet`` is the same
+  network trained end to end on the depth labels, without the VQ-VAE.
 """
 
 from __future__ import annotations
@@ -174,6 +175,22 @@ class ATNet(nn.Module):
         z = self.up(z)
         z = F.interpolate(z, size=(self.cfg.latent_h, self.cfg.latent_w), mode="bilinear", align_corners=False)
         return F.normalize(z, dim=1)  # the manifold's latents are unit vectors
+
+
+class DepthATNet(nn.Module):
+    """The manifold student's network without its teacher: the AT-net, then a decoder shaped like the
+    VQ-VAE's, both learned from the depth labels (``--mode manifold-e2e``). ``audio (B, M, N)`` ->
+    ``depth (B, H, W)`` m. Against ``--mode manifold`` it tells what the VQ-VAE's manifold adds."""
+
+    def __init__(self, cfg: StudentConfig, vq: VQConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        code_dim = (vq or VQConfig()).code_dim
+        self.atnet = ATNet(cfg, code_dim)
+        self.decoder = PanoramaDecoder(code_dim, 1, cfg.pano_h // cfg.latent_h, cfg.decoder_width)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.atnet(audio))[:, 0]) * self.cfg.max_depth
 
 
 def vq_config_dict(vq: VQConfig) -> dict:

@@ -26,7 +26,7 @@ from ..datagen.geometry import OBSTACLE
 from .config import TrainConfig, dump
 from .data import DataInfo, make_datasets
 from .losses import info_nce, prediction_loss, triplet_feature_loss
-from .teachers import ATNet, VisualTeacher, VQVAE
+from .teachers import ATNet, DepthATNet, VisualTeacher, VQVAE
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -77,6 +77,8 @@ def build_model(mode: str, sc: StudentConfig) -> nn.Module:
         return VQVAE(sc)
     if mode == "manifold":
         return ATNet(sc, VQVAE(sc).vq_cfg.code_dim)
+    if mode == "manifold-e2e":
+        return DepthATNet(sc)
     return AudioStudent(sc)
 
 
@@ -223,6 +225,8 @@ class Stage:
             pred = self.model(b["audio"])
             loss = F.mse_loss(pred, target)
             return loss, {"latent_l2": float(loss.detach())}
+        if mode == "manifold-e2e":  # the VQ-VAE's reconstruction loss, on the labels
+            return prediction_loss({"depth": self.model(b["audio"])}, {"depth": b["depth"]}, distance=lw.distance)
         out = self.model(b["audio"])
         loss, parts = prediction_loss(out, b, self.w, lw.distance)
         loss = lw.gt * loss
