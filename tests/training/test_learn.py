@@ -249,6 +249,26 @@ def test_manifold_control_learns_depth_from_the_labels_and_is_scored(tiny_ds, tm
     assert 0 < scores["depth"]["delta1"] <= 1 and np.isfinite(scores["depth"]["abs_rel"])
 
 
+def test_recipe_compares_every_student_with_its_control_and_the_baselines(tiny_ds, tmp_path):
+    import shutil
+
+    from avperception_train.cli import main
+
+    shutil.copytree(tiny_ds, tmp_path / "work" / "data")  # a complete dataset: the recipe skips datagen
+    assert main(["recipe", "--out", str(tmp_path / "work"), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                 "--workers", "0"]) == 0
+    report = (tmp_path / "work" / "results.md").read_text()
+    depth = report.split("Segmentation, voxels and energy:")[0]
+    rows = {line.split(" | ")[0][2:]: line for line in depth.splitlines() if line.startswith("| ") and "---" not in line}
+    for name in ("student (SAM distillation)", "student (end-to-end, no teacher)",
+                 "student (VQ-VAE manifold + AT-net, depth)", "student (the same AT-net end to end, no VQ-VAE, depth)",
+                 "teacher (sees the geometry)", "mean layout", "echo time of flight", "echo planes"):
+        cells = rows[name].strip("| ").split(" | ")[1:]
+        assert len(cells) == 8 and all(0 <= float(c) for c in cells), name  # every depth metric, a number
+    assert (tmp_path / "work" / "export" / "student.safetensors").exists()
+    assert (tmp_path / "work" / "student_manifold_e2e" / "best.pt").exists()
+
+
 def test_echogram_student_carries_the_dataset_sweep(tiny_ds, tmp_path):
     from avperception_train.learn.train import load_stage, train
 

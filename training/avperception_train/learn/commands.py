@@ -186,7 +186,8 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--variant", default="small", choices=["small", "large"])
-    p.add_argument("--skip-manifold", action="store_true", help="leave out the VQ-VAE + AT-net student")
+    p.add_argument("--skip-manifold", action="store_true",
+                   help="leave out the VQ-VAE + AT-net student and its end-to-end control")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="datagen override, e.g. --set panorama.resolution_deg=6 (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -194,7 +195,8 @@ def add_commands(sub) -> None:
 
 
 def cmd_recipe(a: argparse.Namespace) -> int:
-    """Data -> teacher -> distilled student, end-to-end student, manifold student -> evaluation -> export."""
+    """Data -> teacher -> distilled student, end-to-end student, manifold student and its end-to-end control ->
+    evaluation -> export."""
     from dataclasses import replace
 
     from ..datagen.config import load_config
@@ -230,11 +232,13 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     if not a.skip_manifold:  # the manifold paper's Adam lr 1e-4 scale: VQ training is unstable at 1e-3
         vq = stage("vqvae", mode="vqvae", lr=2e-4)
         manifold = (stage("student_manifold", mode="manifold", teacher=str(vq), lr=2e-4), vq)
+        manifold_e2e = stage("student_manifold_e2e", mode="manifold-e2e", lr=2e-4)  # its control: no VQ-VAE
     test = InMemoryScenes(data, "test")
     dev = "cuda" if torch.cuda.is_available() and a.device != "cpu" else "cpu"
     specs = {"student (SAM distillation)": f"student:{distill}", "student (end-to-end, no teacher)": f"student:{e2e}"}
     if manifold:
         specs["student (VQ-VAE manifold + AT-net, depth)"] = f"manifold:{manifold[0]},{manifold[1]}"
+        specs["student (the same AT-net end to end, no VQ-VAE, depth)"] = f"manifold-e2e:{manifold_e2e}"
     specs.update({"teacher (sees the geometry)": f"teacher:{teacher}", "mean layout": "mean-layout",
                   "echo time of flight": "echo-tof", "echo planes": "echo-planes"})
     results = {name: evaluate(load_predictor(spec, str(data), dev), test, voxel_size_m=test.info.voxel_size_m)
