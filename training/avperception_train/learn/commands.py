@@ -216,8 +216,13 @@ def cmd_recipe(a: argparse.Namespace) -> int:
         overrides = _deep_merge({"array": a.array, "seed": a.seed}, parse_set(a.overrides))
         run_datagen(load_config(None, overrides), data, a.scenes, a.workers)
     times["datagen_s"] = time.time() - t
+    from ..datagen.shards import read_manifest
+
+    # warm up over at most a tenth of the run: a small run would otherwise end before its peak learning rate
+    steps = a.epochs * max(read_manifest(data)["splits"]["train"]["scenes"] // a.batch_size, 1)
+    warmup = min(TrainConfig.warmup_steps, max(steps // 10, 1))
     base = TrainConfig(data=str(data), epochs=a.epochs, batch_size=a.batch_size, device=a.device, seed=a.seed,
-                       workers=min(a.workers, 4), model=ModelSpec(variant=a.variant))
+                       workers=min(a.workers, 4), warmup_steps=warmup, model=ModelSpec(variant=a.variant))
 
     def stage(name: str, **kw) -> Path:
         t0 = time.time()
@@ -246,7 +251,8 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     export_student(distill, out / "export" / "student", {"recipe": vars(a) | {"func": None}, "times": times},
                    half=True)
     notes = (f"{len(test)} test scenes from held-out rooms; {a.scenes} scenes generated for array {a.array}; "
-             f"{a.epochs} epochs, batch {a.batch_size}, variant {a.variant}, device {dev}. "
+             f"{a.epochs} epochs ({steps} steps, {warmup} of warmup), batch {a.batch_size}, variant {a.variant}, "
+             f"device {dev}. "
              f"Stage times (s): {json.dumps({k: round(v) for k, v in times.items()})}")
     report = write_report(results, out / "results.md", "avperception students vs baselines", notes)
     print(report.read_text())

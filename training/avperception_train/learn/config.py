@@ -63,7 +63,7 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mode: str = "distill"           # distill | e2e | manifold | teacher | vqvae
+    mode: str = "distill"           # distill | e2e | manifold | manifold-e2e | teacher | vqvae
     data: str = "data"              # folder written by `avperception-train datagen`
     out: str = "runs/student"
     teacher: str = ""               # teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)
