@@ -175,6 +175,31 @@ def test_evaluate_perfect_and_mean_layout(tiny_ds):
     assert "| oracle | " in depth_by_class_table({"oracle": perfect, "mean layout": mean})
 
 
+def test_chamfer_leaves_out_scenes_without_predicted_voxels_and_says_so(tiny_ds):
+    test = InMemoryScenes(tiny_ds, "test")
+    seen = []
+
+    def half_empty(batch):  # the truth, but no occupied voxel in every other scene
+        vox = batch["voxels"].numpy() > 0.5
+        for i in range(vox.shape[0]):
+            if (len(seen) + i) % 2:
+                vox[i] = False
+        seen.extend(range(vox.shape[0]))
+        return {"voxels": vox}
+
+    res = evaluate(half_empty, test, voxel_size_m=test.info.voxel_size_m)
+    occupied = sum(bool((test[i]["voxels"].numpy() > 0.5).any()) for i in range(len(test)))
+    kept = sum(bool((test[i]["voxels"].numpy() > 0.5).any()) for i in range(0, len(test), 2))
+    assert res["voxels"]["scenes"] == len(test) and 0 < kept < occupied
+    assert res["voxels"]["chamfer_scenes"] == kept + (len(test) - occupied)  # empty truth: both empty, Chamfer 0
+    assert res["voxels"]["chamfer_l1"] == 0.0  # the kept scenes are exact
+    assert res["voxels"]["f1"] < 1.0  # the emptied scenes count there
+    table = results_tables({"half empty": res, "exact": evaluate(lambda b: {"voxels": b["voxels"].numpy() > 0.5},
+                                                                 test, voxel_size_m=test.info.voxel_size_m)})
+    assert f"half empty: {res['voxels']['chamfer_scenes']} of {len(test)} scenes" in table
+    assert "exact:" not in table
+
+
 def test_echo_time_of_flight_finds_the_wall():
     fs, c = 16000, 343.0
     t = np.arange(int(0.008 * fs)) / fs

@@ -133,10 +133,21 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     if conf.sum():
         out["semantic"] = segmentation_metrics(conf)
     if vox_rows:
-        out["voxels"] = {k: float(np.nanmean([r[k] for r in vox_rows])) for k in vox_rows[0]}
+        # Chamfer-L1 is undefined where exactly one of prediction and truth is empty: it averages the other scenes,
+        # and how many those are is kept (the table says so when they are not all)
+        out["voxels"] = {k: _mean_defined([r[k] for r in vox_rows]) for k in vox_rows[0]}
+        out["voxels"].update(scenes=len(vox_rows),
+                             chamfer_scenes=int(np.isfinite([r["chamfer_l1"] for r in vox_rows]).sum()))
     if energy_rows:
         out["energy"] = {k: float(np.mean([r[k] for r in energy_rows])) for k in energy_rows[0]}
     return out
+
+
+def _mean_defined(values: list[float]) -> float:
+    """Mean of the finite values; NaN (without numpy's empty-slice warning) when there are none."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
 
 
 DEPTH_COLUMNS = [
@@ -188,9 +199,16 @@ def markdown_table(results: dict[str, dict], columns: list[tuple[str, str, str]]
 
 
 def results_tables(results: dict[str, dict]) -> str:
-    """The papers' metrics in two markdown tables: depth, then segmentation, voxels and energy."""
-    return (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
+    """The papers' metrics in two markdown tables: depth, then segmentation, voxels and energy (with a note
+    for each model whose Chamfer-L1 leaves out scenes where it predicts no occupied voxel)."""
+    text = (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
             f"Segmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}")
+    partial = [f"{name}: {v['chamfer_scenes']} of {v['scenes']} scenes" for name, r in results.items()
+               for v in [r.get("voxels", {})] if v.get("chamfer_scenes", v.get("scenes")) != v.get("scenes")]
+    if partial:
+        text += ("\n\nChamfer-L1 averages only the scenes where prediction and truth both have an occupied voxel: "
+                 + "; ".join(partial) + ".")
+    return text
 
 
 def write_report(results: dict[str, dict], path: str | Path, title: str = "Results", notes: str = "") -> Path:
