@@ -206,8 +206,8 @@ def results_tables(results: dict[str, dict]) -> str:
     partial = [f"{name}: {v['chamfer_scenes']} of {v['scenes']} scenes" for name, r in results.items()
                for v in [r.get("voxels", {})] if v.get("chamfer_scenes", v.get("scenes")) != v.get("scenes")]
     if partial:
-        text += ("\n\nChamfer-L1 averages only the scenes where prediction and truth both have an occupied voxel: "
-                 + "; ".join(partial) + ".")
+        text += ("\n\nChamfer-L1 leaves out the scenes where exactly one of prediction and truth has no occupied "
+                 "voxel (it is undefined there); it averages " + "; ".join(partial) + ".")
     return text
 
 
