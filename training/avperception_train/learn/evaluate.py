@@ -200,7 +200,7 @@ def markdown_table(results: dict[str, dict], columns: list[tuple[str, str, str]]
 
 def results_tables(results: dict[str, dict]) -> str:
     """The papers' metrics in two markdown tables: depth, then segmentation, voxels and energy (with a note
-    for each model whose Chamfer-L1 leaves out scenes where it predicts no occupied voxel)."""
+    for each model whose Chamfer-L1 leaves out scenes: those where exactly one of prediction and truth is empty)."""
     text = (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
             f"Segmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}")
     partial = [f"{name}: {v['chamfer_scenes']} of {v['scenes']} scenes" for name, r in results.items()
