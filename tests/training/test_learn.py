@@ -200,6 +200,16 @@ def test_chamfer_leaves_out_scenes_without_predicted_voxels_and_says_so(tiny_ds)
     assert "exact:" not in table
 
 
+def test_energy_scores_average_the_scenes_with_a_source_and_say_how_many(tiny_ds):
+    test = InMemoryScenes(tiny_ds, "test")
+    res = evaluate(lambda b: {"energy": b["energy"].numpy()}, test)
+    with_source = sum(bool(test[i]["energy"].max() > 0) for i in range(len(test)))
+    assert 0 < with_source < len(test)  # the split has both kinds
+    assert res["energy"]["scenes"] == with_source and res["scenes"] == len(test)
+    assert res["energy"]["iou"] == 1.0  # the truth finds itself
+    assert f"average the scenes with a sound source: {with_source} of {len(test)}." in results_tables({"truth": res})
+
+
 def test_echo_time_of_flight_finds_the_wall():
     fs, c = 16000, 343.0
     t = np.arange(int(0.008 * fs)) / fs

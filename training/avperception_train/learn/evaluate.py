@@ -104,9 +104,11 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     from .train import _bar
 
     loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
+    scenes = 0
     for batch in loader:
         pred = predict(batch)
         gt_depth = batch["depth"].numpy()
+        scenes += gt_depth.shape[0]
         for i in range(gt_depth.shape[0]):
             if "depth" in pred:
                 depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
@@ -121,7 +123,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 g = batch["energy"][i].numpy()
                 if g.max() > 0:
                     energy_rows.append(energy_map_metrics(pred["energy"][i], g))
-    out: dict = {"samples": len(depth_rows)}
+    out: dict = {"samples": len(depth_rows), "scenes": scenes}
     if depth_rows:
         out["depth"] = {k: float(np.nanmean([r[k] for r in depth_rows])) for k in depth_rows[0]}
     if by_class[:, 0].sum():
@@ -138,8 +140,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         out["voxels"] = {k: _mean_defined([r[k] for r in vox_rows]) for k in vox_rows[0]}
         out["voxels"].update(scenes=len(vox_rows),
                              chamfer_scenes=int(np.isfinite([r["chamfer_l1"] for r in vox_rows]).sum()))
-    if energy_rows:
+    if energy_rows:  # a scene without a sound source has no energy map to find
         out["energy"] = {k: float(np.mean([r[k] for r in energy_rows])) for k in energy_rows[0]}
+        out["energy"]["scenes"] = len(energy_rows)
     return out
 
 
@@ -200,7 +203,8 @@ def markdown_table(results: dict[str, dict], columns: list[tuple[str, str, str]]
 
 def results_tables(results: dict[str, dict]) -> str:
     """The papers' metrics in two markdown tables: depth, then segmentation, voxels and energy (with a note
-    for each model whose Chamfer-L1 leaves out scenes: those where exactly one of prediction and truth is empty)."""
+    for each model whose Chamfer-L1 leaves out scenes: those where exactly one of prediction and truth is empty;
+    and one saying how many scenes, those with a sound source, the energy columns average)."""
     text = (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
             f"Segmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}")
     partial = [f"{name}: {v['chamfer_scenes']} of {v['scenes']} scenes" for name, r in results.items()
@@ -208,6 +212,10 @@ def results_tables(results: dict[str, dict]) -> str:
     if partial:
         text += ("\n\nChamfer-L1 leaves out the scenes where exactly one of prediction and truth has no occupied "
                  "voxel (it is undefined there); it averages " + "; ".join(partial) + ".")
+    energy = sorted({(r["energy"]["scenes"], r["scenes"]) for r in results.values() if "scenes" in r.get("energy", {})})
+    if energy:
+        text += ("\n\nEnergy IoU and AUC average the scenes with a sound source: "
+                 + "; ".join(f"{n} of {total}" for n, total in energy) + ".")
     return text
 
 
