@@ -608,6 +608,12 @@ class LayoutHead(nn.Module):
 # ----------------------------------------------------------------------------- the model
 
 
+def sweep_kernels(cfg: StudentConfig) -> torch.Tensor | None:
+    """The emitted sweep's quadrature matched-filter kernels (:func:`~avperception.dsp.echo.quadrature_kernels`)
+    when the config has echogram tokens, else None."""
+    return torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))) if cfg.echo_hop else None
+
+
 class AudioStudent(nn.Module):
     """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
     ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
@@ -619,8 +625,7 @@ class AudioStudent(nn.Module):
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
-        sweep = torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))) if cfg.echo_hop else None
-        self.register_buffer("sweep", sweep, persistent=False)
+        self.register_buffer("sweep", sweep_kernels(cfg), persistent=False)
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
         self.layout = LayoutHead(cfg) if cfg.layout_beams else None
         el = panorama_elevations(cfg.pano_h, cfg.el_min_deg, cfg.el_max_deg)
@@ -633,14 +638,20 @@ class AudioStudent(nn.Module):
         self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
         self.voxels = VOXEL_DECODERS[cfg.voxel_decoder](cfg.dim, positions, cfg.voxel_size)
 
-    def encode(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
-        """Audio -> spatially aligned latent ``(B, V, D)``; ``iq``: its matched filters, when already computed."""
+    def tokens(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio -> encoded tokens ``(B, T, D)``: the spectrogram tokens, then the echogram tokens when the config
+        has them, through the transformer; ``iq``: the matched filters, when already computed. The AT-net
+        (``avperception_train.learn.teachers.ATNet``) encodes its audio with this too."""
         x = self.embed(self.frontend(audio))
         if self.echo is not None:  # fixed by the config, not by the data: one graph either way
             x = torch.cat([x, self.echo(matched_iq(audio, self.sweep) if iq is None else iq)], dim=1)
         for blk in self.encoder:
             x = blk(x)
-        return self.sam(x)
+        return x
+
+    def encode(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
+        """Audio -> spatially aligned latent ``(B, V, D)``; ``iq``: its matched filters, when already computed."""
+        return self.sam(self.tokens(audio, iq))
 
     def decode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg

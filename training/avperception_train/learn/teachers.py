@@ -17,14 +17,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avperception.dsp.echo import matched_iq, quadrature_kernels
 from avperception.models.student import (AudioStudent, Block, EchoFrontend, EchogramEmbed, PanoramaDecoder,
-                                         StudentConfig, TimePatchEmbed, VoxelDecoder)
+                                         StudentConfig, TimePatchEmbed, VoxelDecoder, sweep_kernels)
 
 
 def down2d(cin: int, cout: int) -> nn.Sequential:
@@ -154,8 +152,7 @@ class ATNet(nn.Module):
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
-        sweep = torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))) if cfg.echo_hop else None
-        self.register_buffer("sweep", sweep, persistent=False)
+        self.register_buffer("sweep", sweep_kernels(cfg), persistent=False)
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
         tokens = cfg.num_tokens + (cfg.num_samples // cfg.echo_patch if cfg.echo_hop else 0)
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
@@ -166,11 +163,7 @@ class ATNet(nn.Module):
                                 nn.GELU(), nn.Conv2d(64, code_dim, 3, padding=1))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = self.embed(self.frontend(audio))
-        if self.echo is not None:  # fixed by the config
-            x = torch.cat([x, self.echo(matched_iq(audio, self.sweep))], dim=1)
-        for blk in self.encoder:
-            x = blk(x)
+        x = AudioStudent.tokens(self, audio)  # the student's token streams and transformer, same parts
         z = self.mlp(x.flatten(1)).reshape(-1, 64, self.h0, self.w0)
         z = self.up(z)
         z = F.interpolate(z, size=(self.cfg.latent_h, self.cfg.latent_w), mode="bilinear", align_corners=False)
@@ -190,7 +183,7 @@ class DepthATNet(nn.Module):
         self.decoder = PanoramaDecoder(code_dim, 1, cfg.pano_h // cfg.latent_h, cfg.decoder_width)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(self.atnet(audio))[:, 0]) * self.cfg.max_depth
+        return VQVAE.decode(self, self.atnet(audio))  # same decoder shape, same output convention
 
 
 def vq_config_dict(vq: VQConfig) -> dict:
