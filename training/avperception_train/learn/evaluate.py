@@ -104,11 +104,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     from .train import _bar
 
     loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
-    scenes = 0
     for batch in loader:
         pred = predict(batch)
         gt_depth = batch["depth"].numpy()
-        scenes += gt_depth.shape[0]
         for i in range(gt_depth.shape[0]):
             if "depth" in pred:
                 depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
@@ -123,7 +121,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 g = batch["energy"][i].numpy()
                 if g.max() > 0:
                     energy_rows.append(energy_map_metrics(pred["energy"][i], g))
-    out: dict = {"samples": len(depth_rows), "scenes": scenes}
+    out: dict = {"samples": len(depth_rows), "scenes": len(dataset)}
     if depth_rows:
         out["depth"] = {k: float(np.nanmean([r[k] for r in depth_rows])) for k in depth_rows[0]}
     if by_class[:, 0].sum():
@@ -207,8 +205,8 @@ def results_tables(results: dict[str, dict]) -> str:
     and one saying how many scenes, those with a sound source, the energy columns average)."""
     text = (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
             f"Segmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}")
-    partial = [f"{name}: {v['chamfer_scenes']} of {v['scenes']} scenes" for name, r in results.items()
-               for v in [r.get("voxels", {})] if v.get("chamfer_scenes", v.get("scenes")) != v.get("scenes")]
+    partial = [f"{name}: {r['voxels']['chamfer_scenes']} of {r['voxels']['scenes']} scenes"
+               for name, r in results.items() if "voxels" in r and r["voxels"]["chamfer_scenes"] < r["voxels"]["scenes"]]
     if partial:
         text += ("\n\nChamfer-L1 leaves out the scenes where exactly one of prediction and truth has no occupied "
                  "voxel (it is undefined there); it averages " + "; ".join(partial) + ".")
