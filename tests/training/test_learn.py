@@ -242,6 +242,46 @@ def test_teacher_distill_and_manifold_stages_run_and_learn(tiny_ds, tmp_path):
     assert (tmp_path / "m" / "best.pt").exists()
 
 
+def test_feature_alignment_in_three_layers_trains_heads_the_student_does_not_keep(tiny_ds, tmp_path):
+    from avperception_train.learn.data import make_datasets
+    from avperception_train.learn.teachers import AlignmentHeads
+    from avperception_train.learn.train import Stage, load_stage, train
+
+    model = ModelSpec(dim=32, depth=3, decoder_width=16)
+    base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1, model=model)
+    teacher = train(replace(base, mode="teacher", epochs=3, out=str(tmp_path / "t")), progress=False)
+    t, sc = load_stage(teacher, "teacher", torch.device("cpu"))
+    val = next(iter(torch.utils.data.DataLoader(make_datasets(str(tiny_ds), 0, False)[1], 8)))
+    feats = t.features(val["depth"], val["semantic"])
+    assert len(feats) == 3 and all(f.shape == (8, sc.latent_h * sc.latent_w, 32) for f in feats)
+    assert torch.equal(feats[-1], t.encode(val["depth"], val["semantic"]))
+
+    cfg = replace(base, mode="distill", epochs=4, teacher=str(teacher), out=str(tmp_path / "s"),
+                  loss=replace(base.loss, feature_layers=3))
+    student = train(cfg, progress=False)
+    ck = torch.load(student, map_location="cpu", weights_only=False)
+    heads = AlignmentHeads(sc, 3)
+    assert heads.blocks == [1, 0] and [h.embed.shape[0] for h in heads.heads] == [sc.sam_k // 4, max(1, sc.sam_k // 16)]
+    untrained = {k: v.clone() for k, v in heads.state_dict().items()}
+    heads.load_state_dict(ck["align"])
+    assert not any(k.startswith("align") for k in ck["model"])  # the student loads strictly without them
+    s, _ = load_stage(student, "distill", torch.device("cpu"))
+
+    def feature_parts(h):
+        torch.manual_seed(0)  # the same random negatives for both
+        return Stage(cfg, s, t, h.eval())(val)[1]
+
+    trained = feature_parts(heads)
+    heads.load_state_dict(untrained)
+    fresh = feature_parts(heads)
+    assert trained["feature_2"] < fresh["feature_2"] and trained["feature_3"] < fresh["feature_3"]
+    assert trained["feature"] == fresh["feature"]  # the last layer is the student's own SAM block
+    train(replace(cfg, epochs=5), resume=True, progress=False)  # resume restores the heads too
+    assert len((tmp_path / "s" / "log.jsonl").read_text().splitlines()) == 5
+    with pytest.raises(ValueError, match="allow 1 to 1"):
+        AlignmentHeads(replace(sc, depth=1), 2)
+
+
 def test_manifold_student_hears_the_echogram_and_learns_the_latent(tiny_ds, tmp_path):
     from avperception_train.learn.train import load_stage, train
 

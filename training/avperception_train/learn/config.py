@@ -49,6 +49,8 @@ class LossSpec:
     teacher: float = 0.5            # prediction loss against the teacher's output (distill)
     feature: float = 1.0            # lambda for the triplet feature-alignment loss (distill)
     feature_margin: float = 0.3
+    feature_layers: int = 1         # layers the triplet loss aligns (distill, 1 to 3): the SAM latent, plus the
+                                    # encoder blocks before it through training-only SAM blocks (the paper: up to 4)
     info_nce: float = 0.0           # symmetric InfoNCE between pooled latents (distill, optional)
     depth: float = 1.0
     semantic: float = 1.0
@@ -106,6 +108,9 @@ class TrainConfig:
         if self.model.voxel_decoder and self.model.voxel_decoder not in VOXEL_DECODERS:
             raise ConfigError(f"model.voxel_decoder must be {' or '.join(VOXEL_DECODERS)} (or empty), "
                               f"got {self.model.voxel_decoder!r}")
+        if not 1 <= self.loss.feature_layers <= 3:
+            raise ConfigError(f"loss.feature_layers must be 1, 2 or 3 (the teacher has 3 feature maps), "
+                              f"got {self.loss.feature_layers}")
         if self.loss.distance not in DISTANCE_LOSSES:
             raise ConfigError(f"loss.distance must be {' or '.join(DISTANCE_LOSSES)}, got {self.loss.distance!r}")
         return self

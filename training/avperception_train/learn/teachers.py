@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avperception.models.student import (AudioStudent, Block, EchoFrontend, EchogramEmbed, PanoramaDecoder,
-                                         StudentConfig, TimePatchEmbed, VoxelDecoder, sweep_kernels)
+                                         SAMBlock, StudentConfig, TimePatchEmbed, VoxelDecoder, sweep_kernels)
 
 
 def down2d(cin: int, cout: int) -> nn.Sequential:
@@ -60,18 +60,46 @@ class VisualTeacher(nn.Module):
         self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
         self.voxels = VoxelDecoder(cfg.dim, cfg.latent_h * cfg.latent_w, cfg.voxel_size)
 
-    def encode(self, depth: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+    def features(self, depth: torch.Tensor, semantic: torch.Tensor) -> list[torch.Tensor]:
+        """Its feature maps at the latent layout, ``(B, V, D)`` each: the convolutions' output, then each
+        attention layer's; the last is the latent."""
         x = self.encoder(geometry_input(depth, semantic, self.cfg.num_classes, self.cfg.max_depth))
-        x = x.flatten(2).transpose(1, 2) + self.pos
+        xs = [x.flatten(2).transpose(1, 2) + self.pos]
         for blk in self.mix:
-            x = blk(x)
-        return x
+            xs.append(blk(xs[-1]))
+        return xs
+
+    def encode(self, depth: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        return self.features(depth, semantic)[-1]
 
     def forward(self, depth: torch.Tensor, semantic: torch.Tensor) -> dict[str, torch.Tensor]:
-        latent = self.encode(depth, semantic)
-        out = AudioStudent.decode(self, latent)  # same heads, same output conventions
-        out["latent"] = latent
+        feats = self.features(depth, semantic)
+        out = AudioStudent.decode(self, feats[-1])  # same heads, same output conventions
+        out.update(latent=feats[-1], features=feats)
         return out
+
+
+class AlignmentHeads(nn.Module):
+    """Training-only SAM blocks for alignment in more than one layer (the dense-prediction paper aligns up to
+    four): head ``j`` (1, 2, ...) maps the tokens after the student's encoder block ``depth - 1 - j`` onto
+    the layout of the teacher's feature map ``-1 - j`` (:meth:`VisualTeacher.features`), with ``sam_k / 4**j``
+    spatial embeddings (at least one). The last layer needs no head: the student's own SAM block aligns it.
+    Nothing here is part of the exported student."""
+
+    def __init__(self, cfg: StudentConfig, layers: int) -> None:
+        super().__init__()
+        if not 1 <= layers <= min(cfg.depth, 3):  # the teacher has three feature maps
+            raise ValueError(f"feature alignment in {layers} layers: the student's {cfg.depth} encoder blocks and "
+                             "the teacher's 3 feature maps allow 1 to " + str(min(cfg.depth, 3)))
+        positions = cfg.latent_h * cfg.latent_w
+        self.blocks = [cfg.depth - 1 - j for j in range(1, layers)]  # the student's encoder blocks they read
+        self.heads = nn.ModuleList([SAMBlock(cfg.dim, positions, max(1, cfg.sam_k // 4 ** j), cfg.heads, cfg.dropout)
+                                    for j in range(1, layers)])
+
+    def forward(self, tokens: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        """``tokens``: the output ``(B, T, D)`` of each encoder block in ``self.blocks`` -> one ``(B, V, D)``
+        per head, aligned with teacher features ``-2, -3, ...``."""
+        return [head(tokens[i]) for head, i in zip(self.heads, self.blocks)]
 
 
 # ----------------------------------------------------------------------------- manifold (VQ-VAE + AT-net)

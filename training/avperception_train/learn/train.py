@@ -26,7 +26,7 @@ from ..datagen.geometry import OBSTACLE
 from .config import TrainConfig, dump
 from .data import DataInfo, make_datasets
 from .losses import info_nce, prediction_loss, triplet_feature_loss
-from .teachers import ATNet, DepthATNet, VisualTeacher, VQVAE
+from .teachers import AlignmentHeads, ATNet, DepthATNet, VisualTeacher, VQVAE
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -83,13 +83,17 @@ def build_model(mode: str, sc: StudentConfig) -> nn.Module:
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, step: int, cfg: TrainConfig,
-                    sc: StudentConfig, metrics: dict | None = None) -> None:
+                    sc: StudentConfig, metrics: dict | None = None, align: nn.Module | None = None) -> None:
+    """``align``: the training-only alignment heads, kept for ``--resume`` under their own key."""
     from dataclasses import asdict
 
     raw = model.module if hasattr(model, "module") else model
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
-                "train_config": dump(cfg), "student_config": asdict(sc), "metrics": metrics or {}}, tmp)
+    ck = {"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+          "train_config": dump(cfg), "student_config": asdict(sc), "metrics": metrics or {}}
+    if align is not None:
+        ck["align"] = (align.module if hasattr(align, "module") else align).state_dict()
+    torch.save(ck, tmp)
     os.replace(tmp, path)
 
 
@@ -204,8 +208,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 class Stage:
     """What one training step computes for a mode; returns (loss, scalars)."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None) -> None:
-        self.cfg, self.model, self.teacher = cfg, model, teacher
+    def __init__(self, cfg: TrainConfig, model: nn.Module, teacher: nn.Module | None,
+                 align: nn.Module | None = None) -> None:
+        self.cfg, self.model, self.teacher, self.align = cfg, model, teacher, align
         lw = cfg.loss
         self.w = {"depth": lw.depth, "semantic": lw.semantic, "voxels": lw.voxels, "energy": lw.energy,
                   "layout": lw.layout}
@@ -227,7 +232,7 @@ class Stage:
             return loss, {"latent_l2": float(loss.detach())}
         if mode == "manifold-e2e":  # the VQ-VAE's reconstruction loss, on the labels
             return prediction_loss({"depth": self.model(b["audio"])}, {"depth": b["depth"]}, distance=lw.distance)
-        out = self.model(b["audio"])
+        out, tokens = self._student(b["audio"])
         loss, parts = prediction_loss(out, b, self.w, lw.distance)
         loss = lw.gt * loss
         if mode == "distill":
@@ -237,13 +242,34 @@ class Stage:
                       "voxels": torch.sigmoid(t["voxels"].float())}
             lt, tparts = prediction_loss(out, pseudo, {**self.w, "energy": 0.0}, lw.distance)
             lf = triplet_feature_loss(out["latent"], t["latent"], lw.feature_margin)
-            loss = loss + lw.teacher * lt + lw.feature * lf
             parts.update({f"teacher_{k}": v for k, v in tparts.items()}, feature=float(lf.detach()))
+            if self.align is not None:  # earlier layers, each against the teacher's feature map that far back
+                for j, s in enumerate(self.align(tokens), start=2):
+                    lj = triplet_feature_loss(s, t["features"][-j], lw.feature_margin)
+                    parts[f"feature_{j}"] = float(lj.detach())
+                    lf = lf + lj
+            loss = loss + lw.teacher * lt + lw.feature * lf
             if lw.info_nce:
                 ln = info_nce(out["latent"].mean(1), t["latent"].mean(1))
                 loss = loss + lw.info_nce * ln
                 parts["info_nce"] = float(ln.detach())
         return loss, parts
+
+    def _student(self, audio: torch.Tensor) -> tuple[dict, dict[int, torch.Tensor]]:
+        """The student's outputs, and the tokens after the encoder blocks the alignment heads read (none
+        without them), taken from the same forward pass."""
+        if self.align is None:
+            return self.model(audio), {}
+        raw = self.model.module if hasattr(self.model, "module") else self.model
+        heads = self.align.module if hasattr(self.align, "module") else self.align
+        tokens: dict[int, torch.Tensor] = {}
+        hooks = [raw.encoder[i].register_forward_hook(lambda _m, _a, y, i=i: tokens.__setitem__(i, y))
+                 for i in heads.blocks]
+        try:
+            return self.model(audio), tokens
+        finally:
+            for h in hooks:
+                h.remove()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -284,6 +310,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if len(loader) == 0:
         raise ValueError(f"{len(train_ds)} training samples are fewer than one batch of {cfg.batch_size}")
     trained = _trainable(model, cfg.train_only)
+    align = None
+    if cfg.mode == "distill" and cfg.loss.feature_layers > 1:
+        align = AlignmentHeads(sc, cfg.loss.feature_layers).to(device)
+        trained = trained + list(align.parameters())
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -293,6 +323,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     if resume and last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
+        if align is not None:
+            align.load_state_dict(ck["align"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, step = ck["epoch"] + 1, ck["step"]
         best = ck.get("metrics", {}).get("best_val", best)
@@ -302,7 +334,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         # some parameters sit out a stage (e.g. the energy head for the teacher): let DDP skip them
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                     find_unused_parameters=True)
-    stage = Stage(cfg, model, teacher)
+        if align is not None:
+            align = nn.parallel.DistributedDataParallel(align, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
+    stage = Stage(cfg, model, teacher, align)
     writer = _writer(out) if rank == 0 else None
     amp = cfg.amp and device.type == "cuda"
     (out / "config.json").write_text(json.dumps({"train": dump(cfg), "student": sc.__dict__}, indent=2, default=str))
@@ -310,6 +345,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         if sampler is not None:
             sampler.set_epoch(epoch)
         _train_mode(model.module if distributed else model, cfg.train_only)  # DDP wraps the parts
+        if align is not None:
+            align.train()
         t0 = time.time()
         bar = _bar(loader, f"{cfg.mode} epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         running = 0.0
@@ -342,9 +379,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if progress:
                 print(f"epoch {epoch + 1}: train {record['train_loss']:.4f} val {val:.4f} ({record['seconds']:.0f} s)", flush=True)
             best = min(best, val)
-            save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+            save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best}, align)
             if val <= best:
-                save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best})
+                save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best},
+                                align)
         if distributed:
             torch.distributed.barrier()
     if writer is not None:
@@ -361,7 +399,10 @@ def validate(cfg: TrainConfig, model: nn.Module, stage: Stage, ds, device, amp: 
     if ds is None or len(ds) == 0:
         return float("nan")
     model.eval()
-    stage = Stage(cfg, model, stage.teacher)  # the unwrapped model; training keeps its own (DDP) stage
+    align = stage.align.module if hasattr(stage.align, "module") else stage.align
+    if align is not None:
+        align.eval()
+    stage = Stage(cfg, model, stage.teacher, align)  # the unwrapped models; training keeps its own (DDP) stage
     total, n = 0.0, 0
     for batch in DataLoader(ds, cfg.batch_size, num_workers=0):
         b = to_device(batch, device)
