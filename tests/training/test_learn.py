@@ -378,11 +378,14 @@ def test_resume_continues_the_schedule(tiny_ds, tmp_path):
 
     cfg = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", mode="teacher", epochs=1,
                       out=str(tmp_path / "r"), model=ModelSpec(dim=32, depth=1, decoder_width=16))
-    train(cfg, progress=False)
+    with pytest.warns(UserWarning, match="never reaches lr"):  # 200 warmup steps in a 2-step run
+        train(cfg, progress=False)
     train(TrainConfig(**{**cfg.__dict__, "epochs": 3}), resume=True, progress=False)
     log = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert log[1]["step"] == 2 * log[0]["step"] and log[2]["step"] == 3 * log[0]["step"]
+    steps, total = log[1]["step"], log[2]["step"]  # the resumed run's cosine spans its 3 epochs
+    assert log[1]["lr"] == pytest.approx(1e-3 * (steps + 1) / 200 * 0.5 * (1 + np.cos(np.pi * steps / total)))
 
 
 def test_echo_planes_put_the_walls_and_the_floor_at_their_distances():

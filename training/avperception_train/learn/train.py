@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -316,8 +317,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         trained = trained + list(align.parameters())
     opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1))))
+    if cfg.warmup_steps >= total and rank == 0:
+        warnings.warn(f"warmup_steps {cfg.warmup_steps} are not fewer than the run's {total} steps "
+                      f"({cfg.epochs} epochs x {len(loader)} batches): the learning rate never reaches lr {cfg.lr}",
+                      stacklevel=2)
     start_epoch, step, best = 0, 0, float("inf")
     last = out / "last.pt"
     if resume and last.exists():
@@ -328,8 +331,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         opt.load_state_dict(ck["optimizer"])
         start_epoch, step = ck["epoch"] + 1, ck["step"]
         best = ck.get("metrics", {}).get("best_val", best)
-        for _ in range(step):
-            sched.step()
+    # linear warmup, then cosine decay; a resumed run picks the schedule up at its step
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1))),
+        last_epoch=step - 1)
     if distributed:
         # some parameters sit out a stage (e.g. the energy head for the teacher): let DDP skip them
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
