@@ -18,6 +18,9 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max
 
     Args:
         pred, gt: ``(..., H, W)`` metres; gt NaN / <= min_depth / > max_depth are ignored.
+
+    Every metric is NaN when no pixel has a known depth, or when the prediction is not finite at one that
+    has: there is no distance to score (the caller counts such images).
     """
     p = np.asarray(pred, dtype=np.float64)
     g = np.asarray(gt, dtype=np.float64)
@@ -26,7 +29,7 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max
         valid &= g <= max_depth
     p = np.clip(p[valid], min_depth, None)
     g = g[valid]
-    if g.size == 0:
+    if g.size == 0 or not np.isfinite(p).all():
         return {k: float("nan") for k in ("mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "delta1", "delta2", "delta3")}
     ratio = np.maximum(p / g, g / p)
     return {

@@ -200,6 +200,29 @@ def test_chamfer_leaves_out_scenes_without_predicted_voxels_and_says_so(tiny_ds)
     assert "exact:" not in table
 
 
+def test_depth_leaves_out_scenes_with_a_non_finite_prediction_and_says_so(tiny_ds):
+    test = InMemoryScenes(tiny_ds, "test")
+    seen = []
+
+    def half_nan(batch):  # the truth, with one NaN pixel where the truth is known in every other scene
+        depth = batch["depth"].numpy().copy()
+        for i in range(depth.shape[0]):
+            if (len(seen) + i) % 2:
+                depth[i][np.unravel_index(np.nanargmax(depth[i]), depth[i].shape)] = np.nan
+        seen.extend(range(depth.shape[0]))
+        return {"depth": depth}
+
+    res = evaluate(half_nan, test)
+    assert res["depth"]["scenes"] == (len(test) + 1) // 2 < len(test)
+    assert res["depth"]["abs_rel"] == 0.0 and res["depth"]["delta1"] == 1.0  # the kept scenes are exact
+    assert all(c["abs_rel"] == 0.0 for c in res["depth_by_class"].values())  # pooled over the same scenes
+    exact = evaluate(lambda b: {"depth": b["depth"].numpy()}, test)
+    assert exact["depth"]["scenes"] == len(test)
+    table = results_tables({"half NaN": res, "exact": exact})
+    assert f"half NaN: {res['depth']['scenes']} of {len(test)} scenes" in table and "exact:" not in table
+    assert np.isnan(metrics.depth_metrics(np.full((2, 2), np.nan), np.ones((2, 2)))["delta1"])  # not scored a miss
+
+
 def test_energy_scores_average_the_scenes_with_a_source_and_say_how_many(tiny_ds):
     test = InMemoryScenes(tiny_ds, "test")
     res = evaluate(lambda b: {"energy": b["energy"].numpy()}, test)

@@ -110,8 +110,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         for i in range(gt_depth.shape[0]):
             if "depth" in pred:
                 depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
-                by_class += depth_error_by_label(pred["depth"][i], gt_depth[i], batch["semantic"][i].numpy(),
-                                                 num_classes)
+                if np.isfinite(depth_rows[-1]["abs_rel"]):  # the same scenes as the averages
+                    by_class += depth_error_by_label(pred["depth"][i], gt_depth[i], batch["semantic"][i].numpy(),
+                                                     num_classes)
             if "semantic" in pred:
                 conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
             if "voxels" in pred:
@@ -123,7 +124,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                     energy_rows.append(energy_map_metrics(pred["energy"][i], g))
     out: dict = {"samples": len(depth_rows), "scenes": len(dataset)}
     if depth_rows:
-        out["depth"] = {k: float(np.nanmean([r[k] for r in depth_rows])) for k in depth_rows[0]}
+        # a scene without known depth, or with a non-finite prediction, has no depth scores: the averages leave it
+        # out, and how many they keep is kept (the table says so when they are not all)
+        out["depth"] = {k: _mean_defined([r[k] for r in depth_rows]) for k in depth_rows[0]}
+        out["depth"]["scenes"] = int(np.isfinite([r["abs_rel"] for r in depth_rows]).sum())
     if by_class[:, 0].sum():
         # pooled over all test pixels of each ground-truth class: where the depth error comes from
         names = class_names(num_classes)
@@ -201,10 +205,16 @@ def markdown_table(results: dict[str, dict], columns: list[tuple[str, str, str]]
 
 def results_tables(results: dict[str, dict]) -> str:
     """The papers' metrics in two markdown tables: depth, then segmentation, voxels and energy (with a note
-    for each model whose Chamfer-L1 leaves out scenes: those where exactly one of prediction and truth is empty;
-    and one saying how many scenes, those with a sound source, the energy columns average)."""
-    text = (f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}\n\n"
-            f"Segmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}")
+    for each model whose depth leaves out scenes: those without known depth or with a non-finite prediction;
+    one for each model whose Chamfer-L1 leaves out scenes: those where exactly one of prediction and truth is
+    empty; and one saying how many scenes, those with a sound source, the energy columns average)."""
+    text = f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}"
+    partial = [f"{name}: {r['depth']['scenes']} of {r['scenes']} scenes"
+               for name, r in results.items() if r.get("depth", {}).get("scenes", r.get("scenes")) != r.get("scenes")]
+    if partial:
+        text += ("\n\nDepth leaves out the scenes without known depth or with a non-finite predicted depth "
+                 "(there is no distance to score); it averages " + "; ".join(partial) + ".")
+    text += f"\n\nSegmentation, voxels and energy:\n\n{markdown_table(results, SCENE_COLUMNS)}"
     partial = [f"{name}: {r['voxels']['chamfer_scenes']} of {r['voxels']['scenes']} scenes"
                for name, r in results.items() if "voxels" in r and r["voxels"]["chamfer_scenes"] < r["voxels"]["scenes"]]
     if partial:
