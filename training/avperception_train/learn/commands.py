@@ -201,6 +201,7 @@ def cmd_recipe(a: argparse.Namespace) -> int:
 
     from ..datagen.config import load_config
     from ..datagen.engine import run_datagen
+    from ..datagen.shards import MANIFEST, read_manifest
     from .config import ModelSpec, TrainConfig
     from .data import InMemoryScenes
     from .evaluate import evaluate, write_report
@@ -210,16 +211,16 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     data = out / "data"
     times = {}
     t = time.time()
-    if not (data / "manifest.json").exists() or not json.loads((data / "manifest.json").read_text()).get("complete"):
+    manifest = read_manifest(data) if (data / MANIFEST).exists() else {}
+    if not manifest.get("complete"):  # a finished dataset is reused
         from ..datagen.config import _deep_merge, parse_set
 
         overrides = _deep_merge({"array": a.array, "seed": a.seed}, parse_set(a.overrides))
         run_datagen(load_config(None, overrides), data, a.scenes, a.workers)
+        manifest = read_manifest(data)
     times["datagen_s"] = time.time() - t
-    from ..datagen.shards import read_manifest
-
     # warm up over at most a tenth of the run: a small run would otherwise end before its peak learning rate
-    steps = a.epochs * max(read_manifest(data)["splits"]["train"]["scenes"] // a.batch_size, 1)
+    steps = a.epochs * max(manifest["splits"]["train"]["scenes"] // a.batch_size, 1)
     warmup = min(TrainConfig.warmup_steps, max(steps // 10, 1))
     base = TrainConfig(data=str(data), epochs=a.epochs, batch_size=a.batch_size, device=a.device, seed=a.seed,
                        workers=min(a.workers, 4), warmup_steps=warmup, model=ModelSpec(variant=a.variant))
