@@ -90,7 +90,7 @@ class AlignmentHeads(nn.Module):
         super().__init__()
         if not 1 <= layers <= min(cfg.depth, 3):  # the teacher has three feature maps
             raise ValueError(f"feature alignment in {layers} layers: the student's {cfg.depth} encoder blocks and "
-                             "the teacher's 3 feature maps allow 1 to " + str(min(cfg.depth, 3)))
+                             f"the teacher's 3 feature maps allow 1 to {min(cfg.depth, 3)}")
         positions = cfg.latent_h * cfg.latent_w
         self.blocks = [cfg.depth - 1 - j for j in range(1, layers)]  # the student's encoder blocks they read
         self.heads = nn.ModuleList([SAMBlock(cfg.dim, positions, max(1, cfg.sam_k // 4 ** j), cfg.heads, cfg.dropout)

@@ -83,17 +83,22 @@ def build_model(mode: str, sc: StudentConfig) -> nn.Module:
     return AudioStudent(sc)
 
 
+def unwrap(model: nn.Module | None) -> nn.Module | None:
+    """The module inside a DistributedDataParallel wrapper, or the module (or None) itself."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 def save_checkpoint(path: Path, model: nn.Module, opt, epoch: int, step: int, cfg: TrainConfig,
                     sc: StudentConfig, metrics: dict | None = None, align: nn.Module | None = None) -> None:
     """``align``: the training-only alignment heads, kept for ``--resume`` under their own key."""
     from dataclasses import asdict
 
-    raw = model.module if hasattr(model, "module") else model
+    raw = unwrap(model)
     tmp = path.with_suffix(".tmp")
     ck = {"model": raw.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
           "train_config": dump(cfg), "student_config": asdict(sc), "metrics": metrics or {}}
     if align is not None:
-        ck["align"] = (align.module if hasattr(align, "module") else align).state_dict()
+        ck["align"] = unwrap(align).state_dict()
     torch.save(ck, tmp)
     os.replace(tmp, path)
 
@@ -261,11 +266,9 @@ class Stage:
         without them), taken from the same forward pass."""
         if self.align is None:
             return self.model(audio), {}
-        raw = self.model.module if hasattr(self.model, "module") else self.model
-        heads = self.align.module if hasattr(self.align, "module") else self.align
         tokens: dict[int, torch.Tensor] = {}
-        hooks = [raw.encoder[i].register_forward_hook(lambda _m, _a, y, i=i: tokens.__setitem__(i, y))
-                 for i in heads.blocks]
+        hooks = [unwrap(self.model).encoder[i].register_forward_hook(lambda _m, _a, y, i=i: tokens.__setitem__(i, y))
+                 for i in unwrap(self.align).blocks]
         try:
             return self.model(audio), tokens
         finally:
@@ -349,7 +352,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        _train_mode(model.module if distributed else model, cfg.train_only)  # DDP wraps the parts
+        _train_mode(unwrap(model), cfg.train_only)  # DDP wraps the parts
         if align is not None:
             align.train()
         t0 = time.time()
@@ -374,7 +377,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
         if rank == 0:  # validation, logs and checkpoints on one process
-            val = validate(cfg, model.module if distributed else model, stage, val_ds, device, amp)
+            val = validate(cfg, unwrap(model), stage, val_ds, device, amp)
             record = {"epoch": epoch + 1, "step": step, "train_loss": running / len(loader), "val_loss": val,
                       "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
             with open(out / "log.jsonl", "a") as f:
@@ -404,7 +407,7 @@ def validate(cfg: TrainConfig, model: nn.Module, stage: Stage, ds, device, amp: 
     if ds is None or len(ds) == 0:
         return float("nan")
     model.eval()
-    align = stage.align.module if hasattr(stage.align, "module") else stage.align
+    align = unwrap(stage.align)
     if align is not None:
         align.eval()
     stage = Stage(cfg, model, stage.teacher, align)  # the unwrapped models; training keeps its own (DDP) stage
