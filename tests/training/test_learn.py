@@ -668,7 +668,7 @@ def test_evaluate_gives_every_model_its_own_row():
     assert names[4] == "student:/a/very/long…odel/student.safetensors"
 
 
-def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny_ds, tmp_path, monkeypatch):
+def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny_ds, tmp_path, monkeypatch, capsys):
     from avperception.models.student import AudioStudent
     from avperception_train.cli import main
     from avperception_train.learn import commands, evaluate as evaluate_mod
@@ -685,7 +685,9 @@ def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny
     drawn = []
     monkeypatch.setattr(evaluate_mod, "layout_figure", lambda model, *a, **k: drawn.append(model) or Path(a[1]))
     assert main(["evaluate", "--data", str(tiny_ds), "--default", "--model", f"student:{tmp_path / 'given.safetensors'}",
-                 "--layout-figure", str(tmp_path / "layout.png")]) == 0
+                 "--layout-figure", str(tmp_path / "layout.png"), "--out", str(tmp_path / "report.md")]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "Depth by ground-truth class" in report and report in capsys.readouterr().out  # the same report, printed
     w = "layout.bins.weight"
     assert len(drawn) == 1 and torch.equal(drawn[0].state_dict()[w], given.state_dict()[w])
     assert not torch.equal(drawn[0].state_dict()[w], AudioStudent.load(tmp_path / "shipped").state_dict()[w])

@@ -81,7 +81,7 @@ def row_names(specs: list[str], width: int = 48) -> list[str]:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import InMemoryScenes
-    from .evaluate import depth_by_class_table, evaluate, layout_figure, results_tables, write_report
+    from .evaluate import evaluate, layout_figure, report_text, write_report
 
     test = InMemoryScenes(a.data, a.split)
     shipped = ["student:" + str(default_model_path())] if a.default else []
@@ -96,14 +96,11 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         results[name] = evaluate(load_predictor(spec, a.data, a.device), test, voxel_size_m=test.info.voxel_size_m,
                                  progress=True)
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
-    print(results_tables(results))
-    by_class = depth_by_class_table(results)
-    if by_class:
-        print("\ndepth by ground-truth class:\n" + by_class)
+    title = f"Evaluation on the {a.split} split of {a.data}"
+    notes = f"{len(test)} scenes from rooms never seen in training."
+    print(report_text(results, title, notes))
     if a.out:
-        write_report(results, a.out, f"Evaluation on the {a.split} split of {a.data}",
-                     f"{len(test)} scenes from rooms never seen in training.")
-        print(f"report: {a.out}")
+        print(f"report: {write_report(results, a.out, title, notes)}")
     if a.layout_figure:
         # the students given with --model first, then the shipped one (--default)
         students = [s.partition(":")[2] for s in a.model + shipped if s.startswith("student:")]

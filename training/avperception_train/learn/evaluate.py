@@ -227,16 +227,22 @@ def results_tables(results: dict[str, dict]) -> str:
     return text
 
 
-def write_report(results: dict[str, dict], path: str | Path, title: str = "Results", notes: str = "") -> Path:
-    import json
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+def report_text(results: dict[str, dict], title: str = "Results", notes: str = "") -> str:
+    """The markdown report: title, notes, :func:`results_tables`, then depth by ground-truth class."""
     text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
     by_class = depth_by_class_table(results)
     if by_class:
         text += ("\nDepth by ground-truth class (pooled over the test pixels of each class; "
                  "the share of pixels is in brackets):\n\n" + by_class + "\n")
-    p.write_text(text)
+    return text
+
+
+def write_report(results: dict[str, dict], path: str | Path, title: str = "Results", notes: str = "") -> Path:
+    """:func:`report_text` to ``path`` (markdown), and the results themselves beside it (``.json``)."""
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(report_text(results, title, notes))
     p.with_suffix(".json").write_text(json.dumps(results, indent=2))
     return p
