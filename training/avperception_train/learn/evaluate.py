@@ -210,7 +210,7 @@ def results_tables(results: dict[str, dict]) -> str:
     empty; and one saying how many scenes, those with a sound source, the energy columns average)."""
     text = f"Depth:\n\n{markdown_table(results, DEPTH_COLUMNS)}"
     partial = [f"{name}: {r['depth']['scenes']} of {r['scenes']} scenes"
-               for name, r in results.items() if r.get("depth", {}).get("scenes", r.get("scenes")) != r.get("scenes")]
+               for name, r in results.items() if "depth" in r and r["depth"]["scenes"] < r["scenes"]]
     if partial:
         text += ("\n\nDepth leaves out the scenes without known depth or with a non-finite predicted depth "
                  "(there is no distance to score); it averages " + "; ".join(partial) + ".")
