@@ -339,12 +339,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1))),
         last_epoch=step - 1)
     if distributed:
+        ids = [device.index] if device.type == "cuda" else None
         # some parameters sit out a stage (e.g. the energy head for the teacher): let DDP skip them
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                    find_unused_parameters=True)
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
         if align is not None:
-            align = nn.parallel.DistributedDataParallel(align, device_ids=[device.index] if device.type == "cuda"
-                                                        else None)
+            align = nn.parallel.DistributedDataParallel(align, device_ids=ids)
     stage = Stage(cfg, model, teacher, align)
     writer = _writer(out) if rank == 0 else None
     amp = cfg.amp and device.type == "cuda"
