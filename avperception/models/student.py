@@ -135,7 +135,13 @@ class StudentConfig:
 
     @property
     def num_tokens(self) -> int:
+        """Spectrogram tokens: one per ``patch_frames`` STFT frames."""
         return self.num_frames // self.patch_frames
+
+    @property
+    def num_echo_tokens(self) -> int:
+        """Echogram tokens: one per ``echo_patch`` samples, none when ``echo_hop`` is 0."""
+        return self.num_samples // self.echo_patch if self.echo_hop else 0
 
 
 def small_config(**kw) -> StudentConfig:
@@ -199,7 +205,7 @@ class EchogramEmbed(nn.Module):
         self.norm = nn.BatchNorm1d(channels)
         k = cfg.echo_patch // cfg.echo_hop
         self.proj = nn.Conv1d(channels, cfg.dim, kernel_size=k, stride=k)
-        self.pos = nn.Parameter(torch.zeros(1, cfg.num_samples // cfg.echo_patch, cfg.dim))
+        self.pos = nn.Parameter(torch.zeros(1, cfg.num_echo_tokens, cfg.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
 
     def forward(self, iq: torch.Tensor) -> torch.Tensor:

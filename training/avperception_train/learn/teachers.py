@@ -182,9 +182,9 @@ class ATNet(nn.Module):
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
         self.register_buffer("sweep", sweep_kernels(cfg), persistent=False)
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
-        tokens = cfg.num_tokens + (cfg.num_samples // cfg.echo_patch if cfg.echo_hop else 0)
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
         self.h0, self.w0 = max(cfg.latent_h // 4, 1), max(cfg.latent_w // 4, 1)
+        tokens = cfg.num_tokens + cfg.num_echo_tokens
         self.mlp = nn.Sequential(nn.Linear(cfg.dim * tokens, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
                                  nn.Linear(512, 64 * self.h0 * self.w0))
         self.up = nn.Sequential(nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.GELU(), nn.ConvTranspose2d(64, 64, 4, 2, 1),
