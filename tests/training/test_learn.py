@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from avperception.config import load_array
+from avperception.config import ConfigError, load_array
 from avperception.dsp.grid import equirectangular
 from avperception.eval import metrics
 from avperception.pipeline import localize
@@ -409,6 +409,25 @@ def test_resume_continues_the_schedule(tiny_ds, tmp_path):
     assert log[1]["step"] == 2 * log[0]["step"] and log[2]["step"] == 3 * log[0]["step"]
     steps, total = log[1]["step"], log[2]["step"]  # the resumed run's cosine spans its 3 epochs
     assert log[1]["lr"] == pytest.approx(1e-3 * (steps + 1) / 200 * 0.5 * (1 + np.cos(np.pi * steps / total)))
+
+
+def test_eval_every_validates_on_its_epochs_and_after_the_last(tiny_ds, tmp_path):
+    import json
+
+    from avperception_train.learn.train import train
+
+    cfg = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", mode="teacher", epochs=5, eval_every=2,
+                      warmup_steps=1, out=str(tmp_path / "v"), model=ModelSpec(dim=32, depth=1, decoder_width=16))
+    best = train(cfg.validate(), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "v" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5]  # every epoch logs its training loss
+    assert [r["val_loss"] is not None for r in log] == [False, True, False, True, True]
+    ck = torch.load(best, map_location="cpu", weights_only=False)
+    vals = [r["val_loss"] for r in log if r["val_loss"] is not None]
+    assert ck["metrics"]["best_val"] == min(vals) and ck["metrics"]["val_loss"] == min(vals)
+    assert ck["epoch"] + 1 in (2, 4, 5)  # best.pt comes from a validated epoch
+    with pytest.raises(ConfigError, match="eval_every"):
+        replace(cfg, eval_every=0).validate()
 
 
 def test_echo_planes_put_the_walls_and_the_floor_at_their_distances():

@@ -81,7 +81,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda
     amp: bool = True                # bf16 autocast on CUDA
     seed: int = 0
-    eval_every: int = 1             # epochs
+    eval_every: int = 1             # validate (and maybe save best.pt) every this many epochs, and after the last
     max_train_samples: int = 0      # 0: all
     augment: bool = True            # exact rotations/mirrors the array's symmetry allows
     train_only: tuple[str, ...] = ()  # student parts to train (e.g. [layout]); the rest stays frozen
@@ -97,6 +97,8 @@ class TrainConfig:
                               f"{'teacher' if self.mode == 'distill' else 'vqvae'} stage)")
         if self.epochs <= 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ConfigError("epochs, batch_size and lr must be positive")
+        if self.eval_every <= 0:
+            raise ConfigError(f"eval_every must be a positive number of epochs, got {self.eval_every}")
         if self.init and self.mode not in ("distill", "e2e"):
             raise ConfigError(f"init (start from trained weights) applies to the distill and e2e students, not {self.mode}")
         if self.train_only and self.mode not in ("distill", "e2e"):

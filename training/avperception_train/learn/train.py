@@ -376,18 +376,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
         if rank == 0:  # validation, logs and checkpoints on one process
-            val = validate(cfg, unwrap(model), stage, val_ds, device, amp)
+            due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            val = validate(cfg, unwrap(model), stage, val_ds, device, amp) if due else None
             record = {"epoch": epoch + 1, "step": step, "train_loss": running / len(loader), "val_loss": val,
                       "lr": sched.get_last_lr()[0], "seconds": time.time() - t0}
             with open(out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            if writer is not None:
+            if writer is not None and due:
                 writer.add_scalar("val/loss", val, step)
             if progress:
-                print(f"epoch {epoch + 1}: train {record['train_loss']:.4f} val {val:.4f} ({record['seconds']:.0f} s)", flush=True)
-            best = min(best, val)
+                shown = f" val {val:.4f}" if due else ""
+                print(f"epoch {epoch + 1}: train {record['train_loss']:.4f}{shown} ({record['seconds']:.0f} s)", flush=True)
+            if due:
+                best = min(best, val)
             save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best}, align)
-            if val <= best:
+            if due and val <= best:
                 save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best},
                                 align)
         if distributed:
