@@ -299,8 +299,17 @@ def test_feature_alignment_in_three_layers_trains_heads_the_student_does_not_kee
     fresh = feature_parts(heads)
     assert trained["feature_2"] < fresh["feature_2"] and trained["feature_3"] < fresh["feature_3"]
     assert trained["feature"] == fresh["feature"]  # the last layer is the student's own SAM block
-    train(replace(cfg, epochs=5), resume=True, progress=False)  # resume restores the heads too
+    # resume restores the heads too: shifted by 0.5 in last.pt, they are still shifted after one more epoch
+    last = tmp_path / "s" / "last.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    shifted = {k: v + 0.5 if v.is_floating_point() else v for k, v in ck["align"].items()}
+    torch.save({**ck, "align": shifted}, last)
+    train(replace(cfg, epochs=5), resume=True, progress=False)
     assert len((tmp_path / "s" / "log.jsonl").read_text().splitlines()) == 5
+    resumed = torch.load(last, map_location="cpu", weights_only=False)["align"]
+    for k, v in shifted.items():
+        if v.is_floating_point():  # one epoch's few small steps move them far less than the shift
+            assert (resumed[k] - v).abs().mean() < 0.05 < (resumed[k] - ck["align"][k]).abs().mean(), k
     with pytest.raises(ValueError, match="allow 1 to 1"):
         AlignmentHeads(replace(sc, depth=1), 2)
 
