@@ -719,3 +719,31 @@ def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny
     w = "layout.bins.weight"
     assert len(drawn) == 1 and torch.equal(drawn[0].state_dict()[w], given.state_dict()[w])
     assert not torch.equal(drawn[0].state_dict()[w], AudioStudent.load(tmp_path / "shipped").state_dict()[w])
+
+
+def test_losses_leave_unknown_targets_out():
+    from avperception_train.learn.losses import prediction_loss
+
+    torch.manual_seed(0)
+    out = {"depth": (torch.rand(2, 4, 6) + 1).requires_grad_(), "semantic": torch.randn(2, 3, 4, 6, requires_grad=True),
+           "voxels": torch.randn(2, 3, 3, 3, requires_grad=True), "energy": torch.rand(2, 4, 6, requires_grad=True)}
+    vox = (torch.rand(2, 3, 3, 3) > 0.5).float()
+    unknown = torch.rand(2, 3, 3, 3) > 0.6
+    nan = torch.where(unknown, torch.full_like(vox, float("nan")), vox)
+    energy = torch.rand(2, 4, 6)
+    energy[0] = float("nan")
+    target = {"voxels": nan, "energy": energy}
+    _, parts = prediction_loss(out, target)
+    k = ~unknown
+    vk = vox[k]
+    pos = vk.mean().clamp(0.01, 0.5)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(out["voxels"][k], vk, pos_weight=(1 - pos) / pos)
+    assert parts["voxels"] == pytest.approx(float(want.detach()), rel=1e-6)
+    assert parts["energy"] == pytest.approx(float(((out["energy"][1] - energy[1]) ** 2).mean().detach()), rel=1e-6)
+    # nothing known: no entry, and a zero loss that still backpropagates
+    none = {"depth": torch.full((2, 4, 6), float("nan")), "semantic": torch.full((2, 4, 6), 255),
+            "voxels": torch.full((2, 3, 3, 3), float("nan")), "energy": torch.full((2, 4, 6), float("nan"))}
+    loss, parts = prediction_loss(out, none)
+    assert parts == {} and float(loss) == 0.0
+    loss.backward()
+

@@ -105,3 +105,34 @@ def test_datagen_refuses_an_imported_dataset_dir(dataset, tmp_path, small_cfg):
     import_bag(bag, out, show_progress=False)
     with pytest.raises(DatagenConfigError, match="different source"):
         run_datagen(small_cfg, out, 2, show_progress=False, log=None)
+
+
+def test_imported_recordings_train_on_what_the_camera_saw(dataset, tmp_path, small_cfg):
+    """A student learns from an imported recording only what its depth camera saw: unknown voxels and the
+    missing energy and classes are left out of the loss, not taught as empty."""
+    import torch
+
+    from avperception.models.student import AudioStudent, small_config
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.losses import prediction_loss
+
+    bag = tmp_path / "bag"
+    export_bag(dataset, bag, [0, 1], storage="sqlite3", encoding="F32LE")
+    out = tmp_path / "imported"
+    import_bag(bag, out, array=small_cfg.array, show_progress=False)
+    raw = open_dataset(out)
+    ds = InMemoryScenes(out, "train")
+    for i in range(2):
+        item = ds[i]
+        v = item["voxels"].numpy()
+        np.testing.assert_array_equal(np.isfinite(v), raw[i]["voxel_known"])
+        np.testing.assert_array_equal(v[raw[i]["voxel_known"]], raw[i]["voxels"][raw[i]["voxel_known"]])
+        assert torch.isnan(item["energy"]).all()
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    info = ds.info
+    sc = small_config(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
+                      pano_h=info.pano_shape[0], pano_w=info.pano_shape[1], voxel_size=info.voxel_size,
+                      dim=32, depth=1, decoder_width=16)
+    out_ = AudioStudent(sc)(batch["audio"])
+    loss, parts = prediction_loss(out_, batch)
+    assert torch.isfinite(loss) and set(parts) == {"depth", "voxels"}  # no classes, no energy in a recording

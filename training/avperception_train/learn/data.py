@@ -11,7 +11,7 @@ import torch
 from ..datagen.geometry import CEILING, FLOOR, WALL
 from ..datagen.shards import SPLITS, SceneDataset, speed_of_sound, unpack_voxels
 
-KEYS = ("audio", "depth", "semantic", "voxels", "energy")
+KEYS = ("audio", "depth", "semantic", "voxels", "voxel_known", "energy", "has_energy")
 
 
 @dataclass
@@ -125,9 +125,10 @@ class InMemoryScenes(torch.utils.data.Dataset):
     """One split of a dataset directory as tensors.
 
     Items: ``audio (M, N)`` float32, ``depth (H, W)`` float32 m (NaN unknown),
-    ``semantic (H, W)`` int64 (255 ignore), ``voxels (D, H, W)`` float32 0/1,
-    ``energy (H, W)`` float32, and the room's layout from the depth (:func:`room_layout`):
-    ``walls (W,)`` and ``heights (2,)`` float32 m (NaN unknown).
+    ``semantic (H, W)`` int64 (255 ignore), ``voxels (D, H, W)`` float32 0/1 (NaN where the scene's
+    ``voxel_known`` mask says unknown), ``energy (H, W)`` float32 (NaN where the scene has no energy
+    ground truth), and the room's layout from the depth (:func:`room_layout`): ``walls (W,)`` and
+    ``heights (2,)`` float32 m (NaN unknown).
     """
 
     def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False) -> None:
@@ -149,7 +150,9 @@ class InMemoryScenes(torch.utils.data.Dataset):
             parts["depth"].append(arrays["depth"][keep])
             parts["semantic"].append(arrays["semantic"][keep])
             parts["voxels"].append(arrays["voxels"][keep])  # packed; unpacked per item
+            parts["voxel_known"].append(arrays["voxel_known"][keep])
             parts["energy"].append(arrays["energy"][keep])
+            parts["has_energy"].append(arrays["has_energy"][keep])
             n += len(keep)
             if max_samples and n >= max_samples:
                 break
@@ -180,8 +183,11 @@ class InMemoryScenes(torch.utils.data.Dataset):
     def item(self, i: int) -> dict[str, np.ndarray]:
         """Scene ``i`` as numpy arrays (no augmentation)."""
         d = self.data
+        known = unpack_voxels(d["voxel_known"][i], self.voxel_shape)
+        voxels = np.where(known, unpack_voxels(d["voxels"][i], self.voxel_shape), np.nan).astype(np.float32)
+        energy = d["energy"][i] if d["has_energy"][i] else np.full_like(d["energy"][i], np.nan)
         return {"audio": d["audio"][i], "depth": d["depth"][i], "semantic": d["semantic"][i].astype(np.int64),
-                "voxels": unpack_voxels(d["voxels"][i], self.voxel_shape).astype(np.float32), "energy": d["energy"][i]}
+                "voxels": voxels, "energy": energy}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.item(i)

@@ -32,9 +32,10 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
 
     depth: :func:`distance_loss` (``distance``) on valid pixels (NaN = unknown); semantic: cross-entropy
     (``IGNORE`` skipped; soft targets ``(B, C, H, W)`` allowed); voxels: BCE with logits
-    (float targets in [0, 1]); energy: MSE; layout (a student with a layout head, against
-    :func:`~avperception_train.learn.data.room_layout` targets): :func:`distance_loss` over the known
-    walls and heights, of log distance only for ``log``.
+    (float targets in [0, 1], NaN = unknown); energy: MSE (NaN = unknown); layout (a student with a
+    layout head, against :func:`~avperception_train.learn.data.room_layout` targets): :func:`distance_loss`
+    over the known walls and heights, of log distance only for ``log``. An output whose targets are all
+    unknown in the batch adds nothing (and has no entry in the scalars).
     """
     w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0}
     w.update(weights or {})
@@ -42,27 +43,34 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     if "depth" in target and w["depth"]:
         g = target["depth"]
         valid = torch.isfinite(g)
-        parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance)
+        if valid.any():
+            parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance)
     if "semantic" in target and w["semantic"]:
         t = target["semantic"]
         if t.dtype.is_floating_point and t.dim() == 4:
             parts["semantic"] = -(t * F.log_softmax(out["semantic"], 1)).sum(1).mean()
-        else:
+        elif (t != IGNORE).any():
             parts["semantic"] = F.cross_entropy(out["semantic"], t.long(), ignore_index=IGNORE)
     if "voxels" in target and w["voxels"]:
         t = target["voxels"].float()
-        pos = t.mean().clamp(0.01, 0.5)
-        parts["voxels"] = F.binary_cross_entropy_with_logits(out["voxels"], t, pos_weight=(1 - pos) / pos)
+        known = torch.isfinite(t)
+        if known.any():
+            t = t[known]
+            pos = t.mean().clamp(0.01, 0.5)
+            parts["voxels"] = F.binary_cross_entropy_with_logits(out["voxels"][known], t, pos_weight=(1 - pos) / pos)
     if "walls" in out and "walls" in target and w["layout"]:
         p = torch.cat([out["walls"], out["heights"]], dim=1)
         g = torch.cat([target["walls"], target["heights"]], dim=1)
         known = torch.isfinite(g)
-        p, g = p[known].clamp_min(1e-3), g[known].clamp_min(1e-3)
-        parts["layout"] = (F.l1_loss(torch.log(p), torch.log(g)) if distance == "log"
-                           else distance_loss(p, g, distance))
+        if known.any():
+            p, g = p[known].clamp_min(1e-3), g[known].clamp_min(1e-3)
+            parts["layout"] = (F.l1_loss(torch.log(p), torch.log(g)) if distance == "log"
+                               else distance_loss(p, g, distance))
     if "energy" in target and w["energy"]:
-        parts["energy"] = F.mse_loss(out["energy"], target["energy"])
-    total = sum(w[k] * v for k, v in parts.items())
+        known = torch.isfinite(target["energy"])
+        if known.any():
+            parts["energy"] = F.mse_loss(out["energy"][known], target["energy"][known])
+    total = sum((w[k] * v for k, v in parts.items()), next(iter(out.values())).sum() * 0.0)  # 0 with a graph
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
