@@ -721,6 +721,42 @@ def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny
     assert not torch.equal(drawn[0].state_dict()[w], AudioStudent.load(tmp_path / "shipped").state_dict()[w])
 
 
+def test_camera_labels_keep_what_a_forward_camera_sees(passive_ds):
+    """`camera_fov_deg`: depth and classes only in the camera's view, voxels known only in view up to the
+    surface it sees, no energy; the augmentation turns the view with the scene."""
+    root = passive_ds.root
+    full = InMemoryScenes(root, "train")
+    cam = InMemoryScenes(root, "train", augment=True, camera_fov_deg=(90, 60))
+    grid = equirectangular(-180, 180, -90, 90, 3.0)
+    az, el = grid.azimuth_deg.reshape(60, 120), grid.elevation_deg.reshape(60, 120)
+    view = cam.camera.view
+    assert view[(np.abs(az) < 40) & (np.abs(el) < 5)].all()  # ahead
+    assert not view[(np.abs(az) > 50) | (np.abs(el) > 35)].any()  # beside, behind, above, below
+    a, b = full.item(0), cam.item(0)
+    np.testing.assert_array_equal(np.isfinite(b["depth"]), view & np.isfinite(a["depth"]))
+    np.testing.assert_array_equal(b["depth"][view], a["depth"][view])
+    assert np.all(b["semantic"][~view] == 255) and np.isnan(b["energy"]).all()
+    known = np.isfinite(b["voxels"])
+    np.testing.assert_array_equal(b["voxels"][known], a["voxels"][known])
+    # along +x: voxels before the surface the camera sees are known (free), those well behind it unknown
+    origin = np.asarray(np.load(next(root.glob("shard-*.npz")))["voxel_origin"])
+    size = np.asarray(np.load(next(root.glob("shard-*.npz")))["voxel_size"])
+    ahead = a["depth"][(np.abs(az) < 2) & (np.abs(el) < 2)].min()
+    iy, iz = np.floor((0.0 - origin[1:]) / size[1:]).astype(int)
+    xs = origin[0] + (np.arange(b["voxels"].shape[2]) + 0.5) * size[0]
+    line = known[iz, iy]
+    assert line[(xs > 0.3) & (xs < ahead - 0.2)].all()
+    assert not line[xs > ahead + 0.3].any() and not line[xs < 0].any()
+    assert 0.01 < known.mean() < 0.5
+    # turned by the augmentation: the view is rolled with the depth, and still marks exactly what is known
+    assert np.isfinite(a["depth"]).all()  # a closed room: every ray hits
+    for _ in range(20):
+        t = cam[0]
+        np.testing.assert_array_equal(np.isfinite(t["depth"].numpy()), t["view"].numpy())
+    rolled = {cam[0]["view"].numpy().tobytes() for _ in range(40)}
+    assert len(rolled) >= 3  # four rotations (a mirror keeps a centred view as it is)
+
+
 def test_losses_leave_unknown_targets_out():
     from avperception_train.learn.losses import prediction_loss
 
@@ -747,3 +783,39 @@ def test_losses_leave_unknown_targets_out():
     assert parts == {} and float(loss) == 0.0
     loss.backward()
 
+
+def test_camera_teacher_sees_only_the_view_and_its_students_must_share_it(tiny_ds, tmp_path):
+    from avperception_train.learn.commands import load_predictor
+    from avperception_train.learn.train import train
+
+    base = TrainConfig(data=str(tiny_ds), batch_size=8, workers=0, device="cpu", lr=3e-3, warmup_steps=1,
+                       camera_fov_deg=(90.0, 60.0),
+                       model=ModelSpec(dim=32, depth=1, latent_h=15, latent_w=30, decoder_width=16, echo_hop=0))
+    teacher = train(replace(base, mode="teacher", epochs=2, out=str(tmp_path / "t")), progress=False)
+    # the evaluated teacher sees only the camera's view of the test rooms: the rest of the truth changes nothing
+    test = InMemoryScenes(tiny_ds, "test")
+    view = InMemoryScenes(tiny_ds, "test", camera_fov_deg=(90, 60)).camera.view
+    b = torch.utils.data.default_collate([test[0], test[1]])
+    other = dict(b, depth=torch.where(torch.from_numpy(view), b["depth"], b["depth"] * 0.5 + 1.0),
+                 semantic=torch.where(torch.from_numpy(view), b["semantic"], torch.zeros_like(b["semantic"])))
+    predict = load_predictor(f"teacher:{teacher}", str(tiny_ds))
+    np.testing.assert_array_equal(predict(b)["depth"], predict(other)["depth"])
+    # a student distilled from it learns from the same camera's labels; whole-panorama labels are refused
+    train(replace(base, mode="distill", epochs=1, teacher=str(teacher), out=str(tmp_path / "s")), progress=False)
+    with pytest.raises(ConfigError, match="camera's 90 x 60 deg view.*whole panorama"):
+        train(replace(base, mode="distill", epochs=1, teacher=str(teacher), camera_fov_deg=(),
+                      out=str(tmp_path / "x")), progress=False)
+
+
+def test_skip_train_samples_and_camera_fov_are_checked(tiny_ds):
+    whole = InMemoryScenes(tiny_ds, "train")
+    later = InMemoryScenes(tiny_ds, "train", skip_samples=3, max_samples=2)
+    assert len(later) == 2
+    np.testing.assert_array_equal(later.item(0)["audio"], whole.item(3)["audio"])
+    with pytest.raises(ValueError, match="after the first"):
+        InMemoryScenes(tiny_ds, "train", skip_samples=len(whole))
+    for bad in ((90,), (0, 60), (90, 180)):
+        with pytest.raises(ConfigError, match="camera_fov_deg"):
+            TrainConfig(camera_fov_deg=bad, mode="e2e").validate()
+    with pytest.raises(ConfigError, match="camera_fov_deg applies"):
+        TrainConfig(camera_fov_deg=(90, 60), mode="vqvae").validate()

@@ -109,7 +109,8 @@ def test_datagen_refuses_an_imported_dataset_dir(dataset, tmp_path, small_cfg):
 
 def test_imported_recordings_train_on_what_the_camera_saw(dataset, tmp_path, small_cfg):
     """A student learns from an imported recording only what its depth camera saw: unknown voxels and the
-    missing energy and classes are left out of the loss, not taught as empty."""
+    missing energy and classes are left out of the loss, not taught as empty; and `camera_fov_deg` cuts a
+    synthetic scene to the same view the import gives."""
     import torch
 
     from avperception.models.student import AudioStudent, small_config
@@ -133,6 +134,12 @@ def test_imported_recordings_train_on_what_the_camera_saw(dataset, tmp_path, sma
     sc = small_config(num_mics=info.num_mics, sample_rate=info.sample_rate, num_samples=info.num_samples,
                       pano_h=info.pano_shape[0], pano_w=info.pano_shape[1], voxel_size=info.voxel_size,
                       dim=32, depth=1, decoder_width=16)
-    out_ = AudioStudent(sc)(batch["audio"])
-    loss, parts = prediction_loss(out_, batch)
+    pred = AudioStudent(sc)(batch["audio"])
+    loss, parts = prediction_loss(pred, batch)
     assert torch.isfinite(loss) and set(parts) == {"depth", "voxels"}  # no classes, no energy in a recording
+    # the synthetic cut with the pinhole's field of view sees where the import has depth
+    ph = small_cfg.pinhole
+    fov = [2 * np.degrees(np.arctan(ph.width / 2 / ph.fx)), 2 * np.degrees(np.arctan(ph.height / 2 / ph.fy))]
+    view = InMemoryScenes(dataset, "train", max_samples=1, camera_fov_deg=fov).camera.view
+    seen = np.isfinite(raw[0]["depth"])
+    assert (view & seen).sum() / (view | seen).sum() > 0.85

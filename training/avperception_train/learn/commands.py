@@ -42,14 +42,16 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     from .baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
     from .data import InMemoryScenes
     from .evaluate import torch_predictor
-    from .train import load_stage
+    from .train import load_stage, teacher_view
 
     kind, _, path = spec.partition(":")
     dev = torch.device(device)
     if kind == "student":
         return torch_predictor(load_student(path, device), "student", device)
-    if kind == "teacher":
-        return torch_predictor(load_stage(path, "teacher", dev)[0], "teacher", device)
+    if kind == "teacher":  # one trained on a camera's view sees only that view of the test rooms too
+        fov = teacher_view(path)
+        view = InMemoryScenes(data_root, "train", max_samples=1, camera_fov_deg=fov).camera.view if fov else None
+        return torch_predictor(load_stage(path, "teacher", dev)[0], "teacher", device, view=view)
     if kind == "manifold":
         at, vq = path.split(",")
         return torch_predictor((load_stage(at, "manifold", dev)[0], load_stage(vq, "vqvae", dev)[0]), "manifold", device)

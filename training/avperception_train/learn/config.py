@@ -83,6 +83,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1             # validate (and maybe save best.pt) every this many epochs, and after the last
     max_train_samples: int = 0      # 0: all
+    skip_train_samples: int = 0     # leave out the first training scenes (a teacher on other rooms than the students')
+    camera_fov_deg: tuple[float, ...] = ()  # [horizontal, vertical]: the labels are what a forward depth camera
+                                    # at the array sees (learn.data.CameraLabels): distill/e2e learn from that
+                                    # only; a teacher sees only that and learns the whole room; []: whole labels
     augment: bool = True            # exact rotations/mirrors the array's symmetry allows
     train_only: tuple[str, ...] = ()  # student parts to train (e.g. [layout]); the rest stays frozen
                                     # (eval mode: fixed BatchNorm statistics, no dropout); []: all
@@ -103,6 +107,14 @@ class TrainConfig:
             raise ConfigError(f"init (start from trained weights) applies to the distill and e2e students, not {self.mode}")
         if self.train_only and self.mode not in ("distill", "e2e"):
             raise ConfigError(f"train_only (train part of the student) applies to distill and e2e, not {self.mode}")
+        if self.max_train_samples < 0 or self.skip_train_samples < 0:
+            raise ConfigError("max_train_samples and skip_train_samples must not be negative")
+        if self.camera_fov_deg:
+            if self.mode not in ("teacher", "distill", "e2e"):
+                raise ConfigError(f"camera_fov_deg applies to the teacher, distill and e2e, not {self.mode}")
+            if len(self.camera_fov_deg) != 2 or not all(0 < float(f) < 180 for f in self.camera_fov_deg):
+                raise ConfigError(f"camera_fov_deg must be [horizontal, vertical] degrees, each in (0, 180), "
+                                  f"got {list(self.camera_fov_deg)}")
         if self.model.variant not in ("small", "large"):
             raise ConfigError("model.variant must be small or large")
         from avperception.models.student import VOXEL_DECODERS  # imports torch: here, not when the module loads

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datagen.geometry import CEILING, FLOOR, WALL
+from ..datagen.geometry import CEILING, FLOOR, IGNORE, WALL
 from ..datagen.shards import SPLITS, SceneDataset, speed_of_sound, unpack_voxels
 
 KEYS = ("audio", "depth", "semantic", "voxels", "voxel_known", "energy", "has_energy")
@@ -62,6 +62,68 @@ def _rz(k: int) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]], dtype=np.float64)
 
 
+def voxel_centres(voxel_shape, voxel_origin, voxel_size) -> np.ndarray:
+    """``(D*H*W, 3)`` array-frame x, y, z of the voxel centres, in the order of a flattened ``(D, H, W)`` grid
+    (D along z, H along y, W along x)."""
+    d, hh, ww = (int(v) for v in voxel_shape)
+    zz, yy, xx = np.meshgrid(np.arange(d), np.arange(hh), np.arange(ww), indexing="ij")
+    return np.asarray(voxel_origin) + (np.stack([xx, yy, zz], -1).reshape(-1, 3) + 0.5) * np.asarray(voxel_size)
+
+
+def in_camera(directions: np.ndarray, fov_deg) -> np.ndarray:
+    """Whether each direction ``(..., 3)`` (array frame) lies in the view of a pinhole camera at the array's
+    origin looking along +x with ``fov_deg = (horizontal, vertical)`` full angles."""
+    th, tv = (np.tan(np.deg2rad(float(f)) / 2) for f in fov_deg)
+    x, y, z = directions[..., 0], directions[..., 1], directions[..., 2]
+    return (x > 0) & (np.abs(y) <= th * x) & (np.abs(z) <= tv * x)
+
+
+class CameraLabels:
+    """The labels a forward depth camera would give, cut from a full synthetic scene.
+
+    A pinhole camera at the array's origin looks along +x (``fov_deg``: horizontal and vertical full angles,
+    e.g. 87 x 58 for a RealSense D435). Depth and classes stay where its view reaches (NaN and ``IGNORE``
+    elsewhere); a voxel stays known where its centre is in view and not behind the surface the camera sees
+    there (free space before it, the surface itself), NaN elsewhere; there is no energy map (NaN). This is
+    what ``import-bag`` makes of a real recording with a depth camera at the origin (which has no classes
+    either, unless a segmentation network labels the camera's image).
+    """
+
+    def __init__(self, fov_deg, pano_shape, el_range_deg, voxel_shape, voxel_origin, voxel_size) -> None:
+        from scipy.spatial import cKDTree
+
+        from avperception.dsp.grid import equirectangular
+
+        if len(fov_deg) != 2 or not all(0 < float(f) < 180 for f in fov_deg):
+            raise ValueError(f"camera field of view must be [horizontal, vertical] degrees in (0, 180), got {fov_deg}")
+        h, w = pano_shape
+        grid = equirectangular(-180, 180, el_range_deg[0], el_range_deg[1], 360.0 / w)
+        if grid.shape != (h, w):
+            raise ValueError(f"panorama {h}x{w} is not the equirectangular grid over elevations {el_range_deg}")
+        self.fov_deg = tuple(float(f) for f in fov_deg)
+        self.view = in_camera(grid.vectors, fov_deg).reshape(h, w)
+        c = voxel_centres(voxel_shape, voxel_origin, voxel_size)
+        self.vox_range = np.linalg.norm(c, axis=1)
+        dirs = c / np.maximum(self.vox_range, 1e-9)[:, None]
+        self.vox_in = in_camera(dirs, fov_deg) & (self.vox_range > 1e-9)
+        self.vox_pixel = cKDTree(grid.vectors).query(dirs)[1]  # the panorama pixel along each voxel's ray
+        self.tol = 0.5 * float(np.linalg.norm(voxel_size))  # half a voxel's diagonal: the surface is seen
+        self.voxel_shape = tuple(int(v) for v in voxel_shape)
+
+    def apply(self, item: dict) -> dict:
+        """One scene's full labels -> what the camera sees (audio untouched)."""
+        out = dict(item)
+        depth = item["depth"]
+        with np.errstate(invalid="ignore"):
+            d = depth.reshape(-1)[self.vox_pixel]
+            seen = self.vox_in & (self.vox_range <= d + self.tol)  # NaN depth: nothing seen there
+        out["depth"] = np.where(self.view, depth, np.nan).astype(np.float32)
+        out["semantic"] = np.where(self.view, item["semantic"], IGNORE).astype(item["semantic"].dtype)
+        out["voxels"] = np.where(seen.reshape(self.voxel_shape), item["voxels"], np.nan).astype(np.float32)
+        out["energy"] = np.full_like(item["energy"], np.nan)
+        return out
+
+
 def _match(points: np.ndarray, targets: np.ndarray, tol: float) -> np.ndarray | None:
     """Index of the target each point lands on, or None when one does not land on any."""
     from scipy.spatial import cKDTree
@@ -89,9 +151,7 @@ class Symmetries:
         h, w = pano_shape
         grid = equirectangular(-180, 180, -90, 90, 360.0 / w)
         pano_ok = grid.shape == (h, w)
-        d, hh, ww = voxel_shape
-        zz, yy, xx = np.meshgrid(np.arange(d), np.arange(hh), np.arange(ww), indexing="ij")
-        centres = np.asarray(voxel_origin) + (np.stack([xx, yy, zz], -1).reshape(-1, 3) + 0.5) * np.asarray(voxel_size)
+        centres = voxel_centres(voxel_shape, voxel_origin, voxel_size)
         self.transforms = []
         for flip in (False, True):
             for k in range(4):
@@ -114,8 +174,9 @@ class Symmetries:
         h, w = item["depth"].shape
         out = dict(item)
         out["audio"] = item["audio"][t["audio"]]
-        for key in ("depth", "semantic", "energy"):
-            out[key] = item[key].reshape(-1)[t["pano"]].reshape(h, w)
+        for key in ("depth", "semantic", "energy", "view"):
+            if key in item:
+                out[key] = item[key].reshape(-1)[t["pano"]].reshape(h, w)
         shape = item["voxels"].shape
         out["voxels"] = item["voxels"].reshape(-1)[t["voxels"]].reshape(shape)
         return out
@@ -129,17 +190,27 @@ class InMemoryScenes(torch.utils.data.Dataset):
     ``voxel_known`` mask says unknown), ``energy (H, W)`` float32 (NaN where the scene has no energy
     ground truth), and the room's layout from the depth (:func:`room_layout`): ``walls (W,)`` and
     ``heights (2,)`` float32 m (NaN unknown).
+
+    ``skip_samples`` leaves out the split's first scenes (then ``max_samples`` counts from there).
+    ``camera_fov_deg`` (horizontal, vertical) cuts the labels to what a forward depth camera sees
+    (:class:`CameraLabels`) and adds its view ``view (H, W)`` bool, rotated with the scene by the
+    augmentation; with ``full_labels`` the labels stay whole and only ``view`` is added (a teacher that
+    sees the camera's view and learns the whole room).
     """
 
-    def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False) -> None:
+    def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False,
+                 skip_samples: int = 0, camera_fov_deg=(), full_labels: bool = False) -> None:
         ds = SceneDataset(root, None)
         self.root = Path(root)
         want = SPLITS.index(split)
         parts: dict[str, list] = {k: [] for k in KEYS}
         consts = None
-        n = 0
+        n, skipped = 0, 0
         for arrays in ds.iter_shards():
             keep = np.nonzero(arrays["split"] == want)[0]
+            if skipped < skip_samples:
+                drop = min(len(keep), skip_samples - skipped)
+                keep, skipped = keep[drop:], skipped + drop
             if max_samples:
                 keep = keep[: max(0, max_samples - n)]
             if len(keep) == 0:
@@ -157,7 +228,8 @@ class InMemoryScenes(torch.utils.data.Dataset):
             if max_samples and n >= max_samples:
                 break
         if consts is None:
-            raise ValueError(f"{root}: no '{split}' scenes (splits are by room; generate more scenes?)")
+            skip = f" after the first {skip_samples}" if skip_samples else ""
+            raise ValueError(f"{root}: no '{split}' scenes{skip} (splits are by room; generate more scenes?)")
         self.data = {k: np.concatenate(v) for k, v in parts.items()}
         self.voxel_shape = tuple(int(s) for s in consts["voxel_shape"])
         pano = self.data["depth"].shape[1:]
@@ -176,18 +248,26 @@ class InMemoryScenes(torch.utils.data.Dataset):
         )
         self.symmetries = Symmetries(consts["mic_positions"], consts["speaker_position"], pano, self.voxel_shape,
                                      consts["voxel_origin"], consts["voxel_size"]) if augment else None
+        self.camera = (CameraLabels(camera_fov_deg, pano, self.info.el_range_deg, self.voxel_shape,
+                                    consts["voxel_origin"], consts["voxel_size"]) if len(camera_fov_deg) else None)
+        self.full_labels = full_labels
 
     def __len__(self) -> int:
         return len(self.data["audio"])
 
     def item(self, i: int) -> dict[str, np.ndarray]:
-        """Scene ``i`` as numpy arrays (no augmentation)."""
+        """Scene ``i`` as numpy arrays (no augmentation; cut to the camera's view when there is one)."""
         d = self.data
         known = unpack_voxels(d["voxel_known"][i], self.voxel_shape)
         voxels = np.where(known, unpack_voxels(d["voxels"][i], self.voxel_shape), np.nan).astype(np.float32)
         energy = d["energy"][i] if d["has_energy"][i] else np.full_like(d["energy"][i], np.nan)
-        return {"audio": d["audio"][i], "depth": d["depth"][i], "semantic": d["semantic"][i].astype(np.int64),
+        item = {"audio": d["audio"][i], "depth": d["depth"][i], "semantic": d["semantic"][i].astype(np.int64),
                 "voxels": voxels, "energy": energy}
+        if self.camera is not None:
+            if not self.full_labels:
+                item = self.camera.apply(item)
+            item["view"] = self.camera.view
+        return item
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.item(i)
@@ -197,12 +277,14 @@ class InMemoryScenes(torch.utils.data.Dataset):
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item.items()}
 
 
-def make_datasets(root: str | Path, max_train: int = 0, augment: bool = True
+def make_datasets(root: str | Path, max_train: int = 0, augment: bool = True, skip_train: int = 0,
+                  camera_fov_deg=(), full_labels: bool = False
                   ) -> tuple[InMemoryScenes, InMemoryScenes | None, DataInfo]:
-    """Train (augmented by the array's symmetries) and val splits of a dataset directory, and what the model must fit."""
-    train = InMemoryScenes(root, "train", max_train, augment)
+    """Train (augmented by the array's symmetries) and val splits of a dataset directory, and what the model
+    must fit. ``camera_fov_deg`` and ``full_labels`` apply to both splits (:class:`InMemoryScenes`)."""
+    train = InMemoryScenes(root, "train", max_train, augment, skip_train, camera_fov_deg, full_labels)
     try:
-        val = InMemoryScenes(root, "val")
+        val = InMemoryScenes(root, "val", camera_fov_deg=camera_fov_deg, full_labels=full_labels)
     except ValueError:
         val = None
     return train, val, train.info

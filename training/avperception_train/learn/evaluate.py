@@ -21,15 +21,19 @@ Predictor = Callable[[dict], dict]
 
 
 def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str = "cpu",
-                    voxel_threshold: float = 0.5) -> Predictor:
-    """Wrap a student (audio in), a teacher (geometry in), a manifold pair (ATNet, VQ-VAE) or the
-    manifold student's network trained end to end (``manifold-e2e``, depth only)."""
+                    voxel_threshold: float = 0.5, view: np.ndarray | None = None) -> Predictor:
+    """Wrap a student (audio in), a teacher (geometry in; ``view (H, W)`` bool: it sees only the geometry
+    there, as a teacher trained on a camera's view), a manifold pair (ATNet, VQ-VAE) or the manifold
+    student's network trained end to end (``manifold-e2e``, depth only)."""
+    from .train import masked_view
+
     dev = torch.device(device)
 
     @torch.no_grad()
     def run(batch: dict) -> dict:
         if kind == "teacher":
-            out = model(batch["depth"].to(dev), batch["semantic"].to(dev))
+            v = None if view is None else torch.from_numpy(view).to(dev).expand_as(batch["depth"])
+            out = model(*masked_view(batch["depth"].to(dev), batch["semantic"].to(dev), v))
         elif kind == "manifold":
             atnet, vqvae = model
             return {"depth": vqvae.decode(atnet(batch["audio"].to(dev))).float().cpu().numpy()}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from avperception.models.student import AudioStudent, StudentConfig, large_config, small_config
 
-from ..datagen.geometry import OBSTACLE
+from ..datagen.geometry import IGNORE, OBSTACLE
 from .config import TrainConfig, dump
 from .data import DataInfo, make_datasets
 from .losses import info_nce, prediction_loss, triplet_feature_loss
@@ -204,6 +204,34 @@ def load_stage(path: str | Path, mode: str, device: torch.device) -> tuple[nn.Mo
     return model, sc
 
 
+def teacher_view(path: str | Path) -> tuple[float, ...]:
+    """The camera field of view a teacher checkpoint was trained to see (``()``: the whole panorama)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    return tuple(float(f) for f in ck["train_config"].get("camera_fov_deg", ()))
+
+
+def check_teacher_view(path: str | Path, camera_fov_deg) -> None:
+    """A distilled student's labels must be what its teacher learnt to see: the whole panorama for a teacher
+    trained on it, a camera's view of the same field for a teacher trained with ``camera_fov_deg``."""
+    from avperception.config import ConfigError
+
+    seen, want = teacher_view(path), tuple(float(f) for f in camera_fov_deg)
+    if seen != want:
+        show = lambda v: f"a camera's {v[0]:g} x {v[1]:g} deg view" if v else "the whole panorama"  # noqa: E731
+        raise ConfigError(f"teacher {path} learnt from {show(seen)}, but the labels here are {show(want)}; "
+                          f"train the teacher with the same camera_fov_deg")
+
+
+def masked_view(depth: torch.Tensor, semantic: torch.Tensor, view: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth and classes ``(B, H, W)`` where ``view (B, H, W)`` is true, unknown (NaN, ``IGNORE``) elsewhere;
+    unchanged without a view."""
+    if view is None:
+        return depth, semantic
+    return (torch.where(view, depth, torch.full_like(depth, float("nan"))),
+            torch.where(view, semantic, torch.full_like(semantic, IGNORE)))
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
@@ -223,8 +251,8 @@ class Stage:
 
     def __call__(self, b: dict) -> tuple[torch.Tensor, dict]:
         mode, lw = self.cfg.mode, self.cfg.loss
-        if mode == "teacher":
-            out = self.model(b["depth"], b["semantic"])
+        if mode == "teacher":  # with a camera, it sees the camera's view and learns the whole room
+            out = self.model(*masked_view(b["depth"], b["semantic"], b.get("view")))
             return prediction_loss(out, b, {**self.w, "energy": 0.0}, lw.distance)
         if mode == "vqvae":
             rec, vq = self.model(b["depth"])
@@ -296,7 +324,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     torch.manual_seed(cfg.seed + rank)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment)
+    if cfg.mode == "distill":  # before the data load: a teacher that saw other labels is refused at once
+        check_teacher_view(cfg.teacher, cfg.camera_fov_deg)
+    train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment, cfg.skip_train_samples,
+                                           cfg.camera_fov_deg, full_labels=cfg.mode == "teacher")
     sc = student_config(cfg, info)
     if cfg.init:
         model, sc = initial_student(cfg.init, sc, info.emitted, cfg.model.voxel_decoder)
