@@ -40,3 +40,19 @@ def test_clear_errors(tmp_path, capsys):
     assert "dataset directory not found" in capsys.readouterr().err
     assert main(["import-bag", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "bag not found" in capsys.readouterr().err
+
+
+def test_train_options_override_the_yaml(tmp_path, monkeypatch):
+    """--seed and the other train options reach the config the run gets; the YAML gives the rest."""
+    from pathlib import Path
+
+    import avperception_train.learn.train as train_mod
+
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda cfg, resume=False: seen.setdefault("cfg", cfg) and tmp_path)
+    yaml_path = Path(__file__).parents[2] / "training" / "configs" / "distill_camera_cpu.yaml"
+    assert main(["train", "--config", str(yaml_path), "--mode", "e2e", "--seed", "2", "--data", "D",
+                 "--out", str(tmp_path)]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.seed, cfg.mode, cfg.data) == (2, "e2e", "D")
+    assert cfg.camera_fov_deg == (87, 58) and cfg.max_train_samples == 1000  # from the YAML

@@ -18,7 +18,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
                             batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr,
-                            init=a.init, train_only=tuple(a.train_only) if a.train_only else None)
+                            init=a.init, train_only=tuple(a.train_only) if a.train_only else None, seed=a.seed)
     best = train(cfg, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
@@ -146,6 +146,7 @@ def add_commands(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine schedule)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--max-train-samples", dest="max_train_samples", type=int)
+    p.add_argument("--seed", type=int, help="random seed of the weights and the batch order (the YAML's seed:)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="fine-tune: start the distill/e2e student from a checkpoint (.pt), an exported "
                                   "model (.safetensors) or `default` (the shipped model); shapes must match the data")
