@@ -100,7 +100,6 @@ class CameraLabels:
         grid = equirectangular(-180, 180, el_range_deg[0], el_range_deg[1], 360.0 / w)
         if grid.shape != (h, w):
             raise ValueError(f"panorama {h}x{w} is not the equirectangular grid over elevations {el_range_deg}")
-        self.fov_deg = tuple(float(f) for f in fov_deg)
         self.view = in_camera(grid.vectors, fov_deg).reshape(h, w)
         c = voxel_centres(voxel_shape, voxel_origin, voxel_size)
         self.vox_range = np.linalg.norm(c, axis=1)
