@@ -70,7 +70,9 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         known = torch.isfinite(target["energy"])
         if known.any():
             parts["energy"] = F.mse_loss(out["energy"][known], target["energy"][known])
-    total = sum((w[k] * v for k, v in parts.items()), next(iter(out.values())).sum() * 0.0)  # 0 with a graph
+    if not parts:  # nothing known in this batch: a zero that still backpropagates
+        return next(v for v in out.values() if torch.is_tensor(v)).sum() * 0.0, {}
+    total = sum(w[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
