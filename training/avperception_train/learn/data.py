@@ -104,7 +104,7 @@ class CameraLabels:
         c = voxel_centres(voxel_shape, voxel_origin, voxel_size)
         self.vox_range = np.linalg.norm(c, axis=1)
         dirs = c / np.maximum(self.vox_range, 1e-9)[:, None]
-        self.vox_in = in_camera(dirs, fov_deg) & (self.vox_range > 1e-9)
+        self.vox_in = in_camera(dirs, fov_deg)  # a centre at the origin has no direction: not in view
         self.vox_pixel = cKDTree(grid.vectors).query(dirs)[1]  # the panorama pixel along each voxel's ray
         self.tol = 0.5 * float(np.linalg.norm(voxel_size))  # half a voxel's diagonal: the surface is seen
         self.voxel_shape = tuple(int(v) for v in voxel_shape)
