@@ -29,7 +29,6 @@ PY="$VENV/bin/python"
 
 PKG=avperception_msgs
 SRC="$ROOT/msgs/$PKG"
-BUILD="$ROOT/build/$PKG"
 LOG="$ROOT/build/build_msgs.log"
 STAMP="$VENV/share/$PKG/.build_msgs.stamp"
 
@@ -37,7 +36,8 @@ STAMP="$VENV/share/$PKG/.build_msgs.stamp"
 PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
 if [[ -z "${BUILD_MSGS_FORCE:-}" && -f "$STAMP" \
       && -f "$VENV/lib/python$PYVER/site-packages/$PKG/msg/__init__.py" ]] \
-   && [[ -z "$(find "$SRC/msg" "$SRC/CMakeLists.txt" "$SRC/package.xml" -newer "$STAMP" -print -quit)" ]]
+   && [[ -z "$(find "$SRC/msg" "$SRC/CMakeLists.txt" "$SRC/package.xml" "$ROOT/scripts/venv_msgs" \
+               -newer "$STAMP" -print -quit)" ]]
 then
     exit 0
 fi
@@ -62,7 +62,7 @@ ROS_BUILD_PKGS=(
     ament_cmake ament_cmake_core ament_cmake_python ament_cmake_include_directories
     ament_cmake_ros_core python_cmake_module
     rosidl_default_generators rosidl_core_generators rosidl_default_runtime
-    std_msgs
+    std_msgs geometry_msgs
 )
 need_pip=0
 for p in "${ROS_BUILD_PKGS[@]}"; do
@@ -145,27 +145,38 @@ PYEOF
 export AMENT_PREFIX_PATH="$VENV"
 export CMAKE_PREFIX_PATH="$VENV"
 export PATH="$VENV/bin:$PATH"
-# A build dir configured against another venv caches that venv's *_DIR paths.
-if [[ -f "$BUILD/CMakeCache.txt" ]] \
-   && ! grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$VENV" "$BUILD/CMakeCache.txt"; then
-    rm -rf "$BUILD"
+
+# build_pkg NAME SOURCE_DIR IMPORT_CHECK: configure, build and install one interface package into the venv
+build_pkg() {
+    local name="$1" src="$2" check="$3" build="$ROOT/build/$1"
+    # A build dir configured against another venv caches that venv's *_DIR paths.
+    if [[ -f "$build/CMakeCache.txt" ]] \
+       && ! grep -qxF "CMAKE_INSTALL_PREFIX:PATH=$VENV" "$build/CMakeCache.txt"; then
+        rm -rf "$build"
+    fi
+    step "cmake configure $name"
+    cmake -S "$src" -B "$build" \
+        -DCMAKE_INSTALL_PREFIX="$VENV" \
+        -DCMAKE_BUILD_TYPE=Release \
+        -DPython3_EXECUTABLE="$PY" \
+        -DPython3_FIND_VIRTUALENV=ONLY \
+        -DBUILD_TESTING=OFF >> "$LOG" 2>&1 || fail "cmake configure $name"
+    step "cmake build $name"
+    cmake --build "$build" -j2 >> "$LOG" 2>&1 || fail "cmake build $name"
+    step "cmake install $name"
+    cmake --install "$build" >> "$LOG" 2>&1 || fail "cmake install $name"
+    step "import check $name"
+    env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c "$check" >> "$LOG" 2>&1 \
+        || fail "installed package $name does not import"
+}
+
+# tf2_msgs (TFMessage for /tf) has no wheel: build a venv-only copy where none is importable
+if ! env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c "from tf2_msgs.msg import TFMessage" \
+        >/dev/null 2>&1; then
+    build_pkg tf2_msgs "$ROOT/scripts/venv_msgs/tf2_msgs" "from tf2_msgs.msg import TFMessage; TFMessage()"
 fi
+build_pkg "$PKG" "$SRC" "from $PKG.msg import AudioFrame, Ping; AudioFrame(); Ping()"
 
-step "cmake configure"
-cmake -S "$SRC" -B "$BUILD" \
-    -DCMAKE_INSTALL_PREFIX="$VENV" \
-    -DCMAKE_BUILD_TYPE=Release \
-    -DPython3_EXECUTABLE="$PY" \
-    -DPython3_FIND_VIRTUALENV=ONLY \
-    -DBUILD_TESTING=OFF >> "$LOG" 2>&1 || fail "cmake configure"
-step "cmake build"
-cmake --build "$BUILD" -j2 >> "$LOG" 2>&1 || fail "cmake build"
-step "cmake install"
-cmake --install "$BUILD" >> "$LOG" 2>&1 || fail "cmake install"
-
-# ---- 5. smoke test + stamp --------------------------------------------------
-step "import check"
-env -u LD_LIBRARY_PATH -u _ROS_WHEELS_BOOTSTRAP_COMPLETE "$PY" -c "from $PKG.msg import AudioFrame; AudioFrame()" >> "$LOG" 2>&1 \
-    || fail "installed package does not import"
+# ---- 5. stamp ---------------------------------------------------------------
 touch "$STAMP"
 step "done"

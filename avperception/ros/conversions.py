@@ -9,7 +9,8 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
-from sensor_msgs.msg import Image
+from nav_msgs.msg import OccupancyGrid
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -57,6 +58,93 @@ def image_to_array(msg: Image) -> np.ndarray:
     row = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
     a = row[:, : msg.width * ch * dt.itemsize].copy().view(dt).reshape(msg.height, msg.width, ch)
     return a[..., 0].astype(dt.newbyteorder("=")) if ch == 1 else a
+
+
+# ---------------------------------------------------------------------------- point clouds, grids, cameras
+
+_POINT_TYPES = {np.dtype(np.float32): (PointField.FLOAT32, 4), np.dtype(np.uint8): (PointField.UINT8, 1),
+                np.dtype(np.uint16): (PointField.UINT16, 2), np.dtype(np.uint32): (PointField.UINT32, 4),
+                np.dtype(np.int32): (PointField.INT32, 4)}
+_FIELD_DTYPES = {code: dt for dt, (code, _) in _POINT_TYPES.items()}
+
+
+def points_to_cloud(points: np.ndarray, stamp: float, frame_id: str,
+                    fields: dict[str, np.ndarray] | None = None) -> PointCloud2:
+    """``(N, 3)`` points (x, y, z) plus optional per-point ``fields`` (name -> ``(N,)`` float32, uint8, uint16,
+    uint32 or int32) -> an unordered ``PointCloud2`` (height 1, little-endian, packed)."""
+    pts = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    cols = [("x", pts[:, 0]), ("y", pts[:, 1]), ("z", pts[:, 2])]
+    for name, v in (fields or {}).items():
+        v = np.asarray(v)
+        if v.shape != (len(pts),) or v.dtype not in _POINT_TYPES:
+            raise ValueError(f"field {name!r} must be ({len(pts)},) of one of {[str(d) for d in _POINT_TYPES]}, "
+                             f"got {v.shape} {v.dtype}")
+        cols.append((name, v))
+    dtype = np.dtype([(n, v.dtype.newbyteorder("<")) for n, v in cols])
+    rec = np.empty(len(pts), dtype=dtype)
+    for n, v in cols:
+        rec[n] = v
+    msg = PointCloud2(header=header(stamp, frame_id), height=1, width=len(pts), is_bigendian=False,
+                      point_step=dtype.itemsize, row_step=dtype.itemsize * len(pts), is_dense=True)
+    msg.fields = [PointField(name=n, offset=dtype.fields[n][1], datatype=_POINT_TYPES[v.dtype][0], count=1)
+                  for n, v in cols]
+    msg.data = rec.tobytes()
+    return msg
+
+
+def cloud_to_arrays(msg: PointCloud2) -> dict[str, np.ndarray]:
+    """Inverse of :func:`points_to_cloud`: field name -> ``(N,)`` array."""
+    dtype = np.dtype({"names": [f.name for f in msg.fields],
+                      "formats": [np.dtype(_FIELD_DTYPES[f.datatype]).newbyteorder(">" if msg.is_bigendian else "<")
+                                  for f in msg.fields],
+                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
+    rec = np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width * msg.height)
+    return {f.name: rec[f.name].astype(rec[f.name].dtype.newbyteorder("=")) for f in msg.fields}
+
+
+def occupancy_grid_msg(data: np.ndarray, origin: Sequence[float], resolution: float, stamp: float,
+                       frame_id: str) -> OccupancyGrid:
+    """``(rows, cols)`` int8 cells (100 occupied, 0 free, -1 unknown; row 0 at the lowest y) whose cell (0, 0)
+    has its outer corner at ``origin (x, y, z)`` -> ``nav_msgs/OccupancyGrid``."""
+    d = np.asarray(data, dtype=np.int8)
+    msg = OccupancyGrid(header=header(stamp, frame_id))
+    msg.info.map_load_time = sec_to_stamp(stamp)
+    msg.info.resolution = float(resolution)
+    msg.info.height, msg.info.width = int(d.shape[0]), int(d.shape[1])
+    msg.info.origin.position = Point(x=float(origin[0]), y=float(origin[1]), z=float(origin[2]))
+    msg.info.origin.orientation.w = 1.0
+    msg.data = d.ravel().tolist()
+    return msg
+
+
+def camera_info_msg(width: int, height: int, fx: float, fy: float, cx: float, cy: float, stamp: float,
+                    frame_id: str) -> CameraInfo:
+    """A distortion-free pinhole ``CameraInfo`` (plumb_bob with zero coefficients)."""
+    msg = CameraInfo(header=header(stamp, frame_id), width=int(width), height=int(height),
+                     distortion_model="plumb_bob")
+    msg.d = [0.0] * 5
+    msg.k = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [float(fx), 0.0, float(cx), 0.0, 0.0, float(fy), float(cy), 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def cube_markers(centres: np.ndarray, size: Sequence[float], stamp: float, frame_id: str, ns: str = "occupancy",
+                 color: tuple[float, float, float, float] = (0.9, 0.3, 0.1, 0.6),
+                 lifetime_s: float = 0.0) -> MarkerArray:
+    """One ``CUBE_LIST`` marker with a cube of ``size (x, y, z)`` at each of ``(K, 3)`` centres (DELETEALL
+    first, so an empty list clears the last one)."""
+    out = MarkerArray()
+    out.markers.append(Marker(header=header(stamp, frame_id), ns=ns, action=Marker.DELETEALL))
+    m = Marker(header=header(stamp, frame_id), ns=ns, id=0, type=Marker.CUBE_LIST, action=Marker.ADD,
+               scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])),
+               color=ColorRGBA(r=color[0], g=color[1], b=color[2], a=color[3]))
+    m.pose.orientation.w = 1.0
+    m.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in np.asarray(centres).reshape(-1, 3)]
+    lt = sec_to_stamp(lifetime_s)
+    m.lifetime.sec, m.lifetime.nanosec = lt.sec, lt.nanosec
+    out.markers.append(m)
+    return out
 
 
 # ---------------------------------------------------------------------------- directions
