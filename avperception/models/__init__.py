@@ -1,17 +1,18 @@
-"""Networks shared by training and runtime (student, its building blocks)."""
+"""Networks shared by training and runtime (student, its building blocks) and the shipped model bundles."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
 
 
 def default_model(array: str = "robot_8mic") -> Path:
-    """Path (without suffix) of the shipped student for ``array``: ``.safetensors`` weights + ``.json`` config."""
-    p = WEIGHTS_DIR / f"{array}_student"
+    """Path (without suffix) of the shipped student's torch weights for ``array``: ``.safetensors`` weights +
+    ``.json`` config, inside the shipped bundle ``bundles/ARRAY/`` (see :mod:`avperception.inference.bundle`)."""
+    p = BUNDLES_DIR / array / "model"
     if not p.with_suffix(".safetensors").exists():
-        shipped = sorted(x.stem.removesuffix("_student") for x in WEIGHTS_DIR.glob("*_student.safetensors"))
+        shipped = sorted(x.parent.name for x in BUNDLES_DIR.glob("*/model.safetensors"))
         raise FileNotFoundError(f"no shipped student model for array '{array}' (shipped: {shipped or 'none'}); "
                                 "train one with `avperception-train recipe`")
     return p
