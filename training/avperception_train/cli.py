@@ -5,6 +5,7 @@
     avperception-train export-bag DIR --out BAG [--scenes 0,1,2] [--storage sqlite3|mcap]
     avperception-train import-bag BAG --out DIR [--array NAME] [--align start|center|end|chirp] ...
     avperception-train dataset-info DIR
+    avperception-train export-bundle CHECKPOINT|MODEL.safetensors|default --out DIR [--data DIR | --datagen-config YAML]
     avperception-train info
 """
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from avperception.config import ConfigError
+    from avperception.inference.bundle import BundleError
 
     from .datagen.config import DatagenConfigError
     from .datagen.rosbag_io import BagError
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except _Usage as e:
         ap.error(str(e))
-    except (DatagenConfigError, ConfigError, DatasetError, BagError, FileNotFoundError, IndexError) as e:
+    except (DatagenConfigError, ConfigError, DatasetError, BagError, FileNotFoundError, IndexError, BundleError) as e:
         print(f"avperception-train {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

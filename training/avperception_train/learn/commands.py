@@ -19,6 +19,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
                             batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr,
                             init=a.init, train_only=tuple(a.train_only) if a.train_only else None, seed=a.seed)
+    if cfg.init == "default" and cfg.data:
+        check_default_fits(cfg.data)
     best = train(cfg, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
@@ -85,6 +87,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .data import InMemoryScenes
     from .evaluate import evaluate, layout_figure, report_text, write_report
 
+    if a.default:
+        check_default_fits(a.data, default_model_path())
     test = InMemoryScenes(a.data, a.split)
     shipped = ["student:" + str(default_model_path())] if a.default else []
     specs = shipped + list(a.model)
@@ -119,6 +123,38 @@ def default_model_path() -> Path:
     return default_model()
 
 
+def dataset_contract(data: str | Path):
+    """``(ArrayGeometry, sample_rate, speed_of_sound)`` a dataset's audio was made with (from its manifest)."""
+    from avperception.config import ArrayGeometry
+
+    from ..datagen.shards import read_manifest, speed_of_sound
+
+    m = read_manifest(data)
+    array = ArrayGeometry.from_dict(m["array"], source=f"{data}: manifest array")
+    rate = int(m.get("config", {}).get("audio", {}).get("sample_rate", array.sample_rate or 16000))
+    return array, rate, speed_of_sound(m)
+
+
+def check_default_fits(data: str | Path, model_path: str | Path | None = None) -> None:
+    """Raise :class:`~avperception.inference.bundle.BundleMismatch` (every difference, what to do) when the shipped
+    model does not fit the dataset ``data``: the bundle ``model_path`` lies in (the weights of the default
+    model), else the shipped bundle for the data's array, else the shipped robot_8mic one. Weights outside
+    a bundle are not checked here (fine-tuning and evaluation check their shapes themselves)."""
+    from avperception.inference.bundle import BUNDLE_JSON, BundleError, check_fits, default_bundle_path, load_bundle
+
+    array, rate, c = dataset_contract(data)
+    if model_path is not None:
+        where = Path(model_path).parent
+        if not (where / BUNDLE_JSON).is_file():
+            return
+    else:
+        try:
+            where = default_bundle_path(array.name)
+        except BundleError:
+            where = default_bundle_path()
+    check_fits(load_bundle(where, verify=False), array, rate, c)
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from .train import export_student
 
@@ -130,6 +166,114 @@ def cmd_export(a: argparse.Namespace) -> int:
 
         onnx_path, err = export_onnx(AudioStudent.load(a.out), Path(a.out).with_suffix(".onnx"))
         print(f"onnx: {onnx_path} (max |onnxruntime - torch| = {err:.2e})")
+    if a.bundle:
+        print(f"bundle: {export_bundle(str(path), a.bundle, a.data, a.datagen_config)}")
+    return 0
+
+
+def bundle_settings(data: str | None = None, datagen_config: str | None = None, array: str | None = None) -> dict:
+    """What a bundle takes from the data a model was trained on: the array, sample rate, speed of sound, the
+    sweep (parameters, level, speaker) and the voxel crop, from a dataset's manifest (``data``) or a datagen
+    config (``datagen_config``, None = the shipped default; ``array`` overrides its array)."""
+    from avperception.config import ArrayGeometry
+
+    from ..datagen.config import config_from_dict, load_config
+
+    if data:
+        from ..datagen.shards import read_manifest, speed_of_sound
+
+        m = read_manifest(data)
+        cfg = config_from_dict(m["config"])
+        geom = ArrayGeometry.from_dict(m["array"], source=f"{data}: manifest array")
+        c = speed_of_sound(m)
+    else:
+        cfg = load_config(datagen_config, {"array": array} if array else None)
+        geom = cfg.array_geometry()
+        c = cfg.acoustics.speed_of_sound
+    act = cfg.active
+    return {"cfg": cfg, "array": geom, "sample_rate": int(cfg.audio.sample_rate), "speed_of_sound": float(c),
+            "speaker_position": list(act.speaker_position), "sweep_level_db": float(act.level_db),
+            "sweep_params": {"kind": act.sweep, "f0_hz": act.f_start_hz, "f1_hz": act.f_end_hz,
+                             "duration_s": act.duration_s, "fade": act.fade},
+            "voxel_center": list(cfg.voxels.center_m), "voxel_extent": list(cfg.voxels.extent_m),
+            "voxel_resolution": list(cfg.voxels.resolution)}
+
+
+def check_audio_windows(data: str | None, cfg, n: int = 1) -> list:
+    """Real windows ``(M, N)`` to check an export on: ``n`` scenes of the dataset ``data`` (its test split when it
+    has one), else ``n`` scenes rendered with the datagen config ``cfg``."""
+    if data:
+        from .data import InMemoryScenes
+
+        for split in ("test", "val", "train"):
+            try:
+                ds = InMemoryScenes(data, split, max_samples=n)
+            except Exception:  # noqa: BLE001  (an empty split)
+                continue
+            if len(ds):
+                return [ds.item(i)["audio"] for i in range(min(n, len(ds)))]
+        return []
+    from ..datagen.scene import generate_scene
+
+    return [generate_scene(cfg, i)["audio"].astype("float32") for i in range(n)]
+
+
+def _train_config_of(source: str) -> dict | None:
+    """The training config a checkpoint (``.pt``) or exported model (``.safetensors``) carries."""
+    if source.endswith(".pt"):
+        return torch.load(source, map_location="cpu", weights_only=False).get("train_config")
+    from safetensors import safe_open
+
+    with safe_open(str(Path(source).with_suffix(".safetensors")), "np") as f:
+        extra = json.loads((f.metadata() or {}).get("extra", "{}") or "{}")
+    return extra.get("train_config")
+
+
+def export_bundle(source: str, out: str | Path, data: str | None = None, datagen_config: str | None = None,
+                  with_weights: bool = True, log=print) -> Path:
+    """Write the bundle of ``source`` (a student checkpoint ``.pt``, an exported ``.safetensors`` or ``default``)
+    into ``out``, with the array, sweep, speaker, level and voxel crop of the dataset ``data`` or the datagen
+    config ``datagen_config``; refuses (BundleMismatch / ValueError) when the model was made for another array,
+    rate, speed of sound or sweep."""
+    from avperception.inference.bundle import BundleMismatch, ModelBundle, fits
+    from avperception.models.export import write_bundle
+
+    weights_from = None
+    if source == "default":
+        weights_from = default_model_path()
+        source = str(weights_from.with_suffix(".safetensors"))
+    elif not source.endswith(".pt"):
+        weights_from = Path(source)
+    model = load_student(source).float().eval()
+    cfg = model.cfg
+    settings = bundle_settings(data, datagen_config, array=None if (data or datagen_config) else cfg.array)
+    # the model's own contract against the data's, through the one fit test
+    own = ModelBundle(Path(source), {"array": {"name": cfg.array, "positions": cfg.array_positions},
+                                     "sample_rate": cfg.sample_rate, "speed_of_sound": cfg.speed_of_sound})
+    diffs = fits(own, settings["array"], settings["sample_rate"],
+                 settings["speed_of_sound"] if (cfg.echo_beams or cfg.layout_beams) else None)
+    if cfg.num_samples != settings["cfg"].audio.num_samples:
+        diffs.append(f"window: model {cfg.num_samples} samples vs data {settings['cfg'].audio.num_samples}")
+    if diffs:
+        raise BundleMismatch(f"{source} was not trained on this data: " + "; ".join(diffs)
+                             + ". Give the dataset or datagen config the model was trained with", diffs)
+    audio = check_audio_windows(data, settings["cfg"])
+    return write_bundle(model, out, speaker_position=settings["speaker_position"],
+                        sweep_level_db=settings["sweep_level_db"], sweep_params=settings["sweep_params"],
+                        voxel_center=settings["voxel_center"], voxel_extent=settings["voxel_extent"],
+                        voxel_resolution=settings["voxel_resolution"], train_config=_train_config_of(source),
+                        with_weights=with_weights, array=settings["array"], speed_of_sound=settings["speed_of_sound"],
+                        check_audio=audio, weights_from=weights_from, name=f"{cfg.array}_student", log=log)
+
+
+def cmd_export_bundle(a: argparse.Namespace) -> int:
+    out = export_bundle(a.source, a.out, a.data, a.datagen_config, with_weights=not a.no_weights)
+    from avperception.inference.bundle import load_bundle
+
+    b = load_bundle(out)
+    print(b.describe())
+    for f in sorted(out.iterdir()):
+        print(f"  {f.name}: {f.stat().st_size / 1e6:.2f} MB")
     return 0
 
 
@@ -175,7 +319,27 @@ def add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="destination without suffix, e.g. models/robot_8mic/student")
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("--onnx", action="store_true", help="also export ONNX and check it against torch")
+    p.add_argument("--bundle", metavar="DIR",
+                   help="also write a model bundle (model.onnx + bundle.json + weights) to DIR, taking the sweep, "
+                        "speaker and voxel crop from --data or --datagen-config")
+    p.add_argument("--data", help="with --bundle: the dataset the model was trained on")
+    p.add_argument("--datagen-config", dest="datagen_config",
+                   help="with --bundle: its datagen YAML (instead of --data; default: the shipped one)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("export-bundle", help="a student -> model bundle (model.onnx + bundle.json + weights) for "
+                                             "the runtime")
+    p.add_argument("source", help="best.pt of a student run, an exported .safetensors, or `default` (the shipped "
+                                  "model)")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--data", help="the dataset the model was trained on (its manifest gives the array, sweep, "
+                                  "speaker, level and voxel crop; one test scene checks the export)")
+    g.add_argument("--datagen-config", dest="datagen_config",
+                   help="the datagen YAML it was trained with (default: the shipped one with the model's array)")
+    p.add_argument("--no-weights", dest="no_weights", action="store_true",
+                   help="leave out model.safetensors (ONNX Runtime only; no torch fallback)")
+    p.set_defaults(func=cmd_export_bundle)
 
     p = sub.add_parser("recipe", help="the whole recipe: data, teacher, students, baselines, evaluation, export")
     p.add_argument("--out", required=True, help="work directory")
