@@ -52,3 +52,38 @@ def test_parameters_come_from_the_config_dataclass():
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_point_cloud_round_trip_with_fields():
+    rng = np.random.default_rng(1)
+    pts = rng.standard_normal((50, 3)).astype(np.float32)
+    label = rng.integers(0, 4, 50).astype(np.uint8)
+    msg = conv.points_to_cloud(pts, 3.5, "mic_array", {"label": label})
+    assert msg.width == 50 and msg.height == 1 and msg.point_step == 13 and len(msg.data) == 50 * 13
+    back = conv.cloud_to_arrays(msg)
+    np.testing.assert_array_equal(np.stack([back["x"], back["y"], back["z"]], 1), pts)
+    np.testing.assert_array_equal(back["label"], label)
+    with pytest.raises(ValueError, match="label"):
+        conv.points_to_cloud(pts, 0.0, "a", {"label": label[:10]})
+    assert conv.points_to_cloud(np.zeros((0, 3)), 0.0, "a").width == 0
+
+
+def test_rgb_field_packs_as_rviz_reads_it():
+    from avperception.ros.sonar_outputs import pack_rgb
+
+    v = pack_rgb(np.array([[255, 128, 1]], np.uint8)).view(np.uint32)
+    assert v[0] == 0xFF8001
+
+
+def test_occupancy_grid_and_camera_info():
+    grid = conv.occupancy_grid_msg(np.array([[0, 100, 0], [-1, 0, 100]], np.int8), (-1.0, -2.0, 0.1), 0.05, 7.0, "a")
+    assert (grid.info.width, grid.info.height) == (3, 2) and grid.info.resolution == pytest.approx(0.05)
+    assert list(grid.data) == [0, 100, 0, -1, 0, 100] and grid.info.origin.position.y == -2.0
+    info = conv.camera_info_msg(64, 48, 50.0, 51.0, 31.5, 23.5, 7.0, "cam")
+    assert info.k[0] == 50.0 and info.k[4] == 51.0 and info.k[2] == 31.5 and info.p[6] == 23.5
+    assert info.header.frame_id == "cam" and info.width == 64
+
+
+def test_cube_markers_clear_then_draw():
+    m = conv.cube_markers(np.array([[0.1, 0.2, 0.3], [1, 1, 1]]), (0.1, 0.1, 0.1), 1.0, "a")
+    assert m.markers[0].action == m.markers[0].DELETEALL and len(m.markers[1].points) == 2
