@@ -1,0 +1,270 @@
+"""Inference backends behind one interface: ONNX Runtime (TensorRT / CUDA / CPU) and torch.
+
+Every backend takes one window ``audio (M, N)`` float32 (sample 0 = the sweep's
+onset) and returns the bundle's outputs without the batch dimension
+(``depth (H, W)``, ``semantic (C, H, W)``, ``voxels (D, H, W)``, ...).
+:func:`make_backend` builds a :class:`FallbackBackend`: a chain tried in order,
+which logs why each skipped one was skipped and, when the running one fails,
+switches to the next and runs the window again.
+
+    bundle = load_bundle("default")
+    backend = make_backend(bundle, "auto", threads=1, log=print)
+    out = decode(bundle, backend.run(window), infer_ms=backend.last_ms)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from .bundle import BundleError, ModelBundle
+
+KINDS = ("auto", "onnxruntime", "torch")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+                "VECLIB_MAXIMUM_THREADS")
+
+
+class BackendUnavailable(BundleError):
+    """A backend that cannot run here (missing package, weights or device); the message says what to do."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        """``audio (M, N)`` float32 -> the bundle's outputs, batch dimension removed."""
+
+    def describe(self) -> str:
+        """One line: what runs where."""
+
+
+def pin_threads(n: int = 1) -> None:
+    """Keep this process to ``n`` compute threads: the OpenMP / BLAS environment variables (only where unset, and
+    only libraries loaded later read them), a threadpoolctl limit on the loaded ones, and torch's intra-op
+    threads when torch is already imported. For nodes and benchmarks that share a small CPU."""
+    for v in _THREAD_VARS:
+        os.environ.setdefault(v, str(n))
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def check_window(bundle: ModelBundle, audio: np.ndarray) -> np.ndarray:
+    """``audio (M, N)`` -> ``(1, M, N)`` contiguous float32; ``ValueError`` saying what is wrong otherwise."""
+    a = np.asarray(audio)
+    want = (bundle.num_mics, bundle.window_samples)
+    if a.shape != want:
+        raise ValueError(f"audio window has shape {a.shape}, the bundle needs (mics, samples) = {want}: "
+                         f"{bundle.num_mics} microphones in the array's order, {bundle.window_samples} samples "
+                         f"at {bundle.sample_rate} Hz starting at the sweep's onset")
+    return np.ascontiguousarray(a, dtype=np.float32)[None]
+
+
+class OnnxRuntimeBackend:
+    """``model.onnx`` in ONNX Runtime. ``providers``: execution providers in order of preference (None: TensorRT
+    and CUDA where this onnxruntime has them, then CPU); ``threads``: intra-op threads (inter-op 1, sequential
+    execution, all graph optimisations)."""
+
+    def __init__(self, bundle: ModelBundle, threads: int = 1, providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime "
+                                     "(or onnxruntime-gpu)") from None
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailable(f"onnxruntime {ort.__version__} here has no {', '.join(missing)} "
+                                     f"(available: {', '.join(available)})")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(bundle.onnx_path), so, providers=list(providers))
+        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
+            raise BackendUnavailable(f"onnxruntime cannot load {bundle.onnx_path}: {type(e).__name__}: "
+                                     f"{str(e).strip()[:300]}") from None
+        self.bundle = bundle
+        self.threads = int(threads)
+        self.providers = self.session.get_providers()
+        self.names = [o.name for o in self.session.get_outputs()]
+        short = self.providers[0].removesuffix("ExecutionProvider")
+        self.name = f"onnxruntime-{short.lower()}"
+
+    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        x = check_window(self.bundle, audio)
+        return {k: v[0] for k, v in zip(self.names, self.session.run(self.names, {"audio": x}))}
+
+    def describe(self) -> str:
+        return (f"{self.name}: {self.bundle.onnx_path.name} on {', '.join(self.providers)}, "
+                f"{self.threads} thread(s)")
+
+
+class TorchBackend:
+    """``model.safetensors`` in PyTorch (``AudioStudent.load``); ``device``: ``cpu`` or ``cuda``."""
+
+    def __init__(self, bundle: ModelBundle, threads: int = 1, device: str = "cpu") -> None:
+        if bundle.safetensors_path is None:
+            raise BackendUnavailable(f"{bundle.path} has no model.safetensors (torch weights); re-export the bundle "
+                                     "with weights or use onnxruntime")
+        try:
+            import torch
+            import safetensors  # noqa: F401
+        except ImportError as e:
+            raise BackendUnavailable(f"the torch backend needs torch and safetensors ({e}): "
+                                     "pip install torch safetensors") from None
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable("torch here has no CUDA device")
+        from ..models.student import AudioStudent
+
+        torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.model = AudioStudent.load(bundle.safetensors_path, map_location=device).float().eval().to(device)
+        self.bundle = bundle
+        self.device = device
+        self.threads = int(threads)
+        self.names = [k for k in bundle.outputs]
+        self.name = "torch" if device == "cpu" else f"torch-{device}"
+
+    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        x = self.torch.from_numpy(check_window(self.bundle, audio)).to(self.device)
+        with self.torch.inference_mode():
+            out = self.model(x)
+        return {k: out[k][0].detach().cpu().numpy() for k in self.names}
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.bundle.safetensors_path.name} on {self.device}, {self.threads} thread(s)"
+
+
+class FallbackBackend:
+    """A chain of backends tried in order: one that fails to load is skipped (logged with why), and when the
+    active one raises while running, the next one loads and runs the same window again.
+
+    ``chain``: ``(name, factory)`` pairs, each factory building a backend (raising when it cannot).
+    Diagnostics: ``active`` (the running backend's name), ``fallbacks`` (every switch, with its reason),
+    ``skipped`` (backends that did not load, with why), ``last_ms`` (the last run's time).
+    """
+
+    def __init__(self, bundle: ModelBundle, chain: list[tuple[str, Callable[[], Backend]]],
+                 log: Callable[[str], None] | None = None) -> None:
+        if not chain:
+            raise ValueError("FallbackBackend needs at least one backend")
+        self.bundle = bundle
+        self._chain = list(chain)
+        self._log = log or (lambda _msg: None)
+        self.fallbacks: list[str] = []
+        self.skipped: list[str] = []
+        self.last_ms = float("nan")
+        self.backend: Backend | None = None
+        self._next = 0
+        self._advance()
+
+    def _advance(self) -> None:
+        """Load the next backend of the chain that loads; raise BackendUnavailable when none is left."""
+        while self._next < len(self._chain):
+            name, factory = self._chain[self._next]
+            self._next += 1
+            try:
+                self.backend = factory()
+            except Exception as e:  # noqa: BLE001  (any failure to load means: try the next one)
+                why = f"{name} skipped: {e}"
+                self.skipped.append(why)
+                self._log(why)
+                continue
+            rest = [n for n, _ in self._chain[self._next:]]
+            self._log(f"inference backend: {self.backend.describe()}" + (f" (next: {', '.join(rest)})" if rest else ""))
+            return
+        self.backend = None
+        raise BackendUnavailable("no inference backend could run this bundle: " + "; ".join(self.skipped + self.fallbacks)
+                                 if self.skipped or self.fallbacks else "no inference backend left")
+
+    @property
+    def name(self) -> str:
+        return self.backend.name if self.backend is not None else "none"
+
+    @property
+    def active(self) -> str:
+        return self.name
+
+    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        check_window(self.bundle, audio)  # a wrong window is the caller's error, not the backend's
+        while True:
+            if self.backend is None:
+                raise BackendUnavailable("no inference backend left: " + "; ".join(self.fallbacks))
+            t = time.perf_counter()
+            try:
+                out = self.backend.run(audio)
+            except Exception as e:  # noqa: BLE001  (whatever failed, the next backend gets the window)
+                why = f"{self.backend.name} failed while running ({type(e).__name__}: {str(e).strip()[:200]})"
+                self.fallbacks.append(why)
+                self._log(why + ": switching to the next backend")
+                self._advance()
+                continue
+            self.last_ms = (time.perf_counter() - t) * 1e3
+            return out
+
+    def describe(self) -> str:
+        s = self.backend.describe() if self.backend is not None else "no backend"
+        if self.fallbacks:
+            s += f" (after {len(self.fallbacks)} fallback(s): {self.fallbacks[-1]})"
+        return s
+
+    def diagnostics(self) -> dict:
+        return {"backend": self.name, "description": self.describe(), "fallbacks": list(self.fallbacks),
+                "skipped": list(self.skipped), "last_ms": self.last_ms}
+
+
+def backend_chain(bundle: ModelBundle, kind: str = "auto", threads: int = 1
+                  ) -> list[tuple[str, Callable[[], Backend]]]:
+    """The ``(name, factory)`` chain :func:`make_backend` tries for ``kind``: ONNX Runtime on TensorRT, CUDA (where
+    this onnxruntime has them) and CPU, then torch (CUDA where it has a device, then CPU)."""
+    if kind not in KINDS:
+        raise ValueError(f"backend kind {kind!r} is not one of {', '.join(KINDS)}")
+    chain: list[tuple[str, Callable[[], Backend]]] = []
+    if kind in ("auto", "onnxruntime"):
+        try:
+            import onnxruntime as ort
+
+            gpus = [p for p in GPU_PROVIDERS if p in ort.get_available_providers()]
+        except ImportError:
+            gpus = []
+        for p in gpus:
+            chain.append((f"onnxruntime-{p.removesuffix('ExecutionProvider').lower()}",
+                          lambda p=p: OnnxRuntimeBackend(bundle, threads, [p, "CPUExecutionProvider"])))
+        chain.append(("onnxruntime-cpu", lambda: OnnxRuntimeBackend(bundle, threads, ["CPUExecutionProvider"])))
+    if kind in ("auto", "torch"):
+        torch = sys.modules.get("torch")
+        if kind == "torch" or torch is not None:  # only look for CUDA where torch is loaded or asked for
+            try:
+                import torch  # noqa: F811
+
+                if torch.cuda.is_available():
+                    chain.append(("torch-cuda", lambda: TorchBackend(bundle, threads, "cuda")))
+            except ImportError:
+                pass
+        chain.append(("torch", lambda: TorchBackend(bundle, threads, "cpu")))
+    return chain
+
+
+def make_backend(bundle: ModelBundle, kind: str = "auto", threads: int = 1,
+                 log: Callable[[str], None] | None = None) -> FallbackBackend:
+    """The backend that runs ``bundle`` here: ``kind`` ``auto`` (ONNX Runtime, GPU execution providers first,
+    then torch), ``onnxruntime`` or ``torch``. ``log`` hears which one runs and why each skipped one was skipped.
+    Raises :class:`BackendUnavailable` (with every reason) when none can."""
+    return FallbackBackend(bundle, backend_chain(bundle, kind, threads), log)
