@@ -2,6 +2,7 @@
 
 Commands:
     localize AUDIO.wav --array ARRAY [--sources K] [--json]   offline localisation of a multichannel WAV
+    infer AUDIO.wav [--model BUNDLE] --out DIR                learned depth, classes, occupancy of each ping
     demo [--out DIR] [--ros]                                  simulated room through the pipeline
     info                                                      versions, arrays, beamformers
 """
@@ -66,6 +67,31 @@ def cmd_localize(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(a: argparse.Namespace) -> int:
+    from .config import load_array
+    from .inference.bundle import load_bundle
+    from .sonar import infer
+
+    bundle = load_bundle(a.model)
+    array = load_array(a.array) if a.array else bundle.array
+    x, fs = read_wav(a.audio)
+    x = array.select_channels(x)
+    onsets = None if a.onset is None else [a.onset]
+    results = infer.run(x, fs, bundle, array, a.backend, a.threads, onsets, log=print if a.verbose else None)
+    if not results:
+        print(f"{a.audio}: no complete ping window found ({x.shape[1] / fs:.2f} s, {x.shape[0]} mics); is the "
+              "sweep in it? (pass --onset N when sample N is the onset)", file=sys.stderr)
+        return 1
+    infer.write(a.out, results, bundle, str(a.audio))
+    for k, o in results:
+        d = o.depth[np.isfinite(o.depth)]
+        print(f"ping at sample {k} ({k / fs:.3f} s): depth {np.min(d):.2f}-{np.max(d):.2f} m, "
+              f"{int(o.occupancy.sum())} occupied voxels, {o.infer_ms:.1f} ms")
+    print(f"wrote {len(results)} window(s) to {a.out} (depth*.npy, semantic*.npy, occupancy*.npy, preview*.png, "
+          "meta.json)")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     if a.ros:
         from .ros.demo import run_ros_demo
@@ -81,6 +107,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
               f"p90 {ps['p90_deg']:.1f} deg, found within {ps['threshold_deg']:.0f} deg in {100 * ps['within_threshold']:.0f}% of frames")
     print(f"compute {s['compute_ms_median']:.2f} ms per frame = {100 * s['real_time_factor']:.1f}% of real time")
     print(f"pictures: {Path(a.out) / 'energy_maps.png'}, {Path(a.out) / 'tracks.png'}; numbers: {Path(a.out) / 'summary.json'}")
+    if a.pings <= 0:
+        return 0
+    from .demo import run_sonar
+
+    print(f"\nlearned outputs: a robot pinging at 4 Hz as it drives through a simulated room ({a.pings} pings)")
+    s = run_sonar(a.out, a.pings, a.room, a.seed)
+    print(s["scene"])
+    print(f"{s['scored']} pings aligned and scored ({s['backend']}): depth delta1 {s['depth_delta1_mean']:.3f}, "
+          f"AbsRel {s['depth_abs_rel_mean']:.3f}; class accuracy {s['class_accuracy_mean']:.3f}; "
+          f"voxel IoU {s['voxel_iou_mean']:.3f}; inference {s['inference_ms_median']:.1f} ms "
+          f"(p99 {s['inference_ms_p99']:.1f})")
+    print(f"pictures: {Path(a.out) / 'sonar.png'}; numbers: {Path(a.out) / 'sonar_summary.json'}")
     return 0
 
 
@@ -124,6 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: {\"sources\": [{azimuth_deg, elevation_deg, power}]}")
     p.set_defaults(func=cmd_localize)
 
+    p = sub.add_parser("infer", help="learned depth, classes and occupancy of each ping in a multichannel WAV")
+    p.add_argument("audio", help="multichannel WAV: one window whose sample 0 is the sweep's onset, or a longer "
+                                 "recording whose pings are found on their direct path")
+    p.add_argument("--model", default=None, help="model bundle directory (default: the shipped one)")
+    p.add_argument("--array", default=None, help="the recording's array (default: the bundle's); must fit the bundle")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--onset", type=int, default=None, help="sample index of the one onset (skips detection)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--verbose", action="store_true", help="say which backend runs and why")
+    p.set_defaults(func=cmd_infer)
+
     p = sub.add_parser("demo", help="simulated room through the pipeline: pictures and an error summary")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--array", default="robot_8mic", help="array preset (default robot_8mic)")
@@ -131,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ros", action="store_true", help="run the sim and perception nodes over real DDS instead")
     p.add_argument("--duration", type=float, default=8.0, help="seconds to run with --ros")
+    p.add_argument("--pings", type=int, default=24,
+                   help="pings of the learned-outputs demo (offline; 0 skips it; needs the training package)")
+    p.add_argument("--room", type=int, default=0, help="room of the learned-outputs demo (data engine room id)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature and student timing")
@@ -156,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"avperception {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -346,6 +346,48 @@ class BeamformerConfig:
             raise ConfigError("beamformer.min_relative_power must be in [0, 1]")
 
 
+SONAR_BACKENDS = ("auto", "onnxruntime", "torch")
+
+
+@dataclass(frozen=True)
+class SonarConfig:
+    """Active echo sensing: the learned half (a model bundle run on each ping's echoes).
+
+    ``model``: a bundle directory or ``default`` (the shipped one); the bundle must fit the array
+    (:func:`avperception.inference.bundle.check_fits`). ``backend``: ``auto`` (the best available, falling back
+    on failure), ``onnxruntime`` or ``torch``. ``detect``: find pings by matched-filtering the direct path when
+    no Ping message arrives. ``plan_z_min_m`` / ``plan_z_max_m``: the height band (array frame) collapsed into
+    the occupancy grid for Nav2. ``pinhole``: also publish the depth reprojected on the ``grid.width`` x
+    ``grid.height`` camera (``grid.fx`` ... ``grid.camera_rpy_deg``) with its CameraInfo.
+    """
+
+    enabled: bool = True
+    model: str = "default"
+    backend: str = "auto"
+    threads: int = 1
+    detect: bool = True
+    search_samples: int = 64
+    max_pending_pings: int = 4
+    points_max_range_m: float = 8.0
+    plan_z_min_m: float = -0.25
+    plan_z_max_m: float = 0.5
+    pinhole: bool = True
+
+    def validate(self) -> None:
+        if self.backend not in SONAR_BACKENDS:
+            raise ConfigError(f"sonar.backend must be one of {', '.join(SONAR_BACKENDS)}, got {self.backend!r}")
+        if not 1 <= self.threads <= 64:
+            raise ConfigError(f"sonar.threads must be in [1, 64], got {self.threads}")
+        if not 1 <= self.search_samples <= 4096:
+            raise ConfigError(f"sonar.search_samples must be in [1, 4096], got {self.search_samples}")
+        if self.max_pending_pings < 1:
+            raise ConfigError("sonar.max_pending_pings must be >= 1")
+        if self.points_max_range_m <= 0:
+            raise ConfigError("sonar.points_max_range_m must be positive")
+        if self.plan_z_min_m > self.plan_z_max_m:
+            raise ConfigError("sonar: plan_z_min_m must not exceed plan_z_max_m")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything the pipeline needs besides the array."""
@@ -357,13 +399,14 @@ class PipelineConfig:
     stft: StftConfig = field(default_factory=StftConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     beamformer: BeamformerConfig = field(default_factory=BeamformerConfig)
+    sonar: SonarConfig = field(default_factory=SonarConfig)
 
     def validate(self) -> "PipelineConfig":
         if self.sample_rate <= 0:
             raise ConfigError("sample_rate must be positive")
         if not 200 < self.speed_of_sound < 2000:
             raise ConfigError("speed_of_sound must be in m/s (e.g. 343)")
-        for block in (self.frame, self.stft, self.grid, self.beamformer):
+        for block in (self.frame, self.stft, self.grid, self.beamformer, self.sonar):
             block.validate()
         if self.stft.nfft > self.frame.frame_samples:
             raise ConfigError(

@@ -1,0 +1,105 @@
+"""The learned half of the pipeline: audio and pings in, one set of learned outputs per aligned ping out.
+
+No ROS here: the perception node, ``avperception infer``, the replay evaluator and the benchmarks all drive
+:class:`SonarPipeline`. It loads a model bundle, checks that it fits the array (the one
+:func:`~avperception.inference.bundle.check_fits`), aligns each ping's window on its direct path
+(:class:`~avperception.sonar.align.PingAligner`), runs the bundle's backend and decodes the outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..config import ArrayGeometry, SonarConfig
+
+
+class SonarPipeline:
+    """Pings and audio -> :class:`~avperception.inference.outputs.SonarOutputs`.
+
+    Args:
+        array: the microphone array (must fit the bundle).
+        config: :class:`~avperception.config.SonarConfig` (model, backend, threads, detection, search span).
+        sample_rate, speed_of_sound: the stream's (checked against the bundle).
+        capacity_s: audio kept for alignment.
+        ping_period_s: expected time between pings (helps detection; None: unknown).
+        log: where backend choices and fallbacks are reported.
+        bundle: an already loaded bundle (else ``config.model`` is loaded).
+    """
+
+    def __init__(self, array: ArrayGeometry, config: SonarConfig | None = None, sample_rate: int = 16000,
+                 speed_of_sound: float | None = None, capacity_s: float = 4.0, ping_period_s: float | None = None,
+                 log: Callable[[str], None] | None = None, bundle=None) -> None:
+        from ..inference.backends import make_backend
+        from ..inference.bundle import check_fits, load_bundle
+        from .align import PingAligner
+        from .onset import DirectPath
+
+        self.config = config or SonarConfig()
+        self.bundle = bundle if bundle is not None else load_bundle(self.config.model)
+        check_fits(self.bundle, array, sample_rate=sample_rate, speed_of_sound=speed_of_sound)
+        self.array = array
+        b = self.bundle
+        self.direct = DirectPath.build(b.emitted, b.array.positions, b.speaker_position, b.sample_rate,
+                                       b.speed_of_sound)
+        self.aligner = PingAligner(array.num_mics, b.sample_rate, b.window_samples, self.direct,
+                                   capacity_s=capacity_s, search=self.config.search_samples,
+                                   detect=self.config.detect, ping_period_s=ping_period_s,
+                                   max_pending=self.config.max_pending_pings)
+        self.backend = make_backend(b, self.config.backend, threads=self.config.threads, log=log)
+        self.infer_ms: list[float] = []
+
+    @property
+    def window_samples(self) -> int:
+        return self.bundle.window_samples
+
+    def push_audio(self, block: np.ndarray, stamp: float | None, sequence: int | None = None) -> None:
+        """``(mics, n)`` channel-mapped audio whose first sample was captured at ``stamp`` (s)."""
+        self.aligner.push_audio(np.asarray(block, dtype=np.float32), stamp, sequence)
+
+    def push_ping(self, stamp: float, sequence: int, onset_known: bool = True) -> None:
+        """A ping whose sweep left the speaker at ``stamp`` (the audio's clock)."""
+        self.aligner.push_ping(stamp, sequence, onset_known)
+
+    def infer(self, audio: np.ndarray, stamp: float = 0.0):
+        """Run the bundle on one aligned window ``(mics, window_samples)`` (sample 0 = the sweep's onset)."""
+        from ..inference.outputs import decode
+
+        x = np.asarray(audio, dtype=np.float32)
+        want = (self.array.num_mics, self.window_samples)
+        if x.shape != want:
+            raise ValueError(f"expected a {want} window (mics, samples; sample 0 = the sweep's onset), got {x.shape}")
+        t0 = time.perf_counter()
+        raw = self.backend.run(x)
+        out = decode(self.bundle, raw)
+        out.stamp = float(stamp)
+        out.infer_ms = (time.perf_counter() - t0) * 1e3
+        self.infer_ms.append(out.infer_ms)
+        return out
+
+    def pop(self, newest_only: bool = True) -> list:
+        """Run the model on the windows that are ready: ``[(AlignedWindow, SonarOutputs), ...]``.
+
+        With ``newest_only`` (a node behind real time) only the newest ready window is run and the older ones
+        are counted as ``skipped['behind']``.
+        """
+        windows = self.aligner.pop_windows()
+        if newest_only and len(windows) > 1:
+            self.aligner.skipped["behind"] = self.aligner.skipped.get("behind", 0) + len(windows) - 1
+            windows = windows[-1:]
+        return [(w, self.infer(w.audio, w.stamp)) for w in windows]
+
+    def stats(self) -> dict:
+        """Counters for diagnostics: aligned / detected / skipped pings by reason, the backend in use."""
+        a = self.aligner
+        out = {"backend": getattr(self.backend, "active", None) or self.backend.name,
+               "pings_aligned": a.aligned, "pings_detected": a.detected}
+        for reason, n in sorted(a.skipped.items()):
+            out[f"pings_skipped_{reason}"] = n
+        fb = getattr(self.backend, "fallbacks", None)
+        if fb:
+            out["backend_fallbacks"] = len(fb)
+            out["backend_last_fallback"] = fb[-1]
+        return out

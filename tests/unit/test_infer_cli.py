@@ -1,0 +1,64 @@
+"""``avperception infer``: one window or a longer recording in, the learned outputs and their description out."""
+
+import json
+
+import numpy as np
+import pytest
+
+from avperception.cli import main, write_wav
+from avperception.inference.bundle import load_bundle
+from avperception.inference.synthetic import bundle_echo_window
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle()
+
+
+def test_one_window_gives_every_output(tmp_path, bundle, capsys):
+    x = bundle_echo_window(bundle, wall_distance_m=1.5)
+    wav = tmp_path / "ping.wav"
+    write_wav(wav, bundle.array.to_device_layout(x), bundle.sample_rate)
+    assert main(["infer", str(wav), "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    depth, sem, occ = (np.load(out / f) for f in ("depth.npy", "semantic.npy", "occupancy.npy"))
+    assert depth.shape == tuple(bundle.pano_shape) and depth.dtype == np.float32
+    assert sem.shape == depth.shape and sem.dtype == np.uint8 and sem.max() < len(bundle.classes)
+    assert occ.shape == tuple(bundle.voxel_resolution[::-1]) and occ.dtype == bool
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["semantic"]["classes"] == list(bundle.classes) and meta["windows"][0]["onset_sample"] == 0
+    assert (out / "preview.png").stat().st_size > 10_000
+
+
+def test_pings_in_a_longer_recording_are_found_at_their_onsets(tmp_path, bundle):
+    n, fs = bundle.window_samples, bundle.sample_rate
+    onsets = [1000, 5000, 9137]
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((bundle.num_mics, 9137 + n + 500)) * 10 ** (-65 / 20)).astype(np.float32)
+    for k, d in zip(onsets, (1.2, 2.5, 3.3)):
+        x[:, k: k + n] += bundle_echo_window(bundle, wall_distance_m=d, noise_db=-200, seed=k)
+    wav = tmp_path / "rec.wav"
+    write_wav(wav, bundle.array.to_device_layout(x), fs)
+    assert main(["infer", str(wav), "--out", str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    found = [w["onset_sample"] for w in meta["windows"]]
+    assert len(found) == 3 and np.max(np.abs(np.array(found) - onsets)) <= 1
+    assert (tmp_path / "out" / "depth_002.npy").exists()
+
+
+def test_a_recording_of_another_array_is_refused_naming_the_difference(tmp_path, bundle, capsys):
+    from avperception.config import load_array
+
+    wav = tmp_path / "four.wav"
+    channels = load_array("respeaker_4mic").input_channels
+    write_wav(wav, np.zeros((channels, bundle.window_samples), np.float32), bundle.sample_rate)
+    assert main(["infer", str(wav), "--array", "respeaker_4mic", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "4" in err and "8" in err and "mic" in err
+
+
+def test_too_short_a_recording_says_how_long_a_window_is(tmp_path, bundle, capsys):
+    wav = tmp_path / "short.wav"
+    write_wav(wav, np.zeros((bundle.num_mics, 100), np.float32), bundle.sample_rate)
+    assert main(["infer", str(wav), "--out", str(tmp_path / "o")]) == 2
+    assert "2048" in capsys.readouterr().err
