@@ -8,10 +8,14 @@ Publishes:
     acoustic/sources         visualization_msgs/MarkerArray  arrows toward the detected sources
     acoustic/source_poses    geometry_msgs/PoseArray   one pose per source, +x toward it
     acoustic/tracks          visualization_msgs/MarkerArray  tracked sources with stable IDs (``tracking``)
-    /diagnostics             diagnostic_msgs/DiagnosticArray  rate, latency, drops, gaps
+    sonar/*                  the learned outputs, one set per aligned ping (avperception/ros/sonar_outputs.py)
+    /diagnostics             diagnostic_msgs/DiagnosticArray  rate, latency, drops, gaps, pings, backend
+Subscribes (``sonar.enabled``):
+    sonar/pings (avperception_msgs/Ping)  each sweep's onset; without any, pings are found on their direct path
 Parameters: every field of PipelineConfig (``array``, ``sample_rate``, ``frame.*``,
-``stft.*``, ``grid.*``, ``beamformer.*``) plus the node's own (see ``NODE_PARAMS``).
-Output stamps are the centre of the analysed audio frame.
+``stft.*``, ``grid.*``, ``beamformer.*``, ``sonar.*``) plus the node's own (see ``NODE_PARAMS``).
+Beamformer output stamps are the centre of the analysed audio frame; learned outputs are stamped with the
+ping's onset.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ..dsp.tracking import SourceTracker
 from ..pipeline import Pipeline
 from ..viz import heatmap_rgb
 from . import conversions as conv
-from .audio_input import AudioInput
+from .audio_input import AudioInput, audio_qos
 from .params import declare, declare_dataclass, read_dataclass
 
 NODE_PARAMS = {
@@ -47,6 +51,7 @@ NODE_PARAMS = {
     "marker_length": (1.0, "length of the source arrows (m)"),
     "tracking": (True, "track sources over time (stable IDs) and publish acoustic/tracks"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
+    "ping_topic": ("sonar/pings", "avperception_msgs/Ping topic (sonar.enabled)"),
 }
 
 
@@ -75,15 +80,66 @@ class PerceptionNode(Node):
                                 float32_channels=int(p["float32_channels"]) or self.array.input_channels,
                                 float32_layout=p["float32_layout"])
         self.rejected = 0
+        self.sonar_errors = 0
         self._published = 0
         self._latency: list[float] = []
         self._compute: list[float] = []
         self._last_diag = time.monotonic()
+        self.sonar = None
+        self._sonar_note = "off (sonar.enabled is false)"
+        self._pings_published = 0
+        self._sonar_latency: list[float] = []
+        if cfg.sonar.enabled:
+            self._start_sonar(cfg, p["ping_topic"])
         self.create_timer(float(p["diagnostics_period_s"]), self.publish_diagnostics)
         self.get_logger().info(
             f"array {self.array.name} ({self.array.num_mics} mics), {cfg.grid.kind} grid {self.pipeline.grid.shape}, "
             f"{cfg.beamformer.method}, frame {f.frame_samples}/{f.hop_samples} samples at {cfg.sample_rate} Hz"
         )
+
+    def _start_sonar(self, cfg: PipelineConfig, ping_topic: str) -> None:
+        """Load the model bundle, check it fits, create the ping subscription and the sonar/* publishers.
+
+        A default bundle that does not fit this array leaves the node running on beamforming alone (said in the
+        log and in /diagnostics); an explicitly named bundle that does not fit stops the node."""
+        from ..inference.bundle import BundleError
+        from ..sonar.pipeline import SonarPipeline
+        from .sonar_outputs import SonarPublishers
+
+        log = self.get_logger()
+        try:
+            self.sonar = SonarPipeline(self.array, cfg.sonar, cfg.sample_rate, cfg.speed_of_sound,
+                                       capacity_s=cfg.frame.buffer_seconds, log=log.info)
+        except BundleError as e:
+            if cfg.sonar.model not in ("", "default"):
+                raise
+            self._sonar_note = f"off: the default model does not fit this array ({e})"
+            log.warning(f"learned outputs {self._sonar_note}")
+            return
+        self._sonar_note = "on"
+        self.sonar_pub = SonarPublishers(self, self.sonar.bundle, cfg.sonar, cfg.grid, self.array.frame_id)
+        from avperception_msgs.msg import Ping
+
+        self.create_subscription(Ping, ping_topic, self.on_ping, audio_qos())
+        b = self.sonar.bundle
+        log.info(f"sonar: model {b.path} ({b.sweep_id}), backend {self.sonar.stats()['backend']}, "
+                 f"{b.window_samples}-sample windows aligned on {self.resolve_topic_name(ping_topic)} "
+                 f"{'or on the direct path when no ping arrives' if cfg.sonar.detect else '(no detection)'}")
+
+    def on_ping(self, msg) -> None:
+        self.sonar.push_ping(conv.stamp_to_sec(msg.header.stamp), int(msg.sequence), bool(msg.onset_known))
+
+    def run_sonar(self, t_received: float) -> None:
+        try:
+            results = self.sonar.pop()
+        except Exception as e:  # every backend failed: keep the beamformer running, say why
+            self.get_logger().error(f"sonar inference failed: {e}", throttle_duration_sec=5.0)
+            self.sonar_errors += 1
+            return
+        for _, out in results:
+            self.sonar_pub.publish(out)
+            self._pings_published += 1
+            self._sonar_latency.append((time.monotonic() - t_received) * 1e3)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -101,8 +157,12 @@ class PerceptionNode(Node):
             self.rejected += 1
             self.get_logger().error(str(e), throttle_duration_sec=5.0)
             return
+        t_received = time.monotonic()
         stamp = chunk.stamp if chunk.stamp is not None else self.now() - block.shape[1] / cfg.sample_rate
         self.buffer.push(block, stamp, chunk.sequence)
+        if self.sonar is not None:
+            self.sonar.push_audio(block, stamp, chunk.sequence)
+            self.run_sonar(t_received)
         frames = self.buffer.pop_frames()
         if not frames:
             return
@@ -147,9 +207,20 @@ class PerceptionNode(Node):
             "overlaps": st.overlaps,
             "rejected_chunks": self.rejected + self.input.errors,
             "measured_rate_hz": st.measured_rate,
-            "backend": "numpy/" + self.pipeline.config.beamformer.method,
+            "beamformer": "numpy/" + self.pipeline.config.beamformer.method,
             "tracks": len(self.tracker.confirmed()) if self.tracker is not None else 0,
+            "sonar": self._sonar_note,
         }
+        if self.sonar is not None:
+            inf = np.array(self.sonar.infer_ms) if self.sonar.infer_ms else np.array([np.nan])
+            slat = np.array(self._sonar_latency) if self._sonar_latency else np.array([np.nan])
+            values.update({"ping_rate_hz": self._pings_published / dt, "inference_ms_median": float(np.median(inf)),
+                           "inference_ms_max": float(np.max(inf)), "sonar_latency_ms_median": float(np.median(slat)),
+                           "sonar_latency_ms_max": float(np.max(slat)), "sonar_errors": self.sonar_errors,
+                           **self.sonar.stats()})
+            self.sonar.infer_ms.clear()
+            self._sonar_latency.clear()
+            self._pings_published = 0
         level, message = 0, "ok"
         if self.input.input_type is None or st.chunks == 0:
             level, message = 1, "no audio received"

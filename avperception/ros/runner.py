@@ -35,7 +35,13 @@ def _prepare_env() -> None:
 
 
 def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -> None:
-    """Create the nodes, spin them until Ctrl-C (or ``duration`` seconds), shut down cleanly."""
+    """Create the nodes, spin them until Ctrl-C (or ``duration`` seconds), shut down cleanly.
+
+    BLAS / OpenMP pools are pinned to one thread first: spinning OpenBLAS threads would take a whole core at real
+    time for nothing (the nodes' arrays are small); ONNX Runtime's threads are set by ``sonar.threads``."""
+    from ..inference.backends import pin_threads
+
+    pin_threads(1)
     _prepare_env()
     rclpy.init(args=args)
     nodes = []

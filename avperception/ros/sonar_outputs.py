@@ -1,0 +1,85 @@
+"""Publishers of the learned outputs (one set per aligned ping), shared by the nodes that run a model bundle.
+
+Topics (all stamped with the ping's onset, frame = the array frame unless said):
+    sonar/depth             sensor_msgs/Image 32FC1   depth panorama, metres, NaN unknown (REP 118)
+    sonar/depth_color       sensor_msgs/Image rgb8    the same, coloured (near bright)
+    sonar/semantic          sensor_msgs/Image mono8   class per pixel (bundle's class list)
+    sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
+    sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
+    sonar/occupancy         sensor_msgs/PointCloud2   centres of the occupied voxels
+    sonar/occupancy_markers visualization_msgs/MarkerArray  the occupied voxels as cubes
+    sonar/occupancy_grid    nav_msgs/OccupancyGrid    the voxels of a height band collapsed to a floor plan (Nav2)
+    sonar/pinhole/depth     sensor_msgs/Image 32FC1   the depth reprojected on the ``grid`` pinhole camera (z-depth)
+    sonar/pinhole/camera_info sensor_msgs/CameraInfo  its intrinsics (frame ``grid.camera_frame_id``)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nav_msgs.msg import OccupancyGrid
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from ..config import GridConfig, SonarConfig
+from ..sonar import products
+from . import conversions as conv
+
+
+def pack_rgb(colors: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` uint8 -> ``(N,)`` float32 whose bits are 0x00RRGGBB (PointCloud2's ``rgb`` field, as RViz reads it)."""
+    c = np.asarray(colors, dtype=np.uint32).reshape(-1, 3)
+    return ((c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]).astype(np.uint32).view(np.float32)
+
+
+class SonarPublishers:
+    """Creates the ``sonar/*`` publishers on ``node`` and turns one :class:`SonarOutputs` into messages."""
+
+    def __init__(self, node: Node, bundle, sonar: SonarConfig, grid: GridConfig, frame_id: str) -> None:
+        self.bundle = bundle
+        self.cfg = sonar
+        self.frame_id = frame_id
+        self.camera_frame_id = grid.camera_frame_id
+        self.rays = products.panorama_grid(bundle.pano_shape, bundle.el_min_deg, bundle.el_max_deg).vectors
+        self.colors = np.asarray(bundle.class_colors, dtype=np.uint8)
+        self.voxel_size = np.asarray(bundle.voxel_extent, dtype=np.float64) / np.asarray(bundle.voxel_resolution)
+        self.pinhole = None
+        if sonar.pinhole:
+            self.pinhole = products.PinholeReprojection(bundle.pano_shape, grid.width, grid.height, grid.fx, grid.fy,
+                                                        grid.cx, grid.cy, grid.camera_rpy_deg, bundle.el_min_deg,
+                                                        bundle.el_max_deg)
+            self.grid = grid
+        q = qos_profile_sensor_data
+        self.depth = node.create_publisher(Image, "sonar/depth", q)
+        self.depth_color = node.create_publisher(Image, "sonar/depth_color", q)
+        self.semantic = node.create_publisher(Image, "sonar/semantic", q)
+        self.semantic_color = node.create_publisher(Image, "sonar/semantic_color", q)
+        self.points = node.create_publisher(PointCloud2, "sonar/points", q)
+        self.occupancy = node.create_publisher(PointCloud2, "sonar/occupancy", q)
+        self.occupancy_markers = node.create_publisher(MarkerArray, "sonar/occupancy_markers", 10)
+        self.occupancy_grid = node.create_publisher(OccupancyGrid, "sonar/occupancy_grid", 10)
+        self.pinhole_depth = node.create_publisher(Image, "sonar/pinhole/depth", q)
+        self.camera_info = node.create_publisher(CameraInfo, "sonar/pinhole/camera_info", q)
+
+    def publish(self, out) -> None:
+        """Publish every output of one ping (``out.stamp`` = its onset)."""
+        t, f, b = out.stamp, self.frame_id, self.bundle
+        self.depth.publish(conv.array_to_image(out.depth.astype(np.float32), t, f))
+        self.depth_color.publish(conv.array_to_image(products.depth_colors(out.depth), t, f))
+        self.semantic.publish(conv.array_to_image(out.labels.astype(np.uint8), t, f))
+        self.semantic_color.publish(conv.array_to_image(products.label_colors(out.labels, self.colors), t, f))
+        pts, lab = products.depth_points(out.depth, self.rays, out.labels, self.cfg.points_max_range_m)
+        rgb = pack_rgb(self.colors[np.minimum(lab, len(self.colors) - 1)]) if len(pts) else np.zeros(0, np.float32)
+        self.points.publish(conv.points_to_cloud(pts, t, f, {"label": lab.astype(np.uint8), "rgb": rgb}))
+        centres = products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent)
+        self.occupancy.publish(conv.points_to_cloud(centres, t, f))
+        self.occupancy_markers.publish(conv.cube_markers(centres, self.voxel_size, t, f))
+        plan = products.occupancy_slice(out.occupancy, b.voxel_center, b.voxel_extent, self.cfg.plan_z_min_m,
+                                        self.cfg.plan_z_max_m)
+        self.occupancy_grid.publish(conv.occupancy_grid_msg(plan.data, plan.origin, plan.resolution, t, f))
+        if self.pinhole is not None:
+            g = self.grid
+            self.pinhole_depth.publish(conv.array_to_image(self.pinhole(out.depth), t, self.camera_frame_id))
+            self.camera_info.publish(conv.camera_info_msg(g.width, g.height, g.fx, g.fy, g.cx, g.cy, t,
+                                                          self.camera_frame_id))
