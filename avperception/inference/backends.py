@@ -191,8 +191,8 @@ class FallbackBackend:
             self._log(f"inference backend: {self.backend.describe()}" + (f" (next: {', '.join(rest)})" if rest else ""))
             return
         self.backend = None
-        raise BackendUnavailable("no inference backend could run this bundle: " + "; ".join(self.skipped + self.fallbacks)
-                                 if self.skipped or self.fallbacks else "no inference backend left")
+        reasons = "; ".join(self.skipped + self.fallbacks) or "none was given"
+        raise BackendUnavailable(f"no inference backend could run this bundle: {reasons}")
 
     @property
     def name(self) -> str:

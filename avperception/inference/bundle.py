@@ -246,8 +246,9 @@ def load_bundle(spec: str | Path | None = None, verify: bool = True) -> ModelBun
         meta = json.loads(jp.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{jp} is corrupt (not valid JSON: {e}); re-export the bundle") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise BundleError(f"{jp} is not an {FORMAT} file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != FORMAT:
+        raise BundleError(f"{jp} is not an {FORMAT} file (format {fmt!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"{jp}: format version {version!r} is not the one this avperception reads "

@@ -204,6 +204,16 @@ def _array_of(cfg):
     return ArrayGeometry(cfg.array, pos, sample_rate=cfg.sample_rate)
 
 
+def student_contract(cfg):
+    """What a student's own config says about the audio it takes, as a (file-less)
+    :class:`~avperception.inference.bundle.ModelBundle` for :func:`~avperception.inference.bundle.fits`."""
+    from ..inference.bundle import ModelBundle
+
+    return ModelBundle(Path(f"<{cfg.array} student>"), {
+        "array": {"name": cfg.array, "positions": [list(map(float, p)) for p in cfg.array_positions]},
+        "sample_rate": int(cfg.sample_rate), "speed_of_sound": float(cfg.speed_of_sound)})
+
+
 def bundle_meta(model, *, array, speaker_position, sweep_level_db: float, sweep_params: dict, emitted: np.ndarray,
                 voxel_center, voxel_extent, voxel_resolution, classes, class_colors, train_config: dict | None,
                 output_shapes: dict, speed_of_sound: float, opset: int, name: str = "") -> dict:
@@ -281,24 +291,33 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
                  compact: bool = True, log=print) -> Path:
     """Write the bundle of ``model`` (an ``AudioStudent``) into ``out_dir``; returns ``out_dir``.
 
-    ``sweep_params``: ``{kind, f0_hz, f1_hz, duration_s, fade}`` of the emitted sweep (its samples are the
-    model's ``cfg.emitted`` when it has them, else rendered from these and checked against them when it does);
+    ``sweep_params``: ``{kind, f0_hz, f1_hz, duration_s, fade}`` of the emitted sweep (its samples are rendered
+    from these and must match the model's ``cfg.emitted`` when it has one);
     ``speaker_position (3,)`` and ``sweep_level_db`` (peak dBFS at 1 m): where and how loud the robot emits it;
     the voxel crop: ``voxel_center``, ``voxel_extent`` (m) and ``voxel_resolution`` (voxels), all x, y, z.
+    ``array``: the array of the data (default: the model's own); a model made for another array, or (with
+    beams) another speed of sound, is refused with :class:`~avperception.inference.bundle.BundleMismatch`.
     The ONNX graph (opset >= 17, fixed shapes, no latent) is verified with ``onnx.checker`` + shape inference and
     against torch on random audio, a synthetic wall echo and every ``check_audio (M, N)`` window (``tol`` on
     every output). ``compact``: weights that are exactly float16 numbers (saved with ``--half``) are stored
-    as float16 in the graph (:func:`store_exact_half`; the same outputs, half the file). ``with_weights``: also ``model.safetensors`` (+ ``model.json``) for the torch backend,
+    as float16 in the graph (:func:`store_exact_half`; the same outputs, half the file).
+    ``with_weights``: also ``model.safetensors`` (+ ``model.json``) for the torch backend,
     copied byte for byte from ``weights_from`` when given (an ``AudioStudent.save`` file of this model).
     """
     from ..dsp.echo import sweep
-    from ..inference.bundle import BUNDLE_JSON, ONNX_NAME, SAFETENSORS_NAME, check_fits, load_bundle, sha256_file
+    from ..inference.bundle import (BUNDLE_JSON, ONNX_NAME, SAFETENSORS_NAME, BundleMismatch, check_fits, fits,
+                                    load_bundle, sha256_file)
     from ..inference.synthetic import echo_window
 
     model = model.float().eval()
     cfg = model.cfg
     array = array if array is not None else _array_of(cfg)
     c = float(speed_of_sound if speed_of_sound is not None else cfg.speed_of_sound)
+    diffs = fits(student_contract(cfg), array, cfg.sample_rate, c if (cfg.echo_beams or cfg.layout_beams) else None)
+    if diffs:
+        raise BundleMismatch(f"the model ({cfg.array}) was not trained for array '{array.name}': "
+                             + "; ".join(diffs) + ". Give the array, dataset or datagen config it was trained with",
+                             diffs)
     sp = dict(sweep_params)
     rendered = sweep(cfg.sample_rate, sp["f0_hz"], sp["f1_hz"], sp["duration_s"], sp["kind"], sp["fade"])
     if cfg.emitted:

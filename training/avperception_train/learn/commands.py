@@ -235,8 +235,8 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
     into ``out``, with the array, sweep, speaker, level and voxel crop of the dataset ``data`` or the datagen
     config ``datagen_config``; refuses (BundleMismatch / ValueError) when the model was made for another array,
     rate, speed of sound or sweep."""
-    from avperception.inference.bundle import BundleMismatch, ModelBundle, fits
-    from avperception.models.export import write_bundle
+    from avperception.inference.bundle import BundleMismatch, fits
+    from avperception.models.export import student_contract, write_bundle
 
     weights_from = None
     if source == "default":
@@ -248,9 +248,7 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
     cfg = model.cfg
     settings = bundle_settings(data, datagen_config, array=None if (data or datagen_config) else cfg.array)
     # the model's own contract against the data's, through the one fit test
-    own = ModelBundle(Path(source), {"array": {"name": cfg.array, "positions": cfg.array_positions},
-                                     "sample_rate": cfg.sample_rate, "speed_of_sound": cfg.speed_of_sound})
-    diffs = fits(own, settings["array"], settings["sample_rate"],
+    diffs = fits(student_contract(cfg), settings["array"], settings["sample_rate"],
                  settings["speed_of_sound"] if (cfg.echo_beams or cfg.layout_beams) else None)
     if cfg.num_samples != settings["cfg"].audio.num_samples:
         diffs.append(f"window: model {cfg.num_samples} samples vs data {settings['cfg'].audio.num_samples}")
