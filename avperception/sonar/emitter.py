@@ -12,6 +12,8 @@ of the sweeps it began. Pure and device-free: the audio callback calls
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -94,3 +96,81 @@ class PingSchedule:
 def onset_stamp(onset_index: int, first_index: int, first_stamp: float, fs: float) -> float:
     """Time of input sample ``onset_index`` given the stamp of sample ``first_index`` (s)."""
     return float(first_stamp) + (int(onset_index) - int(first_index)) / float(fs)
+
+
+# the data engine's default sweep (training/avperception_train/datagen DatagenConfig.active)
+DEFAULT_SWEEP = dict(kind="linear", f0_hz=1000.0, f1_hz=7000.0, duration_s=0.008, fade=0.25)
+DEFAULT_SPEAKER = (0.0, 0.0, -0.05)
+
+
+@dataclass(frozen=True)
+class EmitterSweep:
+    """What the emitter plays and where from: the one place a model bundle's sweep enters the runtime.
+
+    Attributes:
+        samples: ``(L,)`` the sweep, peak 1.
+        sweep_id: its name (the bundle's ``sweep_id``; Ping messages carry it).
+        speaker_position: ``(3,)`` metres in the array frame.
+        fs: sample rate (Hz); speed_of_sound: m/s.
+    """
+
+    samples: np.ndarray
+    sweep_id: str
+    speaker_position: np.ndarray
+    fs: int
+    speed_of_sound: float = 343.0
+
+
+def load_emitter_sweep(model: str | None = "default", fs: int = 16000, speaker_position=DEFAULT_SPEAKER,
+                       **sweep_params) -> EmitterSweep:
+    """The sweep to emit: from a model bundle (``model`` = bundle directory or ``default``), or when ``model``
+    is empty from ``sweep_params`` (``kind``, ``f0_hz``, ``f1_hz``, ``duration_s``, ``fade``; default the data
+    engine's) at ``fs`` with the speaker at ``speaker_position``."""
+    if model:
+        from ..inference.bundle import load_bundle
+
+        b = load_bundle(model, verify=False)  # the sweep only: model.onnx is checked where it is run
+        return EmitterSweep(b.emitted, b.sweep_id, b.speaker_position, b.sample_rate, b.speed_of_sound)
+    from ..dsp.echo import sweep
+    from ..inference.bundle import sweep_id
+
+    p = {**DEFAULT_SWEEP, **sweep_params}
+    s = sweep(int(fs), p["f0_hz"], p["f1_hz"], p["duration_s"], p["kind"], p["fade"])
+    sid = sweep_id(p["kind"], p["f0_hz"], p["f1_hz"], p["duration_s"], int(fs))
+    return EmitterSweep(s, sid, np.asarray(speaker_position, dtype=np.float64), int(fs))
+
+
+class PingStamper:
+    """Stamps emitted onsets once the audio chunk that holds them is stamped (the capture node's bookkeeping).
+
+    The audio callback adds the input indices of new onsets (:meth:`add_onsets`, from
+    :meth:`PingSchedule.fill_output`); the publisher calls :meth:`on_chunk` for each chunk it stamps and
+    gets ``(onset_index, stamp)`` of every onset up to that chunk's end: the chunk's stamp + the onset's
+    offset in it / fs. An onset in a chunk that was dropped is stamped from the next chunk (the indices
+    are absolute, so it is still exact). At most ``max_pending`` onsets wait (the oldest are dropped and
+    counted in ``dropped``).
+    """
+
+    def __init__(self, fs: float, max_pending: int = 64) -> None:
+        from collections import deque
+
+        self.fs = float(fs)
+        self._onsets: deque[int] = deque()
+        self.max_pending = int(max_pending)
+        self.dropped = 0
+
+    def add_onsets(self, onsets) -> None:
+        for o in onsets:
+            if len(self._onsets) >= self.max_pending:
+                self._onsets.popleft()
+                self.dropped += 1
+            self._onsets.append(int(o))
+
+    def on_chunk(self, first_index: int, n: int, stamp: float) -> list[tuple[int, float]]:
+        """``[(onset_index, stamp), ...]`` of the onsets before ``first_index + n``, oldest first."""
+        out = []
+        end = int(first_index) + int(n)
+        while self._onsets and self._onsets[0] < end:
+            o = self._onsets.popleft()
+            out.append((o, onset_stamp(o, first_index, stamp, self.fs)))
+        return out
