@@ -3,6 +3,7 @@
 Commands:
     localize AUDIO.wav --array ARRAY [--sources K] [--json]   offline localisation of a multichannel WAV
     infer AUDIO.wav [--model BUNDLE] --out DIR                learned depth, classes, occupancy of each ping
+    calibrate-latency --device D [--seconds 3]                the emitter's output latency (full-duplex card)
     demo [--out DIR] [--ros]                                  simulated room through the pipeline
     info                                                      versions, arrays, beamformers
 """
@@ -145,6 +146,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench.doa import run_cli
     elif a.bench == "student":
         from .bench.student import run_cli
+    elif a.bench == "sonar":
+        from .bench.sonar import run_cli
     else:
         from .bench.features import run_cli
     return run_cli(a)
@@ -188,15 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature and student timing")
     bsub = p.add_subparsers(dest="bench", required=True)
-    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, student as bench_student
+    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, sonar as bench_sonar, \
+        student as bench_student
 
     for name, mod, hlp in (("beamforming", bench_bf, "map speed vs pyroomacoustics and acoular"),
                            ("doa", bench_doa, "DOA accuracy over simulated rooms vs pyroomacoustics"),
                            ("features", bench_feat, "torch feature front-end timing on CPU / CUDA"),
-                           ("student", bench_student, "student network inference: ONNX Runtime vs torch eager")):
+                           ("student", bench_student, "student network inference: ONNX Runtime vs torch eager"),
+                           ("sonar", bench_sonar, "learned half as the node runs it: latency per stage, CPU")):
         bp = bsub.add_parser(name, help=hlp, description=(mod.__doc__ or "").split("\n\n")[0])
         mod.add_arguments(bp)
     p.set_defaults(func=cmd_bench)
+
+    from .sonar.calibrate import add_calibrate_parser
+
+    add_calibrate_parser(sub)
 
     p = sub.add_parser("info", help="versions, arrays and beamformers")
     p.set_defaults(func=cmd_info)

@@ -62,24 +62,48 @@ class SonarPublishers:
         self.pinhole_depth = node.create_publisher(Image, "sonar/pinhole/depth", q)
         self.camera_info = node.create_publisher(CameraInfo, "sonar/pinhole/camera_info", q)
 
-    def publish(self, out) -> None:
-        """Publish every output of one ping (``out.stamp`` = its onset)."""
+    def publish(self, out, everything: bool = False) -> int:
+        """Publish the outputs of one ping (``out.stamp`` = its onset) on every topic someone subscribes to
+        (``everything``: on all of them); returns how many messages went out. A message nobody listens to is not
+        built: the cubes alone cost a few milliseconds."""
         t, f, b = out.stamp, self.frame_id, self.bundle
-        self.depth.publish(conv.array_to_image(out.depth.astype(np.float32), t, f))
-        self.depth_color.publish(conv.array_to_image(products.depth_colors(out.depth), t, f))
-        self.semantic.publish(conv.array_to_image(out.labels.astype(np.uint8), t, f))
-        self.semantic_color.publish(conv.array_to_image(products.label_colors(out.labels, self.colors), t, f))
-        pts, lab = products.depth_points(out.depth, self.rays, out.labels, self.cfg.points_max_range_m)
-        rgb = pack_rgb(self.colors[np.minimum(lab, len(self.colors) - 1)]) if len(pts) else np.zeros(0, np.float32)
-        self.points.publish(conv.points_to_cloud(pts, t, f, {"label": lab.astype(np.uint8), "rgb": rgb}))
-        centres = products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent)
-        self.occupancy.publish(conv.points_to_cloud(centres, t, f))
-        self.occupancy_markers.publish(conv.cube_markers(centres, self.voxel_size, t, f))
-        plan = products.occupancy_slice(out.occupancy, b.voxel_center, b.voxel_extent, self.cfg.plan_z_min_m,
-                                        self.cfg.plan_z_max_m)
-        self.occupancy_grid.publish(conv.occupancy_grid_msg(plan.data, plan.origin, plan.resolution, t, f))
-        if self.pinhole is not None:
+
+        def wanted(pub) -> bool:
+            return everything or pub.get_subscription_count() > 0
+
+        sent = 0
+        for pub, make in ((self.depth, lambda: conv.array_to_image(out.depth.astype(np.float32), t, f)),
+                          (self.depth_color, lambda: conv.array_to_image(products.depth_colors(out.depth), t, f)),
+                          (self.semantic, lambda: conv.array_to_image(out.labels.astype(np.uint8), t, f)),
+                          (self.semantic_color, lambda: conv.array_to_image(
+                              products.label_colors(out.labels, self.colors), t, f)),
+                          (self.points, lambda: self._points(out)),
+                          (self.occupancy_grid, lambda: self._plan(out))):
+            if wanted(pub):
+                pub.publish(make())
+                sent += 1
+        if wanted(self.occupancy) or wanted(self.occupancy_markers):
+            centres = products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent)
+            for pub, make in ((self.occupancy, lambda: conv.points_to_cloud(centres, t, f)),
+                              (self.occupancy_markers, lambda: conv.cube_markers(centres, self.voxel_size, t, f))):
+                if wanted(pub):
+                    pub.publish(make())
+                    sent += 1
+        if self.pinhole is not None and (wanted(self.pinhole_depth) or wanted(self.camera_info)):
             g = self.grid
             self.pinhole_depth.publish(conv.array_to_image(self.pinhole(out.depth), t, self.camera_frame_id))
             self.camera_info.publish(conv.camera_info_msg(g.width, g.height, g.fx, g.fy, g.cx, g.cy, t,
                                                           self.camera_frame_id))
+            sent += 2
+        return sent
+
+    def _points(self, out):
+        pts, lab = products.depth_points(out.depth, self.rays, out.labels, self.cfg.points_max_range_m)
+        rgb = pack_rgb(self.colors[np.minimum(lab, len(self.colors) - 1)]) if len(pts) else np.zeros(0, np.float32)
+        return conv.points_to_cloud(pts, out.stamp, self.frame_id, {"label": lab.astype(np.uint8), "rgb": rgb})
+
+    def _plan(self, out):
+        b = self.bundle
+        plan = products.occupancy_slice(out.occupancy, b.voxel_center, b.voxel_extent, self.cfg.plan_z_min_m,
+                                        self.cfg.plan_z_max_m)
+        return conv.occupancy_grid_msg(plan.data, plan.origin, plan.resolution, out.stamp, self.frame_id)
