@@ -45,8 +45,22 @@ def test_params_files_only_use_declared_parameters():
             assert not unknown, f"{f.name}: {node} has no parameters {unknown}"
 
 
+def test_launch_file_sets_only_declared_parameters():
+    declared = {
+        "perception_node": node_params("perception_node") | set(flatten(PipelineConfig())),
+        "sim_audio_node": node_params("sim_audio_node"),
+        "capture_node": node_params("capture_node"),
+    }
+    launch = (ROOT / "launch" / "perception.launch.py").read_text()
+    for name, params in re.findall(r'name="([a-z_]+)", output="screen",\s*parameters=\[params_file, \{([^}]*)\}',
+                                   launch):
+        keys = set(re.findall(r'"([a-z_.]+)":', params))
+        assert keys and keys <= declared[name], f"{name}: {keys - declared[name]} not declared"
+
+
 def test_package_xml_declares_message_dependencies():
     xml = (ROOT / "package.xml").read_text()
-    for dep in ("rclpy", "sensor_msgs", "geometry_msgs", "visualization_msgs", "diagnostic_msgs", "avperception_msgs"):
+    for dep in ("rclpy", "sensor_msgs", "geometry_msgs", "visualization_msgs", "diagnostic_msgs", "nav_msgs",
+                "tf2_msgs", "avperception_msgs"):
         assert f"<depend>{dep}</depend>" in xml
     assert "<build_type>ament_python</build_type>" in xml
