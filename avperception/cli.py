@@ -148,6 +148,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench.student import run_cli
     elif a.bench == "sonar":
         from .bench.sonar import run_cli
+    elif a.bench == "sonar-quality":
+        from .bench.sonar_quality import run_cli
     else:
         from .bench.features import run_cli
     return run_cli(a)
@@ -192,13 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature and student timing")
     bsub = p.add_subparsers(dest="bench", required=True)
     from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, sonar as bench_sonar, \
-        student as bench_student
+        sonar_quality as bench_sonar_quality, student as bench_student
 
     for name, mod, hlp in (("beamforming", bench_bf, "map speed vs pyroomacoustics and acoular"),
                            ("doa", bench_doa, "DOA accuracy over simulated rooms vs pyroomacoustics"),
                            ("features", bench_feat, "torch feature front-end timing on CPU / CUDA"),
                            ("student", bench_student, "student network inference: ONNX Runtime vs torch eager"),
-                           ("sonar", bench_sonar, "learned half as the node runs it: latency per stage, CPU")):
+                           ("sonar", bench_sonar, "learned half as the node runs it: latency per stage, CPU"),
+                           ("sonar-quality", bench_sonar_quality,
+                            "learned outputs of a robot pinging through simulated rooms, scored per ping")):
         bp = bsub.add_parser(name, help=hlp, description=(mod.__doc__ or "").split("\n\n")[0])
         mod.add_arguments(bp)
     p.set_defaults(func=cmd_bench)

@@ -138,66 +138,26 @@ def _trajectory(room_id: int, ping_rate_hz: float, seed: int, num_sources: int =
 
 def run_sonar(out_dir: str | Path = "demo_out", pings: int = 24, room_id: int = 0, seed: int = 0,
               ping_rate_hz: float = 4.0, model: str = "default", backend: str = "auto", plots: bool = True,
-              chunk: int = 1024, progress: bool = True) -> dict:
+              progress: bool = True) -> dict:
     """A robot pinging as it drives through a simulated room: the stream goes through the same sonar code the node
-    runs (chunks of audio, Ping onsets, alignment on the direct path, the bundle's backend), each ping's prediction
-    is scored against the room's truth, and ``sonar.png`` shows prediction beside truth.
+    runs (:func:`avperception.eval.live.score_stream`), each ping's prediction is scored against the room's truth,
+    and ``sonar.png`` shows prediction beside truth.
 
     Returns the summary also written to ``sonar_summary.json``.
     """
     import sys
 
     from .config import SonarConfig
-    from .eval.metrics import depth_metrics, voxel_metrics
-    from .sonar.pipeline import SonarPipeline
+    from .eval.live import score_stream, summarize_scores
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     traj = _trajectory(room_id, ping_rate_hz, seed)
-    sonar = SonarPipeline(traj.array, SonarConfig(model=model, backend=backend), traj.fs,
-                          ping_period_s=1.0 / traj.ping_rate_hz)
-    fs = traj.fs
-    progress = progress and sys.stdout.isatty()
-    truth: dict[int, object] = {}
-    records = []
     t0 = time.perf_counter()
-    pending = np.zeros((traj.array.num_mics, 0), np.float32)
-    sent = 0  # samples handed to the pipeline
-    for seg in traj.segments(0, pings):
-        truth[seg.onset_sample] = seg
-        sonar.push_ping(seg.onset_sample / fs, seg.index, True)
-        pending = np.concatenate([pending, seg.audio], axis=1)
-        while pending.shape[1] >= chunk:  # the stream as a driver delivers it
-            sonar.push_audio(pending[:, :chunk], sent / fs, sent // chunk)
-            pending, sent = pending[:, chunk:], sent + chunk
-            for w, o in sonar.pop(newest_only=False):
-                seg_t = truth.get(w.onset_index)
-                if seg_t is None:
-                    continue
-                d = depth_metrics(o.depth, seg_t.depth)
-                v = voxel_metrics(o.occupancy, seg_t.occupancy)
-                records.append({"ping": seg_t.index, "out": o, "truth": seg_t, "delta1": d["delta1"],
-                                "abs_rel": d["abs_rel"], "voxel_iou": v.get("iou", float("nan")),
-                                "class_acc": float(np.mean((o.labels == seg_t.semantic)[seg_t.semantic != 255])),
-                                "correction": int(w.correction)})
-        if progress:
-            print(f"\rping {seg.index + 1}/{pings}", end="", flush=True)
-    if progress:
-        print()
-    if not records:
-        raise RuntimeError(f"no ping was aligned ({sonar.stats()})")
-    wall = time.perf_counter() - t0
-    col = {k: np.array([r[k] for r in records], dtype=float) for k in ("delta1", "abs_rel", "voxel_iou", "class_acc")}
-    inf = np.array(sonar.infer_ms)
-    summary = {
-        "scene": traj.describe(),
-        "pings": pings, "scored": len(records), **{k: v for k, v in sonar.stats().items()},
-        "depth_delta1_mean": float(np.nanmean(col["delta1"])), "depth_abs_rel_mean": float(np.nanmean(col["abs_rel"])),
-        "class_accuracy_mean": float(np.nanmean(col["class_acc"])), "voxel_iou_mean": float(np.nanmean(col["voxel_iou"])),
-        "onset_correction_max_samples": int(max(abs(r["correction"]) for r in records)),
-        "inference_ms_median": float(np.median(inf)), "inference_ms_p99": float(np.percentile(inf, 99)),
-        "wall_s": wall,
-    }
+    records, sonar = score_stream(traj, pings, SonarConfig(model=model, backend=backend),
+                                  progress=progress and sys.stdout.isatty())
+    summary = {"scene": traj.describe(), "pings": pings, **summarize_scores(records), **sonar.stats(),
+               "wall_s": time.perf_counter() - t0}
     (out / "sonar_summary.json").write_text(json.dumps(summary, indent=2))
     if plots:
         _sonar_plot(out / "sonar.png", records, sonar.bundle)

@@ -1,0 +1,99 @@
+"""Quality of the learned outputs live: a robot pinging through simulated rooms, scored ping by ping.
+
+For each room (data-engine rooms, ``--rooms``) the robot drives its loop pinging at 4 Hz with moving ambient
+sources; the continuous stream (earlier pings' tails included) goes through the node's sonar code in 1024-sample
+chunks (:func:`avperception.eval.live.score_stream`), and every ping's depth, classes and voxels are scored
+against the truth rendered for it. ``--isolated`` also scores, for the same pings, the data engine's own
+independent scene at the same pose (no earlier ping, sources standing still: what the student was trained on),
+so the difference is what the stream costs.
+
+    avperception bench sonar-quality [--rooms 0,3,5] [--pings 40] [--isolated] [--detect] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from .common import machine
+
+
+def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
+    """The same pings as independent data-engine scenes (sample 0 = onset, nothing before it)."""
+    from avperception_train.datagen.scene import simulate_audio
+
+    from ..eval.live import score_outputs
+
+    out = []
+    for r in records:
+        spec = traj.scene_spec(r["ping"])
+        x = simulate_audio(traj.cfg, spec, traj.mics)
+        x = np.clip(x, -1.0, 1.0) if traj.cfg.audio.clip else x
+        o = sonar.infer(x.astype(np.float32))
+        t = r["truth"]
+        out.append(score_outputs(o, t.depth, t.semantic, t.occupancy))
+    return out
+
+
+def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0) -> dict:
+    from ..config import SonarConfig
+    from ..demo import _trajectory
+    from ..eval.live import score_stream, summarize_scores
+    from ..inference.backends import pin_threads
+
+    pin_threads(1)
+    rows = []
+    for room in rooms:
+        traj = _trajectory(int(room), 4.0, seed)
+        records, sonar = score_stream(traj, pings, SonarConfig(), announce=not detect)
+        row = {"room": int(room), "scene": traj.describe(), **summarize_scores(records),
+               "pings_skipped": {k: v for k, v in sonar.aligner.skipped.items() if v}}
+        row["delta1_per_ping"] = [round(float(r["delta1"]), 4) for r in records]
+        if isolated:
+            iso = isolated_scores(traj, records, sonar)
+            row["isolated_depth_delta1_mean"] = float(np.nanmean([s["delta1"] for s in iso]))
+            row["isolated_depth_abs_rel_mean"] = float(np.nanmean([s["abs_rel"] for s in iso]))
+            row["isolated_class_accuracy_mean"] = float(np.nanmean([s["class_acc"] for s in iso]))
+        rows.append(row)
+    d1 = np.concatenate([r["delta1_per_ping"] for r in rows])
+    return {"rows": rows, "pings_scored": int(d1.size), "depth_delta1_mean": float(np.nanmean(d1)),
+            "depth_delta1_p10": float(np.nanpercentile(d1, 10)), "detect": detect, "machine": machine()}
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--rooms", default="0,3,5", help="data-engine room ids (default 0,3,5)")
+    ap.add_argument("--pings", type=int, default=40, help="pings per room (default 40)")
+    ap.add_argument("--isolated", action="store_true", help="also score the same poses as independent scenes")
+    ap.add_argument("--detect", action="store_true", help="no Ping messages: find every ping on its direct path")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    res = run(tuple(int(x) for x in a.rooms.split(",") if x), a.pings, a.isolated, a.detect, a.seed)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    for r in res["rows"]:
+        iso = (f" | isolated scenes: delta1 {r['isolated_depth_delta1_mean']:.3f}, AbsRel "
+               f"{r['isolated_depth_abs_rel_mean']:.3f}, class acc {r['isolated_class_accuracy_mean']:.3f}"
+               if "isolated_depth_delta1_mean" in r else "")
+        print(f"{r['scene']}\n  stream: {r['scored']} pings, depth delta1 {r['depth_delta1_mean']:.3f}, AbsRel "
+              f"{r['depth_abs_rel_mean']:.3f}, class acc {r['class_accuracy_mean']:.3f}, voxel IoU "
+              f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}")
+    print(f"all rooms: {res['pings_scored']} pings, depth delta1 mean {res['depth_delta1_mean']:.3f} "
+          f"(10th percentile {res['depth_delta1_p10']:.3f}){' (pings found on the direct path)' if res['detect'] else ''}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="avperception bench sonar-quality", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Scoring the learned outputs on a continuous simulated stream, as the node would produce them.
+
+:func:`score_stream` feeds a pinging robot's stream (the training package's
+``ActiveTrajectory``) through :class:`~avperception.sonar.pipeline.SonarPipeline` in driver-sized chunks with
+each ping's onset announced, and scores every aligned window's outputs against the truth rendered for that ping.
+The offline demo, ``avperception bench sonar-quality`` and the docs' live numbers come from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .metrics import depth_metrics, voxel_metrics
+
+
+def score_outputs(out, depth: np.ndarray, semantic: np.ndarray, occupancy: np.ndarray) -> dict:
+    """One ping's scores: depth (delta1, AbsRel, RMSE), class accuracy over labelled pixels, voxel IoU."""
+    d = depth_metrics(out.depth, depth)
+    known = semantic != 255
+    return {"delta1": d["delta1"], "abs_rel": d["abs_rel"], "rmse": d["rmse"],
+            "class_acc": float(np.mean(out.labels[known] == semantic[known])) if known.any() else float("nan"),
+            "voxel_iou": voxel_metrics(out.occupancy, occupancy)["iou"]}
+
+
+def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int = 1024, announce: bool = True,
+                 progress: bool = False, bundle=None) -> tuple[list[dict], object]:
+    """Stream ``pings`` pings of ``traj`` through a :class:`SonarPipeline`; returns ``(records, pipeline)``.
+
+    Each record holds the ping index, its scores (:func:`score_outputs`), the onset correction the alignment made,
+    and the outputs and truth (``out``, ``truth``). ``announce``: a Ping per onset (else the pipeline must find
+    them on the direct path).
+    """
+    from ..sonar.pipeline import SonarPipeline
+
+    fs = traj.fs
+    sonar = SonarPipeline(traj.array, config, fs, ping_period_s=1.0 / traj.ping_rate_hz, bundle=bundle)
+    truth: dict[int, object] = {}
+    records: list[dict] = []
+    pending = np.zeros((traj.array.num_mics, 0), np.float32)
+    sent = start_ping * traj.period
+    for seg in traj.segments(start_ping, pings):
+        truth[seg.onset_sample] = seg
+        if announce:
+            sonar.push_ping(seg.onset_sample / fs, seg.index, True)
+        pending = np.concatenate([pending, seg.audio], axis=1)
+        while pending.shape[1] >= chunk:  # the stream as a driver delivers it
+            sonar.push_audio(pending[:, :chunk], sent / fs, sent // chunk)
+            pending, sent = pending[:, chunk:], sent + chunk
+            for w, o in sonar.pop(newest_only=False):
+                near = [k for k in truth if abs(k - w.onset_index - start_ping * traj.period) <= 2]
+                if not near:
+                    continue
+                t = truth.pop(near[0])
+                records.append({"ping": t.index, "correction": int(w.correction), "out": o, "truth": t,
+                                **score_outputs(o, t.depth, t.semantic, t.occupancy)})
+        if progress:
+            print(f"\rping {seg.index + 1 - start_ping}/{pings}", end="", flush=True)
+    if progress:
+        print()
+    if not records:
+        raise RuntimeError(f"no ping was aligned ({sonar.stats()})")
+    return records, sonar
+
+
+def summarize_scores(records: list[dict]) -> dict:
+    """Means over the pings scored, the worst onset correction and the inference times."""
+    col = {k: np.array([r[k] for r in records], dtype=float) for k in ("delta1", "abs_rel", "voxel_iou", "class_acc")}
+    inf = np.array([r["out"].infer_ms for r in records])
+    return {"scored": len(records),
+            "depth_delta1_mean": float(np.nanmean(col["delta1"])),
+            "depth_abs_rel_mean": float(np.nanmean(col["abs_rel"])),
+            "class_accuracy_mean": float(np.nanmean(col["class_acc"])),
+            "voxel_iou_mean": float(np.nanmean(col["voxel_iou"])),
+            "onset_correction_max_samples": int(max(abs(r["correction"]) for r in records)),
+            "inference_ms_median": float(np.median(inf)), "inference_ms_p99": float(np.percentile(inf, 99))}
