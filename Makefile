@@ -1,5 +1,5 @@
 # avperception: two commands on a fresh Debian/Ubuntu machine, no ROS install needed.
-#   make demo   -- simulated room through the whole pipeline (pictures in demo_out/, live DDS run)
+#   make demo   -- simulated rooms through the whole pipeline (pictures in demo_out/, live DDS runs)
 #   make test   -- the whole test suite
 # Both run `make install` first, which creates/refreshes the virtual environment in .venv.
 
@@ -37,7 +37,8 @@ msgs: $(STAMP)
 
 demo: install
 	$(VENV)/bin/avperception demo --out demo_out
-	$(VENV)/bin/avperception demo --ros --duration 8
+	$(VENV)/bin/avperception demo --ros --mode passive --duration 8
+	$(VENV)/bin/avperception demo --ros --mode active --duration 15
 
 test: install
 	$(PY) -m pytest -q tests

@@ -97,7 +97,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.ros:
         from .ros.demo import run_ros_demo
 
-        return run_ros_demo(a.array, a.duration)
+        return run_ros_demo(a.array, a.duration, a.mode)
     from .demo import run
 
     s = run(a.out, a.array, a.seconds, a.seed)
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ros", action="store_true", help="run the sim and perception nodes over real DDS instead")
     p.add_argument("--duration", type=float, default=8.0, help="seconds to run with --ros")
+    p.add_argument("--mode", choices=["active", "passive"], default="active",
+                   help="with --ros: the simulator pings as its robot drives through a room (active, learned "
+                        "outputs scored against the truth) or plays ambient sources in a shoebox (passive)")
     p.add_argument("--pings", type=int, default=24,
                    help="pings of the learned-outputs demo (offline; 0 skips it; needs the training package)")
     p.add_argument("--room", type=int, default=0, help="room of the learned-outputs demo (data engine room id)")

@@ -358,7 +358,9 @@ class SonarConfig:
     on failure), ``onnxruntime`` or ``torch``. ``detect``: find pings by matched-filtering the direct path when
     no Ping message arrives. ``plan_z_min_m`` / ``plan_z_max_m``: the height band (array frame) collapsed into
     the occupancy grid for Nav2. ``pinhole``: also publish the depth reprojected on the ``grid.width`` x
-    ``grid.height`` camera (``grid.fx`` ... ``grid.camera_rpy_deg``) with its CameraInfo.
+    ``grid.height`` camera (``grid.fx`` ... ``grid.camera_rpy_deg``) with its CameraInfo. ``blank_ms``: the
+    beamformer leaves out this long after each ping's onset (the sweep's direct path and first echoes are 20 dB
+    louder than the room's sources and would pull every map toward the speaker); 0 keeps it.
     """
 
     enabled: bool = True
@@ -372,8 +374,11 @@ class SonarConfig:
     plan_z_min_m: float = -0.25
     plan_z_max_m: float = 0.5
     pinhole: bool = True
+    blank_ms: float = 30.0
 
     def validate(self) -> None:
+        if not 0 <= self.blank_ms <= 1000:
+            raise ConfigError(f"sonar.blank_ms must be in [0, 1000], got {self.blank_ms}")
         if self.backend not in SONAR_BACKENDS:
             raise ConfigError(f"sonar.backend must be one of {', '.join(SONAR_BACKENDS)}, got {self.backend!r}")
         if not 1 <= self.threads <= 64:

@@ -122,6 +122,9 @@ def run_ros_demo(array: str = "robot_8mic", duration: float = 8.0, mode: str = "
         return 1
     errs = np.array(node.errors[len(node.errors) // 5:])  # skip the first second or so
     print(f"received {node.maps} energy maps over real DDS")
+    if mode == "active":
+        print("(the active room's ambient sources are drawn as the data engine draws them, often quiet, harmonic and "
+              "far: their directions are harder than the passive demo's)")
     for j in range(errs.shape[1] if errs.size else 0):
         s = summarize(errs[:, j])
         print(f"true source {j}: median error {s['median_deg']:.1f} deg, found within {s['threshold_deg']:.0f} deg "

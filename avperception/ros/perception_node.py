@@ -21,6 +21,7 @@ ping's onset.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -35,6 +36,7 @@ from ..audio.pcm import AudioChunk
 from ..config import ConfigError, PipelineConfig, load_array
 from ..dsp.tracking import SourceTracker
 from ..pipeline import Pipeline
+from ..sonar.pipeline import blank_pings
 from ..viz import heatmap_rgb
 from . import conversions as conv
 from .audio_input import AudioInput, audio_qos
@@ -86,6 +88,7 @@ class PerceptionNode(Node):
         self._compute: list[float] = []
         self._last_diag = time.monotonic()
         self.sonar = None
+        self._onsets: deque[float] = deque(maxlen=8)  # recent refined ping onsets (s), blanked for the beamformer
         self._sonar_note = "off (sonar.enabled is false)"
         self._pings_published = 0
         self._sonar_latency: list[float] = []
@@ -136,7 +139,8 @@ class PerceptionNode(Node):
             self.get_logger().error(f"sonar inference failed: {e}", throttle_duration_sec=5.0)
             self.sonar_errors += 1
             return
-        for _, out in results:
+        for w, out in results:
+            self._onsets.append(w.stamp)
             self.sonar_pub.publish(out)
             self._pings_published += 1
             self._sonar_latency.append((time.monotonic() - t_received) * 1e3)
@@ -169,6 +173,9 @@ class PerceptionNode(Node):
         if len(frames) > 1:  # behind: work on the newest audio only
             self.buffer.stats.dropped_frames += len(frames) - 1
         t_first, block = frames[-1]
+        if self.sonar is not None and cfg.sonar.blank_ms > 0:
+            onsets = list(self._onsets) + self.sonar.aligner.pending_onsets()
+            block = blank_pings(block, t_first, onsets, cfg.sonar.blank_ms * 1e-3, cfg.sample_rate)
         self.process(t_first, block)
 
     def process(self, t_first: float, block: np.ndarray) -> None:

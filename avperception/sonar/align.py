@@ -351,6 +351,11 @@ class PingAligner:
             self._enqueue(_Pending(None, self.detected - 1, False, onset, self._w))
         self._scan = last + 1
 
+    def pending_onsets(self) -> list[float]:
+        """Stamps (s) of the pings still waiting for their window: announced or detected, not yet refined."""
+        return [p.stamp if p.stamp is not None else self._stamp_of(p.index) for p in self._pending
+                if p.stamp is not None or p.index is not None]
+
     # ------------------------------------------------------------------ diagnostics
     @property
     def mean_abs_correction(self) -> float:

@@ -16,6 +16,21 @@ import numpy as np
 from ..config import ArrayGeometry, SonarConfig
 
 
+def blank_pings(block: np.ndarray, t_first: float, onsets, blank_s: float, fs: int) -> np.ndarray:
+    """``block (mics, n)`` starting at ``t_first`` with ``blank_s`` seconds after each onset in ``onsets`` zeroed
+    (a copy where anything is)."""
+    n = block.shape[1]
+    out = block
+    for t in onsets:
+        a = int(round((t - t_first) * fs))
+        b = a + int(round(blank_s * fs))
+        if b > 0 and a < n:
+            if out is block:
+                out = block.copy()
+            out[:, max(a, 0): min(b, n)] = 0.0
+    return out
+
+
 class SonarPipeline:
     """Pings and audio -> :class:`~avperception.inference.outputs.SonarOutputs`.
 

@@ -76,3 +76,13 @@ def test_label_and_depth_colours():
     np.testing.assert_array_equal(img[1, 1], [0, 0, 0])
     d = products.depth_colors(np.array([[0.5, np.nan]], np.float32))
     assert d.shape == (1, 2, 3) and d[0, 1].sum() == 0 and d[0, 0].sum() > 0
+
+
+def test_blanking_zeroes_only_the_samples_after_each_onset():
+    from avperception.sonar.pipeline import blank_pings
+
+    x = np.ones((2, 100), np.float32)
+    y = blank_pings(x, 10.0, [9.999, 10.004, 20.0], 0.002, 1000)  # onsets 1 sample before, and 4 samples in
+    assert np.all(x == 1)  # the input is left as it was
+    np.testing.assert_array_equal(np.flatnonzero(y[0] == 0), [0, 4, 5])
+    assert blank_pings(x, 10.0, [], 0.002, 1000) is x
