@@ -44,6 +44,17 @@ class BufferStats:
         return asdict(self)
 
 
+def ring_write(ring: np.ndarray, index: int, x: np.ndarray) -> None:
+    """Write ``x (channels, n)`` into ``ring (channels, capacity)`` at absolute sample ``index`` (wrapping);
+    ``n`` must not exceed the capacity."""
+    cap, n = ring.shape[1], x.shape[1]
+    i = index % cap
+    first = min(n, cap - i)
+    ring[:, i: i + first] = x[:, :first]
+    if first < n:
+        ring[:, : n - first] = x[:, first:]
+
+
 class AudioBuffer:
     """Frames a multichannel stream.
 
@@ -147,11 +158,7 @@ class AudioBuffer:
             chunk = chunk[:, -self.capacity:]
             self._w += n - self.capacity
             n = self.capacity
-        i = self._w % self.capacity
-        first = min(n, self.capacity - i)
-        self._ring[:, i: i + first] = chunk[:, :first]
-        if first < n:
-            self._ring[:, : n - first] = chunk[:, first:]
+        ring_write(self._ring, self._w, chunk)
         self._w += n
 
     def _update_rate(self, stamp: float, n: int) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..audio.buffer import ring_write
 from .onset import DirectPath, direct_score, pick_onsets, refine_onset
 
 SKIP_REASONS = ("no_direct_path", "gap_in_window", "overwritten", "incomplete_timeout", "queue_full", "before_audio")
@@ -198,11 +199,7 @@ class PingAligner:
             self._w += n - self.capacity
             self._anchor_idx[-1] = self._w
             n = self.capacity
-        i = self._w % self.capacity
-        first = min(n, self.capacity - i)
-        self._ring[:, i: i + first] = x[:, :first]
-        if first < n:
-            self._ring[:, : n - first] = x[:, first:]
+        ring_write(self._ring, self._w, x)
         self._w += n
 
     def _prune(self) -> None:

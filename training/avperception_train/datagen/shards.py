@@ -11,7 +11,6 @@ scenes give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from avperception.inference.bundle import sha256_file  # noqa: F401  (one hash for shards and bundles)
 
 FORMAT = "avperception-scenes"
 FORMAT_VERSION = 1
@@ -162,12 +163,6 @@ def write_npz(path: str | Path, arrays: "OrderedDict[str, np.ndarray]") -> None:
     os.replace(tmp, path)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_json(path: str | Path, data: dict) -> None:
