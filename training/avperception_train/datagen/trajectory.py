@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import DatagenConfig
-from .geometry import RoomGeometry, sample_free_point, voxel_grid, yaw_matrix
+from .geometry import RoomGeometry, sample_free_point, voxel_grid
 from .scene import SceneSpec, SourceSpec, robot_clearance, room_split, sample_room
 
 _PATH_STEP_M = 0.01  # arc-length resolution of the planned loop

@@ -1,0 +1,125 @@
+"""The simulator's active mode over real DDS: audio, pings at audio sample times, and the engine's truth."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("avperception_train", reason="the simulator's active mode needs the training package")
+
+import rclpy  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
+
+from avperception.ros.conversions import cloud_to_arrays, image_to_array, stamp_to_sec  # noqa: E402
+
+from test_dds import logs, ros_env, spin_until  # noqa: E402,F401  (the fixture runs processes on an own domain)
+
+ROOM = 5  # a 3.6 x 5.7 m room with two boxes, quick to render
+SIM = ["-p", "mode:=active", "-p", "array:=robot_8mic", "-p", f"room_seed:={ROOM}", "-p", "prefill_s:=1.0",
+       "-p", "speed_m_s:=0.3"]
+
+
+def test_active_sim_publishes_pings_at_audio_samples_with_the_rooms_depth(ros_env):
+    from avperception_msgs.msg import AudioFrame, Ping
+
+    from avperception_train.datagen.config import load_config
+    from avperception_train.datagen.groundtruth import RayCaster, render_view
+    from avperception_train.datagen.scene import grids
+    from avperception_train.datagen.trajectory import ActiveTrajectory
+
+    start, node, ctx, tmp = ros_env
+    audio, pings, depth, occ = [], [], [], []
+    node.create_subscription(AudioFrame, "audio", audio.append,
+                             QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE))
+    node.create_subscription(Ping, "sonar/pings", pings.append, 50)
+    node.create_subscription(Image, "sim/depth", depth.append, 50)
+    node.create_subscription(PointCloud2, "sim/occupancy", occ.append, 50)
+    tf = []
+    try:
+        from tf2_msgs.msg import TFMessage
+    except ImportError:  # not installed: the node warns and publishes no transforms (the test below)
+        TFMessage = None
+    else:
+        node.create_subscription(TFMessage, "/tf", tf.append, 100)
+    start(sys.executable, "-m", "avperception.ros.runner", "sim_audio", "--ros-args", *SIM)
+    ok = spin_until(node, ctx, lambda: len(pings) >= 6 and len(depth) >= 6 and len(audio) >= 20, 90)
+    assert ok, f"{len(audio)} audio, {len(pings)} pings, {len(depth)} depth\n" + logs(tmp)
+
+    fs, chunk = audio[0].sample_rate, len(audio[0].data) // (2 * audio[0].channels)  # S16LE
+    assert audio[0].channels == 8 and fs == 16000
+    seqs = np.array([a.sequence for a in audio])
+    t_audio = np.array([stamp_to_sec(a.header.stamp) for a in audio])
+    t0 = t_audio - seqs * chunk / fs  # every frame's stamp is the time of its first sample on one sample clock
+    assert np.ptp(t0) < 1e-6
+    traj = ActiveTrajectory(load_config(overrides={"array": "robot_8mic"}), room_id=ROOM, speed_m_s=0.3)
+    caster = RayCaster.for_room(traj.room)
+    pano = grids(traj.cfg)[0]
+    by_stamp = {(m.header.stamp.sec, m.header.stamp.nanosec): m for m in depth}
+    checked = 0
+    for p in pings:
+        assert p.onset_known and p.header.frame_id == "mic_array"
+        assert p.sweep_id.startswith("linear-1000-7000Hz")
+        onset = (stamp_to_sec(p.header.stamp) - t0[0]) * fs
+        assert abs(onset - p.sequence * traj.period) < 0.01  # ping k starts at audio sample k * period
+        d = by_stamp.get((p.header.stamp.sec, p.header.stamp.nanosec))
+        if d is None:
+            continue
+        img = image_to_array(d)
+        assert d.encoding == "32FC1" and img.shape == (60, 120) and d.header.frame_id == "mic_array"
+        spec = traj.scene_spec(p.sequence, sources=False)
+        ref, _ = render_view(caster, spec.origin, spec.rotation, pano.vectors, pano.shape)
+        assert np.all(np.isfinite(img)) and img.min() > 0.2 and img.max() < np.linalg.norm(np.ptp(traj.room.bbox, 0))
+        np.testing.assert_allclose(img, ref, atol=1e-4)  # the panorama seen from this ping's pose
+        checked += 1
+    assert checked >= 4
+    if TFMessage is not None:  # odom -> base_link is the ping's pose, at its stamp
+        got = {(t.header.stamp.sec, t.header.stamp.nanosec): t for m in tf for t in m.transforms
+               if t.header.frame_id == "odom" and t.child_frame_id == "base_link"}
+        p = pings[-2]
+        t = got[(p.header.stamp.sec, p.header.stamp.nanosec)].transform
+        x, y, _, yaw = traj.pose(p.sequence)
+        np.testing.assert_allclose([t.translation.x, t.translation.y, t.translation.z], [x, y, 0.0], atol=1e-6)
+        assert abs(2 * np.arctan2(t.rotation.z, t.rotation.w) - yaw) < 1e-6 or abs(abs(yaw) - np.pi) < 1e-3
+    pts = cloud_to_arrays(occ[-1])
+    assert len(pts["x"]) > 0 and occ[-1].header.frame_id == "mic_array"
+    assert np.all(np.abs(pts["z"]) <= 1.0 + 1e-6)  # inside the engine's 2 m tall crop around the array
+
+
+class _Log:
+    def __init__(self):
+        self.records = []
+
+    def __getattr__(self, level):
+        return lambda msg, *a, **k: self.records.append((level, str(msg)))
+
+
+def test_active_sim_without_tf2_msgs_warns_once_and_publishes_no_tf(monkeypatch):
+    """Where tf2_msgs is not installed the node still runs: one warning, no /tf publishers."""
+    from rclpy.parameter import Parameter
+
+    from avperception.ros.sim_audio_node import SimAudioNode
+
+    monkeypatch.setitem(sys.modules, "tf2_msgs", None)
+    monkeypatch.setitem(sys.modules, "tf2_msgs.msg", None)
+    log = _Log()
+    monkeypatch.setattr(SimAudioNode, "get_logger", lambda self: log)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, domain_id=(hash("sim_active") % 100) + 100)
+    try:
+        params = [Parameter("mode", value="active"), Parameter("room_seed", value=ROOM),
+                  Parameter("ambient_sources", value=0)]
+        node = SimAudioNode(context=ctx, parameter_overrides=params)
+        try:
+            assert node.pub_tf is None and node.pub_tf_static is None
+            warnings = [m for lv, m in log.records if lv in ("warning", "warn")]
+            assert len(warnings) == 1 and "tf2_msgs" in warnings[0], log.records
+            assert node.traj.room_id == ROOM and node.pub_pings is not None
+            seg = node.renderer.get(timeout=60.0)  # the background renderer delivers the stream's first ping
+            assert seg is not None and seg.index == 0 and seg.audio.shape == (8, node.period)
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
