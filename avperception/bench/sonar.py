@@ -68,6 +68,11 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
             from ..ros import conversions as conv
         except ImportError:  # no ROS message packages: the products are timed without their messages
             conv = None
+    import gc
+
+    products.depth_colors(np.zeros((1, 1), np.float32))  # the colour map is loaded at start, as the node does
+    gc.collect()
+    gc.freeze()  # as the nodes do once they are built (avperception.ros.runner)
     lap_n = audio.shape[1]
     ring = np.zeros((array.num_mics, cfg.frame.frame_samples), np.float32)
     st = {k: [] for k in ("align", "inference", "decode", "products", "messages", "end_to_end", "beamformer")}

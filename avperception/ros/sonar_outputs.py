@@ -44,6 +44,7 @@ class SonarPublishers:
         self.rays = products.panorama_grid(bundle.pano_shape, bundle.el_min_deg, bundle.el_max_deg).vectors
         self.colors = np.asarray(bundle.class_colors, dtype=np.uint8)
         self.voxel_size = np.asarray(bundle.voxel_extent, dtype=np.float64) / np.asarray(bundle.voxel_resolution)
+        products.depth_colors(np.zeros((1, 1), np.float32))  # loads the colour map now, not on the first ping
         self.pinhole = None
         if sonar.pinhole:
             self.pinhole = products.PinholeReprojection(bundle.pano_shape, grid.width, grid.height, grid.fx, grid.fy,
