@@ -139,7 +139,9 @@ class CaptureNode(Node):
         self._new_onsets: collections.deque = collections.deque(maxlen=64)  # filled by the audio callback
         self._out_offset: float | None = None
         self.ping_seq = 0
-        self.ping_pub = self.create_publisher(self._ping_type(), "sonar/pings", 10)
+        from avperception_msgs.msg import Ping
+
+        self.ping_pub = self.create_publisher(Ping, "sonar/pings", 10)
 
     def _open_streams(self, p: dict):
         from ..sonar.calibrate import import_sounddevice, open_duplex_stream
@@ -169,8 +171,6 @@ class CaptureNode(Node):
             self._new_onsets.extend((dac + (o - first) / self.fs, self.out_stream.time) for o in onsets)
 
     def _publish_pings(self, first_index: int, n: int, stamp: float, ros_now: float) -> None:
-        from .conversions import header
-
         new = []
         while self._new_onsets:
             new.append(self._new_onsets.popleft())
@@ -181,17 +181,9 @@ class CaptureNode(Node):
             if new and self._out_offset is None:
                 self._out_offset = ros_now - new[0][1]
             pings = [(t + self._out_offset, False) for t, _ in new]
-        msg_type = self._ping_type()
         for t, known in pings:
-            self.ping_pub.publish(msg_type(header=header(t, self.array.frame_id), sequence=self.ping_seq,
-                                           sweep_id=self.sweep.sweep_id, onset_known=known))
+            self.ping_pub.publish(conv.ping_msg(t, self.array.frame_id, self.ping_seq, self.sweep.sweep_id, known))
             self.ping_seq += 1
-
-    @staticmethod
-    def _ping_type():
-        from avperception_msgs.msg import Ping
-
-        return Ping
 
     @staticmethod
     def _msg_type():

@@ -271,3 +271,11 @@ def audio_frame_msg(x: np.ndarray, sample_rate: int, stamp: float, frame_id: str
                      encoding=encoding, sequence=int(sequence))
     msg.data = encode_interleaved(x, encoding)
     return msg
+
+
+def ping_msg(stamp: float, frame_id: str, sequence: int, sweep_id: str, onset_known: bool = True):
+    """avperception_msgs/Ping of a sweep whose onset is at ``stamp`` (the audio's clock)."""
+    from avperception_msgs.msg import Ping
+
+    return Ping(header=header(stamp, frame_id), sequence=int(sequence), sweep_id=str(sweep_id),
+                onset_known=bool(onset_known))

@@ -286,7 +286,7 @@ class SimAudioNode(Node):
         stamp = self.t_start + seg.onset_sample / self.fs
         frame = self.array.frame_id
         if self.pub_pings is not None:
-            self.pub_pings.publish(sim_truth.ping_msg(stamp, frame, seg.index, self.sweep_id, True))
+            self.pub_pings.publish(conv.ping_msg(stamp, frame, seg.index, self.sweep_id, True))
         self.pub_depth.publish(conv.array_to_image(seg.depth, stamp, frame))
         self.pub_semantic.publish(conv.array_to_image(seg.semantic, stamp, frame))
         self.pub_occupancy.publish(conv.points_to_cloud(seg.occupied_points, stamp, frame))

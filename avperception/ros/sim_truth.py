@@ -20,14 +20,6 @@ LABEL_COLORS = np.array([[0.55, 0.55, 0.55, 1.0], [0.85, 0.85, 0.95, 0.15], [0.7
                          [0.85, 0.45, 0.15, 0.9]], dtype=np.float32)
 
 
-def ping_msg(stamp: float, frame_id: str, sequence: int, sweep_id: str, onset_known: bool = True):
-    """avperception_msgs/Ping of a sweep whose onset is at ``stamp`` (the audio's clock)."""
-    from avperception_msgs.msg import Ping
-
-    return Ping(header=header(stamp, frame_id), sequence=int(sequence), sweep_id=str(sweep_id),
-                onset_known=bool(onset_known))
-
-
 def room_mesh_marker(vertices: np.ndarray, triangles: np.ndarray, labels: np.ndarray, stamp: float, frame_id: str,
                      ns: str = "room", colors: np.ndarray = LABEL_COLORS) -> Marker:
     """A TRIANGLE_LIST Marker of triangles ``(T, 3)`` indexing ``vertices (V, 3)``, coloured per label ``(T,)``.
@@ -77,5 +69,5 @@ def tf_message(transforms):
     return TFMessage(transforms=list(transforms))
 
 
-__all__ = ["LABEL_COLORS", "ping_msg", "room_mesh_marker", "yaw_quaternion", "transform_stamped",
+__all__ = ["LABEL_COLORS", "room_mesh_marker", "yaw_quaternion", "transform_stamped",
            "robot_transforms", "tf_message"]
