@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Vector3
+from geometry_msgs.msg import Point, Pose, PoseArray, Quaternion, Transform, TransformStamped, Vector3
 from nav_msgs.msg import OccupancyGrid
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
@@ -140,11 +140,46 @@ def cube_markers(centres: np.ndarray, size: Sequence[float], stamp: float, frame
                scale=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])),
                color=ColorRGBA(r=color[0], g=color[1], b=color[2], a=color[3]))
     m.pose.orientation.w = 1.0
-    m.points = [Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in np.asarray(centres).reshape(-1, 3)]
+    m.points = [Point(x=x, y=y, z=z) for x, y, z in np.asarray(centres, dtype=np.float64).reshape(-1, 3).tolist()]
     lt = sec_to_stamp(lifetime_s)
     m.lifetime.sec, m.lifetime.nanosec = lt.sec, lt.nanosec
     out.markers.append(m)
     return out
+
+
+def quaternion_from_matrix(r: np.ndarray) -> Quaternion:
+    """The unit quaternion of a ``(3, 3)`` rotation matrix (from its largest diagonal term, stable for any angle)."""
+    m = np.asarray(r, dtype=np.float64)
+    t = np.trace(m)
+    if t > 0:
+        s = 2.0 * math.sqrt(1.0 + t)
+        w, x, y, z = s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s
+    elif m[0, 0] >= m[1, 1] and m[0, 0] >= m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        w, x, y, z = (m[2, 1] - m[1, 2]) / s, s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s
+    elif m[1, 1] >= m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        w, x, y, z = (m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        w, x, y, z = (m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4
+    return Quaternion(x=float(x), y=float(y), z=float(z), w=float(w))
+
+
+def transform_msg(parent: str, child: str, translation: Sequence[float], rotation: np.ndarray,
+                  stamp: float) -> TransformStamped:
+    """``child`` in ``parent``: ``translation (3,)`` metres and ``rotation (3, 3)`` (child axes in parent)."""
+    x, y, z = (float(a) for a in translation)
+    return TransformStamped(header=header(stamp, parent), child_frame_id=child,
+                            transform=Transform(translation=Vector3(x=x, y=y, z=z),
+                                                rotation=quaternion_from_matrix(rotation)))
+
+
+def tf_message(transforms):
+    """``tf2_msgs/TFMessage`` of TransformStamped; raises ImportError where tf2_msgs is not installed."""
+    from tf2_msgs.msg import TFMessage
+
+    return TFMessage(transforms=list(transforms))
 
 
 # ---------------------------------------------------------------------------- directions

@@ -251,7 +251,7 @@ class SimAudioNode(Node):
                                    f"{self.period / self.fs:.3f} s period)")
             if self.pub_tf_static is not None:
                 _, base = sim_truth.robot_transforms(self.traj.pose(0), now, *self.frames)
-                self.pub_tf_static.publish(sim_truth.tf_message([base]))
+                self.pub_tf_static.publish(conv.tf_message([base]))
         due = int((now - self.t_start) * self.fs // self.chunk)
         late = False
         while self.sent < due:
@@ -294,7 +294,7 @@ class SimAudioNode(Node):
         self.pub_poses.publish(conv.positions_to_pose_array(seg.source_positions, stamp, frame))
         if self.pub_tf is not None:
             odom, _ = sim_truth.robot_transforms(seg.pose, stamp, *self.frames)
-            self.pub_tf.publish(sim_truth.tf_message([odom]))
+            self.pub_tf.publish(conv.tf_message([odom]))
 
     def destroy_node(self):
         if self.renderer is not None:

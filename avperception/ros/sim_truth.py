@@ -1,7 +1,7 @@
-"""Message conversions for the simulator's truth: pings, the room as a mesh marker, TF.
+"""Message conversions for the simulator's truth: the room as a mesh marker, TF.
 
 Pure functions from numpy data to ROS 2 messages (no node, no I/O). ``tf2_msgs``
-is imported only by :func:`tf_message`, so the rest works where it is missing.
+is imported only by :func:`.conversions.tf_message`, so the rest works where it is missing.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from geometry_msgs.msg import Point, Quaternion, Transform, TransformStamped, Vector3
+from geometry_msgs.msg import Point, TransformStamped, Vector3
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker
 
-from .conversions import header
+from .conversions import header, transform_msg
 
 # RGBA per semantic label of the data engine's surfaces: floor, ceiling, wall, obstacle
 LABEL_COLORS = np.array([[0.55, 0.55, 0.55, 1.0], [0.85, 0.85, 0.95, 0.15], [0.75, 0.72, 0.65, 0.35],
@@ -40,15 +40,10 @@ def room_mesh_marker(vertices: np.ndarray, triangles: np.ndarray, labels: np.nda
     return m
 
 
-def yaw_quaternion(yaw: float) -> Quaternion:
-    return Quaternion(x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2))
-
-
-def transform_stamped(parent: str, child: str, translation, yaw: float, stamp: float) -> TransformStamped:
+def transform_stamped(parent: str, child: str, translation, yaw: float, stamp: float):
     """``child`` in ``parent``: translation ``(3,)`` metres and a rotation ``yaw`` (rad) about z."""
-    x, y, z = (float(a) for a in translation)
-    return TransformStamped(header=header(stamp, parent), child_frame_id=child,
-                            transform=Transform(translation=Vector3(x=x, y=y, z=z), rotation=yaw_quaternion(yaw)))
+    c, s_ = math.cos(yaw), math.sin(yaw)
+    return transform_msg(parent, child, translation, np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]), stamp)
 
 
 def robot_transforms(pose: np.ndarray, stamp: float, odom: str = "odom", base: str = "base_link",
@@ -62,12 +57,5 @@ def robot_transforms(pose: np.ndarray, stamp: float, odom: str = "odom", base: s
             transform_stamped(base, array_frame, (0.0, 0.0, z), 0.0, stamp))
 
 
-def tf_message(transforms):
-    """tf2_msgs/TFMessage of TransformStamped; raises ImportError when tf2_msgs is not installed."""
-    from tf2_msgs.msg import TFMessage
-
-    return TFMessage(transforms=list(transforms))
-
-
-__all__ = ["LABEL_COLORS", "room_mesh_marker", "yaw_quaternion", "transform_stamped",
-           "robot_transforms", "tf_message"]
+__all__ = ["LABEL_COLORS", "room_mesh_marker", "transform_stamped",
+           "robot_transforms"]

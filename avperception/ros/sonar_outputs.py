@@ -62,6 +62,27 @@ class SonarPublishers:
         self.occupancy_grid = node.create_publisher(OccupancyGrid, "sonar/occupancy_grid", 10)
         self.pinhole_depth = node.create_publisher(Image, "sonar/pinhole/depth", q)
         self.camera_info = node.create_publisher(CameraInfo, "sonar/pinhole/camera_info", q)
+        if self.pinhole is not None:
+            self._camera_tf(node, grid)
+
+    def _camera_tf(self, node: Node, grid: GridConfig) -> None:
+        """The pinhole camera's optical frame in the array frame, on /tf_static (depth_image_proc needs it)."""
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            node.get_logger().warning("tf2_msgs is not installed: the pinhole camera's frame is not published on "
+                                      "/tf_static")
+            return
+        from rclpy.qos import DurabilityPolicy, QoSProfile
+
+        from ..dsp.grid import OPTICAL_TO_BODY, rpy_matrix
+
+        pub = node.create_publisher(TFMessage, "/tf_static", QoSProfile(depth=1,
+                                                                          durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        rot = rpy_matrix(*grid.camera_rpy_deg) @ OPTICAL_TO_BODY
+        pub.publish(conv.tf_message([conv.transform_msg(self.frame_id, self.camera_frame_id, (0.0, 0.0, 0.0), rot,
+                                                        node.get_clock().now().nanoseconds * 1e-9)]))
+        self._tf_static = pub
 
     def publish(self, out, everything: bool = False) -> int:
         """Publish the outputs of one ping (``out.stamp`` = its onset) on every topic someone subscribes to

@@ -87,3 +87,17 @@ def test_occupancy_grid_and_camera_info():
 def test_cube_markers_clear_then_draw():
     m = conv.cube_markers(np.array([[0.1, 0.2, 0.3], [1, 1, 1]]), (0.1, 0.1, 0.1), 1.0, "a")
     assert m.markers[0].action == m.markers[0].DELETEALL and len(m.markers[1].points) == 2
+
+
+def test_transform_quaternion_rotates_like_its_matrix():
+    from avperception.dsp.grid import OPTICAL_TO_BODY, rpy_matrix
+
+    half_turn = np.array([[0.0, -1, 0], [-1, 0, 0], [0, 0, -1]])  # 180 deg about (1, -1, 0) / sqrt(2)
+    for r in [rpy_matrix(*rpy) @ OPTICAL_TO_BODY for rpy in [(0, 0, 0), (0, 0, 90), (10, -20, 135), (0, 0, 180),
+                                                              (180, 0, 0)]] + [half_turn, np.eye(3)]:
+        q = conv.transform_msg("a", "b", (1, 2, 3), r, 0.0).transform.rotation
+        x, y, z, w = q.x, q.y, q.z, q.w
+        back = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                         [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+        np.testing.assert_allclose(back, r, atol=1e-9)
