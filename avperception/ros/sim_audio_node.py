@@ -74,6 +74,8 @@ NODE_PARAMS = {
     "publish_pings": (True, "active: publish sonar/pings with the exact onsets (false: the receiver must detect)"),
     "prefill_s": (-1.0, "active: seconds of audio rendered before publishing starts (< 0: as much as the "
                         "first lap needs to play in real time at the measured render speed)"),
+    "render_processes": (2, "active: processes computing impulse responses and truth during the first lap "
+                            "(1: the background renderer alone)"),
     "odom_frame": ("odom", "active: the room's frame"),
     "base_frame": ("base_link", "active: the robot's frame on the floor under the array"),
     "room_ceiling": (False, "active: include the ceiling in sim/room"),
@@ -173,16 +175,17 @@ class SimAudioNode(Node):
                       moving_sources=bool(p["moving_sources"]), seed=int(p["seed"]))
         self.traj = ActiveTrajectory(**kwargs)  # the plan (room, loop): the renderer process builds the same
         self.period = self.traj.period
-        self.renderer = BackgroundRenderer(kwargs, queue_pings=32)
+        self.renderer = BackgroundRenderer(kwargs, queue_pings=32, processes=max(1, int(p["render_processes"])))
         self.frames = (str(p["odom_frame"]), str(p["base_frame"]), self.array.frame_id)
         self.prefill_s = float(p["prefill_s"])
         self._segs: deque = deque()  # rendered, not yet in the sample buffer
         self._truth: deque = deque()  # (onset sample, segment) in the buffer, truth not yet published
         self._buf = np.zeros((len(self.array.positions), 0), dtype=np.float32)
         self._buf_start = 0  # stream sample index of self._buf[:, 0]
-        self._render_times: list[float] = []
+        self._render_times: deque = deque(maxlen=200)
         self._t_created = time.monotonic()
         self._last_log = self._t_created
+        self._last_stats = self._t_created
         self.underruns = 0
         self.pub_pings = None
         if bool(p["publish_pings"]):
@@ -207,7 +210,7 @@ class SimAudioNode(Node):
         v, t, lab = self.traj.room_mesh(ceiling=bool(p["room_ceiling"]))
         self.pub_room.publish(sim_truth.room_mesh_marker(v, t, lab, self.now(), self.frames[0]))
         log.info(f"active simulation: {self.traj.describe()}; sweep {self.sweep_id} from {source}; "
-                 f"rendering in a background process")
+                 f"rendering ahead in {int(p['render_processes'])} background process(es)")
 
     def _drain(self) -> None:
         """Move rendered segments from the renderer into ``_segs`` while less than the buffer cap is waiting."""
@@ -224,9 +227,9 @@ class SimAudioNode(Node):
         """Pings to hold before publishing starts (``prefill_s``, or what the first lap needs at the render speed)."""
         if self.prefill_s >= 0:
             return int(np.ceil(self.prefill_s * self.fs / self.period))
-        if len(self._render_times) < 3:
+        if len(self._render_times) < 6:
             return 1 << 30  # not measured yet
-        r = float(np.mean(self._render_times))
+        r = float(np.median(self._render_times))
         t = self.period / self.fs
         n = self.traj.loop_pings
         return int(min(n, np.ceil(1.2 * n * max(0.0, 1.0 - t / r)))) + 2
@@ -239,13 +242,13 @@ class SimAudioNode(Node):
             if len(self._segs) < need:
                 if time.monotonic() - self._last_log > 5.0:
                     self._last_log = time.monotonic()
-                    r = np.mean(self._render_times) if self._render_times else float("nan")
+                    r = np.median(self._render_times) if self._render_times else float("nan")
                     self.get_logger().info(f"rendering ahead: {len(self._segs)} ping(s) ready, {r:.3f} s per ping "
                                            f"(period {self.period / self.fs:.3f} s), waiting for "
                                            f"{need if need < 1 << 30 else 'a speed estimate'}")
                 return
             self.t_start = now
-            r = np.mean(self._render_times) if self._render_times else float("nan")
+            r = np.median(self._render_times) if self._render_times else float("nan")
             self.get_logger().info(f"publishing after {time.monotonic() - self._t_created:.1f} s with "
                                    f"{len(self._segs)} ping(s) rendered ahead ({r:.3f} s per ping for a "
                                    f"{self.period / self.fs:.3f} s period)")
@@ -274,6 +277,11 @@ class SimAudioNode(Node):
             self._buf_start = self.sent * self.chunk
             while self._truth and self._truth[0].onset_sample < self._buf_start:
                 self._publish_ping(self._truth.popleft())
+        if time.monotonic() - self._last_stats > 30.0:
+            self._last_stats = time.monotonic()
+            self.get_logger().info(f"{self.sent * self.chunk / self.fs:.0f} s streamed, {len(self._segs)} ping(s) "
+                                   f"rendered ahead, {np.median(self._render_times):.3f} s per ping lately, "
+                                   f"{self.underruns} late tick(s)")
         if late:
             self.underruns += 1
             if time.monotonic() - self._last_log > 5.0:

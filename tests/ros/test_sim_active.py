@@ -110,7 +110,7 @@ def test_active_sim_without_tf2_msgs_warns_once_and_publishes_no_tf(monkeypatch)
     rclpy.init(context=ctx, domain_id=(hash("sim_active") % 100) + 100)
     try:
         params = [Parameter("mode", value="active"), Parameter("room_seed", value=ROOM),
-                  Parameter("ambient_sources", value=0)]
+                  Parameter("ambient_sources", value=0), Parameter("render_processes", value=1)]
         node = SimAudioNode(context=ctx, parameter_overrides=params)
         try:
             assert node.pub_tf is None and node.pub_tf_static is None

@@ -7,7 +7,7 @@ import pytest
 
 from avperception_train.datagen.config import config_from_dict
 from avperception_train.datagen.scene import simulate_audio
-from avperception_train.datagen.trajectory import ActiveTrajectory
+from avperception_train.datagen.trajectory import ActiveTrajectory, BackgroundRenderer
 
 # small rooms keep the image-source model fast; room 1 is an L with boxes (order 3), room 2 an empty shoebox (order 10)
 CFG = config_from_dict({"array": "robot_8mic", "room": {"size_m": [3.0, 4.5]}})
@@ -86,3 +86,16 @@ def test_stream_is_deterministic_and_its_truth_follows_the_pose():
     traj.render_ping(4)
     with pytest.raises(ValueError, match="out of order"):
         traj.render_ping(6)
+
+
+def test_background_renderer_with_a_pool_streams_the_same_segments():
+    kw = dict(cfg=CFG, room_id=6, num_sources=1, speed_m_s=0.3)
+    ref = list(ActiveTrajectory(**kw).segments(0, 5))
+    bg = BackgroundRenderer(kw, processes=2, queue_pings=8)
+    try:
+        got = [bg.get(timeout=60.0) for _ in range(5)]
+    finally:
+        bg.close()
+    assert [s.index for s in got] == list(range(5))
+    for a, b in zip(ref, got):
+        assert np.array_equal(a.audio, b.audio) and np.array_equal(a.occupancy, b.occupancy)

@@ -287,6 +287,7 @@ class ActiveTrajectory:
         self._signals = [self._make_signal(j, s) for j, s in enumerate(self.sources)]
         self._cache: OrderedDict = OrderedDict()
         self._cache_used = 0
+        self._handed: dict = {}
         self._caster = None
         self._state: _State | None = None
 
@@ -368,6 +369,10 @@ class ActiveTrajectory:
     def _position_data(self, k: int) -> dict:
         """Impulse responses and truth of loop position ``k % loop_pings`` (cached)."""
         key = k % self.loop_pings
+        hit = self._handed.pop(key, None)
+        if hit is not None:
+            self._remember(key, hit)
+            return hit
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -396,12 +401,30 @@ class ActiveTrajectory:
                 "occupied_points": self._voxel_centres[vox].astype(np.float32),
                 "pose": self.pose(k), "sources": spec.to_array(self.source_positions_world(k)).reshape(-1, 3)}
         data["bytes"] = sum(v.nbytes for v in (*hs, depth, sem, vox, data["occupied_points"]))
-        if data["bytes"] <= self.cache_bytes:
+        self._remember(key, data)
+        return data
+
+    def _remember(self, key: int, data: dict) -> None:
+        if data["bytes"] <= self.cache_bytes and key not in self._cache:
             self._cache[key] = data
             self._cache_used += data["bytes"]
             while self._cache_used > self.cache_bytes:
                 self._cache_used -= self._cache.popitem(last=False)[1]["bytes"]
-        return data
+
+    def hand_over(self, k: int, data: dict) -> None:
+        """Give the position data of ping ``k`` computed elsewhere (another process) for its next render."""
+        self._handed[k % self.loop_pings] = data
+
+    def has_position(self, k: int) -> bool:
+        """Whether ping ``k``'s impulse responses and truth are at hand (cached or handed over)."""
+        key = k % self.loop_pings
+        return key in self._cache or key in self._handed
+
+    def position_data(self, k: int) -> dict:
+        """Impulse responses (speaker first, then the ambient sources, each ``(M, L)`` float32) and truth of ping
+        ``k``'s loop position: ``rirs``, ``depth``, ``semantic``, ``occupancy``, ``occupied_points``, ``pose``,
+        ``sources`` (array frame). Computed once per loop position when the cache holds it."""
+        return self._position_data(k)
 
     def _new_state(self, start_ping: int) -> _State:
         """An empty stream at ping ``start_ping``, the ambient sources already playing (steady state)."""
@@ -528,28 +551,92 @@ class RenderFailure:
     message: str
 
 
-def _render_worker(kwargs: dict, start_ping: int, queue, stop) -> None:  # pragma: no cover - runs in a child
+_POOL_TRAJ: ActiveTrajectory | None = None
+
+
+def _exit_with_parent(parent: int) -> None:  # pragma: no cover - runs in a pool process
+    """End this process when ``parent`` is gone (a terminated renderer cannot shut its pool down)."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _pool_init(kwargs: dict, parent: int) -> None:  # pragma: no cover - runs in a pool process
+    import signal
+
+    global _POOL_TRAJ
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
+    _POOL_TRAJ = ActiveTrajectory(**{**kwargs, "cache_mb": 0})
+
+
+def _pool_position(k: int) -> dict:  # pragma: no cover - runs in a pool process
+    return _POOL_TRAJ.position_data(k)
+
+
+def _render_worker(kwargs: dict, start_ping: int, queue, stop, processes: int = 1,
+                   parent: int | None = None) -> None:  # pragma: no cover - runs in a child
+    """The background renderer's process: segments in order onto ``queue``; with ``processes`` > 1 a pool of that
+    many processes computes the impulse responses and truth of the pings ahead (the costly part) while this one
+    overlap-adds, until every loop position is cached."""
     import queue as _q
     import signal
+    import time
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     queue.cancel_join_thread()  # never hang at exit on segments nobody reads any more
+    pool = None
+
+    def stopped() -> bool:  # asked to, or the parent is gone (this process is not a daemon: it may have a pool)
+        return stop.is_set() or (parent is not None and os.getppid() != parent)
+
     try:
         traj = ActiveTrajectory(**kwargs)
-        for seg in traj.segments(start_ping):
-            while not stop.is_set():
+        n = traj.loop_pings
+        if processes > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(int(processes), mp_context=mp.get_context("spawn"), initializer=_pool_init,
+                                       initargs=(kwargs, os.getpid()))
+        pending: dict = {}
+        traj.reset(start_ping)
+        k = int(start_ping)
+        while not stopped():
+            t0 = time.perf_counter()
+            if pool is not None:
+                for j in range(k + 1, k + 1 + 2 * int(processes)):
+                    if j % n not in pending and not traj.has_position(j):
+                        pending[j % n] = pool.submit(_pool_position, j)
+                fut = pending.pop(k % n, None)
+                if fut is not None and not traj.has_position(k):
+                    traj.hand_over(k, fut.result())
+                if not pending and len(traj._cache) == n:  # the whole loop is cached: the pool has done its work
+                    pool.shutdown(wait=False)
+                    pool = None
+            seg = traj.render_ping(k)
+            seg.render_s = time.perf_counter() - t0  # this process's time per ping, waiting for the pool included
+            k += 1
+            while not stopped():
                 try:
                     queue.put(seg, timeout=0.2)
                     break
                 except _q.Full:
                     continue
-            if stop.is_set():
-                return
     except BaseException as e:  # noqa: BLE001 - reported to the consumer
         try:
             queue.put(RenderFailure(f"{type(e).__name__}: {e}"), timeout=1.0)
         except Exception:
             pass
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 _ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -562,6 +649,8 @@ class BackgroundRenderer:
 
     ``kwargs`` are :class:`ActiveTrajectory`'s arguments; the child builds its own copy (the same stream: it is
     deterministic). ``queue_pings`` bounds the segments rendered ahead: the child waits when the queue is full.
+    ``processes`` > 1: that many more processes compute the pings' impulse responses and truth in parallel
+    during the first lap (the loop's later laps come from the cache).
     :meth:`get` returns the next :class:`PingSegment`, None when none is ready within ``timeout``, and raises
     RuntimeError with the child's message when it failed.
     """
@@ -569,20 +658,26 @@ class BackgroundRenderer:
     kwargs: dict
     start_ping: int = 0
     queue_pings: int = 64
+    processes: int = 1
     _proc: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
+        self._closed = False
         self._queue = ctx.Queue(maxsize=max(1, int(self.queue_pings)))
         self._stop = ctx.Event()
         self._proc = ctx.Process(target=_render_worker, args=(self.kwargs, int(self.start_ping), self._queue,
-                                                              self._stop), daemon=True, name="ping-renderer")
+                                                              self._stop, int(self.processes), os.getpid()),
+                                 daemon=False, name="ping-renderer")  # a daemon could not start the pool
         saved = {k: os.environ.get(k) for k in _ONE_THREAD}
         os.environ.update(_ONE_THREAD)  # the child inherits the environment at spawn
         try:
             self._proc.start()
+            import atexit
+
+            atexit.register(self.close)  # before multiprocessing joins its non-daemon children at exit
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -605,8 +700,11 @@ class BackgroundRenderer:
 
     def close(self) -> None:
         """Stop the child (it notices within 0.2 s, or is terminated) without reading what it left queued."""
+        if self._closed:
+            return
+        self._closed = True
         self._stop.set()
-        self._proc.join(timeout=2.0)
+        self._proc.join(timeout=5.0)
         if self._proc.is_alive():
             self._proc.terminate()
             self._proc.join(timeout=2.0)
