@@ -179,7 +179,7 @@ class SimAudioNode(Node):
         self.frames = (str(p["odom_frame"]), str(p["base_frame"]), self.array.frame_id)
         self.prefill_s = float(p["prefill_s"])
         self._segs: deque = deque()  # rendered, not yet in the sample buffer
-        self._truth: deque = deque()  # (onset sample, segment) in the buffer, truth not yet published
+        self._truth: deque = deque()  # segments in the sample buffer whose ping and truth are not yet published
         self._buf = np.zeros((len(self.array.positions), 0), dtype=np.float32)
         self._buf_start = 0  # stream sample index of self._buf[:, 0]
         self._render_times: deque = deque(maxlen=200)
@@ -208,7 +208,7 @@ class SimAudioNode(Node):
             self.pub_tf = self.create_publisher(TFMessage, "/tf", 100)
             self.pub_tf_static = self.create_publisher(TFMessage, "/tf_static", latched)
         v, t, lab = self.traj.room_mesh(ceiling=bool(p["room_ceiling"]))
-        self.pub_room.publish(sim_truth.room_mesh_marker(v, t, lab, self.now(), self.frames[0]))
+        self.pub_room.publish(sim_truth.room_mesh_marker(v, t, lab, 0.0, self.frames[0]))  # stamp 0: any time
         log.info(f"active simulation: {self.traj.describe()}; sweep {self.sweep_id} from {source}; "
                  f"rendering ahead in {int(p['render_processes'])} background process(es)")
 

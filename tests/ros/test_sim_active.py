@@ -123,3 +123,33 @@ def test_active_sim_without_tf2_msgs_warns_once_and_publishes_no_tf(monkeypatch)
             node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_room_mesh_marker_and_robot_transforms():
+    from avperception.ros import sim_truth
+    from avperception_train.datagen.config import config_from_dict
+    from avperception_train.datagen.trajectory import ActiveTrajectory
+
+    traj = ActiveTrajectory(config_from_dict({"array": "robot_8mic"}), room_id=ROOM, num_sources=0)
+    v, tri, lab = traj.room_mesh()
+    m = sim_truth.room_mesh_marker(v, tri, lab, 0.0, "odom")
+    assert m.type == m.TRIANGLE_LIST and len(m.points) == len(m.colors) == 3 * len(tri)
+    z = np.array([p.z for p in m.points])
+    assert z.min() == 0.0 and np.isclose(z.max(), traj.room.height)
+    floor = np.isclose(z.reshape(-1, 3), 0).all(1)
+    assert floor.sum() >= len(traj.room.floor) - 2  # the floor polygon's triangles (and the boxes' bottoms are not)
+    alpha = np.array([c.a for c in m.colors]).reshape(-1, 3)[:, 0]
+    np.testing.assert_allclose(alpha, sim_truth.LABEL_COLORS[lab, 3])  # coloured by class
+    with_ceiling = sim_truth.room_mesh_marker(*traj.room_mesh(ceiling=True), 0.0, "odom")
+    assert len(with_ceiling.points) == len(m.points) + 3 * (len(traj.room.floor) - 2)
+    # odom -> base_link -> mic_array puts the array's +x (forward) where the pose says
+    x, y, h, yaw = traj.pose(7)
+    odom, base = sim_truth.robot_transforms(traj.pose(7), 1.5, "odom", "base_link", "mic_array")
+    assert (odom.header.frame_id, odom.child_frame_id, base.child_frame_id) == ("odom", "base_link", "mic_array")
+    q = odom.transform.rotation
+    rot = np.array([[1 - 2 * q.z**2, -2 * q.w * q.z], [2 * q.w * q.z, 1 - 2 * q.z**2]])
+    forward = rot @ np.array([1.0, 0.0])
+    np.testing.assert_allclose(forward, [np.cos(yaw), np.sin(yaw)], atol=1e-12)
+    t = odom.transform.translation
+    np.testing.assert_allclose([t.x, t.y, t.z + base.transform.translation.z], [x, y, h])
+    assert odom.header.stamp.sec == 1 and odom.header.stamp.nanosec == 500_000_000
