@@ -355,7 +355,16 @@ class ActiveTrajectory:
         rng = np.random.default_rng(np.random.SeedSequence(self._sim_seed, spawn_key=(1, j)))
         n = int(seconds * self.fs)
         fade = int(0.05 * self.fs)
-        x = make_signal(src.kind, n + fade, self.fs, rng)
+        if src.kind == "chirps":
+            # its chirps come every 0.25 s: at a 4 Hz ping rate they would sit at the same place of every window (a
+            # training scene takes them at a random offset), so the stream spaces them 0.15-0.35 s apart
+            parts, total = [], 0
+            while total < n + fade:
+                parts.append(make_signal("chirps", int(rng.uniform(0.15, 0.35) * self.fs), self.fs, rng))
+                total += len(parts[-1])
+            x = np.concatenate(parts)
+        else:
+            x = make_signal(src.kind, n + fade, self.fs, rng)
         ramp = np.linspace(0.0, 1.0, fade)
         x[:fade] = x[:fade] * ramp + x[n: n + fade] * (1 - ramp)
         x = x[:n]
