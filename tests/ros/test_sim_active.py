@@ -153,3 +153,20 @@ def test_room_mesh_marker_and_robot_transforms():
     t = odom.transform.translation
     np.testing.assert_allclose([t.x, t.y, t.z + base.transform.translation.z], [x, y, h])
     assert odom.header.stamp.sec == 1 and odom.header.stamp.nanosec == 500_000_000
+
+
+def test_active_mode_without_the_training_package_says_what_to_install(monkeypatch):
+    from rclpy.parameter import Parameter
+
+    from avperception.ros.sim_audio_node import SimAudioNode
+
+    for name in [m for m in sys.modules if m.startswith("avperception_train")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "avperception_train", None)
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx, domain_id=(hash("sim_active_missing") % 100) + 100)
+    try:
+        with pytest.raises(RuntimeError, match="pip install -e training"):
+            SimAudioNode(context=ctx, parameter_overrides=[Parameter("mode", value="active")])
+    finally:
+        rclpy.shutdown(context=ctx)
