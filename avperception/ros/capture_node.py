@@ -214,7 +214,12 @@ class CaptureNode(Node):
             ros_now = self.get_clock().now().nanoseconds * 1e-9
             if self._offset is None:
                 self._offset = ros_now - stream_now
-            stamp = adc_time + self._offset if adc_time else ros_now - x.shape[1] / self.fs
+            if adc_time:
+                stamp = adc_time + self._offset
+            elif stream_now:  # no ADC time from this host API: the stream's clock at the callback, less the block
+                stamp = stream_now - x.shape[1] / self.fs + self._offset  # (not the flush's: chunks may queue)
+            else:
+                stamp = ros_now - x.shape[1] / self.fs
             self.pub.publish(conv.audio_frame_msg(x, self.fs, stamp, self.array.frame_id, self.seq, self.p["encoding"]))
             self.seq += 1
             if self.emit:
