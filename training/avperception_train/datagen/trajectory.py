@@ -179,6 +179,8 @@ class ActiveTrajectory:
             section is the sweep, its level and the speaker position; ``passive`` the ambient sources' kinds and
             levels; ``noise`` and ``audio.gain_db`` the ranges the sensor noise and gain are drawn from.
         room_id: which room of ``cfg`` (:func:`.scene.sample_room`, the engine's room ``room_id``).
+        active: fields of ``cfg.active`` to change (``sweep``, ``f_start_hz``, ``f_end_hz``, ``duration_s``,
+            ``fade``, ``level_db``, ``speaker_position``), e.g. a model bundle's sweep.
         ping_rate_hz: pings per second; the period is ``round(fs / ping_rate_hz)`` samples.
         speed_m_s: the robot's speed along its loop (0: it stands at the loop's start).
         num_sources: ambient sources (kinds and levels drawn as the engine's passive section does).
@@ -195,6 +197,7 @@ class ActiveTrajectory:
     """
 
     def __init__(self, cfg: DatagenConfig | None = None, room_id: int = 0, ping_rate_hz: float = 4.0,
+                 active: dict | None = None,
                  speed_m_s: float = 0.15, num_sources: int = 2, moving_sources: bool = True, noise: bool = True,
                  gain_db: float | None = None, noise_db: float | None = None, array_height: float | None = None,
                  seed: int = 0, source_radius_m: float = 0.5, source_speed_m_s: float = 0.1,
@@ -203,6 +206,12 @@ class ActiveTrajectory:
         from .config import load_config
 
         self.cfg = cfg if cfg is not None else load_config(overrides={"array": "robot_8mic"})
+        if active:
+            import dataclasses
+
+            sp = active.get("speaker_position")
+            fields = {**active, **({"speaker_position": tuple(float(v) for v in sp)} if sp is not None else {})}
+            self.cfg = dataclasses.replace(self.cfg, active=dataclasses.replace(self.cfg.active, **fields)).validate()
         c = self.cfg
         self.array = c.array_geometry()
         self.mics = self.array.positions
