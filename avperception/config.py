@@ -369,7 +369,7 @@ class SonarConfig:
     threads: int = 1
     detect: bool = True
     search_samples: int = 64
-    max_pending_pings: int = 4
+    max_pending_pings: int = 16
     points_max_range_m: float = 8.0
     plan_z_min_m: float = -0.25
     plan_z_max_m: float = 0.5

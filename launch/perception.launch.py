@@ -21,10 +21,11 @@ the same parameter file as:  avperception-run sim_audio perception --ros-args --
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, Shutdown
 from launch.conditions import IfCondition, UnlessCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 
@@ -38,6 +39,10 @@ def generate_launch_description() -> LaunchDescription:
     sim_mode = LaunchConfiguration("sim_mode")
     emit = LaunchConfiguration("emit")
     model = LaunchConfiguration("model")
+
+    def text(value):  # a launch argument YAML must not read as a number or a boolean (device:=2, model:=on)
+        return ParameterValue(value, value_type=str)
+
     return LaunchDescription([
         DeclareLaunchArgument("array", default_value="robot_8mic", description="array preset name or YAML path"),
         DeclareLaunchArgument("use_sim", default_value="true", description="simulated room instead of a sound card"),
@@ -50,14 +55,17 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("emit", default_value="false",
                               description="capture_node plays the sweep through the speaker and publishes pings"),
         DeclareLaunchArgument("model", default_value="default", description="model bundle directory"),
-        Node(package="avperception", executable="sim_audio_node", name="sim_audio_node", output="screen",
-             parameters=[params_file, {"array": array, "mode": sim_mode, "model": model}],
-             condition=IfCondition(use_sim)),
-        Node(package="avperception", executable="capture_node", name="capture_node", output="screen",
-             parameters=[params_file, {"array": array, "device": device, "emit": emit, "model": model}],
-             condition=UnlessCondition(use_sim)),
-        Node(package="avperception", executable="perception_node", name="perception_node", output="screen",
-             parameters=[params_file, {"array": array, "sonar.model": model}]),
+        # first: a missing rviz2 stops the launch before any node starts (launch leaves started ones running)
         Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
              arguments=["-d", PathJoinSubstitution([share, "config", "avperception.rviz"])], condition=IfCondition(rviz)),
+        # without its audio source the graph has nothing to do: its exit ends the launch
+        Node(package="avperception", executable="sim_audio_node", name="sim_audio_node", output="screen",
+             parameters=[params_file, {"array": text(array), "mode": text(sim_mode), "model": text(model)}],
+             condition=IfCondition(use_sim), on_exit=Shutdown()),
+        Node(package="avperception", executable="capture_node", name="capture_node", output="screen",
+             parameters=[params_file, {"array": text(array), "device": text(device),
+                                       "emit": ParameterValue(emit, value_type=bool), "model": text(model)}],
+             condition=UnlessCondition(use_sim), on_exit=Shutdown()),
+        Node(package="avperception", executable="perception_node", name="perception_node", output="screen",
+             parameters=[params_file, {"array": text(array), "sonar.model": text(model)}]),
     ])
