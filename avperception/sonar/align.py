@@ -131,6 +131,8 @@ class PingAligner:
         self._scan: int | None = None  # next onset candidate detection looks at
         self._last_onset: int | None = None  # absolute onset of the last window emitted or detected ping queued
         self._floors: deque[float] = deque(maxlen=16)
+        self._peaks: deque[float] = deque(maxlen=8)  # direct-path scores of the last detected pings
+        self._last_peak = 0.0
         # counters
         self.aligned = 0
         self.detected = 0
@@ -327,7 +329,7 @@ class PingAligner:
         if self._scan is None:  # (re)start: only audio from now on, and nothing near the last window
             self._scan = max(lo, self._w - self.fs // 4)
         if self._last_onset is not None:
-            self._scan = max(self._scan, self._last_onset + self.min_spacing)
+            self._scan = max(self._scan, self._last_onset + self.direct.length)  # spacing is checked per peak
         self._scan = max(self._scan, lo)
         guard = self.direct.length  # a peak this close to the end may still grow: look again next time
         last = self._w - self.after - guard  # last candidate decided now
@@ -338,13 +340,18 @@ class PingAligner:
         self._floors.append(float(np.median(s)))
         floor = float(np.median(self._floors))
         decided = last - self._scan + 1
-        found = [t for t in pick_onsets(s, floor, self.detect_threshold_db, self.min_spacing) if t < decided]
+        # a ping is about as loud as the loudest recent ones: a sweep-like ambient sound is far weaker at the mics
+        ref = max(self._peaks) if self._peaks else None
+        found = [t for t in pick_onsets(s, floor, self.detect_threshold_db, self.min_spacing, ref) if t < decided]
         for t in found:
             onset = self._scan + t
-            if self._last_onset is not None and onset < self._last_onset + self.min_spacing:
+            peak = float(s[min(max(t, 0), len(s) - 1)])
+            if (self._last_onset is not None and onset < self._last_onset + self.min_spacing
+                    and not peak > self._last_peak * 10 ** (12 / 20)):  # unless the last one was no ping
                 continue
             self.detected += 1
-            self._last_onset = onset
+            self._peaks.append(peak)
+            self._last_onset, self._last_peak = onset, peak
             self._enqueue(_Pending(None, self.detected - 1, False, onset, self._w))
         self._scan = last + 1
 

@@ -166,15 +166,25 @@ def refine_onset(audio: np.ndarray, nominal: int, direct: DirectPath, search: in
     return int(np.clip(u, nominal - search, nominal + search))
 
 
-def pick_onsets(score: np.ndarray, floor: float, threshold_db: float, min_spacing: int) -> list[int]:
-    """Peaks of a direct score ``(n,)`` at least ``threshold_db`` above ``floor``, at least ``min_spacing``
-    apart (the stronger one wins): sub-sample positions rounded, in score indices, ascending."""
+def pick_onsets(score: np.ndarray, floor: float, threshold_db: float, min_spacing: int,
+                reference: float | None = None, within_db: float = 12.0) -> list[int]:
+    """Peaks of a direct score ``(n,)`` at least ``threshold_db`` above ``floor`` and at most ``within_db`` below
+    ``reference`` (default: the strongest peak here), at least ``min_spacing`` apart (the stronger one wins):
+    sub-sample positions rounded, in score indices, ascending.
+
+    The robot's own pings reach the microphones at one level, well above any other sound that resembles the
+    sweep (another robot's chirps, a bird): those stay below ``reference - within_db`` and are not pings.
+    """
     s = np.asarray(score, dtype=np.float64)
     if s.size < 3:
         return []
     level = max(floor, 1e-12) * 10 ** (threshold_db / 20)
     inner = s[1:-1]
     cand = np.flatnonzero((inner >= s[:-2]) & (inner > s[2:]) & (inner > level)) + 1
+    if cand.size == 0:
+        return []
+    ref = float(s[cand].max()) if reference is None else max(float(reference), 1e-12)
+    cand = cand[s[cand] >= ref * 10 ** (-within_db / 20)]
     if cand.size == 0:
         return []
     order = cand[np.argsort(-s[cand], kind="stable")]

@@ -252,3 +252,35 @@ def test_detection_without_ping_messages_finds_each_ping_once(direct):
 def test_aligner_checks_its_direct_path(direct):
     with pytest.raises(ValueError, match="same array"):
         PingAligner(4, FS, 2048, direct)
+
+
+def chirper(x, starts, level_db=-26.0, seed=21):
+    """Another sweep-like sound 2 m away (a far plane wave, 30 deg to the side) at ``starts``: as loud at the
+    microphones as the room's sources, far below the robot's own direct path."""
+    out = x.copy()
+    u = np.array([np.cos(0.5), np.sin(0.5), 0.0])
+    delays = -(MICS @ u) / C * FS  # plane-wave arrival per mic
+    for s in starts:
+        for m in range(len(MICS)):
+            seg = 10 ** (level_db / 20) * shifted(SWEEP, 40 + delays[m], SWEEP.size + 80)
+            out[m, s - 40: s - 40 + seg.size] += seg[: x.shape[1] - s + 40]
+    return out
+
+
+def test_a_sweep_like_ambient_sound_is_not_a_ping(direct):
+    """Pings once a second, and between them another sweep-like sound, 15 dB weaker at the microphones (a far
+    source): farther from every ping than the spacing rule reaches, so only its level tells it apart."""
+    onsets = 3000 + np.arange(6) * 16000 + 0.4
+    chirps = [int(o) + k for o in onsets[:-1] for k in (6000, 11000)] + [1000]
+    x = chirper(render_stream(onsets, 3000 + 6 * 16000, seed=22, ambient_db=-40.0), chirps)
+    found = detect_onsets(x, direct, min_spacing=8000)
+    assert len(found) == len(onsets) and np.max(np.abs(np.array(found) - onsets)) <= 1.0
+    al = PingAligner(8, FS, 2048, direct, ping_period_s=1.0)
+    out = []
+    for i in range(0, x.shape[1], 1024):
+        al.push_audio(x[:, i: i + 1024].astype(np.float32), 3.0 + i / FS)
+        out += al.pop_windows()
+    got = np.array([w.onset_index for w in out])
+    # every ping, and no chirp after the first ping (the one before it could pass for one: nothing to compare yet)
+    real = got[np.min(np.abs(got[:, None] - onsets[None]), axis=1) <= 1.0]
+    assert len(real) == len(onsets) and np.all(got[got > onsets[0]] == real[real > onsets[0]])
