@@ -7,7 +7,7 @@ path), the bundle's backend, the decoding, the derived products (points, voxel c
 and their ROS messages, with the beamformer running alongside on every hop (15.6 maps/s). End to end is the time
 from the arrival of the audio chunk that completes a ping's window to the last of that ping's messages built, on
 one thread (the node's executor): every output but the voxel cubes (``end_to_end``), and with them
-(``end_to_end_with_cubes``: a MarkerArray of a few thousand points, which the node builds only for a subscriber). CPU use is process CPU time over audio time: the fraction of one core the work
+(``end_to_end_with_cubes``: a MarkerArray of the visible voxels, which the node builds only for a subscriber). CPU use is process CPU time over audio time: the fraction of one core the work
 takes at real time. Backends are compared in the same run (ratio to ONNX Runtime).
 
 ``--live`` also runs the real nodes over DDS (the simulator and perception_node in two processes) for
@@ -122,7 +122,9 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
                 conv.occupancy_grid_msg(plan.data, plan.origin, plan.resolution, w.stamp, f)
             t4 = time.perf_counter()
             if conv is not None:  # built only for a subscriber (RViz's cube display, off in the shipped config)
-                conv.cube_markers(centres, b.voxel_size, w.stamp, f)
+                shell = products.voxel_centres(products.surface_voxels(out.occupancy), b.voxel_center,
+                                               b.voxel_extent)
+                conv.cube_markers(shell, b.voxel_size, w.stamp, f)
             t5 = time.perf_counter()
             st["align"].append((t_aligned - t_arrival) * 1e3)
             st["inference"].append((t1 - t0) * 1e3)

@@ -7,7 +7,7 @@ Topics (all stamped with the ping's onset, frame = the array frame unless said):
     sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
     sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
     sonar/occupancy         sensor_msgs/PointCloud2   centres of the occupied voxels
-    sonar/occupancy_markers visualization_msgs/MarkerArray  the occupied voxels as cubes
+    sonar/occupancy_markers visualization_msgs/MarkerArray  the occupied voxels one can see (a free face) as cubes
     sonar/occupancy_grid    nav_msgs/OccupancyGrid    the voxels of a height band collapsed to a floor plan (Nav2)
     sonar/pinhole/depth     sensor_msgs/Image 32FC1   the depth reprojected on the ``grid`` pinhole camera (z-depth)
     sonar/pinhole/camera_info sensor_msgs/CameraInfo  its intrinsics (frame ``grid.camera_frame_id``)
@@ -104,13 +104,14 @@ class SonarPublishers:
             if wanted(pub):
                 pub.publish(make())
                 sent += 1
-        if wanted(self.occupancy) or wanted(self.occupancy_markers):
-            centres = products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent)
-            for pub, make in ((self.occupancy, lambda: conv.points_to_cloud(centres, t, f)),
-                              (self.occupancy_markers, lambda: conv.cube_markers(centres, self.voxel_size, t, f))):
-                if wanted(pub):
-                    pub.publish(make())
-                    sent += 1
+        if wanted(self.occupancy):
+            self.occupancy.publish(conv.points_to_cloud(
+                products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent), t, f))
+            sent += 1
+        if wanted(self.occupancy_markers):  # the visible cubes only: Python builds each point of a marker
+            shell = products.voxel_centres(products.surface_voxels(out.occupancy), b.voxel_center, b.voxel_extent)
+            self.occupancy_markers.publish(conv.cube_markers(shell, self.voxel_size, t, f))
+            sent += 1
         if self.pinhole is not None and (wanted(self.pinhole_depth) or wanted(self.camera_info)):
             g = self.grid
             self.pinhole_depth.publish(conv.array_to_image(self.pinhole(out.depth), t, self.camera_frame_id))

@@ -58,6 +58,16 @@ def voxel_centres(occupancy: np.ndarray, center, extent) -> np.ndarray:
     return (lo + (idx + 0.5) * size).astype(np.float32)
 
 
+def surface_voxels(occupancy: np.ndarray) -> np.ndarray:
+    """``(D, H, W)`` bool: the occupied voxels with a free face neighbour, all one sees of the occupied ones (a
+    floor slab or a wall as its top or front layer). Beyond the crop counts as occupied."""
+    occ = np.asarray(occupancy, dtype=bool)
+    p = np.pad(occ, 1, constant_values=True)
+    inner = (p[:-2, 1:-1, 1:-1] & p[2:, 1:-1, 1:-1] & p[1:-1, :-2, 1:-1] & p[1:-1, 2:, 1:-1]
+             & p[1:-1, 1:-1, :-2] & p[1:-1, 1:-1, 2:])
+    return occ & ~inner
+
+
 @dataclass
 class PlanSlice:
     """A 2-D occupancy grid over the floor plan (``nav_msgs/OccupancyGrid`` semantics).

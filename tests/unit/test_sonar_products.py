@@ -86,3 +86,14 @@ def test_blanking_zeroes_only_the_samples_after_each_onset():
     assert np.all(x == 1)  # the input is left as it was
     np.testing.assert_array_equal(np.flatnonzero(y[0] == 0), [0, 4, 5])
     assert blank_pings(x, 10.0, [], 0.002, 1000) is x
+
+
+def test_surface_voxels_keep_what_can_be_seen():
+    occ = np.zeros((6, 6, 6), bool)
+    occ[:3] = True  # a floor slab three voxels thick
+    occ[3:, 2:4, 2:4] = True  # a 2 x 2 post standing on it
+    shell = products.surface_voxels(occ)
+    assert np.all(shell <= occ)
+    assert not shell[:2].any()  # inside the slab (the crop's edge counts as occupied)
+    assert shell[2].sum() == 36 - 4  # the slab's top, less what the post covers
+    assert shell[3:, 2:4, 2:4].all()  # a post two voxels wide is all surface
