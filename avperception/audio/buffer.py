@@ -8,9 +8,14 @@ in a live stream is detected and counted rather than silently absorbed:
 - gaps (a chunk starts at least half a chunk later than the previous one
   ended): framing restarts after the gap so no frame straddles it; smaller
   timing errors are jitter or clock drift and only move the time anchor;
-- overlaps (a chunk starts before the previous one ended): the overlapping
-  head is trimmed;
-- lost messages (the publisher's sequence number jumps);
+- overlaps (a chunk starts before the previous one ended, by less than
+  ``reset_s``): the overlapping head is trimmed;
+- clock resets (a chunk starts ``reset_s`` or more before the previous one
+  ended: a publisher restarted, a bag looped, the clock was set): framing
+  restarts at the chunk instead of discarding audio until the stamps catch up;
+- lost messages (the publisher's sequence number jumps; messages the consumer
+  rejected are not lost, :meth:`AudioBuffer.skip_sequence`) and publisher
+  restarts (the sequence number goes back);
 - rate mismatch (the stamps say the stream runs at another rate than declared);
 - overruns (the consumer fell behind by more than the ring holds, or more than
   ``max_pending_frames``): the oldest frames are dropped.
@@ -37,6 +42,8 @@ class BufferStats:
     dropped_frames: int = 0
     dropped_samples: int = 0
     rejected_chunks: int = 0
+    clock_resets: int = 0
+    publisher_restarts: int = 0
     measured_rate: float = 0.0
     rate_mismatch: bool = False
 
@@ -69,6 +76,7 @@ class AudioBuffer:
         gap_tolerance_s: timing error accepted between consecutive chunks
             (default: 2 samples or 1 ms, whichever is larger).
         rate_tolerance: relative rate error that raises ``rate_mismatch``.
+        reset_s: a chunk starting this much or more before the previous one ended is a clock reset.
     """
 
     def __init__(
@@ -81,6 +89,7 @@ class AudioBuffer:
         max_pending_frames: int = 4,
         gap_tolerance_s: float | None = None,
         rate_tolerance: float = 0.02,
+        reset_s: float = 0.5,
     ) -> None:
         if channels <= 0 or sample_rate <= 0 or frame_samples <= 0 or hop_samples <= 0:
             raise ValueError("channels, sample_rate, frame_samples and hop_samples must be positive")
@@ -92,6 +101,7 @@ class AudioBuffer:
         self.max_pending = max(1, int(max_pending_frames))
         self.tol = gap_tolerance_s if gap_tolerance_s is not None else max(2.0 / sample_rate, 1e-3)
         self.rate_tol = rate_tolerance
+        self.reset_s = float(reset_s)
         self._ring = np.zeros((self.channels, self.capacity), dtype=np.float32)
         self._lock = threading.Lock()
         self.stats = BufferStats()
@@ -118,10 +128,7 @@ class AudioBuffer:
         with self._lock:
             st = self.stats
             st.chunks += 1
-            if sequence is not None:
-                if self._seq is not None and sequence > self._seq + 1:
-                    st.lost_messages += sequence - self._seq - 1
-                self._seq = sequence
+            self._note_sequence(sequence)
             if stamp is None:
                 stamp = self._expected if self._expected is not None else 0.0
             if self._expected is not None:
@@ -131,6 +138,10 @@ class AudioBuffer:
                 if dt > max(self.tol, 0.5 * self._last_n / self.fs):  # gap: restart framing at this chunk
                     st.gaps += 1
                     st.gap_seconds += dt
+                    self._r = self._w
+                    self._rate_ref = None
+                elif dt <= -self.reset_s:  # the clock went back: start again here rather than wait for it
+                    st.clock_resets += 1
                     self._r = self._w
                     self._rate_ref = None
                 elif dt < -self.tol:  # overlap: trim what we already have
@@ -150,6 +161,27 @@ class AudioBuffer:
             self._write(chunk)
             st.samples_in += n
             self._enforce_limits()
+
+    def _note_sequence(self, sequence: int | None) -> None:
+        if sequence is None:
+            return
+        if self._seq is not None:
+            if sequence > self._seq + 1:
+                self.stats.lost_messages += sequence - self._seq - 1
+            elif sequence < self._seq:
+                self.stats.publisher_restarts += 1  # the count started again: nothing was lost
+        self._seq = sequence
+
+    def skip_sequence(self, sequence: int | None) -> None:
+        """A message the consumer rejected (wrong rate, channels, format): its sequence number was seen, so the
+        messages around it are not counted as lost."""
+        with self._lock:
+            self._note_sequence(sequence)
+
+    def expected_stamp(self) -> float | None:
+        """Where the next chunk should start (s), from the last one's stamp and length; None before any."""
+        with self._lock:
+            return self._expected
 
     def _write(self, chunk: np.ndarray) -> None:
         n = chunk.shape[1]

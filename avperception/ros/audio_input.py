@@ -65,6 +65,8 @@ class AudioInput:
             self._detect()
         else:
             self._subscribe(input_type)
+            node.get_logger().info(f"audio input: {self.topic} as {INPUT_TYPES[input_type][0]} "
+                                   f"(input_type {input_type})")
 
     def _detect(self) -> None:
         if self.input_type is not None:

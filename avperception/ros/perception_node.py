@@ -21,7 +21,7 @@ ping's onset.
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -54,7 +54,10 @@ NODE_PARAMS = {
     "tracking": (True, "track sources over time (stable IDs) and publish acoustic/tracks"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
     "ping_topic": ("sonar/pings", "avperception_msgs/Ping topic (sonar.enabled)"),
+    "max_chunk_seconds": (1.0, "longer audio messages are rejected (counted as oversized)"),
 }
+
+DROP_KINDS = ("rate", "channels", "format", "empty", "oversized")
 
 
 class PerceptionNode(Node):
@@ -81,7 +84,10 @@ class PerceptionNode(Node):
                                 float32_sample_rate=cfg.sample_rate,
                                 float32_channels=int(p["float32_channels"]) or self.array.input_channels,
                                 float32_layout=p["float32_layout"])
-        self.rejected = 0
+        self.drops: Counter[str] = Counter({k: 0 for k in DROP_KINDS})
+        self.nonfinite_chunks = 0
+        self._last_audio: float | None = None
+        self._last_counts: dict[str, int] = {}
         self.sonar_errors = 0
         self._published = 0
         self._latency: list[float] = []
@@ -148,21 +154,47 @@ class PerceptionNode(Node):
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
+    def reject(self, kind: str, sequence: int | None, message: str) -> None:
+        """Count a dropped audio message by kind, log it (throttled) and keep its sequence number seen."""
+        self.drops[kind] += 1
+        self.buffer.skip_sequence(sequence)
+        self.get_logger().error(f"audio message dropped ({kind}): {message}", throttle_duration_sec=5.0)
+
+    def stamp_of(self, chunk: AudioChunk, n: int) -> float:
+        """The capture time of a chunk's first sample: its own stamp, else (messages without one, e.g.
+        Float32MultiArray) the sample clock continued from the previous chunk while arrivals agree with it
+        within half a second, else the arrival time less the chunk's duration (a new anchor)."""
+        if chunk.stamp is not None:
+            return chunk.stamp
+        arrival = self.now() - n / self.pipeline.config.sample_rate
+        expected = self.buffer.expected_stamp()
+        return expected if expected is not None and abs(arrival - expected) < 0.5 else arrival
+
     def on_chunk(self, chunk: AudioChunk) -> None:
         cfg = self.pipeline.config
+        n = chunk.data.shape[1] if chunk.data.ndim == 2 else 0
         if chunk.sample_rate != cfg.sample_rate:
-            self.rejected += 1
-            self.get_logger().error(f"audio at {chunk.sample_rate} Hz but the pipeline expects {cfg.sample_rate} Hz; "
-                                    "set sample_rate to match", throttle_duration_sec=5.0)
-            return
+            return self.reject("rate", chunk.sequence, f"audio at {chunk.sample_rate} Hz but the pipeline expects "
+                                                       f"{cfg.sample_rate} Hz; set sample_rate to match")
+        if n == 0:
+            return self.reject("empty", chunk.sequence, "a message without samples")
+        if n > float(self.p["max_chunk_seconds"]) * cfg.sample_rate:
+            return self.reject("oversized", chunk.sequence,
+                               f"{n / cfg.sample_rate:.2f} s of audio in one message, more than max_chunk_seconds "
+                               f"({self.p['max_chunk_seconds']} s); publish shorter chunks or raise it")
         try:
             block = self.array.select_channels(chunk.data)
         except ConfigError as e:
-            self.rejected += 1
-            self.get_logger().error(str(e), throttle_duration_sec=5.0)
-            return
+            return self.reject("channels", chunk.sequence, str(e))
+        bad = ~np.isfinite(block)
+        if bad.any():  # repaired, not dropped: a NaN would spread through every map and window it touches
+            self.nonfinite_chunks += 1
+            block = np.where(bad, 0.0, block).astype(np.float32)
+            self.get_logger().warning(f"{int(bad.sum())} NaN/Inf samples in an audio message, replaced by zeros "
+                                      f"({self.nonfinite_chunks} messages so far)", throttle_duration_sec=5.0)
         t_received = time.monotonic()
-        stamp = chunk.stamp if chunk.stamp is not None else self.now() - block.shape[1] / cfg.sample_rate
+        self._last_audio = t_received
+        stamp = self.stamp_of(chunk, n)
         self.buffer.push(block, stamp, chunk.sequence)
         if self.sonar is not None:
             self.sonar.push_audio(block, stamp, chunk.sequence)
@@ -212,7 +244,12 @@ class PerceptionNode(Node):
             "lost_messages": st.lost_messages,
             "gaps": st.gaps,
             "overlaps": st.overlaps,
-            "rejected_chunks": self.rejected + self.input.errors,
+            "rejected_chunks": sum(self.drops.values()) + self.input.errors,
+            **{f"dropped_{k}": v for k, v in self.drops.items()},
+            "dropped_format": self.drops["format"] + self.input.errors,
+            "nonfinite_chunks": self.nonfinite_chunks,
+            "clock_resets": st.clock_resets,
+            "publisher_restarts": st.publisher_restarts,
             "measured_rate_hz": st.measured_rate,
             "beamformer": "numpy/" + self.pipeline.config.beamformer.method,
             "tracks": len(self.tracker.confirmed()) if self.tracker is not None else 0,
@@ -228,19 +265,37 @@ class PerceptionNode(Node):
             self.sonar.infer_ms.clear()
             self._sonar_latency.clear()
             self._pings_published = 0
-        level, message = 0, "ok"
-        if self.input.input_type is None or st.chunks == 0:
-            level, message = 1, "no audio received"
-        elif st.rate_mismatch:
-            level, message = 1, f"audio stamps run at {st.measured_rate:.0f} Hz, declared {self.pipeline.config.sample_rate}"
-        elif self.rejected or self.input.errors:
-            level, message = 2, "audio rejected (rate, channels or format)"
+        level, message = self.status(values, dt)
         self.pub_diag.publish(conv.diagnostics("avperception: perception_node", self.array.name, values, self.now(),
                                                level, message))
         self._published = 0
         self._latency.clear()
         self._compute.clear()
         self._last_diag = now
+
+
+    def status(self, values: dict, period: float) -> tuple[int, str]:
+        """The diagnostic level and message from what happened since the last report (a fault clears once it
+        stops): 2 for audio dropped, 1 for no audio, a clock reset, repaired samples or stamps at another rate."""
+        counts = {k: int(values[k]) for k in ("rejected_chunks", "nonfinite_chunks", "clock_resets")}
+        recent = {k: v - self._last_counts.get(k, 0) for k, v in counts.items()}
+        self._last_counts = counts
+        silent = None if self._last_audio is None else time.monotonic() - self._last_audio
+        if recent["rejected_chunks"]:
+            kinds = ", ".join(k for k in DROP_KINDS if values.get(f"dropped_{k}")) or "format"
+            return 2, f"{recent['rejected_chunks']} audio message(s) dropped in the last {period:.1f} s ({kinds})"
+        if self.input.input_type is None or self._last_audio is None:
+            return 1, "no audio received"
+        if silent > max(period, 0.5):
+            return 1, f"no audio for {silent:.1f} s"
+        if recent["clock_resets"]:
+            return 1, "the audio stamps jumped back: framing restarted"
+        if recent["nonfinite_chunks"]:
+            return 1, f"NaN/Inf samples replaced in {recent['nonfinite_chunks']} message(s)"
+        if self.buffer.stats.rate_mismatch:
+            return 1, (f"audio stamps run at {self.buffer.stats.measured_rate:.0f} Hz, "
+                       f"declared {self.pipeline.config.sample_rate}")
+        return 0, "ok"
 
 
 def main(args=None) -> None:

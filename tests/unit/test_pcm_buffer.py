@@ -120,3 +120,37 @@ def test_buffer_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match=r"expected \(2, samples\)"):
         buf.push(np.zeros((3, 10)), 0.0)
     assert buf.stats.rejected_chunks == 1
+
+
+def test_a_clock_that_steps_back_restarts_framing_instead_of_blinding_the_buffer():
+    fs, n = 16000, 1024
+    buf = AudioBuffer(2, fs, 2048, 1024, max_pending_frames=100)
+    x = np.ones((2, n), np.float32)
+    t = 100.0
+    for k in range(8):
+        buf.push(x, t + k * n / fs, k)
+    before = len(buf.pop_frames())
+    t2 = t + 8 * n / fs - 3.0  # the publisher's clock goes back 3 s
+    for k in range(4):
+        buf.push(x * 2, t2 + k * n / fs, 8 + k)
+    frames = buf.pop_frames()
+    assert before > 0 and buf.stats.clock_resets == 1 and buf.stats.overlaps == 0
+    assert len(frames) == 3 and all(np.all(b == 2) for _, b in frames)  # framing restarted at the new audio
+    assert frames[0][0] == pytest.approx(t2)
+    # a small overlap (a resent chunk) is still trimmed, not a reset
+    buf.push(x, t2 + 3.5 * n / fs, 12)
+    assert buf.stats.overlaps == 1 and buf.stats.clock_resets == 1
+
+
+def test_rejected_messages_are_not_lost_and_a_publisher_restart_is_no_loss():
+    buf = AudioBuffer(1, 16000, 256, 128)
+    x = np.zeros((1, 128), np.float32)
+    buf.push(x, 0.0, 10)
+    buf.skip_sequence(11)  # the consumer rejected message 11
+    buf.push(x, 128 / 16000, 12)
+    assert buf.stats.lost_messages == 0
+    buf.push(x, 256 / 16000, 15)  # 13 and 14 never came
+    assert buf.stats.lost_messages == 2
+    buf.push(x, 384 / 16000, 0)  # the publisher restarted
+    assert buf.stats.publisher_restarts == 1 and buf.stats.lost_messages == 2
+    assert buf.expected_stamp() == pytest.approx(512 / 16000)
