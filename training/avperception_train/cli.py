@@ -3,6 +3,7 @@
     avperception-train datagen --out DIR --num-scenes N [--config FILE] [--workers W] [--seed S]
     avperception-train preview DIR [--num 4] [--out PNG_DIR]
     avperception-train export-bag DIR --out BAG [--scenes 0,1,2] [--storage sqlite3|mcap]
+    avperception-train record-sim --out BAG [--pings N] [--room R] [--storage mcap|sqlite3]
     avperception-train import-bag BAG --out DIR [--array NAME] [--align start|center|end|chirp] ...
     avperception-train dataset-info DIR
     avperception-train export-bundle CHECKPOINT|MODEL.safetensors|default --out DIR [--data DIR | --datagen-config YAML]
@@ -71,6 +72,15 @@ def cmd_export_bag(args: argparse.Namespace) -> int:
     if idx is None and args.num is not None:
         idx = list(range(args.num))
     res = export_bag(args.dir, args.out, idx, args.storage, args.chunk, args.encoding, args.period)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+def cmd_record_sim(args: argparse.Namespace) -> int:
+    from .datagen.sim_bag import record_sim
+
+    res = record_sim(args.out, args.pings, args.room, args.storage, args.model, args.seed, args.rate, args.chunk,
+                     args.encoding, publish_pings=not args.no_pings, progress=not args.quiet)
     print(json.dumps(res, indent=1))
     return 0
 
@@ -176,6 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=["F32LE", "S16LE", "S32LE"], default="F32LE")
     p.add_argument("--period", type=float, default=1.0, help="seconds between scenes in the bag (default 1)")
     p.set_defaults(func=cmd_export_bag)
+
+    p = sub.add_parser("record-sim", help="a bag of the simulated active room: a robot pinging as it drives",
+                       description="Audio (AudioFrame chunks), pings, TF and per ping the truth (depth, semantic, "
+                                   "occupancy, source poses) of a robot pinging through a data-engine room, stamped "
+                                   "as sim_audio_node publishes them (avperception replay-eval scores it).")
+    p.add_argument("--out", required=True, help="bag directory to create")
+    p.add_argument("--pings", type=_positive, default=40, help="pings to record (default 40 = 10 s at 4 Hz)")
+    p.add_argument("--room", type=int, default=0, help="data-engine room id (default 0)")
+    p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    p.add_argument("--model", default="default", help="model bundle whose sweep the robot emits (default shipped)")
+    p.add_argument("--seed", type=int, default=0, help="trajectory seed (path, sources, noise)")
+    p.add_argument("--rate", type=float, default=4.0, help="pings per second (default 4)")
+    p.add_argument("--chunk", type=_positive, default=1024, help="audio samples per message (default 1024)")
+    p.add_argument("--encoding", choices=["F32LE", "S16LE", "S32LE"], default="F32LE",
+                   help="audio PCM (F32LE keeps the simulated samples exactly)")
+    p.add_argument("--no-pings", action="store_true", help="leave /sonar/pings out (pings found on the direct path)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_record_sim)
 
     p = sub.add_parser("import-bag", help="turn a real recording (audio + depth camera) into shards",
                        description="Cut an audio window at each depth image (time-aligned), project the depth "

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from avperception.eval.bagio import (AUDIO_DECODERS as _AUDIO_DECODERS, BagError,  # noqa: F401 (re-exported)
+                                     depth_to_metres, image_to_array, make_msg, msg_text, storage_plugin as _storage)
+
 from .shards import MANIFEST, SceneDataset
 
 AUDIO_FRAME = "avperception_msgs/msg/AudioFrame"
@@ -43,69 +46,19 @@ TOPICS = {
 }
 
 
-class BagError(RuntimeError):
-    """A bag cannot be read or written as asked."""
-
-
 # --------------------------------------------------------------------------- types
 
 
 def audio_frame_msg_text() -> str:
     """The text of ``AudioFrame.msg``, from the source tree or an installed ``avperception_msgs``."""
-    import os
-    import sys
-
-    from avperception.config import PACKAGE_ROOT
-
-    rel = Path("avperception_msgs") / "msg" / "AudioFrame.msg"
-    candidates = [PACKAGE_ROOT.parent / "msgs" / rel, Path(sys.prefix) / "share" / rel]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / rel)
-    for c in candidates:
-        if c.is_file():
-            return c.read_text()
-    raise BagError(f"cannot find AudioFrame.msg (looked in {[str(c) for c in candidates]})")
+    return msg_text("AudioFrame")
 
 
 def typestore():
-    """A ROS 2 typestore with ``avperception_msgs/msg/AudioFrame`` registered from its .msg file."""
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    """A ROS 2 typestore with the ``avperception_msgs`` types (AudioFrame, Ping) registered from their .msg files."""
+    from avperception.eval.bagio import typestore as _typestore
 
-    store = getattr(Stores, "ROS2_KILTED", None) or Stores.ROS2_HUMBLE
-    ts = get_typestore(store)
-    ts.register(get_types_from_msg(audio_frame_msg_text(), AUDIO_FRAME))
-    return ts
-
-
-_NUMPY = {"bool": np.bool_, "byte": np.uint8, "char": np.uint8, "octet": np.uint8, "uint8": np.uint8,
-          "int8": np.int8, "uint16": np.uint16, "int16": np.int16, "uint32": np.uint32, "int32": np.int32,
-          "uint64": np.uint64, "int64": np.int64, "float32": np.float32, "float64": np.float64}
-
-
-def make_msg(ts, msgtype: str, **values):
-    """An instance of ``msgtype`` with every field defaulted (zeros, empty strings and sequences), then ``values``."""
-    from rosbags.typesys.base import Nodetype
-
-    def default(desc):
-        kind, arg = desc
-        if kind == Nodetype.BASE:
-            name = arg[0]
-            return "" if name in ("string", "wstring") else (False if name == "bool" else 0)
-        if kind == Nodetype.NAME:
-            return make_msg(ts, arg)
-        sub, n = arg
-        if sub[0] == Nodetype.BASE and sub[1][0] in _NUMPY:
-            return np.zeros(n if kind == Nodetype.ARRAY else 0, dtype=_NUMPY[sub[1][0]])
-        return [default(sub) for _ in range(n)] if kind == Nodetype.ARRAY else []
-
-    _, fields = ts.fielddefs[msgtype]
-    kw = {name: default(desc) for name, desc in fields}
-    unknown = set(values) - set(kw)
-    if unknown:
-        raise BagError(f"{msgtype} has no fields {sorted(unknown)}")
-    kw.update(values)
-    return ts.types[msgtype](**kw)
+    return _typestore()
 
 
 def _stamp(ts, t: float):
@@ -142,34 +95,7 @@ def _quat_matrix(ts, R: np.ndarray):
     return make_msg(ts, "geometry_msgs/msg/Quaternion", x=float(x), y=float(y), z=float(z), w=float(w))
 
 
-def image_to_array(msg) -> np.ndarray:
-    """sensor_msgs/Image (32FC1, 16UC1, mono8, 8UC1) -> ``(H, W)`` array."""
-    dtypes = {"32FC1": np.float32, "16UC1": np.uint16, "mono16": np.uint16, "mono8": np.uint8, "8UC1": np.uint8}
-    if msg.encoding not in dtypes:
-        raise BagError(f"unsupported image encoding {msg.encoding!r} (need one of {sorted(dtypes)})")
-    dt = np.dtype(dtypes[msg.encoding]).newbyteorder(">" if msg.is_bigendian else "<")
-    raw = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
-    return raw[:, : msg.width * dt.itemsize].copy().view(dt).reshape(msg.height, msg.width).astype(dt.newbyteorder("="))
-
-
-def depth_to_metres(msg) -> np.ndarray:
-    """A depth Image (32FC1 metres or 16UC1 millimetres, REP 118) -> float32 metres, NaN where invalid."""
-    a = image_to_array(msg)
-    d = a.astype(np.float32) / 1000.0 if a.dtype == np.uint16 else a.astype(np.float32)
-    d[~np.isfinite(d) | (d <= 0)] = np.nan
-    return d
-
-
 # --------------------------------------------------------------------------- export
-
-
-def _storage(storage: str):
-    from rosbags.rosbag2 import StoragePlugin
-
-    try:
-        return {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}[storage]
-    except KeyError:
-        raise BagError(f"storage must be sqlite3 or mcap, got {storage!r}") from None
 
 
 def export_bag(root: str | Path, bag: str | Path, scenes: list[int] | None = None, storage: str = "sqlite3",
@@ -360,13 +286,6 @@ class AudioTimeline:
         st, sa = self._st, self._sa
         i = int(np.clip(bisect.bisect_right(st.tolist(), t) - 1, 0, len(st) - 1))
         return float(sa[i] + (t - st[i]) * self.sample_rate)
-
-
-_AUDIO_DECODERS = {
-    AUDIO_FRAME: "from_audio_frame",
-    "audio_utils_msgs/msg/AudioFrame": "from_odas_audio_frame",
-    "audio_common_msgs/msg/AudioStamped": "from_audio_stamped",
-}
 
 
 def _camera_points(depth: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
