@@ -210,13 +210,32 @@ class ArrayGeometry:
             pos = np.asarray(d["positions"], dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: positions must be a list of [x, y, z] numbers ({e})") from None
+        def integer(key: str) -> int | None:
+            v = d.get(key)
+            if v is None:
+                return None
+            try:
+                if isinstance(v, bool):
+                    raise TypeError(key)
+                f = float(v)
+                if f != int(f):
+                    raise ValueError(key)
+                return int(f)
+            except (TypeError, ValueError, OverflowError):
+                raise ConfigError(f"{source}: {key} must be a whole number, got {v!r}") from None
+
+        cmap = d.get("channel_map")
+        if cmap is not None:
+            if not isinstance(cmap, (list, tuple)) or any(isinstance(c, bool) or not isinstance(c, int) for c in cmap):
+                raise ConfigError(f"{source}: channel_map must be a list of channel indices, got {cmap!r}")
+            cmap = tuple(cmap)
         return cls(
             name=str(d.get("name", Path(source).stem)),
             positions=pos,
             frame_id=str(d.get("frame_id", "mic_array")),
-            sample_rate=None if d.get("sample_rate") is None else int(d["sample_rate"]),
-            channel_map=None if d.get("channel_map") is None else tuple(d["channel_map"]),
-            channels=None if d.get("channels") is None else int(d["channels"]),
+            sample_rate=integer("sample_rate"),
+            channel_map=cmap,
+            channels=integer("channels"),
         )
 
 
