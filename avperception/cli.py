@@ -123,6 +123,23 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay_eval(a: argparse.Namespace) -> int:
+    from .eval.replay import ReplaySettings, replay_eval
+
+    s = ReplaySettings(model=a.model, backend=a.backend, threads=a.threads, audio_topic=a.audio_topic,
+                       ping_topic=a.ping_topic, depth_topic=a.depth_topic, info_topic=a.info_topic,
+                       realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect)
+    m = replay_eval(a.bag, a.out, s)
+    o, sp = m["overall"], m["speed"]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"{o['pings']} pings scored: depth delta1 {f(o['delta1_mean'])}, AbsRel {f(o['abs_rel_mean'])}, class "
+          f"accuracy {f(o['class_acc_mean'])}, voxel IoU {f(o['voxel_iou_mean'])}; DOA p50 "
+          f"{f(o.get('doa_error_deg_median'))} deg; skipped {m['skipped'] or 'nothing'}")
+    print(f"{sp['audio_s']:.1f} s of audio in {sp['wall_s']:.1f} s ({sp['x_real_time']:.1f}x real time)"
+          + (f"; report: {a.out}/index.html" if a.out else ""))
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from . import __version__
     from .config import array_presets, load_array
@@ -150,6 +167,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench.sonar import run_cli
     elif a.bench == "sonar-quality":
         from .bench.sonar_quality import run_cli
+    elif a.bench == "soak":
+        from .bench.soak import run_cli
     else:
         from .bench.features import run_cli
     return run_cli(a)
@@ -197,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature and student timing")
     bsub = p.add_subparsers(dest="bench", required=True)
     from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, sonar as bench_sonar, \
-        sonar_quality as bench_sonar_quality, student as bench_student
+        soak as bench_soak, sonar_quality as bench_sonar_quality, student as bench_student
 
     for name, mod, hlp in (("beamforming", bench_bf, "map speed vs pyroomacoustics and acoular"),
                            ("doa", bench_doa, "DOA accuracy over simulated rooms vs pyroomacoustics"),
@@ -205,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                            ("student", bench_student, "student network inference: ONNX Runtime vs torch eager"),
                            ("sonar", bench_sonar, "learned half as the node runs it: latency per stage, CPU"),
                            ("sonar-quality", bench_sonar_quality,
-                            "learned outputs of a robot pinging through simulated rooms, scored per ping")):
+                            "learned outputs of a robot pinging through simulated rooms, scored per ping"),
+                           ("soak", bench_soak, "perception_node fed for minutes, at real time or faster: memory, "
+                                                "latency and drops over time")):
         bp = bsub.add_parser(name, help=hlp, description=(mod.__doc__ or "").split("\n\n")[0])
         mod.add_arguments(bp)
     p.set_defaults(func=cmd_bench)
@@ -213,6 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     from .sonar.calibrate import add_calibrate_parser
 
     add_calibrate_parser(sub)
+
+    p = sub.add_parser("replay-eval", help="replay a rosbag2 through the node's code and score every ping",
+                       description="Reads a bag (mcap or sqlite3) with rosbags, runs the sonar and the beamformer "
+                                   "on its audio and pings, scores each ping against the simulator's truth or an "
+                                   "RGB-D camera's depth and the sources' directions, and writes a report.")
+    p.add_argument("bag", help="rosbag2 directory")
+    p.add_argument("--model", default="default", help="model bundle directory (default: the shipped one)")
+    p.add_argument("--audio-topic", help="audio topic (default: /audio or the one audio topic)")
+    p.add_argument("--ping-topic", help="Ping topic (default: /sonar/pings or the one Ping topic)")
+    p.add_argument("--depth-topic", help="depth truth: a camera's depth image (or a panorama) topic")
+    p.add_argument("--info-topic", help="the camera's CameraInfo (default: the one beside --depth-topic)")
+    p.add_argument("--realtime", action="store_true", help="pace the replay by the bag's clock")
+    p.add_argument("--out", help="report folder: metrics.json, summary.md, PNG plots, index.html")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
+    p.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    p.add_argument("--beamformer-every", type=int, default=1,
+                   help="run the beamformer on every N-th frame (1: all, as the node; 0: not at all)")
+    p.add_argument("--no-detect", action="store_true", help="only pings announced by Ping messages")
+    p.set_defaults(func=cmd_replay_eval)
 
     p = sub.add_parser("info", help="versions, arrays and beamformers")
     p.set_defaults(func=cmd_info)
