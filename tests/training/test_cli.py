@@ -56,3 +56,19 @@ def test_train_options_override_the_yaml(tmp_path, monkeypatch):
     cfg = seen["cfg"]
     assert (cfg.seed, cfg.mode, cfg.data) == (2, "e2e", "D")
     assert cfg.camera_fov_deg == (87, 58) and cfg.max_train_samples == 1000  # from the YAML
+
+
+def test_corrupt_bag_and_wav_are_clear_errors(tmp_path, capsys):
+    from avperception.cli import main as runtime_main
+    from avperception_train.cli import main
+
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  version: 9\n")
+    (bag / "bag_0.mcap").write_bytes(b"\x00not an mcap file" * 50)
+    assert main(["import-bag", str(bag), "--out", str(tmp_path / "ds")]) == 2
+    assert "cannot read the bag" in capsys.readouterr().err
+    wav = tmp_path / "x.wav"
+    wav.write_bytes(b"RIFX garbage" * 30)
+    assert runtime_main(["localize", str(wav), "--array", "robot_8mic"]) == 2
+    assert "not a readable WAV file" in capsys.readouterr().err

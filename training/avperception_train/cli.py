@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from .datagen.config import DatagenConfigError
     from .datagen.rosbag_io import BagError
     from .datagen.shards import DatasetError
+    from rosbags.highlevel import AnyReaderError
 
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -257,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     except (DatagenConfigError, ConfigError, DatasetError, BagError, FileNotFoundError, IndexError, BundleError) as e:
         print(f"avperception-train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except AnyReaderError as e:
+        print(f"avperception-train {args.command}: error: cannot read the bag ({e}); is it a complete rosbag2 "
+              "directory (metadata.yaml + its .mcap or .db3 files)?", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\navperception-train {args.command}: interrupted (datagen resumes when run again)", file=sys.stderr)
