@@ -365,7 +365,7 @@ class BeamformerConfig:
             raise ConfigError("beamformer.min_relative_power must be in [0, 1]")
 
 
-SONAR_BACKENDS = ("auto", "onnxruntime", "torch")
+SONAR_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -374,8 +374,10 @@ class SonarConfig:
 
     ``model``: a bundle directory or ``default`` (the shipped one); the bundle must fit the array
     (:func:`avperception.inference.bundle.check_fits`). ``backend``: ``auto`` (the best available, falling back
-    on failure), ``onnxruntime`` or ``torch``. ``detect``: find pings by matched-filtering the direct path when
-    no Ping message arrives. ``plan_z_min_m`` / ``plan_z_max_m``: the height band (array frame) collapsed into
+    on failure: a TensorRT engine, ONNX Runtime, torch), ``tensorrt``, ``onnxruntime`` or ``torch``;
+    ``engine_cache_dir`` / ``force_engine_update``: where TensorRT engines are cached ("": the default) and
+    whether to rebuild one. ``detect``: find pings by matched-filtering the direct path when no Ping message
+    arrives. ``plan_z_min_m`` / ``plan_z_max_m``: the height band (array frame) collapsed into
     the occupancy grid for Nav2. ``pinhole``: also publish the depth reprojected on the ``grid.width`` x
     ``grid.height`` camera (``grid.fx`` ... ``grid.camera_rpy_deg``) with its CameraInfo. ``blank_ms``: the
     beamformer leaves out this long after each ping's onset (the sweep's direct path and first echoes are 20 dB
@@ -394,6 +396,8 @@ class SonarConfig:
     plan_z_max_m: float = 0.5
     pinhole: bool = True
     blank_ms: float = 30.0
+    engine_cache_dir: str = ""          # TensorRT engines ("": ~/.cache/avperception/engines)
+    force_engine_update: bool = False   # rebuild the TensorRT engine even when one is cached
 
     def validate(self) -> None:
         if not 0 <= self.blank_ms <= 1000:

@@ -1,11 +1,12 @@
-"""Inference backends behind one interface: ONNX Runtime (TensorRT / CUDA / CPU) and torch.
+"""Inference backends behind one interface: TensorRT engines, ONNX Runtime (TensorRT / CUDA / CPU) and torch.
 
 Every backend takes one window ``audio (M, N)`` float32 (sample 0 = the sweep's
 onset) and returns the bundle's outputs without the batch dimension
 (``depth (H, W)``, ``semantic (C, H, W)``, ``voxels (D, H, W)``, ...).
 :func:`make_backend` builds a :class:`FallbackBackend`: a chain tried in order,
 which logs why each skipped one was skipped and, when the running one fails,
-switches to the next and runs the window again.
+switches to the next and runs the window again. A TensorRT engine not yet built is
+built in a background thread (:class:`DeferredBackend`) while the next backend runs.
 
     bundle = load_bundle("default")
     backend = make_backend(bundle, "auto", threads=1, log=print)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from typing import Callable, Protocol, runtime_checkable
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from .bundle import BundleError, ModelBundle
 
-KINDS = ("auto", "onnxruntime", "torch")
+KINDS = ("auto", "tensorrt", "onnxruntime", "torch")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
@@ -230,12 +232,93 @@ class FallbackBackend:
                 "skipped": list(self.skipped), "last_ms": self.last_ms}
 
 
-def backend_chain(bundle: ModelBundle, kind: str = "auto", threads: int = 1
-                  ) -> list[tuple[str, Callable[[], Backend]]]:
-    """The ``(name, factory)`` chain :func:`make_backend` tries for ``kind``: ONNX Runtime on TensorRT, CUDA (where
-    this onnxruntime has them) and CPU, then torch (CUDA where it has a device, then CPU)."""
+class DeferredBackend:
+    """A backend that takes long to make (a TensorRT engine build: minutes on a Jetson), made in a background thread
+    while ``interim`` (e.g. a :class:`FallbackBackend` over ONNX Runtime) runs the windows; the first window after
+    it is ready switches to it (logged). When making it fails, ``interim`` goes on running and the reason is kept
+    (``failed``) and logged. Failures of the ready backend while running propagate (the enclosing
+    :class:`FallbackBackend` moves on)."""
+
+    def __init__(self, name: str, factory: Callable[[], Backend], interim: Backend,
+                 log: Callable[[str], None] | None = None, start: bool = True) -> None:
+        self.target = name
+        self.interim = interim
+        self._factory = factory
+        self._log = log or (lambda _msg: None)
+        self._ready: Backend | None = None
+        self.backend: Backend | None = None  # the one in use once switched
+        self.failed: str | None = None
+        self.build_s = float("nan")
+        self._thread = threading.Thread(target=self._make, name=f"build-{name}", daemon=True)
+        if start:
+            self._thread.start()
+
+    def _make(self) -> None:
+        t = time.perf_counter()
+        try:
+            self._ready = self._factory()
+        except Exception as e:  # noqa: BLE001  (whatever failed, the interim backend keeps running)
+            self.failed = f"{self.target} could not be made ({type(e).__name__}: {str(e).strip()[:300]})"
+            self._log(self.failed + f": staying on {self.interim.name}")
+        self.build_s = time.perf_counter() - t
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the background build; True when it has ended (made or failed)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def pending(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def name(self) -> str:
+        return self.backend.name if self.backend is not None else self.interim.name
+
+    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+        if self.backend is None and self._ready is not None:
+            self.backend = self._ready
+            self._log(f"inference backend: {self.backend.describe()} (ready after {self.build_s:.1f} s; was "
+                      f"{self.interim.name})")
+        return (self.backend or self.interim).run(audio)
+
+    def describe(self) -> str:
+        if self.backend is not None:
+            return self.backend.describe()
+        state = f"failed: {self.failed}" if self.failed else "being built"
+        return f"{self.interim.describe()} ({self.target} {state})"
+
+
+def _tensorrt_entry(bundle: ModelBundle, interim: list[tuple[str, Callable[[], Backend]]], cache_dir,
+                    force: bool, defer: bool, log: Callable[[str], None] | None) -> Callable[[], Backend]:
+    """The factory of the chain's TensorRT entry: the engine directly when it is cached (or ``defer`` is off: the
+    build blocks), else a :class:`DeferredBackend` building it behind a :class:`FallbackBackend` over ``interim``."""
+
+    def factory() -> Backend:
+        from .tensorrt import CudaBuffers, TensorRTBackend, engine_cached, import_tensorrt
+
+        import_tensorrt()  # BackendUnavailable (skipped, with why) when missing
+        build = lambda: TensorRTBackend(bundle, cache_dir=cache_dir, force=force, log=log)  # noqa: E731
+        if not defer or (not force and engine_cached(bundle, cache=cache_dir, device=CudaBuffers().device())):
+            return build()
+        if not interim:
+            return build()
+        return DeferredBackend("tensorrt", build, FallbackBackend(bundle, interim, log), log)
+
+    return factory
+
+
+def backend_chain(bundle: ModelBundle, kind: str = "auto", threads: int = 1, engine_cache_dir=None,
+                  force_engine_update: bool = False, defer_engine_build: bool = True,
+                  log: Callable[[str], None] | None = None) -> list[tuple[str, Callable[[], Backend]]]:
+    """The ``(name, factory)`` chain :func:`make_backend` tries for ``kind``: a TensorRT engine (``auto``,
+    ``tensorrt``), ONNX Runtime on TensorRT, CUDA (where this onnxruntime has them) and CPU, then torch (CUDA
+    where it has a device, then CPU). Under ``auto`` an engine not yet cached is built in the background
+    (``defer_engine_build``) while the rest of the chain runs."""
     if kind not in KINDS:
         raise ValueError(f"backend kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "tensorrt":
+        return [("tensorrt", _tensorrt_entry(bundle, [], engine_cache_dir, force_engine_update, False, log))]
     chain: list[tuple[str, Callable[[], Backend]]] = []
     if kind in ("auto", "onnxruntime"):
         try:
@@ -259,12 +342,20 @@ def backend_chain(bundle: ModelBundle, kind: str = "auto", threads: int = 1
             except ImportError:
                 pass
         chain.append(("torch", lambda: TorchBackend(bundle, threads, "cpu")))
+    if kind == "auto":
+        chain.insert(0, ("tensorrt", _tensorrt_entry(bundle, list(chain), engine_cache_dir, force_engine_update,
+                                                     defer_engine_build, log)))
     return chain
 
 
 def make_backend(bundle: ModelBundle, kind: str = "auto", threads: int = 1,
-                 log: Callable[[str], None] | None = None) -> FallbackBackend:
-    """The backend that runs ``bundle`` here: ``kind`` ``auto`` (ONNX Runtime, GPU execution providers first,
-    then torch), ``onnxruntime`` or ``torch``. ``log`` hears which one runs and why each skipped one was skipped.
+                 log: Callable[[str], None] | None = None, engine_cache_dir=None, force_engine_update: bool = False,
+                 defer_engine_build: bool = True) -> FallbackBackend:
+    """The backend that runs ``bundle`` here: ``kind`` ``auto`` (a TensorRT engine, then ONNX Runtime with its GPU
+    execution providers first, then torch), ``tensorrt``, ``onnxruntime`` or ``torch``. ``log`` hears which one
+    runs and why each skipped one was skipped. ``engine_cache_dir`` (None: ``~/.cache/avperception/engines``) and
+    ``force_engine_update`` (rebuild the engine) are the TensorRT engine cache's; under ``auto`` an engine not yet
+    built is built in the background while the next backend runs (``defer_engine_build``).
     Raises :class:`BackendUnavailable` (with every reason) when none can."""
-    return FallbackBackend(bundle, backend_chain(bundle, kind, threads), log)
+    return FallbackBackend(bundle, backend_chain(bundle, kind, threads, engine_cache_dir, force_engine_update,
+                                                 defer_engine_build, log), log)

@@ -339,6 +339,10 @@ def add_commands(sub) -> None:
                    help="leave out model.safetensors (ONNX Runtime only; no torch fallback)")
     p.set_defaults(func=cmd_export_bundle)
 
+    from .engine import add_command as add_build_engine
+
+    add_build_engine(sub)  # build-engine
+
     p = sub.add_parser("recipe", help="the whole recipe: data, teacher, students, baselines, evaluation, export")
     p.add_argument("--out", required=True, help="work directory")
     p.add_argument("--scenes", type=int, default=2000)
