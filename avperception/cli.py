@@ -128,7 +128,8 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
 
     s = ReplaySettings(model=a.model, backend=a.backend, threads=a.threads, audio_topic=a.audio_topic,
                        ping_topic=a.ping_topic, depth_topic=a.depth_topic, info_topic=a.info_topic,
-                       realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect)
+                       realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect,
+                       workers=a.workers)
     m = replay_eval(a.bag, a.out, s)
     o, sp = m["overall"], m["speed"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -248,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="pace the replay by the bag's clock")
     p.add_argument("--out", help="report folder: metrics.json, summary.md, PNG plots, index.html")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
-    p.add_argument("--threads", type=int, default=2, help="inference threads (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
+    p.add_argument("--workers", type=int, default=1, choices=[0, 1],
+                   help="1: the network runs in a background thread while the replay reads and beamforms on (default); "
+                        "0: inline, as the node")
     p.add_argument("--beamformer-every", type=int, default=1,
                    help="run the beamformer on every N-th frame (1: all, as the node; 0: not at all)")
     p.add_argument("--no-detect", action="store_true", help="only pings announced by Ping messages")

@@ -62,7 +62,9 @@ SKIP_TEXT = {
 class ReplaySettings:
     """What :func:`replay_eval` runs.
 
-    ``threads``: inference threads (ONNX Runtime / torch); ``beamformer_every``: run the beamformer on every N-th
+    ``threads``: inference threads (ONNX Runtime / torch); ``workers``: 1 runs the network in a background thread
+    while the next messages are read and beamformed (the same windows, the same results; 0: inline, as the node);
+    ``beamformer_every``: run the beamformer on every N-th
     frame (1: every frame, as the node does; 0: not at all); ``segment_s``: per-segment metrics over this much of the
     bag's clock (a clock jump also starts a segment); ``match_samples``: truth matched to a ping within this many
     samples of its stamp; ``camera_tolerance_s``: a camera frame within this of a ping's stamp scores it.
@@ -70,7 +72,7 @@ class ReplaySettings:
 
     model: str = "default"
     backend: str = "auto"
-    threads: int = 2
+    threads: int = 1
     audio_topic: str | None = None
     ping_topic: str | None = None
     depth_topic: str | None = None
@@ -82,6 +84,7 @@ class ReplaySettings:
     camera_tolerance_s: float = 0.05
     sample_pings: int = 4
     detect: bool = True
+    workers: int = 1
 
 
 @dataclass
@@ -279,6 +282,7 @@ class _Replay:
     def _clock(self, stamp: float, t_log: int) -> None:
         """Epochs: a stamp more than a second behind the newest one starts a new clock."""
         if self.max_stamp is not None and stamp < self.max_stamp - 1.0:
+            self._collect(wait=True)
             self.events.append({"kind": "clock_jump", "t": self._t(t_log), "from_stamp": self.max_stamp,
                                 "to_stamp": stamp})
             self._score_pending(final=True)
@@ -327,6 +331,12 @@ class _Replay:
         buf = AudioBuffer(self.array.num_mics, self.fs, f.frame_samples, f.hop_samples, f.buffer_seconds,
                           max_pending_frames=1 << 20) if self.beam is not None else None
         blank_s = self.sonar_cfg.blank_ms * 1e-3
+        self.executor = None
+        if int(self.s.workers) > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
+        self.inflight: list = []
         wall0 = time.perf_counter()
         with AnyReader([self.bag], default_typestore=ts) as reader:
             conns = {c.topic: c.msgtype for c in reader.connections}
@@ -403,6 +413,9 @@ class _Replay:
                     self.tf.add(msg)
             if bar is not None:
                 bar.close()
+        self._collect(wait=True)
+        if self.executor is not None:
+            self.executor.shutdown()
         self._score_pending(final=True)
         for k, st in self.store.items():
             if k not in ("sources", "camera"):
@@ -434,12 +447,19 @@ class _Replay:
         self.audio_seconds += n / self.fs
         t0 = time.perf_counter()
         self.sonar.push_audio(block, stamp, chunk.sequence)
-        for w, o in self.sonar.pop(newest_only=False):
+        for w in self.sonar.aligner.pop_windows():  # what SonarPipeline.pop does, the network maybe in a thread
             self.onsets.append(w.stamp)
             nominal = self.ping_stamps.get(w.sequence, w.stamp) if not w.detected else w.stamp
-            self.pending.append({"w": w, "o": o, "nominal": nominal, "t": self._t(t_ns),
-                                 "segment": self._segment(w.stamp, self._t(t_ns)),
-                                 "latency_ms": (time.perf_counter() - t0) * 1e3, "epoch": self.epoch})
+            p = {"w": w, "nominal": nominal, "t": self._t(t_ns), "segment": self._segment(w.stamp, self._t(t_ns)),
+                 "epoch": self.epoch, "t0": t0}
+            if self.executor is not None:
+                if len(self.inflight) >= 2:  # the network sets the pace: read ahead no further than a window
+                    self._collect(wait=True, keep=1)
+                p["future"] = self.executor.submit(self._infer, w)
+            else:
+                p["o"], p["done"] = self._infer(w)
+            self.inflight.append(p)
+        self._collect(wait=False)
         self.onsets = self.onsets[-8:]
         self._score_pending(final=False)
         if buf is not None:
@@ -452,6 +472,24 @@ class _Replay:
                     frame = blank_pings(frame, t_first, self.onsets + self.sonar.aligner.pending_onsets(), blank_s,
                                         self.fs)
                 self._doa(self.beam.process(frame, t_first), t_first + 0.5 * frame.shape[1] / self.fs, t_ns)
+
+    def _infer(self, w):
+        o = self.sonar.infer(w.audio, w.stamp)
+        return o, time.perf_counter()
+
+    def _collect(self, wait: bool, keep: int = 0) -> None:
+        """Move the windows whose outputs are ready (with ``wait``: all but ``keep``) to the scoring queue, in order."""
+        while len(self.inflight) > keep:
+            p = self.inflight[0]
+            fut = p.pop("future", None)
+            if fut is not None:
+                if not wait and not fut.done():
+                    p["future"] = fut
+                    break
+                p["o"], p["done"] = fut.result()
+            self.inflight.pop(0)
+            p["latency_ms"] = (p.pop("done") - p.pop("t0")) * 1e3
+            self.pending.append(p)
 
     def _on_truth(self, kind: str, msg, t_ns: int) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
@@ -483,8 +521,6 @@ class _Replay:
     # ------------------------------------------------------------------ scoring
     def _score_pending(self, final: bool) -> None:
         """Score the outputs whose truth has had time to arrive (a second of the bag's clock, or all)."""
-        if not self.pending:
-            return
         keep = []
         for p in self.pending:
             if final or (self.max_stamp is not None and p["w"].stamp < self.max_stamp - 1.0):
@@ -493,7 +529,7 @@ class _Replay:
                 keep.append(p)
         self.pending = keep
         if self.max_stamp is not None and not final:
-            horizon = self.max_stamp - 3.0
+            horizon = min([self.max_stamp - 3.0] + [p["w"].stamp - 1.0 for p in self.inflight[:1] + self.pending[:1]])
             for k, st in self.store.items():
                 n = st.prune(horizon if k != "camera" else self.max_stamp - 2.0)
                 if k not in ("sources", "camera"):
