@@ -341,6 +341,9 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
         if compact:
             store_exact_half(tmp_onnx)
         shapes = verify_onnx(tmp_onnx, (1, cfg.num_mics, cfg.num_samples))
+        from ..inference.graphs import validate_graph
+
+        validate_graph(tmp_onnx, (1, cfg.num_mics, cfg.num_samples))  # what TensorRT's ONNX parser would refuse
         rng = np.random.default_rng(0)
         windows = {"random": (0.05 * rng.standard_normal((cfg.num_mics, cfg.num_samples))).astype(np.float32),
                    "wall echo": echo_window(emitted, array.positions, speaker_position, cfg.sample_rate,
