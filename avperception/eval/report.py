@@ -154,7 +154,7 @@ def make_plots(m: dict, out: Path) -> list[str]:
     if e.size:
         ax.plot(e, np.arange(1, e.size + 1) / e.size)
     else:
-        ax.text(0.5, 0.5, "no source truth in the bag", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no DOA scored (no source truth,\nor the beamformer was not run)", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("DOA error (deg)")
     ax.set_ylabel("fraction")
     ax.set_xlim(0, 180)
