@@ -63,7 +63,9 @@ class SonarPipeline:
                                    capacity_s=capacity_s, search=self.config.search_samples,
                                    detect=self.config.detect, ping_period_s=ping_period_s,
                                    max_pending=self.config.max_pending_pings)
-        self.backend = make_backend(b, self.config.backend, threads=self.config.threads, log=log)
+        self.backend = make_backend(b, self.config.backend, threads=self.config.threads, log=log,
+                                    engine_cache_dir=self.config.engine_cache_dir or None,
+                                    force_engine_update=self.config.force_engine_update)
         self.infer_ms: list[float] = []
 
     @property
