@@ -131,6 +131,8 @@ def from_audio_stamped(msg: Any) -> AudioChunk:
         raise AudioFormatError(f"unsupported PyAudio format {info.format}; supported: {sorted(_PYAUDIO)}")
     raw = np.asarray(getattr(msg.audio.audio_data, field), dtype=np.float64)
     ch = int(info.channels)
+    if ch <= 0:
+        raise AudioFormatError(f"channels must be positive, got {ch}")
     if raw.size % ch:
         raise AudioFormatError(f"{raw.size} samples do not split into {ch} channels")
     x = raw.reshape(-1, ch).T

@@ -134,3 +134,32 @@ def test_malformed_array_yaml_files_are_config_errors(tmp_path, text):
     p.write_text(text)
     with pytest.raises(ConfigError):
         load_array(str(p))
+
+
+@FAST
+@given(st.binary(max_size=120), st.sampled_from(["signed_16", "float", "unsigned_8", "bogus", ""]),
+       st.integers(-2, 6), st.integers(-1, 50000), st.integers(-1, 400),
+       st.sampled_from(["S16LE", "F32LE", "U8", "MP3", ""]), st.sampled_from(["wave", "mp3", "", "raw"]),
+       st.sampled_from([1, 2, 8, 16, 32, 7]),
+       st.lists(st.one_of(st.floats(-3, 3), st.just(float("nan"))), max_size=40),
+       st.sampled_from(["interleaved", "planar", "zig"]))
+def test_every_driver_message_decodes_or_says_why(data, odas_fmt, channels, rate, count, fmt, coding, pa_format,
+                                                   values, layout):
+    hdr = NS(stamp=NS(sec=1, nanosec=2), frame_id="f")
+    msgs = [
+        lambda: pcm.from_odas_audio_frame(NS(header=hdr, format=odas_fmt, channel_count=channels,
+                                             sampling_frequency=rate, frame_sample_count=count, data=data)),
+        lambda: pcm.from_audio_common(NS(header=hdr, audio=NS(data=data)),
+                                      NS(channels=channels, sample_rate=rate, sample_format=fmt, coding_format=coding)),
+        lambda: pcm.from_audio_stamped(NS(header=hdr, audio=NS(
+            info=NS(format=pa_format, channels=channels, rate=rate),
+            audio_data=NS(float32_data=values, int32_data=[int(v * 1000) for v in values if v == v],
+                          int16_data=[int(v * 100) for v in values if v == v], int8_data=[], uint8_data=[])))),
+        lambda: pcm.from_float32_multiarray(NS(data=values, layout=NS(dim=[])), rate, channels, layout),
+    ]
+    for make in msgs:
+        try:
+            chunk = make()
+        except (pcm.AudioFormatError, ValueError):
+            continue
+        assert chunk.data.ndim == 2 and chunk.data.dtype == np.float32
