@@ -34,6 +34,7 @@ setup(
             "perception_node = avperception.ros.perception_node:main",
             "sim_audio_node = avperception.ros.sim_audio_node:main",
             "capture_node = avperception.ros.capture_node:main",
+            "bag_player_node = avperception.ros.bag_player_node:main",
         ],
     },
 )

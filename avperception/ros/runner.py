@@ -24,6 +24,7 @@ NODES = {
     "sim_audio": ("avperception.ros.sim_audio_node", "SimAudioNode"),
     "capture": ("avperception.ros.capture_node", "CaptureNode"),
     "perception": ("avperception.ros.perception_node", "PerceptionNode"),
+    "bag_player": ("avperception.ros.bag_player_node", "BagPlayerNode"),
 }
 
 
@@ -36,7 +37,8 @@ def _prepare_env() -> None:
 
 
 def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -> None:
-    """Create the nodes, spin them until Ctrl-C (or ``duration`` seconds), shut down cleanly.
+    """Create the nodes, spin them until Ctrl-C (or ``duration`` seconds, or a node's ``finished`` turns true:
+    ``bag_player`` at the end of its bag), shut down cleanly.
 
     BLAS / OpenMP pools are pinned to one thread first: spinning OpenBLAS threads would take a whole core at real
     time for nothing (the nodes' arrays are small); ONNX Runtime's threads are set by ``sonar.threads``."""
@@ -61,6 +63,8 @@ def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -
             executor.spin_once(timeout_sec=0.1)
             if on_spin is not None:
                 on_spin(nodes)
+            if any(getattr(n, "finished", False) for n in nodes):
+                break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -84,7 +88,13 @@ def main(argv=None) -> None:
     import importlib
 
     classes = [getattr(importlib.import_module(NODES[n][0]), NODES[n][1]) for n in a.nodes]
-    run_nodes(classes, [sys.argv[0]] + ros_args, a.duration)
+    from ..eval.bagio import BagError
+
+    try:
+        run_nodes(classes, [sys.argv[0]] + ros_args, a.duration)
+    except BagError as e:  # bag_player: a bag that cannot be played
+        print(f"avperception-run: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

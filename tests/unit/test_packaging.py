@@ -23,7 +23,8 @@ def node_params(module: str) -> set[str]:
 def test_console_scripts_cover_every_node_and_launch_file():
     setup = (ROOT / "setup.py").read_text()
     scripts = set(re.findall(r'"([a-z_\-]+) = avperception', setup))
-    assert {"perception_node", "sim_audio_node", "capture_node", "avperception", "avperception-run"} <= scripts
+    assert {"perception_node", "sim_audio_node", "capture_node", "bag_player_node", "avperception",
+            "avperception-run"} <= scripts
     launch = (ROOT / "launch" / "perception.launch.py").read_text()
     for exe in re.findall(r'package="avperception", executable="([a-z_]+)"', launch):
         assert exe in scripts
@@ -34,6 +35,7 @@ def test_params_files_only_use_declared_parameters():
         "perception_node": node_params("perception_node") | set(flatten(PipelineConfig())),
         "sim_audio_node": node_params("sim_audio_node"),
         "capture_node": node_params("capture_node"),
+        "bag_player_node": node_params("bag_player_node"),
     }
     for f in sorted((ROOT / "config").glob("*.yaml")):
         data = yaml.safe_load(f.read_text())
