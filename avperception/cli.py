@@ -5,6 +5,8 @@ Commands:
     infer AUDIO.wav [--model BUNDLE] --out DIR                learned depth, classes, occupancy of each ping
     calibrate-latency --device D [--seconds 3]                the emitter's output latency (full-duplex card)
     demo [--out DIR] [--ros]                                  simulated room through the pipeline
+    record --out BAG [--topics T ...] [--duration S]          record the running graph's topics into a rosbag2
+    compare-bags A B [--topic sonar/depth] [--out REPORT.md]  two recordings of the outputs compared ping by ping
     info                                                      versions, arrays, beamformers
 """
 
@@ -141,6 +143,25 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(a: argparse.Namespace) -> int:
+    from .ros.recorder import record
+
+    s = record(a.out, a.topics, a.duration, a.storage)
+    return 0 if sum(s["messages"].values()) else 1
+
+
+def cmd_compare_bags(a: argparse.Namespace) -> int:
+    from .eval.compare import compare_bags, to_markdown
+
+    r = compare_bags(a.a, a.b, a.topic, None if a.no_semantic else a.semantic_topic, a.tolerance_ms * 1e-3)
+    text = to_markdown(r)
+    print(text, end="")
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"written to {a.out}")
+    return 0
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from . import __version__
     from .config import array_presets, load_array
@@ -257,6 +278,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the beamformer on every N-th frame (1: all, as the node; 0: not at all)")
     p.add_argument("--no-detect", action="store_true", help="only pings announced by Ping messages")
     p.set_defaults(func=cmd_replay_eval)
+
+    p = sub.add_parser("record", help="record topics of the running graph into a rosbag2 (default: the node's outputs)",
+                       description="Subscribes to the topics as they appear (types from the graph, QoS following "
+                                   "their publishers) and writes the messages as received into a new rosbag2.")
+    p.add_argument("--out", required=True, help="the new bag directory")
+    p.add_argument("--topics", nargs="+", default=None,
+                   help="topics to record (default: sonar/depth sonar/semantic sonar/points sonar/occupancy "
+                        "sonar/occupancy_grid acoustic/energy acoustic/source_poses /diagnostics)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("compare-bags", help="compare two recordings of the node's outputs ping by ping",
+                       description="Matches the depth (and class) images of two bags by header stamp and prints "
+                                   "B's AbsRel, delta1, largest difference and class agreement against A per ping.")
+    p.add_argument("a", help="reference bag (before)")
+    p.add_argument("b", help="bag compared with it (after)")
+    p.add_argument("--topic", default="sonar/depth", help="depth image topic (default sonar/depth)")
+    p.add_argument("--semantic-topic", default="sonar/semantic", help="class image topic, when both bags have it")
+    p.add_argument("--no-semantic", action="store_true", help="compare the depth only")
+    p.add_argument("--tolerance-ms", type=float, default=1.0, help="header stamps this close are the same ping")
+    p.add_argument("--out", help="write the report as markdown here")
+    p.set_defaults(func=cmd_compare_bags)
 
     p = sub.add_parser("info", help="versions, arrays and beamformers")
     p.set_defaults(func=cmd_info)
