@@ -82,7 +82,8 @@ def compare_depth(a: np.ndarray, b: np.ndarray) -> dict:
     m = depth_metrics(b[both], a[both]) if both.any() else {"abs_rel": math.nan, "delta1": math.nan}
     diff = np.abs(b[both].astype(np.float64) - a[both])
     return {"abs_rel": m["abs_rel"], "delta1": m["delta1"],
-            "max_abs_diff": float(diff.max()) if diff.size else math.nan, "known_pixels": int(both.sum()), "known_in_one": int((ka ^ kb).sum())}
+            "max_abs_diff": float(diff.max()) if diff.size else math.nan, "known_pixels": int(both.sum()),
+            "known_in_one": int((ka ^ kb).sum())}
 
 
 def compare_bags(a: str | Path, b: str | Path, topic: str = "sonar/depth",
