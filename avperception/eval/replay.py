@@ -313,7 +313,7 @@ class _Replay:
 
     # ------------------------------------------------------------------ run
     def run(self, progress: bool | None = None) -> dict:
-        from rosbags.highlevel import AnyReader
+        from .bagfiles import open_rosbag2
 
         from ..audio import pcm
         from ..audio.buffer import AudioBuffer
@@ -338,7 +338,7 @@ class _Replay:
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
         self.inflight: list = []
         wall0 = time.perf_counter()
-        with AnyReader([self.bag], default_typestore=ts) as reader:
+        with open_rosbag2(self.bag) as reader:  # any directory name (AnyReader takes x.bag for a ROS 1 bag)
             conns = {c.topic: c.msgtype for c in reader.connections}
             self.pick_topics(conns)
             for c in reader.connections:
@@ -374,7 +374,7 @@ class _Replay:
                     if delay > 0:
                         time.sleep(delay)
                 try:
-                    msg = reader.deserialize(raw, c.msgtype)
+                    msg = ts.deserialize_cdr(raw, c.msgtype)
                 except Exception:  # noqa: BLE001 - a broken message is counted, the replay goes on
                     self.skip("decode_error")
                     continue
