@@ -1,6 +1,5 @@
 """perception_node's learned half in-process: which bundle it loads on which array, and what it says when none fits."""
 
-import os
 
 import pytest
 
@@ -11,12 +10,6 @@ from avperception.inference.bundle import BundleMismatch, default_bundle_path  #
 from avperception.ros.perception_node import PerceptionNode  # noqa: E402
 
 
-@pytest.fixture()
-def ctx():
-    c = rclpy.context.Context()
-    rclpy.init(context=c, domain_id=100 + (os.getpid() + 37) % 100)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 def node_with(ctx, **params):

@@ -2,7 +2,6 @@
 the graph reports and QoS following the publishers (best effort images, reliable pings, a latched /tf_static
 published before the recorder came), and read back with rosbags unchanged."""
 
-import os
 import time
 
 import numpy as np
@@ -25,12 +24,6 @@ from avperception.ros.recorder import RecorderNode, record
 N = 5
 
 
-@pytest.fixture()
-def ctx():
-    c = rclpy.context.Context()
-    rclpy.init(context=c, domain_id=100 + (os.getpid() + 37) % 100)
-    yield c
-    rclpy.shutdown(context=c)
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
