@@ -12,6 +12,7 @@ forward from inside a panorama), and the highest elevation in row 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -249,17 +250,27 @@ def from_config(cfg: GridConfig) -> DirectionGrid:
     raise ConfigError(f"unknown grid kind {cfg.kind!r}")
 
 
+@lru_cache(maxsize=32)
+def _patch_tangents(radius_deg: float, step_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 1)`` tangent offsets along the two patch axes of :func:`local_patch` (computed once per size)."""
+    k = int(np.ceil(radius_deg / step_deg))
+    offs = np.radians(np.arange(-k, k + 1) * step_deg)
+    a, b = np.meshgrid(offs, offs)
+    ta, tb = np.tan(a.ravel())[:, None], np.tan(b.ravel())[:, None]
+    ta.setflags(write=False)
+    tb.setflags(write=False)
+    return ta, tb
+
+
 def local_patch(center: np.ndarray, radius_deg: float, step_deg: float) -> np.ndarray:
     """``(n, 3)`` directions on a small square patch around ``center`` (for peak refinement)."""
     c = np.asarray(center, dtype=np.float64)
     c = c / np.linalg.norm(c)
-    helper = np.array([0.0, 0.0, 1.0]) if abs(c[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
-    e1 = np.cross(helper, c)
+    x, y, z = float(c[0]), float(c[1]), float(c[2])
+    # e1 = helper x c, e2 = c x e1, with helper +z (or +x near the poles): three-vector cross products by hand
+    e1 = np.array([-y, x, 0.0]) if abs(z) < 0.9 else np.array([0.0, -z, y])
     e1 /= np.linalg.norm(e1)
-    e2 = np.cross(c, e1)
-    k = int(np.ceil(radius_deg / step_deg))
-    offs = np.radians(np.arange(-k, k + 1) * step_deg)
-    a, b = np.meshgrid(offs, offs)
-    a, b = a.ravel(), b.ravel()
-    v = c[None] + np.tan(a)[:, None] * e1[None] + np.tan(b)[:, None] * e2[None]
+    e2 = np.array([y * e1[2] - z * e1[1], z * e1[0] - x * e1[2], x * e1[1] - y * e1[0]])
+    ta, tb = _patch_tangents(float(radius_deg), float(step_deg))
+    v = c[None] + ta * e1[None] + tb * e2[None]
     return v / np.linalg.norm(v, axis=1, keepdims=True)
