@@ -420,7 +420,7 @@ class SonarConfig:
 class PipelineConfig:
     """Everything the pipeline needs besides the array."""
 
-    array: str = "respeaker_4mic"
+    array: str = "robot_8mic"
     sample_rate: int = 16000
     speed_of_sound: float = 343.0
     frame: FrameConfig = field(default_factory=FrameConfig)

@@ -32,7 +32,7 @@ from .audio_input import audio_qos
 from .params import declare
 
 NODE_PARAMS = {
-    "array": ("respeaker_4mic", "array preset name or YAML path (channels and frame_id)"),
+    "array": ("robot_8mic", "array preset name or YAML path (channels and frame_id)"),
     "device": ("", "input device name or index ('' = system default)"),
     "channels": (0, "channels to open (0: the array's input channels)"),
     "sample_rate": (16000, "Hz"),

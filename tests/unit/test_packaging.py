@@ -47,6 +47,34 @@ def test_params_files_only_use_declared_parameters():
             assert not unknown, f"{f.name}: {node} has no parameters {unknown}"
 
 
+def node_defaults(module: str) -> dict:
+    src = (ROOT / "avperception" / "ros" / f"{module}.py").read_text()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "NODE_PARAMS":
+            return {k.value: ast.literal_eval(v.elts[0]) for k, v in zip(node.value.keys, node.value.values)}
+    raise AssertionError(f"no NODE_PARAMS in {module}")
+
+
+# where perception.yaml deliberately chooses another value than the code's default (each says so in a comment)
+CHOSEN = {("sim_audio_node", "mode"): "active"}
+
+
+def test_perception_yaml_lists_every_parameter_with_its_default():
+    data = yaml.safe_load((ROOT / "config" / "perception.yaml").read_text())
+    pipeline = {k: list(v) if isinstance(v, tuple) else v for k, v in flatten(PipelineConfig()).items()}
+    for node in ("perception_node", "sim_audio_node", "capture_node", "bag_player_node"):
+        defaults = node_defaults(node)
+        if node == "perception_node":
+            defaults.update(pipeline)
+        listed = data[node]["ros__parameters"]
+        for key, default in defaults.items():
+            if default == []:  # an empty list has no ROS type in YAML: documented as a comment
+                continue
+            assert key in listed, f"perception.yaml: {node} does not list {key} (default {default!r})"
+            want = CHOSEN.get((node, key), default)
+            assert listed[key] == want, f"perception.yaml: {node}.{key} is {listed[key]!r}, the default is {want!r}"
+
+
 def test_launch_file_sets_only_declared_parameters():
     declared = {
         "perception_node": node_params("perception_node") | set(flatten(PipelineConfig())),
