@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import depth_metrics, voxel_metrics
+from .metrics import class_accuracy, depth_metrics, voxel_iou
 
 
 def score_outputs(out, depth: np.ndarray, semantic: np.ndarray, occupancy: np.ndarray) -> dict:
     """One ping's scores: depth (delta1, AbsRel, RMSE), class accuracy over labelled pixels, voxel IoU."""
     d = depth_metrics(out.depth, depth)
-    known = semantic != 255
     return {"delta1": d["delta1"], "abs_rel": d["abs_rel"], "rmse": d["rmse"],
-            "class_acc": float(np.mean(out.labels[known] == semantic[known])) if known.any() else float("nan"),
-            "voxel_iou": voxel_metrics(out.occupancy, occupancy)["iou"]}
+            "class_acc": class_accuracy(out.labels, semantic), "voxel_iou": voxel_iou(out.occupancy, occupancy)}
 
 
 def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int = 1024, announce: bool = True,

@@ -97,6 +97,20 @@ def segmentation_metrics(conf: np.ndarray, layout_classes=LAYOUT_CLASSES) -> dic
     }
 
 
+def class_accuracy(pred: np.ndarray, gt: np.ndarray, ignore: int = IGNORE) -> float:
+    """Fraction of the labelled pixels (``gt != ignore``) whose class is right; NaN when none is labelled."""
+    known = np.asarray(gt) != ignore
+    return float(np.mean(np.asarray(pred)[known] == np.asarray(gt)[known])) if known.any() else float("nan")
+
+
+def voxel_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two occupancy grids (bool); 1 when both are empty."""
+    p = np.asarray(pred).astype(bool)
+    g = np.asarray(gt).astype(bool)
+    union = np.logical_or(p, g).sum()
+    return float(np.logical_and(p, g).sum() / union) if union else 1.0
+
+
 def voxel_metrics(pred: np.ndarray, gt: np.ndarray, voxel_size: float = 1.0, f1_tau: float | None = None) -> dict:
     """IoU, Chamfer-L1 and F1 between two occupancy grids ``(D, H, W)`` (bool).
 
@@ -108,9 +122,7 @@ def voxel_metrics(pred: np.ndarray, gt: np.ndarray, voxel_size: float = 1.0, f1_
 
     p = np.asarray(pred).astype(bool)
     g = np.asarray(gt).astype(bool)
-    inter = np.logical_and(p, g).sum()
-    union = np.logical_or(p, g).sum()
-    out = {"iou": float(inter / union) if union else 1.0}
+    out = {"iou": voxel_iou(p, g)}
     tau = voxel_size if f1_tau is None else f1_tau
     pp = np.argwhere(p) * voxel_size
     gp = np.argwhere(g) * voxel_size

@@ -31,7 +31,7 @@ import numpy as np
 
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
-from .metrics import confusion, depth_metrics, segmentation_metrics
+from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou
 
 AUDIO_COMMON = "audio_common_msgs/msg/AudioDataStamped"
 AUDIO_INFO = "audio_common_msgs/msg/AudioInfo"
@@ -565,16 +565,14 @@ class _Replay:
         else:
             self.skip("ping_no_depth_truth")
         if sem is not None:
-            known = sem != 255
-            rec["class_acc"] = float(np.mean(o.labels[known] == sem[known])) if known.any() else None
+            acc = class_accuracy(o.labels, sem)
+            rec["class_acc"] = acc if np.isfinite(acc) else None
             rec["_confusion"] = confusion(o.labels, sem, len(self.bundle.classes))
             rec["truth"] = rec["truth"] or "sim"
         elif "semantic" in self.truth_topics.values():
             self.skip("ping_no_semantic_truth")
         if occ is not None:
-            inter = np.logical_and(o.occupancy, occ).sum()
-            union = np.logical_or(o.occupancy, occ).sum()
-            rec["voxel_iou"] = float(inter / union) if union else 1.0
+            rec["voxel_iou"] = voxel_iou(o.occupancy, occ)
             rec["truth"] = rec["truth"] or "sim"
         elif "occupancy" in self.truth_topics.values():
             self.skip("ping_no_occupancy_truth")
