@@ -14,10 +14,11 @@ import numpy as np
 
 
 def find_windows(audio: np.ndarray, bundle, min_spacing_s: float = 0.1, threshold_db: float = 20.0,
-                 search: int = 64) -> list[int]:
+                 search: int = 64, direct=None) -> list[int]:
     """Onset sample indices of the pings in ``audio (mics, n)`` whose whole window lies inside it.
 
-    Exactly one window's worth of audio is one ping at sample 0.
+    Exactly one window's worth of audio is one ping at sample 0. ``direct``: the bundle's
+    :class:`~avperception.sonar.onset.DirectPath`, when already built.
     """
     from .onset import DirectPath, detect_onsets, refine_onset
 
@@ -27,8 +28,7 @@ def find_windows(audio: np.ndarray, bundle, min_spacing_s: float = 0.1, threshol
                          f"({n / bundle.sample_rate * 1e3:.0f} ms from the sweep's onset)")
     if audio.shape[1] == n:
         return [0]
-    direct = DirectPath.build(bundle.emitted, bundle.array.positions, bundle.speaker_position, bundle.sample_rate,
-                              bundle.speed_of_sound)
+    direct = direct if direct is not None else DirectPath.of_bundle(bundle)
     found = detect_onsets(audio, direct, int(min_spacing_s * bundle.sample_rate), threshold_db)
     out = []
     for k in found:
@@ -50,7 +50,7 @@ def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", thread
     x = np.asarray(audio, dtype=np.float32)
     if x.shape[0] != array.num_mics:
         raise ValueError(f"expected ({array.num_mics}, samples) audio for {array.name}, got {x.shape}")
-    starts = find_windows(x, bundle) if onsets is None else list(onsets)
+    starts = find_windows(x, bundle, direct=sonar.direct) if onsets is None else list(onsets)
     n = bundle.window_samples
     return [(k, sonar.infer(x[:, k: k + n], k / fs)) for k in starts]
 

@@ -85,6 +85,12 @@ class DirectPath:
         kernels = np.fft.ifft(spec, axis=1)[:, :k]  # kernel index i = onset + i - _PRE
         return cls(e, delays, kernels, _PRE, float(fs), float(c), np.conj(kernels[:, ::-1]).copy())
 
+    @classmethod
+    def of_bundle(cls, bundle) -> "DirectPath":
+        """The direct path of a model bundle's sweep from its speaker to its array."""
+        return cls.build(bundle.emitted, bundle.array.positions, bundle.speaker_position, bundle.sample_rate,
+                         bundle.speed_of_sound)
+
     @property
     def num_mics(self) -> int:
         return self.kernels.shape[0]

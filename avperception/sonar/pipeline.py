@@ -57,8 +57,7 @@ class SonarPipeline:
         check_fits(self.bundle, array, sample_rate=sample_rate, speed_of_sound=speed_of_sound)
         self.array = array
         b = self.bundle
-        self.direct = DirectPath.build(b.emitted, b.array.positions, b.speaker_position, b.sample_rate,
-                                       b.speed_of_sound)
+        self.direct = DirectPath.of_bundle(b)
         self.aligner = PingAligner(array.num_mics, b.sample_rate, b.window_samples, self.direct,
                                    capacity_s=capacity_s, search=self.config.search_samples,
                                    detect=self.config.detect, ping_period_s=ping_period_s,
