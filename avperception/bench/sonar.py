@@ -59,7 +59,7 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
     sonar = SonarPipeline(array, SonarConfig(backend=backend, threads=threads), fs)
     b = sonar.bundle
     beam = Pipeline(cfg, array)
-    rays = products.panorama_grid(b.pano_shape, b.el_min_deg, b.el_max_deg).vectors
+    rays = b.panorama_grid().vectors
     g = cfg.grid
     cam = products.PinholeReprojection(b.pano_shape, g.width, g.height, g.fx, g.fy, g.cx, g.cy, g.camera_rpy_deg,
                                        b.el_min_deg, b.el_max_deg)

@@ -41,7 +41,7 @@ class SonarPublishers:
         self.cfg = sonar
         self.frame_id = frame_id
         self.camera_frame_id = grid.camera_frame_id
-        self.rays = products.panorama_grid(bundle.pano_shape, bundle.el_min_deg, bundle.el_max_deg).vectors
+        self.rays = bundle.panorama_grid().vectors
         self.colors = np.asarray(bundle.class_colors, dtype=np.uint8)
         self.voxel_size = np.asarray(bundle.voxel_extent, dtype=np.float64) / np.asarray(bundle.voxel_resolution)
         products.depth_colors(np.zeros((1, 1), np.float32))  # loads the colour map now, not on the first ping

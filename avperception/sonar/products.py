@@ -12,18 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dsp.grid import DirectionGrid, equirectangular, pinhole, vector_to_azel
-
-
-def panorama_grid(shape: tuple[int, int], el_min_deg: float = -90.0, el_max_deg: float = 90.0) -> DirectionGrid:
-    """The full-turn equirectangular grid of an ``(H, W)`` panorama spanning ``[el_min_deg, el_max_deg]``."""
-    h, w = int(shape[0]), int(shape[1])
-    res = 360.0 / w
-    grid = equirectangular(-180.0, 180.0, el_min_deg, el_max_deg, res)
-    if grid.shape != (h, w):
-        raise ValueError(f"a {h} x {w} panorama over elevations [{el_min_deg}, {el_max_deg}] does not have square "
-                         f"{res:g} deg pixels (that grid is {grid.shape})")
-    return grid
+from ..dsp.grid import pinhole, vector_to_azel
 
 
 def depth_points(depth: np.ndarray, vectors: np.ndarray, labels: np.ndarray | None = None,
@@ -32,7 +21,7 @@ def depth_points(depth: np.ndarray, vectors: np.ndarray, labels: np.ndarray | No
 
     Args:
         depth: ``(H, W)`` range along each pixel's ray (m), NaN unknown.
-        vectors: ``(H * W, 3)`` unit ray of each pixel (:func:`panorama_grid`'s ``vectors``).
+        vectors: ``(H * W, 3)`` unit ray of each pixel (the bundle's ``panorama_grid().vectors``).
         labels: optional ``(H, W)`` class per pixel, carried along.
         max_range: drop points farther than this (m); None keeps all finite ones.
     Returns:

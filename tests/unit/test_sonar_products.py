@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avperception.dsp.grid import pinhole
+from avperception.dsp.grid import equirectangular, pinhole
 from avperception.sonar import products
 
 
@@ -18,7 +18,7 @@ def box_room_depth(grid, half=(2.0, 1.5), floor=0.8, ceiling=1.6):
 
 
 def test_points_land_on_the_surfaces_they_came_from():
-    grid = products.panorama_grid((60, 120))
+    grid = equirectangular(resolution_deg=3.0)  # the bundles' 60 x 120 panorama
     depth = box_room_depth(grid)
     depth[0, :5] = np.nan  # unknown pixels give no point
     labels = np.full(depth.shape, 2, np.uint8)
@@ -29,11 +29,6 @@ def test_points_land_on_the_surfaces_they_came_from():
     assert np.all(on_wall | on_floor_or_ceiling)
     near, _ = products.depth_points(depth, grid.vectors, None, max_range=1.0)
     assert np.all(np.linalg.norm(near, axis=1) <= 1.0 + 1e-5) and len(near) < len(pts)
-
-
-def test_panorama_grid_refuses_shapes_without_square_pixels():
-    with pytest.raises(ValueError, match="square"):
-        products.panorama_grid((50, 120))
 
 
 def test_voxel_centres_follow_the_zyx_crop():
@@ -57,7 +52,7 @@ def test_occupancy_slice_keeps_only_the_height_band():
 
 
 def test_pinhole_reprojection_gives_z_depth_of_a_wall_ahead():
-    grid = products.panorama_grid((120, 240))  # 1.5 deg pixels
+    grid = equirectangular(resolution_deg=1.5)
     depth = box_room_depth(grid, half=(3.0, 3.0), floor=1.0, ceiling=2.0)
     cam = products.PinholeReprojection((120, 240), 64, 48, 50.0, 50.0, 31.5, 23.5)
     z = cam(depth)
