@@ -9,12 +9,10 @@ wire. Message types are those of :func:`avperception.eval.bagio.typestore` (ROS 
 
 from __future__ import annotations
 
-import os
-import sys
 from contextlib import closing
 from pathlib import Path
 
-from .bagio import BagError, _require_rosbags, storage_plugin, typestore
+from .bagio import BagError, _require_rosbags, msg_file, storage_plugin, typestore
 
 
 def open_rosbag2(path: str | Path):
@@ -40,16 +38,6 @@ def open_rosbag2(path: str | Path):
     return closing(reader)
 
 
-def _msg_file(msgtype: str) -> Path | None:
-    pkg, kind, name = msgtype.split("/")
-    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
-    for prefix in prefixes:
-        f = Path(prefix) / "share" / pkg / kind / f"{name}.msg"
-        if f.is_file():
-            return f
-    return None
-
-
 def register_msgtype(ts, msgtype: str) -> None:
     """Make ``msgtype`` (``pkg/msg/Name``) and every type it nests known to ``ts``, from the installed ``.msg``
     files; a :class:`BagError` names the type when one cannot be found."""
@@ -63,7 +51,7 @@ def register_msgtype(ts, msgtype: str) -> None:
             continue
         if t.count("/") != 2:
             raise BagError(f"cannot record {msgtype}: {t!r} is not a pkg/msg/Name message type")
-        f = _msg_file(t)
+        f = msg_file(t)
         if f is None:
             raise BagError(f"cannot record {msgtype}: no definition of {t} (looked for share/{t}.msg under "
                            "AMENT_PREFIX_PATH and this Python's prefix); install its package")

@@ -40,20 +40,25 @@ def _require_rosbags():
         raise BagError("reading and writing bags needs the rosbags library: pip install 'rosbags>=0.10'") from e
 
 
-def msg_text(name: str) -> str:
-    """The text of ``avperception_msgs/msg/<name>.msg``, from the source tree or an installed package."""
+def msg_file(msgtype: str) -> Path | None:
+    """The ``.msg`` definition of ``pkg/msg/Name``: this source tree's (``msgs/``) or an installed package's (``share/``
+    under AMENT_PREFIX_PATH and this Python's prefix); None when there is none."""
     from ..config import PACKAGE_ROOT
 
-    rel = Path("avperception_msgs") / "msg" / f"{name}.msg"
-    candidates = [PACKAGE_ROOT.parent / "msgs" / rel, Path(sys.prefix) / "share" / rel]
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            candidates.append(Path(prefix) / "share" / rel)
-    for c in candidates:
+    rel = Path(*msgtype.split("/")).with_suffix(".msg")
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    for c in [PACKAGE_ROOT.parent / "msgs" / rel] + [Path(p) / "share" / rel for p in prefixes]:
         if c.is_file():
-            return c.read_text()
-    raise BagError(f"cannot find {name}.msg (looked in {[str(c) for c in candidates]}); install avperception_msgs "
-                   "or run from the source tree")
+            return c
+    return None
+
+
+def msg_text(name: str) -> str:
+    """The text of ``avperception_msgs/msg/<name>.msg``, from the source tree or an installed package."""
+    f = msg_file(f"avperception_msgs/msg/{name}")
+    if f is None:
+        raise BagError(f"cannot find {name}.msg; install avperception_msgs or run from the source tree")
+    return f.read_text()
 
 
 def typestore():

@@ -318,7 +318,7 @@ class _Replay:
         from ..audio import pcm
         from ..audio.buffer import AudioBuffer
         from ..pipeline import Pipeline
-        from ..sonar.pipeline import SonarPipeline, blank_pings
+        from ..sonar.pipeline import SonarPipeline
 
         if not self.bag.exists():
             raise BagError(f"bag not found: {self.bag}")
