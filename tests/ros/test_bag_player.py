@@ -17,7 +17,7 @@ from avperception.eval.bagfiles import open_rosbag2  # noqa: E402
 from avperception.eval.bagio import depth_to_metres, stamp_to_sec, typestore  # noqa: E402
 from avperception.ros.conversions import image_to_array  # noqa: E402
 
-from test_dds import logs, ros_env, spin_until  # noqa: E402,F401  (the fixture and helpers of the DDS tests)
+from dds import logs, spin_until  # noqa: E402  (ros_env: tests/ros/conftest.py)
 
 FS = 16000
 

@@ -1,9 +1,6 @@
 """Integration over real DDS on loopback: three processes (audio publisher, perception node, this test)."""
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,53 +22,8 @@ from avperception.dsp.peaks import canonical_direction  # noqa: E402
 from avperception.ros.conversions import image_to_array, pose_array_to_directions  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 
-
-@pytest.fixture()
-def ros_env(tmp_path):
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(100 + os.getpid() % 100)  # isolated from anything else running here
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["PYTHONUNBUFFERED"] = "1"
-    procs = []
-
-    def start(*cmd):
-        log = open(tmp_path / f"proc{len(procs)}.log", "w")
-        p = subprocess.Popen(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        procs.append((p, log))
-        return p
-
-    ctx = rclpy.context.Context()
-    rclpy.init(context=ctx, domain_id=int(env["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("test_listener", context=ctx)
-    yield start, node, ctx, tmp_path
-    node.destroy_node()
-    rclpy.shutdown(context=ctx)
-    for p, log in procs:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        log.close()
-
-
-def spin_until(node, ctx, cond, timeout):
-    from rclpy.executors import SingleThreadedExecutor
-
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end and not cond():
-        ex.spin_once(timeout_sec=0.05)
-    ex.remove_node(node)
-    return cond()
-
-
-def logs(tmp_path):
-    return "\n".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("proc*.log")))
+from dds import logs, spin_until  # noqa: E402  (ros_env: tests/ros/conftest.py)
 
 
 def peak_direction(img: np.ndarray, grid) -> np.ndarray:

@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
 from avperception.ros.conversions import cloud_to_arrays, image_to_array, stamp_to_sec  # noqa: E402
 
-from test_dds import logs, ros_env, spin_until  # noqa: E402,F401  (the fixture runs processes on an own domain)
+from dds import logs, spin_until  # noqa: E402  (ros_env: tests/ros/conftest.py)
 
 ROOM = 5  # a 3.6 x 5.7 m room with two boxes, quick to render
 SIM = ["-p", "mode:=active", "-p", "array:=robot_8mic", "-p", f"room_seed:={ROOM}", "-p", "prefill_s:=1.0",

@@ -19,7 +19,7 @@ from avperception.ros.conversions import cloud_to_arrays, image_to_array, stamp_
 
 pytest.importorskip("avperception_train", reason="the simulator's active mode needs the training package")
 
-from test_dds import logs, ros_env, spin_until  # noqa: E402,F401  (the fixture and helpers of the DDS tests)
+from dds import logs, spin_until  # noqa: E402  (ros_env: tests/ros/conftest.py)
 
 
 @pytest.mark.parametrize("pings", ["published", "detected"])

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from avperception.eval.bagio import (AUDIO_DECODERS as _AUDIO_DECODERS, BagError,  # noqa: F401 (re-exported)
-                                     depth_to_metres, image_to_array, make_msg, msg_text, storage_plugin as _storage)
+                                     depth_to_metres, make_msg, msg_text, storage_plugin as _storage)
 
 from .shards import MANIFEST, SceneDataset
 
