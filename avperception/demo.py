@@ -126,7 +126,7 @@ def _plots(out: Path, records: list, pipe: Pipeline, scene: RoomScene) -> None:
 # ----------------------------------------------------------------------------- learned outputs
 
 
-def _trajectory(room_id: int, ping_rate_hz: float, seed: int, num_sources: int = 2):
+def active_room(room_id: int, ping_rate_hz: float, seed: int, num_sources: int = 2):
     """The simulator's active stream (needs the training package's data engine)."""
     try:
         from avperception_train.datagen.trajectory import ActiveTrajectory
@@ -152,7 +152,7 @@ def run_sonar(out_dir: str | Path = "demo_out", pings: int = 24, room_id: int = 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    traj = _trajectory(room_id, ping_rate_hz, seed)
+    traj = active_room(room_id, ping_rate_hz, seed)
     t0 = time.perf_counter()
     records, sonar = score_stream(traj, pings, SonarConfig(model=model, backend=backend),
                                   progress=progress and sys.stdout.isatty())

@@ -36,9 +36,9 @@ def _percentiles(a) -> dict:
 
 def render_stream(lap: int = 40, room_id: int = 3, seed: int = 0):
     """``lap`` pings of the simulated active room: ``(audio (M, lap * period), onsets (lap,), trajectory)``."""
-    from ..demo import _trajectory
+    from ..demo import active_room
 
-    traj = _trajectory(room_id, 4.0, seed)
+    traj = active_room(room_id, 4.0, seed)
     segs = list(traj.segments(0, lap))
     return np.concatenate([s.audio for s in segs], axis=1), np.array([s.onset_sample for s in segs]), traj
 

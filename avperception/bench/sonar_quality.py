@@ -40,14 +40,14 @@ def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
 
 def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0) -> dict:
     from ..config import SonarConfig
-    from ..demo import _trajectory
+    from ..demo import active_room
     from ..eval.live import score_stream, summarize_scores
     from ..inference.backends import pin_threads
 
     pin_threads(1)
     rows = []
     for room in rooms:
-        traj = _trajectory(int(room), 4.0, seed)
+        traj = active_room(int(room), 4.0, seed)
         records, sonar = score_stream(traj, pings, SonarConfig(), announce=not detect)
         row = {"room": int(room), "scene": traj.describe(), **summarize_scores(records),
                "pings_skipped": {k: v for k, v in sonar.aligner.skipped.items() if v}}
