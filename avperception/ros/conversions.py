@@ -148,22 +148,11 @@ def cube_markers(centres: np.ndarray, size: Sequence[float], stamp: float, frame
 
 
 def quaternion_from_matrix(r: np.ndarray) -> Quaternion:
-    """The unit quaternion of a ``(3, 3)`` rotation matrix (from its largest diagonal term, stable for any angle)."""
-    m = np.asarray(r, dtype=np.float64)
-    t = np.trace(m)
-    if t > 0:
-        s = 2.0 * math.sqrt(1.0 + t)
-        w, x, y, z = s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s
-    elif m[0, 0] >= m[1, 1] and m[0, 0] >= m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        w, x, y, z = (m[2, 1] - m[1, 2]) / s, s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s
-    elif m[1, 1] >= m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        w, x, y, z = (m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        w, x, y, z = (m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4
-    return Quaternion(x=float(x), y=float(y), z=float(z), w=float(w))
+    """The unit quaternion of a ``(3, 3)`` rotation matrix."""
+    from ..eval.bagio import matrix_quat
+
+    x, y, z, w = matrix_quat(r)
+    return Quaternion(x=x, y=y, z=z, w=w)
 
 
 def transform_msg(parent: str, child: str, translation: Sequence[float], rotation: np.ndarray,

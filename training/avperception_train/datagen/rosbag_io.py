@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from avperception.eval.bagio import (AUDIO_DECODERS as _AUDIO_DECODERS, BagError,  # noqa: F401 (re-exported)
-                                     depth_to_metres, make_msg, msg_text, storage_plugin as _storage)
+                                     depth_to_metres, make_msg, matrix_quat, msg_text,
+                                     storage_plugin as _storage)
 
 from .shards import MANIFEST, SceneDataset
 
@@ -89,10 +90,8 @@ def _quat_yaw(ts, yaw: float):
 
 
 def _quat_matrix(ts, R: np.ndarray):
-    from scipy.spatial.transform import Rotation
-
-    x, y, z, w = Rotation.from_matrix(R).as_quat()
-    return make_msg(ts, "geometry_msgs/msg/Quaternion", x=float(x), y=float(y), z=float(z), w=float(w))
+    x, y, z, w = matrix_quat(R)
+    return make_msg(ts, "geometry_msgs/msg/Quaternion", x=x, y=y, z=z, w=w)
 
 
 # --------------------------------------------------------------------------- export
