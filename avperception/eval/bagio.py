@@ -33,6 +33,10 @@ class BagError(RuntimeError):
     """A bag cannot be read or written as asked."""
 
 
+class MessageFormatError(BagError, ValueError):
+    """A message a decoder cannot read (an image encoding, a point cloud's fields)."""
+
+
 def _require_rosbags():
     try:
         import rosbags  # noqa: F401
@@ -131,13 +135,16 @@ def header_msg(ts, t: float, frame_id: str):
 
 
 def image_to_array(msg) -> np.ndarray:
-    """sensor_msgs/Image (32FC1, 16UC1, mono16, mono8, 8UC1) -> ``(H, W)`` array."""
-    dtypes = {"32FC1": np.float32, "16UC1": np.uint16, "mono16": np.uint16, "mono8": np.uint8, "8UC1": np.uint8}
+    """sensor_msgs/Image -> ``(H, W)`` (32FC1, 16UC1 / mono16, mono8 / 8UC1) or ``(H, W, 3)`` (rgb8, bgr8)."""
+    dtypes = {"32FC1": (np.float32, 1), "16UC1": (np.uint16, 1), "mono16": (np.uint16, 1), "mono8": (np.uint8, 1),
+              "8UC1": (np.uint8, 1), "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3)}
     if msg.encoding not in dtypes:
-        raise BagError(f"unsupported image encoding {msg.encoding!r} (need one of {sorted(dtypes)})")
-    dt = np.dtype(dtypes[msg.encoding]).newbyteorder(">" if msg.is_bigendian else "<")
+        raise MessageFormatError(f"unsupported image encoding {msg.encoding!r} (need one of {sorted(dtypes)})")
+    dt, ch = dtypes[msg.encoding]
+    dt = np.dtype(dt).newbyteorder(">" if msg.is_bigendian else "<")
     raw = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
-    return raw[:, : msg.width * dt.itemsize].copy().view(dt).reshape(msg.height, msg.width).astype(dt.newbyteorder("="))
+    a = raw[:, : msg.width * ch * dt.itemsize].copy().view(dt).reshape(msg.height, msg.width, ch)
+    return a[..., 0].astype(dt.newbyteorder("=")) if ch == 1 else a
 
 
 def depth_to_metres(msg) -> np.ndarray:
@@ -151,16 +158,23 @@ def depth_to_metres(msg) -> np.ndarray:
 _FIELD_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 
 
+def cloud_fields(msg) -> dict[str, np.ndarray]:
+    """sensor_msgs/PointCloud2 -> field name -> ``(N,)`` array in native byte order."""
+    end = ">" if msg.is_bigendian else "<"
+    dtype = np.dtype({"names": [f.name for f in msg.fields],
+                      "formats": [end + _FIELD_DTYPES[f.datatype] for f in msg.fields],
+                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
+    rec = np.frombuffer(bytes(msg.data), dtype=dtype, count=int(msg.width) * int(msg.height))
+    return {f.name: rec[f.name].astype(rec[f.name].dtype.newbyteorder("=")) for f in msg.fields}
+
+
 def cloud_xyz(msg) -> np.ndarray:
     """sensor_msgs/PointCloud2 -> ``(N, 3)`` float32 x, y, z."""
-    fields = {f.name: f for f in msg.fields}
-    if not all(k in fields for k in "xyz"):
-        raise BagError(f"point cloud without x, y, z fields (has {sorted(fields)})")
-    end = ">" if msg.is_bigendian else "<"
-    dtype = np.dtype({"names": list("xyz"), "formats": [end + _FIELD_DTYPES[fields[k].datatype] for k in "xyz"],
-                      "offsets": [fields[k].offset for k in "xyz"], "itemsize": msg.point_step})
-    rec = np.frombuffer(bytes(msg.data), dtype=dtype, count=int(msg.width) * int(msg.height))
-    return np.stack([rec[k].astype(np.float32) for k in "xyz"], axis=1).reshape(-1, 3)
+    names = [f.name for f in msg.fields]
+    if not all(k in names for k in "xyz"):
+        raise MessageFormatError(f"point cloud without x, y, z fields (has {sorted(names)})")
+    f = cloud_fields(msg)
+    return np.stack([f[k].astype(np.float32) for k in "xyz"], axis=1).reshape(-1, 3)
 
 
 def pose_positions(msg) -> np.ndarray:

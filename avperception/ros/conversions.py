@@ -15,6 +15,8 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..audio.pcm import stamp_to_sec  # noqa: F401  (Time -> seconds; re-exported for the nodes and tests)
+from ..eval.bagio import cloud_fields as cloud_to_arrays  # noqa: F401  (re-exported: the decoders of both worlds)
+from ..eval.bagio import image_to_array  # noqa: F401
 from ..dsp.peaks import SourceDirection
 
 
@@ -47,25 +49,11 @@ def array_to_image(a: np.ndarray, stamp: float, frame_id: str) -> Image:
     return msg
 
 
-def image_to_array(msg: Image) -> np.ndarray:
-    """Inverse of :func:`array_to_image` for 32FC1, mono8, rgb8 (and 16UC1 depth in mm)."""
-    dtypes = {"32FC1": (np.float32, 1), "mono8": (np.uint8, 1), "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3),
-              "16UC1": (np.uint16, 1)}
-    if msg.encoding not in dtypes:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
-    dt, ch = dtypes[msg.encoding]
-    dt = np.dtype(dt).newbyteorder(">" if msg.is_bigendian else "<")
-    row = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)
-    a = row[:, : msg.width * ch * dt.itemsize].copy().view(dt).reshape(msg.height, msg.width, ch)
-    return a[..., 0].astype(dt.newbyteorder("=")) if ch == 1 else a
-
-
 # ---------------------------------------------------------------------------- point clouds, grids, cameras
 
 _POINT_TYPES = {np.dtype(np.float32): (PointField.FLOAT32, 4), np.dtype(np.uint8): (PointField.UINT8, 1),
                 np.dtype(np.uint16): (PointField.UINT16, 2), np.dtype(np.uint32): (PointField.UINT32, 4),
                 np.dtype(np.int32): (PointField.INT32, 4)}
-_FIELD_DTYPES = {code: dt for dt, (code, _) in _POINT_TYPES.items()}
 
 
 def points_to_cloud(points: np.ndarray, stamp: float, frame_id: str,
@@ -90,16 +78,6 @@ def points_to_cloud(points: np.ndarray, stamp: float, frame_id: str,
                   for n, v in cols]
     msg.data = rec.tobytes()
     return msg
-
-
-def cloud_to_arrays(msg: PointCloud2) -> dict[str, np.ndarray]:
-    """Inverse of :func:`points_to_cloud`: field name -> ``(N,)`` array."""
-    dtype = np.dtype({"names": [f.name for f in msg.fields],
-                      "formats": [np.dtype(_FIELD_DTYPES[f.datatype]).newbyteorder(">" if msg.is_bigendian else "<")
-                                  for f in msg.fields],
-                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
-    rec = np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width * msg.height)
-    return {f.name: rec[f.name].astype(rec[f.name].dtype.newbyteorder("=")) for f in msg.fields}
 
 
 def occupancy_grid_msg(data: np.ndarray, origin: Sequence[float], resolution: float, stamp: float,
