@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import load_array
 from ..dsp import grid as grids
-from ..dsp.beamforming import make_beamformer
+from ..dsp.beamforming import BEAMFORMERS, make_beamformer
 from ..dsp.grid import angular_distance_deg, azel_to_vector
 from ..dsp.peaks import canonical_direction
 from ..dsp.stft import stft
@@ -88,7 +88,9 @@ def run(mics=(4, 8, 16), grid_sizes=(360, 2562, 16200), methods=None, peers: boo
                 t = time_call(lambda: ab.map_from_csm(csm), min_time=min_time, min_reps=2, max_reps=50)
                 case.append({"method": "acoular.BeamformerBase", "peak": _peak(ab.map_from_csm(csm), grid, array), **t})
             for name in methods:
-                bf = make_beamformer(name, array, grid, sample_rate=FS, nfft=NFFT, fmin=FMIN, fmax=FMAX, interp=8)
+                lags = name in BEAMFORMERS and "interp" in BEAMFORMERS[name].options  # the lag-lookup methods
+                bf = make_beamformer(name, array, grid, sample_rate=FS, nfft=NFFT, fmin=FMIN, fmax=FMAX,
+                                     **({"interp": 8} if lags else {}))
                 t = time_call(lambda: bf.map(X), min_time=min_time, min_reps=5, max_reps=2000)
                 case.append({"method": f"avperception.{name}", "peak": _peak(bf.map(X), grid, array), **t})
             base = next((r["ms"] for r in case if r["method"] == "pyroomacoustics.SRP"), None)

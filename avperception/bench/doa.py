@@ -46,7 +46,7 @@ import numpy as np
 
 from ..config import ArrayGeometry, load_array
 from ..dsp import grid as grids
-from ..dsp.beamforming import make_beamformer
+from ..dsp.beamforming import BEAMFORMERS, make_beamformer
 from ..dsp.grid import DirectionGrid, rpy_matrix
 from ..dsp.peaks import find_sources
 from ..dsp.stft import stft
@@ -177,9 +177,14 @@ class _Worker:
         if array not in self.cache:
             arr = bench_array(array)
             grid = _search_grid(arr)
-            kw = dict(sample_rate=FS, nfft=NFFT, fmin=FMIN, fmax=FMAX, interp=16)
-            bfs = {m: make_beamformer("srp_phat" if m == "srp_phat_grid" else m, arr, grid, **kw)
-                   for m in self.ours if m != "localize"}
+            kw = dict(sample_rate=FS, nfft=NFFT, fmin=FMIN, fmax=FMAX)
+            bfs = {}
+            for m in self.ours:
+                name = "srp_phat" if m == "srp_phat_grid" else m
+                if m == "localize":
+                    continue
+                lags = name in BEAMFORMERS and "interp" in BEAMFORMERS[name].options  # the lag-lookup methods
+                bfs[m] = make_beamformer(name, arr, grid, **kw, **({"interp": 16} if lags else {}))
             pras = {}
             if self.pra:
                 from .peers import PraMethod

@@ -25,7 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ArrayGeometry
-from .beamforming import _quadratic, steering_vectors
+from .beamforming.base import steering_vectors
+from .beamforming.narrowband import _quadratic
 from .features import dct_matrix, mel_filterbank
 from .gcc import band_covariance
 from .grid import DirectionGrid

@@ -68,7 +68,7 @@ def test_few_frames_path_equals_covariance_path(scene):
     im = AcousticImager(arr, grid, FS, 512, n_bands=16)
     few = spec[:, :, :5]  # 5 frames < 16 mics: beamforms the frames directly
     a = im.bin_power(few)
-    from avperception.dsp.beamforming import _quadratic
+    from avperception.dsp.beamforming.narrowband import _quadratic
     from avperception.dsp.gcc import band_covariance
 
     b = _quadratic(im._steer, band_covariance(few, im.bins)) / arr.num_mics**2

@@ -1,5 +1,6 @@
 """Beamformers: every registered method finds a source where it is, and the fast paths equal the slow maths."""
 
+import inspect
 import json
 import subprocess
 import sys
@@ -18,7 +19,14 @@ from avperception.dsp.stft import stft
 from avperception.sim.room import plane_wave
 
 FS, NFFT = 16000, 512
-KW = dict(sample_rate=FS, nfft=NFFT, fmin=300.0, fmax=6000.0, interp=8)
+KW = dict(sample_rate=FS, nfft=NFFT, fmin=300.0, fmax=6000.0)
+#: lag oversampling for the methods that take one
+INTERP = {m: {"interp": 8} for m in ("srp_phat", "srp_phat_c2f", "das", "srp_phat_normmusic")}
+
+
+def settings(method, **options):
+    """The shared band settings, the method's lag oversampling if it has one, and ``options``."""
+    return {**KW, **INTERP.get(method, {}), **options}
 CUBE = ArrayGeometry("cube", 0.05 * np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float))
 
 
@@ -39,11 +47,32 @@ def test_registry_lists_all_methods():
     assert DEFAULT_METHOD in BEAMFORMERS and DEFAULT_LOCALIZE_METHOD in BEAMFORMERS
     with pytest.raises(ValueError, match="available: .*srp_phat"):
         make_beamformer("nope", CUBE, grids.icosphere(1))
-    # settings a method does not take are ignored unless strict
-    bf = make_beamformer("mvdr", CUBE, grids.icosphere(1), interp=16, **{k: v for k, v in KW.items() if k != "interp"})
-    assert bf.name == "mvdr"
-    with pytest.raises(TypeError):
-        make_beamformer("mvdr", CUBE, grids.icosphere(1), strict=True, interp=16)
+    bf = make_beamformer("mvdr", CUBE, grids.icosphere(1), diagonal_loading=0.1, **KW)
+    assert bf.name == "mvdr" and bf.loading == 0.1
+    # an option the method does not take is refused, naming the ones it does
+    with pytest.raises(TypeError, match="'mvdr' takes no interp; its own options: diagonal_loading, max_bins"):
+        make_beamformer("mvdr", CUBE, grids.icosphere(1), interp=16, **KW)
+    with pytest.raises(TypeError, match="takes no fmn"):
+        make_beamformer("srp_phat", CUBE, grids.icosphere(1), fmn=100.0)
+
+
+@pytest.mark.parametrize("method", sorted(BEAMFORMERS))
+def test_declared_options_are_the_constructor_keywords(method):
+    """``options`` (what make_beamformer lets through) is exactly what the constructor declares."""
+    params = inspect.signature(BEAMFORMERS[method].__init__).parameters
+    own = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert sorted(own) == sorted(BEAMFORMERS[method].options)
+    assert BEAMFORMERS[method].name == method
+
+
+def test_options_reach_the_methods_inside():
+    g = grids.icosphere(2)
+    assert make_beamformer("srp_phat", CUBE, g, **KW).interp == 4  # SRP-PHAT's own default
+    assert make_beamformer("srp_phat_c2f", CUBE, g, **KW).coarse.interp == 4
+    c2f = make_beamformer("srp_phat_c2f", CUBE, g, interp=8, candidates=2, **KW)
+    assert c2f.coarse.interp == 8 and c2f.candidates == 2 and c2f.coarse.fs == FS
+    hy = make_beamformer("srp_phat_normmusic", CUBE, g, interp=8, max_bins=40, **KW)
+    assert hy.srp.interp == 8 and len(hy.music.sel_bins) == 40
 
 
 @pytest.mark.parametrize("method", sorted(BEAMFORMERS))
@@ -52,7 +81,7 @@ def test_source_found_at_known_direction(method, array, grid642):
     arr = CUBE if array == "cube" else load_array(array)
     az, el = 57.0, 23.0
     X = spec_of(arr, [(az, el)], seed=3)
-    bf = make_beamformer(method, arr, grid642, **KW)
+    bf = make_beamformer(method, arr, grid642, **settings(method))
     power = bf.map(X)
     assert power.shape == (len(grid642),) and np.all(np.isfinite(power))
     truth = canonical_direction(azel_to_vector(az, el), arr)
@@ -66,7 +95,7 @@ def test_source_found_at_known_direction(method, array, grid642):
 def test_evaluate_matches_map_on_grid_points(method, grid642):
     arr = load_array("respeaker_6mic")
     X = spec_of(arr, [(-30.0, 40.0)], seed=5)
-    bf = make_beamformer(method, arr, grid642, **KW)
+    bf = make_beamformer(method, arr, grid642, **settings(method))
     power = bf.map(X)
     if method.endswith("_c2f"):  # exact only where the coarse-to-fine pass refined; peak is exact
         i = int(np.argmax(power))
@@ -79,7 +108,7 @@ def test_evaluate_matches_map_on_grid_points(method, grid642):
 
 
 def test_evaluate_none_needs_a_map_first():
-    bf = make_beamformer("srp_phat", CUBE, grids.icosphere(1), **KW)
+    bf = make_beamformer("srp_phat", CUBE, grids.icosphere(1), **settings("srp_phat"))
     with pytest.raises(ValueError, match="previous map"):
         bf.evaluate(None, np.array([[1.0, 0, 0]]))
 
@@ -87,7 +116,7 @@ def test_evaluate_none_needs_a_map_first():
 def test_srp_phat_lookup_equals_brute_force(grid642):
     arr = load_array("minidsp_uma16")
     X = spec_of(arr, [(120.0, 30.0)], snr_db=5, seed=2)
-    bf = make_beamformer("srp_phat", arr, grid642, **KW)
+    bf = make_beamformer("srp_phat", arr, grid642, **settings("srp_phat"))
     ref = srp_phat_reference(X, arr, grid642.vectors, FS, NFFT, 300.0, 6000.0)
     np.testing.assert_allclose(bf.map(X), ref, atol=5e-3)
     # the pairwise correlation table is GCC-PHAT: lag 0 column of a broadside pair holds its coherence
@@ -112,7 +141,7 @@ def test_das_and_mvdr_equal_their_textbook_formulas():
     X = spec_of(arr, [(75.0, 20.0)], seed=4)
     dirs = grids.icosphere(2).vectors[:40]
     # the lookup interpolates linearly between lags 1 / (interp fs) apart: fine lags make it exact
-    das = make_beamformer("das", arr, grids.icosphere(2), **{**KW, "interp": 32})
+    das = make_beamformer("das", arr, grids.icosphere(2), **settings("das", interp=32))
     das.map(X)
     bins = das.bins
     a = steering_vectors(arr.centered, dirs, das.freqs[bins], 343.0)  # (F, n, M)
@@ -128,12 +157,13 @@ def test_das_and_mvdr_equal_their_textbook_formulas():
     np.testing.assert_allclose(mv.evaluate(None, dirs), (1 / q).mean(0), rtol=2e-3)
 
 
-@pytest.mark.parametrize("method", ["srp_phat", "normmusic", "mvdr", "srp_phat_normmusic"])
-def test_two_sources_resolved_with_min_separation(method, grid642):
+@pytest.mark.parametrize("method,options", [("srp_phat", {}), ("normmusic", {"num_sources": 2}), ("mvdr", {}),
+                                            ("srp_phat_normmusic", {})])
+def test_two_sources_resolved_with_min_separation(method, options, grid642):
     arr = load_array("robot_8mic")
     truth = [(40.0, 15.0), (-100.0, 25.0)]
     X = spec_of(arr, truth, snr_db=20, samples=16000, seed=7)
-    bf = make_beamformer(method, arr, grid642, num_sources=2, **KW)
+    bf = make_beamformer(method, arr, grid642, **settings(method, **options))
     found = find_sources(bf, None, bf.map(X), num=2, min_separation_deg=20, min_relative_power=0.0)
     assert len(found) == 2
     for az, el in truth:
@@ -151,10 +181,10 @@ def test_hybrid_finds_a_weak_second_source_that_srp_phat_misses():
     x = x + 0.02 * rng.standard_normal(x.shape).astype(np.float32)
     X = stft(x, NFFT, 256)
     g = grids.icosphere(3)
-    srp = make_beamformer("srp_phat", arr, g, **KW)
+    srp = make_beamformer("srp_phat", arr, g, **settings("srp_phat"))
     alone = find_sources(srp, None, srp.map(X), num=2, min_separation_deg=20, min_relative_power=0.0)
     assert min(angular_distance_deg(np.array(s.vector), azel_to_vector(*weak)) for s in alone) > 10
-    hy = make_beamformer("srp_phat_normmusic", arr, g, **KW)
+    hy = make_beamformer("srp_phat_normmusic", arr, g, **settings("srp_phat_normmusic"))
     found = find_sources(hy, None, hy.map(X), num=2, min_separation_deg=20, min_relative_power=0.0)
     errs = [min(angular_distance_deg(np.array(s.vector), azel_to_vector(*d)) for s in found) for d in (loud, weak)]
     assert max(errs) < 3.0, (found, errs)
@@ -188,8 +218,8 @@ def test_coarse_to_fine_finds_the_dense_peak():
     arr = load_array("minidsp_uma16")
     fine = grids.equirectangular(resolution_deg=1.5)
     X = spec_of(arr, [(-140.0, 35.0)], seed=9)
-    dense = make_beamformer("srp_phat", arr, fine, **KW)
-    c2f = make_beamformer("srp_phat_c2f", arr, fine, **KW)
+    dense = make_beamformer("srp_phat", arr, fine, **settings("srp_phat"))
+    c2f = make_beamformer("srp_phat_c2f", arr, fine, **settings("srp_phat_c2f"))
     assert len(c2f.coarse_grid) < len(fine) / 10
     pd, pc = dense.map(X), c2f.map(X)
     mask = fine.search_mask(arr)
