@@ -33,6 +33,10 @@ import yaml
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
+#: The array preset every default uses (pipeline, nodes, launch file, data engine, student, CLIs): the one
+#: the shipped model bundle was trained for. Parameter files spell it out (a test keeps them equal).
+DEFAULT_ARRAY = "robot_8mic"
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or inconsistent."""
@@ -420,7 +424,7 @@ class SonarConfig:
 class PipelineConfig:
     """Everything the pipeline needs besides the array."""
 
-    array: str = "robot_8mic"
+    array: str = DEFAULT_ARRAY
     sample_rate: int = 16000
     speed_of_sound: float = 343.0
     frame: FrameConfig = field(default_factory=FrameConfig)

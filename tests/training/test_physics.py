@@ -15,11 +15,13 @@ from avperception_train.datagen.scene import SceneSpec, SourceSpec, sample_scene
 HARD = {"floor": ["hard_surface"], "wall": ["hard_surface"], "ceiling": ["hard_surface"],
         "obstacle": ["hard_surface"]}
 FINE = equirectangular(resolution_deg=1.0)
+# a small array (3 cm radius): each microphone's delays and levels stay close to the array centre's
+SMALL_ARRAY = "respeaker_4mic"
 
 
 def _cfg(**over):
-    base = {"active": {"speaker_position": [0.0, 0.0, 0.0]}, "passive": {"num_sources": [0, 0]},
-            "room": {"materials": HARD}}
+    base = {"array": SMALL_ARRAY, "active": {"speaker_position": [0.0, 0.0, 0.0]},
+            "passive": {"num_sources": [0, 0]}, "room": {"materials": HARD}}
     for k, v in over.items():
         base.setdefault(k, {}).update(v)
     return config_from_dict(base)
@@ -87,7 +89,8 @@ def test_box_occludes_and_reflects():
 
 def test_levels_follow_the_configured_calibration():
     """The direct sound of a passive source at distance r has the configured RMS level minus 20 log10(r)."""
-    cfg = config_from_dict({"passive": {"signals": ["noise"]}, "acoustics": {"max_order_shoebox": 0}})
+    cfg = config_from_dict({"array": SMALL_ARRAY, "passive": {"signals": ["noise"]},
+                            "acoustics": {"max_order_shoebox": 0}})
     arr = cfg.array_geometry()
     room = RoomGeometry(np.array([[0, 0], [20, 0], [20, 20], [0, 20]], float), 10.0)
     src = SourceSpec(np.array([12.0, 10.0, 5.0]), "noise", -30.0)
@@ -96,7 +99,8 @@ def test_levels_follow_the_configured_calibration():
     level = 20 * np.log10(np.sqrt(np.mean(x**2)))
     assert level == pytest.approx(-30.0 - 20 * np.log10(2.0), abs=0.5)
     # and the sweep peaks near its configured level at 1 m (direct path only, speaker 1 m from the array)
-    cfg2 = config_from_dict({"active": {"speaker_position": [1.0, 0.0, 0.0]}, "acoustics": {"max_order_shoebox": 0}})
+    cfg2 = config_from_dict({"array": SMALL_ARRAY, "active": {"speaker_position": [1.0, 0.0, 0.0]},
+                             "acoustics": {"max_order_shoebox": 0}})
     y = simulate_audio(cfg2, _spec(room, (10.0, 10.0), 5.0, 0.0), arr.positions, noise=False)
     assert 20 * np.log10(np.abs(y).max()) == pytest.approx(cfg2.active.level_db, abs=1.0)
 

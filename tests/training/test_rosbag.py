@@ -90,8 +90,8 @@ def test_import_errors(dataset, tmp_path):
         import_bag(bag, tmp_path / "x", audio_topic="/mic", show_progress=False)
     with pytest.raises(BagError, match="bag not found"):
         import_bag(tmp_path / "nope", tmp_path / "x", show_progress=False)
-    with pytest.raises(BagError, match="expects 8 input channels but the audio has 6"):
-        import_bag(bag, tmp_path / "x", array="respeaker_6mic", show_progress=False)
+    with pytest.raises(BagError, match="expects 6 input channels but the audio has 8"):  # the dataset's robot_8mic
+        import_bag(bag, tmp_path / "x", array="respeaker_4mic", show_progress=False)
     with pytest.raises(BagError, match="already holds a dataset"):
         import_bag(bag, dataset, show_progress=False)  # never over a synthetic dataset
 

@@ -136,6 +136,8 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from avperception.config import DEFAULT_ARRAY
+
     ap = argparse.ArgumentParser(prog="avperception-train", description="avperception training tools")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -211,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dataset format (no semantic / energy labels).")
     p.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap)")
     p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--array", default="respeaker_4mic", help="microphone array (preset or YAML path)")
+    p.add_argument("--array", default=DEFAULT_ARRAY,
+                   help=f"microphone array (preset or YAML path; default {DEFAULT_ARRAY})")
     p.add_argument("--config", help="datagen YAML for audio length, grids, voxel crop and sweep (default shipped)")
     p.add_argument("--audio-topic", default="/audio")
     p.add_argument("--depth-topic", default="/camera/depth/image_raw")

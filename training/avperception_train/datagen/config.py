@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from avperception.config import from_dict
+from avperception.config import DEFAULT_ARRAY, from_dict
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "datagen.yaml"
 
@@ -327,7 +327,7 @@ class DatagenConfig:
     """Everything that decides the generated data (with the seed and the scene index)."""
 
     seed: int = 0
-    array: str = "respeaker_4mic"  # preset name or YAML path (avperception.config.load_array)
+    array: str = DEFAULT_ARRAY  # preset name or YAML path (avperception.config.load_array)
     scenes_per_shard: int = 64
     audio: AudioConfig = field(default_factory=AudioConfig)
     active: ActiveConfig = field(default_factory=ActiveConfig)

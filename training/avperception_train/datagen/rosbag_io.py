@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avperception.config import DEFAULT_ARRAY
 from avperception.eval.bagio import (AUDIO_DECODERS as _AUDIO_DECODERS, BagError,  # noqa: F401 (re-exported)
                                      depth_to_metres, make_msg, matrix_quat, msg_text,
                                      storage_plugin as _storage)
@@ -381,7 +382,7 @@ def voxels_from_points(points: np.ndarray, depth: np.ndarray, K: np.ndarray, R: 
     return occ, known
 
 
-def import_bag(bag: str | Path, out: str | Path, *, array: str | Path = "respeaker_4mic",
+def import_bag(bag: str | Path, out: str | Path, *, array: str | Path = DEFAULT_ARRAY,
                config: str | Path | None = None, audio_topic: str = "/audio",
                depth_topic: str = "/camera/depth/image_raw", info_topic: str = "/camera/depth/camera_info",
                camera_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0),
