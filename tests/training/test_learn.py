@@ -362,7 +362,7 @@ def test_recipe_compares_every_student_with_its_control_and_the_baselines(tiny_d
     from avperception_train.cli import main
 
     shutil.copytree(tiny_ds, tmp_path / "work" / "data")  # a complete dataset: the recipe skips datagen
-    assert main(["recipe", "--out", str(tmp_path / "work"), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+    assert main(["recipe", "--paper", "--out", str(tmp_path / "work"), "--epochs", "1", "--batch-size", "8", "--device", "cpu",
                  "--workers", "0"]) == 0
     report = (tmp_path / "work" / "results.md").read_text()
     depth = report.split("Segmentation, voxels and energy:")[0]

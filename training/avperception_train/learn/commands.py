@@ -343,24 +343,87 @@ def add_commands(sub) -> None:
 
     add_build_engine(sub)  # build-engine
 
-    p = sub.add_parser("recipe", help="the whole recipe: data, teacher, students, baselines, evaluation, export")
-    p.add_argument("--out", required=True, help="work directory")
-    p.add_argument("--scenes", type=int, default=2000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--array", default="robot_8mic")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--variant", default="small", choices=["small", "large"])
-    p.add_argument("--skip-manifold", action="store_true",
-                   help="leave out the VQ-VAE + AT-net student and its end-to-end control")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="datagen override, e.g. --set panorama.resolution_deg=6 (repeatable)")
+    from .recipe import BUDGETS
+
+    p = sub.add_parser(
+        "recipe", help="a model bundle for your array: data, training from the shipped student, evaluation against "
+                       "the baselines, export (--paper: the papers' teacher/distillation/manifold comparison)",
+        description="Generate scenes for ARRAY with the speaker at X,Y,Z, start from the shipped student (every "
+                    "tensor whose shape fits), train it in three stages (adapt the new inputs, the whole network, "
+                    "the layout head), score it against the baselines on held-out rooms and write the model bundle "
+                    "and report.md into OUT. Budgets: " + "; ".join(f"{k}: {b.scenes} scenes, {b.what}"
+                                                                   for k, b in BUDGETS.items())
+                    + ". A stage whose output exists is skipped with --resume.")
+    p.add_argument("--out", required=True, help="work directory (data/, one run per stage, bundle/, report.md)")
+    p.add_argument("--array", help="array preset (config/arrays/) or array YAML path (--paper: default robot_8mic)")
+    p.add_argument("--speaker", metavar="X,Y,Z",
+                   help="the speaker's position in the array frame, metres (x forward, y left, z up), e.g. 0,0,-0.05")
+    p.add_argument("--budget", choices=list(BUDGETS), default="cpu",
+                   help="quick: minutes, checks the pipeline; cpu: 2 CPU cores; gpu: one GPU (default cpu)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the budget's (--paper: auto)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in OUT (finished stages are skipped)")
+    p.add_argument("--scenes", type=int, help="scenes to generate (default: the budget's; --paper: 2000)")
+    p.add_argument("--workers", type=int, help="datagen processes (default: one per CPU; --paper: 2)")
+    p.add_argument("--init", default="default",
+                   help="weights to start from: default (the shipped student), a student .pt or .safetensors")
+    p.add_argument("--stage-epochs", dest="stage_epochs", metavar="ADAPT,WHOLE,LAYOUT",
+                   help="epochs of the three training stages instead of the budget's, e.g. 1,5,2 (0 skips a stage)")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("--paper", "the papers' pipeline: teacher, distilled and end-to-end students, the "
+                                        "manifold student and its control, baselines (WORK/results.md)")
+    g.add_argument("--paper", action="store_true", help="run the papers' comparison instead")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    g.add_argument("--variant", default="small", choices=["small", "large"])
+    g.add_argument("--skip-manifold", action="store_true",
+                   help="leave out the VQ-VAE + AT-net student and its end-to-end control")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="datagen override, e.g. --set panorama.resolution_deg=6 (repeatable)")
     p.set_defaults(func=cmd_recipe)
 
 
+_PAPER_ONLY = {"epochs": 30, "batch_size": 32, "variant": "small", "skip_manifold": False, "overrides": []}
+
+
 def cmd_recipe(a: argparse.Namespace) -> int:
+    """``recipe``: :func:`.recipe.run_recipe` (a bundle for an array), or with ``--paper`` :func:`cmd_paper_recipe`."""
+    from avperception.config import ConfigError
+
+    if a.paper:
+        a.array = a.array or "robot_8mic"
+        a.device = a.device or "auto"
+        a.scenes = a.scenes if a.scenes is not None else 2000
+        a.workers = a.workers if a.workers is not None else 2
+        return cmd_paper_recipe(a)
+    stray = [k.replace("_", "-") for k, v in _PAPER_ONLY.items() if getattr(a, k) != v]
+    if stray:
+        raise ConfigError(f"recipe: --{', --'.join(stray)} belong to the papers' pipeline: add --paper, or leave "
+                          "them out (the budget sets the epochs and batch size)")
+    if not a.array or not a.speaker:
+        raise ConfigError("recipe needs --array (a preset in config/arrays/ or your array's YAML) and --speaker X,Y,Z "
+                          "(where the speaker sits in the array frame, metres); see docs/your_robot.md")
+    from .recipe import parse_speaker, run_recipe
+
+    try:
+        speaker = parse_speaker(a.speaker)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        epochs = tuple(int(e) for e in a.stage_epochs.split(",")) if a.stage_epochs else None
+    except ValueError:
+        raise ConfigError(f"--stage-epochs: three whole numbers ADAPT,WHOLE,LAYOUT, got {a.stage_epochs!r}") from None
+    s = run_recipe(a.array, speaker, a.out, a.budget, "" if a.device in (None, "auto") else a.device, a.resume,
+                   a.workers, a.seed, a.scenes, a.init, epochs)
+    student = s["scores"]["student (this recipe)"]
+    print(f"\nbundle: {s['bundle']}")
+    print(f"test depth: delta1 {student['delta1']:.3f}, AbsRel {student['abs_rel']:.3f}, RMSE {student['rmse']:.3f} m "
+          f"(baselines: " + ", ".join(f"{n} delta1 {v['delta1']:.3f}" for n, v in s["scores"].items()
+                                     if n != "student (this recipe)" and "delta1" in v) + ")")
+    print(f"report: {s['report']}")
+    return 0
+
+
+def cmd_paper_recipe(a: argparse.Namespace) -> int:
     """Data -> teacher -> distilled student, end-to-end student, manifold student and its end-to-end control ->
     evaluation -> export."""
     from dataclasses import replace

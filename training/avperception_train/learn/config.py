@@ -41,6 +41,9 @@ class ModelSpec:
     voxel_decoder: str = ""         # 3d: transposed 3-D convolutions; plan: 2-D over the floor plan with the
                                     #      heights as channels (faster in ONNX Runtime); empty: 3d, or with
                                     #      init the initial model's (another kind replaces its voxel decoder)
+    uncertainty: bool = False       # a depth uncertainty head (models.student.UncertaintyHead: each pixel's
+                                    #      log Laplace scale of log depth); with init, a model without one gains
+                                    #      a fresh one (train it alone: train_only: [uncertainty])
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class LossSpec:
     distance: str = "log"           # how depth and layout distances are compared: log (L1 plus L1 of log:
                                     # the conditional median) or relative (|p - g| / g, the AbsRel metric
                                     # itself: nearer where the audio leaves the distance in doubt)
+    uncertainty: float = 1.0        # the uncertainty head's Laplace NLL of log depth against the ground truth
+                                    # (learn.losses; only for a model with one; never moves the depth)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,9 @@ class TrainConfig:
     teacher: str = ""               # teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)
     init: str = ""                  # distill/e2e: start from these weights (a student .pt, an exported
                                     # .safetensors, or "default" for the shipped model); fine-tuning
+    transfer: bool = False          # with init: load only the tensors whose shapes fit the data's model and
+                                    # re-initialise the rest (another array: the input projections); the
+                                    # architecture stays init's. false: init must fit the data exactly
     epochs: int = 30
     batch_size: int = 32
     lr: float = 1e-3
@@ -105,6 +113,8 @@ class TrainConfig:
             raise ConfigError(f"eval_every must be a positive number of epochs, got {self.eval_every}")
         if self.init and self.mode not in ("distill", "e2e"):
             raise ConfigError(f"init (start from trained weights) applies to the distill and e2e students, not {self.mode}")
+        if self.transfer and not self.init:
+            raise ConfigError("transfer needs init: the weights to start from (a student .pt, .safetensors or default)")
         if self.train_only and self.mode not in ("distill", "e2e"):
             raise ConfigError(f"train_only (train part of the student) applies to distill and e2e, not {self.mode}")
         if self.max_train_samples < 0 or self.skip_train_samples < 0:

@@ -42,6 +42,8 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
               array_positions=info.array_positions, dropout=m.dropout, speed_of_sound=info.speed_of_sound)
     if m.voxel_decoder:
         kw["voxel_decoder"] = m.voxel_decoder
+    if m.uncertainty:
+        kw["uncertainty"] = True
     if m.decoder_width:
         kw["decoder_width"] = m.decoder_width
     if m.dim:
@@ -160,13 +162,75 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     new_voxels = bool(voxel_decoder) and voxel_decoder != sc.voxel_decoder
     if new_voxels:
         sc = replace(sc, voxel_decoder=voxel_decoder)
+    add_uncertainty = bool(data_sc.uncertainty and not sc.uncertainty)  # a fresh depth uncertainty head
+    if add_uncertainty:
+        sc = replace(sc, uncertainty=True)
     fresh = AudioStudent(sc)
     weights = {k: v.float() for k, v in model.state_dict().items() if not (new_voxels and k.startswith("voxels."))}
     missing, unexpected = fresh.load_state_dict(weights, strict=False)
-    new_parts = tuple(p for p, new in (("layout.", add_layout), ("voxels.", new_voxels)) if new)
+    new_parts = tuple(p for p, new in (("layout.", add_layout), ("voxels.", new_voxels),
+                                       ("uncertainty.", add_uncertainty)) if new)
     if unexpected or any(not k.startswith(new_parts) for k in missing):
         raise ValueError(f"init {spec}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return fresh, sc
+
+
+# what a transferred model takes from the data rather than from the model it starts from
+_TRANSFER_FIELDS = _DATA_FIELDS + ("array", "array_positions", "speed_of_sound", "dropout", "obstacle_class")
+
+
+def transfer_source(spec: str, array: str) -> Path | str:
+    """The weights ``spec`` names for :func:`transfer_student`: ``default`` is the shipped model for ``array``,
+    else the shipped robot_8mic one (the network learnt the echoes; most of it does not depend on the array)."""
+    from avperception.models import default_model
+
+    if spec != "default":
+        return spec
+    try:
+        return default_model(array)
+    except FileNotFoundError:
+        return default_model()
+
+
+def transfer_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | None = None, voxel_decoder: str = "",
+                     log=print) -> tuple[AudioStudent, StudentConfig, list[str]]:
+    """Start a student for another array (or rate, window, grids) from trained weights ``spec`` (a student
+    ``.pt``, an exported ``.safetensors`` or ``default``: see :func:`transfer_source`).
+
+    The architecture is the saved model's (width, layers, echogram, layout head, voxel decoder), its inputs and
+    outputs the data's (``data_sc``: microphones and their positions, rate, window, grids, speed of sound, and
+    the sweep ``emitted (N,)`` for the matched filter). Every tensor whose name and shape match is loaded; the
+    others (for another microphone count: the input projections of both token streams and their
+    normalisations) keep their fresh initialisation. A ``voxel_decoder`` kind other than the model's gives a
+    fresh one of that kind. Returns the model, its config and the names of the re-initialised tensors
+    (also printed through ``log``)."""
+    src = transfer_source(spec, data_sc.array)
+    if str(src).endswith(".pt"):
+        if not Path(src).exists():
+            raise FileNotFoundError(f"init: no checkpoint at {src}")
+        model, _ = load_stage(src, "distill", torch.device("cpu"))
+    else:
+        model = AudioStudent.load(src)
+    sc = replace(model.cfg, **{k: getattr(data_sc, k) for k in _TRANSFER_FIELDS})
+    if data_sc.layout_beams:
+        sc = replace(sc, layout_planes=data_sc.layout_planes)
+    if sc.echo_hop or sc.echo_beams or sc.layout_beams:
+        if emitted is None or not np.any(emitted):
+            raise ValueError(f"init {spec}: the model hears its sweep through the echogram, but the dataset has "
+                             "none (generate it with active.probability > 0)")
+        sc = replace(sc, emitted=[float(v) for v in np.asarray(emitted, float)])
+    if voxel_decoder:
+        sc = replace(sc, voxel_decoder=voxel_decoder)
+    fresh = AudioStudent(sc)
+    own = fresh.state_dict()
+    loaded = {k: v.float() for k, v in model.state_dict().items() if k in own and v.shape == own[k].shape}
+    fresh.load_state_dict(loaded, strict=False)
+    reinit = [k for k in own if k not in loaded]
+    if log is not None:
+        n = sum(own[k].numel() for k in reinit)
+        log(f"init {spec} ({src}): {len(loaded)} of {len(own)} tensors loaded; re-initialised {len(reinit)} "
+            f"({n} values): {', '.join(reinit) or 'none'}")
+    return fresh, sc, reinit
 
 
 def _trainable(model: nn.Module, only: tuple[str, ...]) -> list[nn.Parameter]:
@@ -247,7 +311,7 @@ class Stage:
         self.cfg, self.model, self.teacher, self.align = cfg, model, teacher, align
         lw = cfg.loss
         self.w = {"depth": lw.depth, "semantic": lw.semantic, "voxels": lw.voxels, "energy": lw.energy,
-                  "layout": lw.layout}
+                  "layout": lw.layout, "uncertainty": lw.uncertainty}
 
     def __call__(self, b: dict) -> tuple[torch.Tensor, dict]:
         mode, lw = self.cfg.mode, self.cfg.loss
@@ -274,7 +338,7 @@ class Stage:
                 t = self.teacher(b["depth"], b["semantic"])
             pseudo = {"depth": t["depth"], "semantic": torch.softmax(t["semantic"].float(), 1),
                       "voxels": torch.sigmoid(t["voxels"].float())}
-            lt, tparts = prediction_loss(out, pseudo, {**self.w, "energy": 0.0}, lw.distance)
+            lt, tparts = prediction_loss(out, pseudo, {**self.w, "energy": 0.0, "uncertainty": 0.0}, lw.distance)
             lf = triplet_feature_loss(out["latent"], t["latent"], lw.feature_margin)
             parts.update({f"teacher_{k}": v for k, v in tparts.items()}, feature=float(lf.detach()))
             if self.align is not None:  # earlier layers, each against the teacher's feature map that far back
@@ -329,7 +393,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
     train_ds, val_ds, info = make_datasets(cfg.data, cfg.max_train_samples, cfg.augment, cfg.skip_train_samples,
                                            cfg.camera_fov_deg, full_labels=cfg.mode == "teacher")
     sc = student_config(cfg, info)
-    if cfg.init:
+    if cfg.init and cfg.transfer:
+        model, sc, _ = transfer_student(cfg.init, sc, info.emitted, cfg.model.voxel_decoder,
+                                        log=print if rank == 0 and progress else None)
+        model = model.to(device)
+    elif cfg.init:
         model, sc = initial_student(cfg.init, sc, info.emitted, cfg.model.voxel_decoder)
         model = model.to(device)
     else:

@@ -1,0 +1,274 @@
+"""``avperception-train recipe``: a model bundle for your array, from the shipped student.
+
+Stages, each skipped when its output exists (``--resume`` continues a stopped run):
+
+1. ``data``: synthetic scenes for the array and the speaker position (``datagen``).
+2. ``adapt``: the shipped student moved to the array (:func:`~.train.transfer_student`: every tensor whose shape
+   fits is loaded); only the re-initialised parts (the input projections) train, the rest frozen.
+3. ``whole``: the whole network (the shipped recipe's echo and layout steps).
+4. ``layout``: the layout head alone, relative error (the shipped recipe's last steps).
+5. ``evaluate``: the student against the baselines on the held-out test rooms (``results.md``).
+6. ``bundle``: model.onnx + bundle.json + weights, checked against torch; ``report.md`` in the work directory.
+
+Each stage's settings are ``training/configs/recipe_{adapt,whole,layout}.yaml``; a budget sets the scene count,
+the epochs per stage and the batch size (:data:`BUDGETS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+STAGES = ("adapt", "whole", "layout")
+BASELINES = {"mean layout of the training rooms": "mean-layout", "echo time of flight": "echo-tof",
+             "echo planes (classical)": "echo-planes"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a recipe run does: scenes generated, epochs per stage (:data:`STAGES`), batch size, loader
+    workers; ``hours`` is the measured or estimated wall time it was sized for (documented in docs/training.md)."""
+
+    scenes: int
+    epochs: tuple[int, int, int]
+    batch_size: int
+    loader_workers: int
+    device: str
+    what: str
+
+
+BUDGETS = {
+    "quick": Budget(160, (1, 1, 1), 16, 0, "cpu", "checks the pipeline end to end in minutes; not a usable model"),
+    "cpu": Budget(12000, (1, 8, 3), 32, 1, "cpu", "a usable model on 2 CPU cores in an afternoon"),
+    "gpu": Budget(24000, (2, 24, 6), 64, 4, "cuda", "a usable model on one GPU within an hour"),
+}
+
+
+def parse_speaker(text: str) -> list[float]:
+    """``"X,Y,Z"`` (metres, array frame) -> ``[x, y, z]``; ValueError saying what is expected otherwise."""
+    try:
+        v = [float(x) for x in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 3:
+        raise ValueError(f"--speaker: expected X,Y,Z in metres in the array frame (x forward, y left, z up), "
+                         f"e.g. 0,0,-0.05; got {text!r}")
+    return v
+
+
+def stage_config(name: str, data: Path, out: Path, epochs: int, budget: Budget, device: str, seed: int, **kw):
+    """The training config of one recipe stage: ``training/configs/recipe_{name}.yaml`` with the budget's
+    epochs, batch size and loader workers, a warmup of at most a tenth of the stage, and ``kw``."""
+    from .config import TrainConfig, load_train_config
+
+    path = CONFIGS / f"recipe_{name}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"recipe stage config {path} is missing: run the recipe from a source checkout "
+                                "of avperception (training/configs/)")
+    cfg = load_train_config(path)
+    n_train = _train_scenes(data)
+    steps = epochs * max(n_train // budget.batch_size, 1)
+    warmup = min(TrainConfig.warmup_steps, max(steps // 10, 1))
+    return replace(cfg, data=str(data), out=str(out), epochs=epochs, batch_size=budget.batch_size,
+                   workers=budget.loader_workers, device=device, seed=seed, warmup_steps=warmup, **kw).validate()
+
+
+def _train_scenes(data: Path) -> int:
+    from ..datagen.shards import read_manifest
+
+    return int(read_manifest(data)["splits"]["train"]["scenes"])
+
+
+def _done(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _stamp(path: Path, **info) -> None:
+    path.write_text(json.dumps(info, indent=1))
+
+
+def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = "cpu", device: str = "",
+               resume: bool = False, workers: int | None = None, seed: int = 0, scenes: int | None = None,
+               init: str = "default", stage_epochs: tuple[int, int, int] | None = None, log=print) -> dict:
+    """Run the recipe (module docstring) into ``out``; returns the summary written to ``out/recipe.json``:
+    the bundle's path, the student's and the baselines' test scores, the stage times.
+
+    ``array``: preset name or array YAML; ``speaker``: the speaker's position (m, array frame);
+    ``device``: "" = the budget's; ``workers``: datagen processes (None = one per CPU); ``scenes``: overrides the
+    budget's scene count; ``init``: the weights to start from (default: the shipped student); ``stage_epochs``:
+    overrides the budget's epochs of the three training stages."""
+    import torch
+
+    from avperception.config import ConfigError, load_array
+
+    if budget not in BUDGETS:
+        raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    b = BUDGETS[budget]
+    if stage_epochs is not None:
+        if len(stage_epochs) != 3 or any(int(e) < 0 for e in stage_epochs) or not any(stage_epochs):
+            raise ConfigError(f"--stage-epochs: three epoch counts (adapt, whole, layout; 0 skips one), got "
+                              f"{list(stage_epochs)}")
+        b = replace(b, epochs=tuple(int(e) for e in stage_epochs))
+    device = device or b.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device here; use --device cpu (and --budget cpu)")
+    geometry = load_array(array)  # a bad preset or YAML fails here, before anything runs
+    work = Path(out)
+    settings = {"array": array, "array_name": geometry.name, "speaker": [float(v) for v in speaker],
+                "budget": budget, "scenes": int(scenes or b.scenes), "seed": seed, "init": init,
+                "epochs": list(b.epochs)}
+    summary_path = work / "recipe.json"
+    if work.exists() and any(work.iterdir()):
+        before = _done(summary_path)
+        if before is None or not resume:
+            raise ConfigError(f"{work} is not empty: add --resume to continue the recipe run there, or give "
+                              "another --out")
+        changed = {k: (before["settings"].get(k), v) for k, v in settings.items() if before["settings"].get(k) != v}
+        if changed:
+            raise ConfigError(f"--resume: {work} holds a run with other settings "
+                              + "; ".join(f"{k}: {a} there, {v} now" for k, (a, v) in changed.items())
+                              + "; give another --out")
+        summary = before
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        summary = {"settings": settings, "times_s": {}}
+    times = summary["times_s"]
+
+    def save() -> None:
+        summary_path.write_text(json.dumps(summary, indent=1))
+
+    save()
+    data = work / "data"
+    t = time.time()
+    if "data" not in times:
+        from ..datagen.config import load_config
+        from ..datagen.engine import run_datagen
+
+        cfg = load_config(None, {"array": array, "seed": seed, "active": {"speaker_position": settings["speaker"]}})
+        log(f"[1/6] data: {settings['scenes']} scenes for {geometry.name}, speaker at {settings['speaker']} m")
+        run_datagen(cfg, data, settings["scenes"], workers or max(1, os.cpu_count() or 1))
+        times["data"] = time.time() - t
+        save()
+    else:
+        log(f"[1/6] data: done ({data})")
+
+    from .train import train, transfer_student, student_config
+
+    previous = init
+    for i, name in enumerate(STAGES):
+        run = work / name
+        mark = run / "done.json"
+        if _done(mark):
+            log(f"[{i + 2}/6] {name}: done ({run / 'best.pt'})")
+            previous = str(run / "best.pt")
+            continue
+        epochs = b.epochs[i]
+        if epochs == 0:
+            log(f"[{i + 2}/6] {name}: 0 epochs, skipped")
+            continue
+        kw: dict = {}
+        if name == "adapt":
+            # the parts a transfer re-initialises train alone; none (the shipped array itself): nothing to adapt
+            from .data import InMemoryScenes
+
+            probe = stage_config(name, data, run, epochs, b, device, seed)
+            info = InMemoryScenes(str(data), "train", max_samples=1).info
+            _, _, fresh = transfer_student(init, student_config(probe, info), info.emitted, log=log)
+            parts = tuple(dict.fromkeys(k.split(".")[0] for k in fresh))
+            if not parts:
+                log(f"[2/6] adapt: every tensor of {init} fits {geometry.name}; nothing to adapt")
+                run.mkdir(parents=True, exist_ok=True)
+                _stamp(mark, skipped=True, best=None)
+                previous = init
+                continue
+            kw = {"init": init, "transfer": True, "train_only": parts}
+        else:
+            kw = {"init": previous, "transfer": previous == init}
+        cfg = stage_config(name, data, run, epochs, b, device, seed, **kw)
+        log(f"[{i + 2}/6] {name}: {epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr:g}, "
+            f"training {', '.join(cfg.train_only) if cfg.train_only else 'everything'} on {device}")
+        if run.exists() and not (run / "last.pt").exists():
+            shutil.rmtree(run)  # nothing to continue from
+        t = time.time()
+        best = train(cfg, resume=resume)
+        times[name] = times.get(name, 0.0) + time.time() - t
+        _stamp(mark, best=str(best))
+        save()
+        previous = str(best)
+    student = previous
+
+    results_md = work / "results.md"
+    if "evaluate" not in times or not results_md.with_suffix(".json").exists():
+        from .commands import load_predictor
+        from .data import InMemoryScenes
+        from .evaluate import evaluate, write_report
+
+        log("[5/6] evaluate: the student and the baselines on the held-out test rooms")
+        t = time.time()
+        test = InMemoryScenes(data, "test")
+        dev = "cuda" if device == "cuda" else "cpu"
+        specs = {"student (this recipe)": f"student:{student}", **BASELINES}
+        results = {n: evaluate(load_predictor(s, str(data), dev), test, voxel_size_m=test.info.voxel_size_m,
+                               progress=True) for n, s in specs.items()}
+        notes = (f"{len(test)} test scenes of {test.info.array} from rooms never seen in training; speaker at "
+                 f"{settings['speaker']} m; budget {budget} ({settings['scenes']} scenes generated).")
+        write_report(results, results_md, f"Recipe for {geometry.name}: student against the baselines", notes)
+        times["evaluate"] = time.time() - t
+        save()
+    results = json.loads(results_md.with_suffix(".json").read_text())
+
+    bundle = work / "bundle"
+    if not (bundle / "bundle.json").exists() or "bundle" not in times:
+        from .commands import export_bundle
+
+        log(f"[6/6] bundle: {bundle}")
+        t = time.time()
+        if bundle.exists():
+            shutil.rmtree(bundle)
+        from .train import export_student
+
+        # float16 weights, as the shipped bundle: half the size, the graph stores them exactly
+        weights = export_student(student, work / "export" / "student", {"recipe": settings}, half=True)
+        export_bundle(str(weights), bundle, data=str(data), log=log)
+        times["bundle"] = time.time() - t
+    summary.update(bundle=str(bundle), student=student, scores=_scores(results), report=str(work / "report.md"))
+    save()
+    (work / "report.md").write_text(report_markdown(summary, results_md.read_text()))
+    return summary
+
+
+def _scores(results: dict) -> dict:
+    """``{row: {abs_rel, delta1, rmse, layout_iou, voxel_iou}}`` of an evaluation (what the summary shows)."""
+    out = {}
+    for name, r in results.items():
+        d, s, v = r.get("depth", {}), r.get("semantic", {}), r.get("voxels", {})
+        out[name] = {k: float(x) for k, x in (("abs_rel", d.get("abs_rel")), ("delta1", d.get("delta1")),
+                                               ("rmse", d.get("rmse")), ("layout_iou", s.get("layout_iou")),
+                                               ("voxel_iou", v.get("iou"))) if x is not None}
+    return out
+
+
+def report_markdown(summary: dict, results_text: str) -> str:
+    """The work directory's ``report.md``: what was run, how long each stage took, where the bundle is and how
+    to launch it, then the evaluation (``results.md``)."""
+    s = summary["settings"]
+    times = summary["times_s"]
+    student = summary["scores"].get("student (this recipe)", {})
+    lines = [f"# Model bundle for {s['array_name']}", "",
+             f"- array: `{s['array']}`; speaker at {s['speaker']} m (array frame); budget `{s['budget']}`, "
+             f"{s['scenes']} scenes, seed {s['seed']}, started from `{s['init']}`",
+             f"- bundle: `{summary['bundle']}` (model.onnx + bundle.json + weights; the bundle records the speaker "
+             "position and the sweep)",
+             f"- test depth: δ1 {student.get('delta1', float('nan')):.3f}, AbsRel "
+             f"{student.get('abs_rel', float('nan')):.3f}, RMSE {student.get('rmse', float('nan')):.3f} m",
+             "- wall time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+             + f" (total {sum(times.values()) / 60:.1f} min)", "",
+             "Launch it:", "", "```bash",
+             f"ros2 launch avperception perception.launch.py use_sim:=false emit:=true array:={s['array']} "
+             f"model:={Path(summary['bundle']).resolve()}", "```", "", results_text.replace("# ", "## ", 1)]
+    return "\n".join(lines) + "\n"
