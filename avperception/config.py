@@ -31,6 +31,8 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from .constants import SPEED_OF_SOUND
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 #: The array preset every default uses (pipeline, nodes, launch file, data engine, student, CLIs): the one
@@ -426,7 +428,7 @@ class PipelineConfig:
 
     array: str = DEFAULT_ARRAY
     sample_rate: int = 16000
-    speed_of_sound: float = 343.0
+    speed_of_sound: float = SPEED_OF_SOUND
     frame: FrameConfig = field(default_factory=FrameConfig)
     stft: StftConfig = field(default_factory=StftConfig)
     grid: GridConfig = field(default_factory=GridConfig)

@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from ..config import ArrayGeometry
+from ..constants import SPEED_OF_SOUND
 from ..dsp.gcc import band_covariance
 from ..dsp.grid import DirectionGrid
 
@@ -51,8 +52,8 @@ class PraMethod:
     """
 
     def __init__(self, method: str, array: ArrayGeometry, grid: DirectionGrid, sample_rate: int = 16000,
-                 nfft: int = 512, fmin: float = 300.0, fmax: float = 6000.0, c: float = 343.0, num_src: int = 1,
-                 precompute: bool = True) -> None:
+                 nfft: int = 512, fmin: float = 300.0, fmax: float = 6000.0, c: float = SPEED_OF_SOUND,
+                 num_src: int = 1, precompute: bool = True) -> None:
         import pyroomacoustics as pra
         from pyroomacoustics.doa.doa import ModeVector
         from pyroomacoustics.doa.grid import GridCircle, GridSphere
@@ -121,7 +122,7 @@ class AcoularBase:
     """
 
     def __init__(self, array: ArrayGeometry, grid: DirectionGrid, sample_rate: int = 16000, nfft: int = 512,
-                 fmin: float = 300.0, fmax: float = 6000.0, c: float = 343.0, phat: bool = True,
+                 fmin: float = 300.0, fmax: float = 6000.0, c: float = SPEED_OF_SOUND, phat: bool = True,
                  precision: str = "float32") -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import ArrayGeometry
+from ..constants import SPEED_OF_SOUND
 from .beamforming.base import steering_vectors
 from .beamforming.narrowband import _quadratic
 from .features import dct_matrix, mel_filterbank
@@ -52,7 +53,8 @@ class AcousticImager:
 
     def __init__(self, array: ArrayGeometry, grid: DirectionGrid, sample_rate: float = 16000.0, nfft: int = 512,
                  n_bands: int = 40, bands: str = "mel", fmin: float = 100.0, fmax: float | None = None,
-                 speed_of_sound: float = 343.0, memory_mb: float = 256.0, band_norm: str | None = None) -> None:
+                 speed_of_sound: float = SPEED_OF_SOUND, memory_mb: float = 256.0,
+                 band_norm: str | None = None) -> None:
         self.array, self.grid = array, grid
         self.fs, self.nfft, self.c = float(sample_rate), int(nfft), float(speed_of_sound)
         fmax = self.fs / 2 if fmax is None else float(fmax)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..constants import SPEED_OF_SOUND
+
 
 def sweep(fs: int, f0: float, f1: float, duration: float, kind: str = "linear", fade: float = 0.25) -> np.ndarray:
     """The emitted sweep, peak amplitude 1, Tukey-tapered: ``(round(duration * fs),)`` float64.
@@ -133,7 +135,7 @@ def sweep_band(emitted: np.ndarray, floor_db: float = -20.0) -> tuple[float, flo
 
 
 def beam_kernels(positions: np.ndarray, directions: np.ndarray, fs: float, band: tuple[float, float],
-                 c: float = 343.0) -> np.ndarray:
+                 c: float = SPEED_OF_SOUND) -> np.ndarray:
     """``(D, M, K)`` float32 delay-and-sum filters towards ``directions (D, 3)`` for mics at ``positions (M, 3)``.
 
     Correlating mic ``m`` (``conv1d`` with ``K // 2`` zeros on both sides) with ``[d, m]`` delays it by
@@ -172,7 +174,7 @@ def beam_envelope(iq, kernels, hop: int, eps: float = 1e-8):
 
 
 def echo_image(audio: np.ndarray, emitted: np.ndarray, positions: np.ndarray, directions: np.ndarray,
-               fs: float, c: float = 343.0) -> np.ndarray:
+               fs: float, c: float = SPEED_OF_SOUND) -> np.ndarray:
     """``(D, N)`` power of the matched filters of ``audio (M, N)`` beamformed towards ``directions (D, 3)``
     (unit vectors in the array frame, e.g. a :mod:`avperception.dsp.grid` grid's ``vectors``), scaled
     like :func:`quadrature_kernels` (one unit copy of ``emitted`` at one mic peaks at 1).

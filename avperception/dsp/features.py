@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import SPEED_OF_SOUND
 from .gcc import mic_pairs
 from .stft import window as np_window
 
@@ -327,7 +328,7 @@ def _module_classes():
         """
 
         def __init__(self, spec: FeatureSpec | None = None, num_mics: int = 4, aperture_m: float | None = None,
-                     speed_of_sound: float = 343.0) -> None:
+                     speed_of_sound: float = SPEED_OF_SOUND) -> None:
             super().__init__()
             s = (spec or FeatureSpec()).validate()
             self.spec, self.num_mics = s, int(num_mics)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..constants import SPEED_OF_SOUND
+
 
 def _fractional_delay(x: np.ndarray, delay: np.ndarray, n: int) -> np.ndarray:
     """``(M, n)``: ``x (L,)`` delayed by ``delay (M,)`` samples (exact, in the frequency domain)."""
@@ -20,7 +22,7 @@ def _fractional_delay(x: np.ndarray, delay: np.ndarray, n: int) -> np.ndarray:
 def echo_window(emitted: np.ndarray, positions: np.ndarray, speaker: np.ndarray, sample_rate: int,
                 num_samples: int, wall_distance_m: float = 2.0, wall_azimuth_deg: float = 0.0,
                 level_db: float = -30.0, reflection: float = 0.7, noise_db: float = -65.0,
-                speed_of_sound: float = 343.0, seed: int = 0) -> np.ndarray:
+                speed_of_sound: float = SPEED_OF_SOUND, seed: int = 0) -> np.ndarray:
     """``(M, N)`` float32: the sweep from ``speaker (3,)`` reaching mics ``positions (M, 3)`` directly and after
     bouncing off a vertical wall ``wall_distance_m`` from the array origin in direction ``wall_azimuth_deg``
     (image source), spherical spreading from ``level_db`` peak dBFS at 1 m, white noise at ``noise_db`` RMS dBFS."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import ArrayGeometry
+from ..constants import SPEED_OF_SOUND
 from ..dsp.grid import rpy_matrix
 
 
@@ -22,7 +23,7 @@ def plane_wave(
     fs: float,
     num_samples: int,
     signal: np.ndarray | None = None,
-    c: float = 343.0,
+    c: float = SPEED_OF_SOUND,
     seed: int = 0,
     snr_db: float | None = None,
 ) -> np.ndarray:
@@ -110,7 +111,7 @@ class RoomScene:
     snr_db: float = 30.0
     max_order: int | None = None
     orbit_step_deg: float = 5.0
-    c: float = 343.0
+    c: float = SPEED_OF_SOUND
     seed: int = 0
 
     def rotation(self) -> np.ndarray:

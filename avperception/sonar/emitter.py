@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..constants import SPEED_OF_SOUND
+
 
 class PingSchedule:
     """Sweeps at output sample indices ``round(k * fs / ping_rate_hz)``, ``k = 0, 1, ...``.
@@ -118,7 +120,7 @@ class EmitterSweep:
     sweep_id: str
     speaker_position: np.ndarray
     fs: int
-    speed_of_sound: float = 343.0
+    speed_of_sound: float = SPEED_OF_SOUND
 
 
 def load_emitter_sweep(model: str | None = "default", fs: int = 16000, speaker_position=DEFAULT_SPEAKER,

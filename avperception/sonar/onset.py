@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..constants import SPEED_OF_SOUND
+
 _PRE = 8  # kernel samples before the onset: room for the fractional delay's ringing
 _MAINLOBE = 4  # half-width (samples) of the compressed sweep's peak, left out of the noise estimate
 
@@ -54,7 +56,7 @@ class DirectPath:
 
     @classmethod
     def build(cls, emitted: np.ndarray, mic_positions: np.ndarray, speaker_position, fs: float,
-              c: float = 343.0) -> "DirectPath":
+              c: float = SPEED_OF_SOUND) -> "DirectPath":
         """Precompute the per-mic direct delays and kernels.
 
         Args:

@@ -16,6 +16,7 @@ import functools
 
 import numpy as np
 
+from avperception.constants import SPEED_OF_SOUND
 from avperception.dsp.echo import echo_profile, sweep  # noqa: F401  (re-exported for the data engine)
 
 from .geometry import RoomGeometry
@@ -63,7 +64,7 @@ class RoomAcoustics:
         duration_s: longest impulse response needed; the ray tracer stops there.
     """
 
-    def __init__(self, room: RoomGeometry, mics: np.ndarray, sources: np.ndarray, fs: int, c: float = 343.0,
+    def __init__(self, room: RoomGeometry, mics: np.ndarray, sources: np.ndarray, fs: int, c: float = SPEED_OF_SOUND,
                  max_order_shoebox: int = 10, max_order: int = 3, air_absorption: bool = True,
                  ray_tracing: bool = False, rt_num_rays: int = 5000, rt_receiver_radius: float = 0.5,
                  scattering: float = 0.1, seed: int = 0, duration_s: float = 0.5) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from avperception.config import DEFAULT_ARRAY, from_dict
+from avperception.constants import SPEED_OF_SOUND
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "datagen.yaml"
 
@@ -221,7 +222,7 @@ class RobotConfig:
 class AcousticsConfig:
     """pyroomacoustics: image-source method, optionally hybrid with its ray tracer."""
 
-    speed_of_sound: float = 343.0
+    speed_of_sound: float = SPEED_OF_SOUND
     max_order_shoebox: int = 10  # image order for empty rectangular rooms (fast path)
     max_order: int = 3  # image order for polygonal rooms and rooms with boxes
     air_absorption: bool = True

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from avperception.constants import SPEED_OF_SOUND
 from avperception.inference.bundle import sha256_file  # noqa: F401  (one hash for shards and bundles)
 
 FORMAT = "avperception-scenes"
@@ -205,8 +206,8 @@ def read_manifest(root: str | Path) -> dict:
 
 
 def speed_of_sound(manifest: dict) -> float:
-    """The speed of sound (m/s) the dataset was simulated with (343 when its manifest does not say)."""
-    return float(manifest.get("config", {}).get("acoustics", {}).get("speed_of_sound", 343.0))
+    """The speed of sound (m/s) the dataset was simulated with (``SPEED_OF_SOUND`` when its manifest does not say)."""
+    return float(manifest.get("config", {}).get("acoustics", {}).get("speed_of_sound", SPEED_OF_SOUND))
 
 
 def panorama_grid(manifest: dict):

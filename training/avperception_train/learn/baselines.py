@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from avperception.constants import SPEED_OF_SOUND
+
 
 class MeanLayout:
     """Predicts the training set's average room: per-pixel median depth, per-pixel majority
@@ -52,7 +54,7 @@ class EchoTimeOfFlight:
     ultrasonic range finder would tell a robot.
     """
 
-    def __init__(self, sweep: np.ndarray, sample_rate: int, speed_of_sound: float = 343.0,
+    def __init__(self, sweep: np.ndarray, sample_rate: int, speed_of_sound: float = SPEED_OF_SOUND,
                  direct_path_ms: float = 1.5, threshold: float = 0.3, max_depth: float = 10.0) -> None:
         self.sweep = np.asarray(sweep, dtype=np.float64)
         self.fs = sample_rate
@@ -96,7 +98,7 @@ class EchoPlanes:
     """
 
     def __init__(self, sweep: np.ndarray, sample_rate: int, positions: np.ndarray, panorama,
-                 speed_of_sound: float = 343.0, azimuth_step_deg: float = 5.0, max_walls: int = 6,
+                 speed_of_sound: float = SPEED_OF_SOUND, azimuth_step_deg: float = 5.0, max_walls: int = 6,
                  spreading: float = 1.0, floor_m: tuple[float, float] = (0.25, 1.4), max_depth: float = 10.0) -> None:
         """``panorama``: the dataset's panorama :class:`~avperception.dsp.grid.DirectionGrid`
         (:func:`avperception_train.datagen.shards.panorama_grid`), the pixels :meth:`depth` fills."""

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avperception.constants import SPEED_OF_SOUND
+
 from ..datagen.geometry import CEILING, FLOOR, IGNORE, WALL
 from ..datagen.shards import SPLITS, SceneDataset, speed_of_sound, unpack_voxels
 
@@ -27,7 +29,7 @@ class DataInfo:
     array: str
     array_positions: list = field(default_factory=list)
     emitted: np.ndarray | None = None
-    speed_of_sound: float = 343.0
+    speed_of_sound: float = SPEED_OF_SOUND
     el_range_deg: tuple[float, float] = (-90.0, 90.0)  # the panorama's lowest and highest elevation
 
 
