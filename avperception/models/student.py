@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..constants import SPEED_OF_SOUND
 from ..dsp.echo import beam_envelope, beam_kernels, log_envelope, matched_iq, quadrature_kernels, sweep_band
 from ..dsp.grid import horizon
 from ..dsp.features import stft, stft_basis
@@ -86,7 +87,7 @@ class StudentConfig:
     # echo beams (0: off; needs echo_hop): the echogram tokens also carry the matched filters beamformed
     # towards echo_beams azimuths in the array's plane, where a vertical wall's first echo comes from
     echo_beams: int = 0
-    speed_of_sound: float = 343.0
+    speed_of_sound: float = SPEED_OF_SOUND
     # layout head (0: off; needs echo_hop): the matched filters beamformed towards layout_beams azimuths in the
     # array's plane give each azimuth's wall distance, rendered with the floor and ceiling into the depth
     # panorama (rows from el_max_deg down to el_min_deg, columns from azimuth 180 down to -180 deg)
