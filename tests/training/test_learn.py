@@ -14,6 +14,7 @@ from avperception.dsp.grid import equirectangular
 from avperception.eval import metrics
 from avperception.pipeline import localize
 from avperception_train.datagen import config_from_dict, run_datagen
+from avperception_train.learn import metrics as learn_metrics
 from avperception_train.learn.baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
 from avperception_train.learn.config import ModelSpec, TrainConfig
 from avperception_train.learn.data import InMemoryScenes
@@ -99,7 +100,7 @@ def test_depth_metrics_known_values():
     assert m["delta1"] == pytest.approx(1 / 3)
     assert m["delta2"] == pytest.approx(2 / 3) and m["delta3"] == pytest.approx(2 / 3)
     # the same pixels split by label: floor (0) holds the exact and the 1.25 pixel, wall (2) the 2x one
-    by = metrics.depth_error_by_label(pred, gt, np.array([[0, 0], [2, 1]]), 4)
+    by = learn_metrics.depth_error_by_label(pred, gt, np.array([[0, 0], [2, 1]]), 4)
     np.testing.assert_allclose(by, [[2, 0.25, 1], [0, 0, 0], [1, 0.5, 0], [0, 0, 0]])
 
 
@@ -142,10 +143,21 @@ def test_segmentation_and_voxel_metrics_known_values():
     a = np.zeros((8, 8, 8), bool)
     a[2:4, 2:4, 2:4] = True
     b = np.roll(a, 1, axis=2)
-    v = metrics.voxel_metrics(a, b, voxel_size=0.1, f1_tau=0.1)
+    v = learn_metrics.voxel_metrics(a, b, voxel_size=0.1, f1_tau=0.1)
     assert v["iou"] == pytest.approx(4 / 12)
     assert v["chamfer_l1"] == pytest.approx(0.05)
     assert v["f1"] == pytest.approx(1.0)
+
+
+def test_energy_map_metrics_known_values():
+    gt = np.zeros((4, 6))
+    gt[1, 1:3] = 1.0  # two pixels above the mean
+    pred = np.zeros((4, 6))
+    pred[1, 2:4] = 1.0  # one shared, one not: IoU 1/3
+    e = learn_metrics.energy_map_metrics(pred, gt)
+    assert e["iou"] == pytest.approx(1 / 3) and e["iou_at_0.5"] == 0.0
+    assert e["auc"] == pytest.approx(0.35)  # success at thresholds 0, 0.1, 0.2, 0.3: trapezoid 0.3 + 0.05
+    assert learn_metrics.energy_map_metrics(gt, gt)["auc"] == pytest.approx(1.0)
 
 
 def test_evaluate_perfect_and_mean_layout(tiny_ds):

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from avperception.bench.common import markdown_table as _table
-from avperception.eval.metrics import (confusion, depth_error_by_label, depth_metrics, energy_map_metrics,
-                                      segmentation_metrics, voxel_metrics)
+from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
+
+from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
 
 Predictor = Callable[[dict], dict]
 
