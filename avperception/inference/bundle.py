@@ -135,6 +135,12 @@ class ModelBundle:
         return self.meta["outputs"]
 
     @property
+    def has_depth_uncertainty(self) -> bool:
+        """Whether the graph gives ``depth_uncertainty``: each depth pixel's standard deviation (m), from a model
+        trained with an uncertainty head (``model.uncertainty``)."""
+        return "depth_uncertainty" in self.outputs
+
+    @property
     def pano_shape(self) -> tuple[int, int]:
         h, w = self.meta["panorama"]["shape"]
         return int(h), int(w)

@@ -18,6 +18,8 @@ class SonarOutputs:
     occupancy_prob: ``(D, H, W)`` float32 sigmoid of the logits, when asked for.
     energy: ``(H, W)`` float32 acoustic energy map, or None.
     layout: ``(H, W)`` float32 metres, the room without obstacles, or None (no layout head).
+    depth_uncertainty: ``(H, W)`` float32 metres, the depth's standard deviation at each pixel (NaN where the depth
+        is unknown), or None (a bundle without an uncertainty head).
     stamp: seconds (the window's onset); infer_ms: the network's time.
     """
 
@@ -28,6 +30,7 @@ class SonarOutputs:
     occupancy_prob: np.ndarray | None = None
     energy: np.ndarray | None = None
     layout: np.ndarray | None = None
+    depth_uncertainty: np.ndarray | None = None
     stamp: float = 0.0
     infer_ms: float = 0.0
 
@@ -45,7 +48,8 @@ def decode(bundle, raw: dict[str, np.ndarray], stamp: float = 0.0, infer_ms: flo
            with_prob: bool = False) -> SonarOutputs:
     """``raw``: a backend's outputs (batch dimension removed or 1) -> :class:`SonarOutputs`.
 
-    Shapes are checked against ``bundle`` (``depth (H, W)``, ``semantic (C, H, W)``, ``voxels (D, H, W)``).
+    Shapes are checked against ``bundle`` (``depth (H, W)``, ``semantic (C, H, W)``, ``voxels (D, H, W)``, and
+    the optional ``depth_uncertainty (H, W)``).
     """
     h, w = bundle.pano_shape
     depth = _squeeze(raw["depth"], 2, "depth").astype(np.float32, copy=True)
@@ -67,5 +71,12 @@ def decode(bundle, raw: dict[str, np.ndarray], stamp: float = 0.0, infer_ms: flo
     prob = (1.0 / (1.0 + np.exp(-vox.astype(np.float32)))).astype(np.float32) if with_prob else None
     energy = _squeeze(raw["energy"], 2, "energy").astype(np.float32, copy=False) if "energy" in raw else None
     layout = _squeeze(raw["layout"], 2, "layout").astype(np.float32, copy=False) if "layout" in raw else None
+    unc = None
+    if "depth_uncertainty" in raw:
+        unc = _squeeze(raw["depth_uncertainty"], 2, "depth_uncertainty").astype(np.float32, copy=True)
+        if unc.shape != (h, w):
+            raise ValueError(f"output depth_uncertainty {unc.shape} does not match the bundle's panorama {(h, w)}")
+        unc[~np.isfinite(unc) | np.isnan(depth)] = np.nan
     return SonarOutputs(depth=depth, labels=labels, confidence=conf, occupancy=vox > 0, occupancy_prob=prob,
-                        energy=energy, layout=layout, stamp=float(stamp), infer_ms=float(infer_ms))
+                        energy=energy, layout=layout, depth_uncertainty=unc, stamp=float(stamp),
+                        infer_ms=float(infer_ms))

@@ -19,7 +19,7 @@ import torch
 
 OUTPUTS = ("depth", "semantic", "energy", "voxels", "latent")
 # what a bundle's graph gives: every head, no latent (only distillation needs it)
-BUNDLE_OUTPUTS = ("depth", "semantic", "energy", "voxels", "layout", "walls", "heights")
+BUNDLE_OUTPUTS = ("depth", "semantic", "energy", "voxels", "layout", "walls", "heights", "depth_uncertainty")
 CLASS_NAMES = ("floor", "ceiling", "wall", "obstacle")
 CLASS_COLORS = ((140, 107, 64), (153, 204, 255), (217, 217, 204), (230, 77, 51))
 MIN_OPSET = 17
@@ -39,8 +39,11 @@ class _Outputs(torch.nn.Module):
 
 
 def output_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """The bundle outputs ``model`` has (layout, walls, heights only with a layout head)."""
-    return tuple(k for k in BUNDLE_OUTPUTS if k not in ("layout", "walls", "heights") or model.layout is not None)
+    """The bundle outputs ``model`` has (layout, walls, heights only with a layout head, depth_uncertainty only with
+    an uncertainty head)."""
+    has = {"layout": model.layout is not None, "walls": model.layout is not None,
+           "heights": model.layout is not None, "depth_uncertainty": getattr(model, "uncertainty", None) is not None}
+    return tuple(k for k in BUNDLE_OUTPUTS if has.get(k, True))
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = 17, check: bool = True,
@@ -232,6 +235,8 @@ def bundle_meta(model, *, array, speaker_position, sweep_level_db: float, sweep_
         "layout": ("m", "the room's depth without obstacles (walls, floor, ceiling), (H, W)"),
         "walls": ("m", "each panorama column's horizontal wall distance, (W,)"),
         "heights": ("m", "floor distance below and ceiling distance above the array, (2,)"),
+        "depth_uncertainty": ("m", "standard deviation of the depth at each pixel (the Laplace scale of its log, "
+                                   "times sqrt(2) and the depth), (H, W)"),
     }
     outputs = {k: {"shape": list(s), "dtype": "float32", "units": meanings[k][0], "meaning": meanings[k][1]}
                for k, s in output_shapes.items()}

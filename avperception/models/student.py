@@ -100,6 +100,10 @@ class StudentConfig:
     el_min_deg: float = -90.0
     el_max_deg: float = 90.0
     obstacle_class: int = 3          # semantic class whose pixels keep the decoder's depth
+    # depth uncertainty head (off: the outputs and weights of a model without one): a small convolutional head on
+    # the detached decoder features, depth, classes (and the layout head's spread) predicts each pixel's Laplace
+    # scale of log depth; outputs depth_log_scale and depth_uncertainty (standard deviation, m)
+    uncertainty: bool = False
 
     def __post_init__(self) -> None:
         if self.voxel_decoder not in VOXEL_DECODERS:
@@ -597,7 +601,9 @@ class LayoutHead(nn.Module):
             self.heights.weight.mul_(0.1)
             self.heights.bias.copy_(torch.tensor([math.log(0.75), math.log(2.0)]))
 
-    def forward(self, iq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, iq: torch.Tensor, with_spread: bool = False) -> tuple[torch.Tensor, ...]:
+        """``iq (B, M, 2, N)`` -> ``walls (B, W)``, ``heights (B, 2)`` and, with ``with_spread``, ``spread (B, A)``:
+        the standard deviation of log distance under each azimuth's soft choice of bins (how sure it is)."""
         e = beam_envelope(iq, self.beams, self.hop)  # (B, A + 1, R)
         horiz, up = e[:, :-1], e[:, -1:].expand(-1, e.shape[1] - 1, -1)
         x = self.cnn(self.norm(torch.stack([horiz, up], dim=1)))  # (B, C, A, R')
@@ -605,11 +611,74 @@ class LayoutHead(nn.Module):
         x = torch.cat([self.summary.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         for blk in self.blocks:
             x = blk(x)
-        dist = (torch.softmax(self.bins(x[:, 1:]), dim=-1) * self.log_bins).sum(-1).exp()  # (B, A)
+        probs = torch.softmax(self.bins(x[:, 1:]), dim=-1)  # (B, A, bins)
+        log_dist = (probs * self.log_bins).sum(-1)  # (B, A)
+        dist = log_dist.exp()
         heights = self.heights(x[:, 0]).clamp(-3.0, 3.0).exp()
-        if self.planes:
-            return plane_walls(dist, self.to_columns, self.log_cos), heights
-        return dist @ self.to_columns, heights
+        walls = plane_walls(dist, self.to_columns, self.log_cos) if self.planes else dist @ self.to_columns
+        if with_spread:  # fixed by the caller's config, not by the data
+            spread = ((probs * (self.log_bins - log_dist[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
+            return walls, heights, spread
+        return walls, heights
+
+
+# ----------------------------------------------------------------------------- depth uncertainty
+
+
+class UncertaintyHead(nn.Module):
+    """Per-pixel uncertainty of the depth: ``(B, H, W)`` log Laplace scale ``s`` of log depth, trained with
+    :func:`laplace_nll` (``|log p - log g| exp(-s) + s``, least where ``exp(s)`` is the expected ``|log p - log g|``).
+
+    It reads, all detached (it never changes the other outputs, and trains alone on a frozen network): the
+    panorama decoder's last features ``(B, F, H, W)``, log depth, the classes' log-probabilities, each row's
+    elevation and, with a layout head, the log room depth, its difference from the depth and the layout head's
+    spread over its distance bins at each column (how sure each azimuth's wall is). Two 3x3 convolutions
+    (circular padding, as the decoder's) and a 1x1 convolution; about 6 k parameters.
+    """
+
+    def __init__(self, cfg: StudentConfig, features: int, width: int = 16) -> None:
+        super().__init__()
+        self.layout = bool(cfg.layout_beams)
+        cin = features + 2 + cfg.num_classes + (3 if self.layout else 0)
+        self.body = nn.Sequential(nn.Conv2d(cin, width, 3, padding=1, padding_mode="circular"), nn.GELU(),
+                                  nn.Conv2d(width, width, 3, padding=1, padding_mode="circular"), nn.GELU(),
+                                  nn.Conv2d(width, 1, 1))
+        with torch.no_grad():  # start at a relative error of about 15 % everywhere
+            self.body[-1].weight.mul_(0.1)
+            self.body[-1].bias.fill_(math.log(0.15))
+        el = panorama_elevations(cfg.pano_h, cfg.el_min_deg, cfg.el_max_deg)
+        self.register_buffer("sin_el", torch.from_numpy(np.sin(el).astype(np.float32))[None, None, :, None],
+                             persistent=False)
+        spread_cols = _circular_interp(cfg.layout_beams, cfg.pano_w) if self.layout else np.zeros((0, 0), np.float32)
+        self.register_buffer("spread_columns", torch.from_numpy(spread_cols), persistent=False)
+
+    def forward(self, features: torch.Tensor, depth: torch.Tensor, semantic: torch.Tensor,
+                room: torch.Tensor | None = None, spread: torch.Tensor | None = None) -> torch.Tensor:
+        """``features (B, F, H, W)``, ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits; with a layout head
+        ``room (B, H, W)`` m and ``spread (B, A)`` -> ``(B, H, W)`` log scale, in [-6, 2]."""
+        log_d = torch.log(depth.detach().clamp_min(1e-3))[:, None]
+        sem = semantic.detach()
+        parts = [features.detach(), log_d, sem - torch.logsumexp(sem, dim=1, keepdim=True),
+                 self.sin_el.expand(depth.shape[0], 1, -1, depth.shape[-1])]
+        if self.layout:
+            log_room = torch.log(room.detach().clamp_min(1e-3))[:, None]
+            cols = (spread.detach() @ self.spread_columns)[:, None, None, :].expand(-1, 1, depth.shape[1], -1)
+            parts += [log_room, log_room - log_d, cols]
+        return self.body(torch.cat(parts, dim=1))[:, 0].clamp(-6.0, 2.0)
+
+
+def depth_std(depth: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Standard deviation (m) of the depth from the Laplace scale ``exp(log_scale)`` of its log, to first order:
+    ``depth * sqrt(2) * exp(log_scale)`` (a Laplace's standard deviation is sqrt(2) times its scale)."""
+    return depth * (math.sqrt(2.0) * torch.exp(log_scale))
+
+
+def laplace_nll(pred: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood (without its constant log 2) of ``log target`` under a Laplace centred on
+    ``log pred`` with scale ``exp(log_scale)``: ``|log p - log g| exp(-s) + s``; all ``(N,)``, ``pred`` detached
+    (the uncertainty learns how far the depth is off, never moves the depth)."""
+    err = (torch.log(pred.detach().clamp_min(1e-3)) - torch.log(target.clamp_min(1e-3))).abs()
+    return (err * torch.exp(-log_scale) + log_scale).mean()
 
 
 # ----------------------------------------------------------------------------- the model
@@ -625,7 +694,9 @@ class AudioStudent(nn.Module):
     """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
     ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
     with a layout head, ``layout (B, H, W)``: the room's depth without obstacles, rendered from
-    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling)."""
+    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling); with
+    ``cfg.uncertainty``, ``depth_log_scale (B, H, W)`` (:class:`UncertaintyHead`) and ``depth_uncertainty (B, H, W)``
+    (the depth's standard deviation, m, :func:`depth_std`)."""
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
@@ -644,6 +715,7 @@ class AudioStudent(nn.Module):
         scale = cfg.pano_h // cfg.latent_h
         self.pano = PanoramaDecoder(cfg.dim, 1 + cfg.num_classes + 1, scale, cfg.decoder_width)
         self.voxels = VOXEL_DECODERS[cfg.voxel_decoder](cfg.dim, positions, cfg.voxel_size)
+        self.uncertainty = UncertaintyHead(cfg, self.pano.head.in_channels) if cfg.uncertainty else None
 
     def tokens(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
         """Audio -> encoded tokens ``(B, T, D)``: the spectrogram tokens, then the echogram tokens when the config
@@ -664,14 +736,18 @@ class AudioStudent(nn.Module):
         cfg = self.cfg
         b = latent.shape[0]
         grid = latent.transpose(1, 2).reshape(b, cfg.dim, cfg.latent_h, cfg.latent_w)
-        p = self.pano(grid)
+        features = self.pano.body(grid)  # the decoder's last features: the uncertainty head reads them too
+        p = self.pano.head(features)
         depth = torch.sigmoid(p[:, 0]) * cfg.max_depth
-        return {
+        out = {
             "depth": depth,
             "semantic": p[:, 1: 1 + cfg.num_classes],
             "energy": F.softplus(p[:, 1 + cfg.num_classes]),
             "voxels": self.voxels(latent),
         }
+        if getattr(self, "uncertainty", None) is not None:  # the visual teacher decodes with this too, without one
+            out["pano_features"] = features
+        return out
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -679,8 +755,12 @@ class AudioStudent(nn.Module):
         latent = self.encode(audio, iq)
         out = self.decode(latent)
         out["latent"] = latent
+        spread = None
         if self.layout is not None:
-            walls, heights = self.layout(iq)
+            if self.uncertainty is not None:
+                walls, heights, spread = self.layout(iq, with_spread=True)
+            else:
+                walls, heights = self.layout(iq)
             room = layout_depth(walls, heights, self.sin_el, self.cos_el, cfg.max_depth)
             # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it), and
             # never behind the room's surface: an obstacle stands in front of the wall, floor or ceiling it hides
@@ -690,6 +770,9 @@ class AudioStudent(nn.Module):
             obstacle = 1.0 / torch.exp(sem - sem[:, cfg.obstacle_class:cfg.obstacle_class + 1]).sum(dim=1)
             out["depth"] = room + obstacle * (torch.minimum(out["depth"], room) - room)
             out.update(layout=room, walls=walls, heights=heights)
+        if self.uncertainty is not None:
+            s = self.uncertainty(out.pop("pano_features"), out["depth"], out["semantic"], out.get("layout"), spread)
+            out.update(depth_log_scale=s, depth_uncertainty=depth_std(out["depth"].detach(), s))
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -3,6 +3,8 @@
 Topics (all stamped with the ping's onset, frame = the array frame unless said):
     sonar/depth             sensor_msgs/Image 32FC1   depth panorama, metres, NaN unknown (REP 118)
     sonar/depth_color       sensor_msgs/Image rgb8    the same, coloured (near bright)
+    sonar/depth_uncertainty sensor_msgs/Image 32FC1   the depth's standard deviation per pixel, metres, NaN unknown
+                                                      (only for a bundle whose model has an uncertainty head)
     sonar/semantic          sensor_msgs/Image mono8   class per pixel (bundle's class list)
     sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
     sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
@@ -54,6 +56,8 @@ class SonarPublishers:
         q = qos_profile_sensor_data
         self.depth = node.create_publisher(Image, "sonar/depth", q)
         self.depth_color = node.create_publisher(Image, "sonar/depth_color", q)
+        self.depth_uncertainty = (node.create_publisher(Image, "sonar/depth_uncertainty", q)
+                                  if bundle.has_depth_uncertainty else None)
         self.semantic = node.create_publisher(Image, "sonar/semantic", q)
         self.semantic_color = node.create_publisher(Image, "sonar/semantic_color", q)
         self.points = node.create_publisher(PointCloud2, "sonar/points", q)
@@ -104,6 +108,10 @@ class SonarPublishers:
             if wanted(pub):
                 pub.publish(make())
                 sent += 1
+        if (self.depth_uncertainty is not None and out.depth_uncertainty is not None
+                and wanted(self.depth_uncertainty)):
+            self.depth_uncertainty.publish(conv.array_to_image(out.depth_uncertainty.astype(np.float32), t, f))
+            sent += 1
         if wanted(self.occupancy):
             self.occupancy.publish(conv.points_to_cloud(
                 products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent), t, f))

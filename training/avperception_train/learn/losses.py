@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from avperception.models.student import laplace_nll
+
 from ..datagen.geometry import IGNORE
 from .config import DISTANCE_LOSSES
 
@@ -34,10 +36,12 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     (``IGNORE`` skipped; soft targets ``(B, C, H, W)`` allowed); voxels: BCE with logits
     (float targets in [0, 1], NaN = unknown); energy: MSE (NaN = unknown); layout (a student with a
     layout head, against :func:`~avperception_train.learn.data.room_layout` targets): :func:`distance_loss`
-    over the known walls and heights, of log distance only for ``log``. An output whose targets are all
+    over the known walls and heights, of log distance only for ``log``; uncertainty (a student with a depth
+    uncertainty head): :func:`~avperception.models.student.laplace_nll` of log depth on the valid pixels, the
+    depth detached. An output whose targets are all
     unknown in the batch adds nothing (and has no entry in the scalars).
     """
-    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0}
+    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0, "uncertainty": 1.0}
     w.update(weights or {})
     parts: dict[str, torch.Tensor] = {}
     if "depth" in target and w["depth"]:
@@ -45,6 +49,11 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         valid = torch.isfinite(g)
         if valid.any():
             parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance)
+    if "depth_log_scale" in out and "depth" in target and w["uncertainty"]:
+        g = target["depth"]
+        valid = torch.isfinite(g)
+        if valid.any():
+            parts["uncertainty"] = laplace_nll(out["depth"][valid], g[valid], out["depth_log_scale"][valid])
     if "semantic" in target and w["semantic"]:
         t = target["semantic"]
         if t.dtype.is_floating_point and t.dim() == 4:

@@ -1,0 +1,52 @@
+"""perception_node publishes sonar/depth_uncertainty (32FC1, metres) beside sonar/depth when its bundle's model has
+an uncertainty head, and no such topic when it has none."""
+
+import numpy as np
+import rclpy  # noqa: F401
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from avperception.inference import OnnxRuntimeBackend, decode, load_bundle
+from avperception.inference.synthetic import bundle_echo_window
+from avperception.ros.conversions import image_to_array
+from avperception.ros.perception_node import PerceptionNode
+
+from dds import spin_until  # noqa: E402  (tests/ros)
+
+
+def test_depth_uncertainty_is_published_beside_the_depth(ctx, uncertainty_bundle):
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
+                                                            Parameter("sonar.model", value=str(uncertainty_bundle))])
+    listener = Node("listener", context=ctx)
+    got: dict[str, Image] = {}
+    for topic in ("sonar/depth", "sonar/depth_uncertainty"):
+        listener.create_subscription(Image, topic, lambda m, t=topic: got.__setitem__(t, m), qos_profile_sensor_data)
+    try:
+        b = load_bundle(uncertainty_bundle)
+        out = decode(b, OnnxRuntimeBackend(b).run(bundle_echo_window(b, wall_distance_m=1.5, seed=2)), stamp=12.5)
+
+        def published() -> bool:
+            node.sonar_pub.publish(out, everything=True)
+            return len(got) == 2
+
+        assert spin_until(listener, ctx, published, 10.0)
+        msg = got["sonar/depth_uncertainty"]
+        assert msg.encoding == "32FC1" and (msg.height, msg.width) == b.pano_shape
+        assert msg.header.frame_id == got["sonar/depth"].header.frame_id
+        assert msg.header.stamp == got["sonar/depth"].header.stamp
+        np.testing.assert_array_equal(image_to_array(msg), out.depth_uncertainty)
+    finally:
+        listener.destroy_node()
+        node.destroy_node()
+
+
+def test_no_uncertainty_topic_for_a_bundle_without_one(ctx):
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic")])
+    try:
+        assert not node.sonar.bundle.has_depth_uncertainty and node.sonar_pub.depth_uncertainty is None
+        topics = {name for name, _ in node.get_topic_names_and_types()}
+        assert "/sonar/depth" in topics and "/sonar/depth_uncertainty" not in topics
+    finally:
+        node.destroy_node()

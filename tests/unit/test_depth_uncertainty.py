@@ -1,0 +1,83 @@
+"""The depth uncertainty head: off by default (the shipped weights load), never changes the other outputs, learns
+the scale its loss asks for, and travels through ONNX and the bundle to the decoded outputs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from avperception.inference import OnnxRuntimeBackend, decode, load_bundle
+from avperception.inference.synthetic import bundle_echo_window
+from avperception.models import default_model
+from avperception.models.student import AudioStudent, depth_std, laplace_nll
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return AudioStudent.load(default_model("robot_8mic")).float().eval()
+
+
+def test_off_by_default_and_a_head_leaves_every_other_output_bit_for_bit(shipped):
+    assert shipped.cfg.uncertainty is False and shipped.uncertainty is None
+    with_head = AudioStudent(replace(shipped.cfg, uncertainty=True)).eval()
+    missing, unexpected = with_head.load_state_dict(shipped.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("uncertainty.") for k in missing)
+    x = torch.from_numpy(np.stack([bundle_echo_window(load_bundle("default"), wall_distance_m=d, seed=i)
+                                   for i, d in enumerate((1.0, 3.0))]))
+    with torch.no_grad():
+        a, b = shipped(x), with_head(x)
+    assert set(b) - set(a) == {"depth_log_scale", "depth_uncertainty"}
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert b["depth_uncertainty"].shape == a["depth"].shape
+    torch.testing.assert_close(b["depth_uncertainty"], depth_std(a["depth"], b["depth_log_scale"]))
+    assert torch.all(b["depth_uncertainty"] > 0)
+
+
+def test_the_head_reads_detached_inputs_so_its_loss_trains_only_itself(shipped):
+    model = AudioStudent(replace(shipped.cfg, uncertainty=True)).train()
+    model.load_state_dict(shipped.state_dict(), strict=False)
+    x = 0.05 * torch.randn(2, shipped.cfg.num_mics, shipped.cfg.num_samples)
+    out = model(x)
+    g = out["depth"].detach() * 1.2
+    laplace_nll(out["depth"].flatten(), g.flatten(), out["depth_log_scale"].flatten()).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(n.startswith("uncertainty.") for n in grads)
+
+
+def test_laplace_nll_is_least_at_the_mean_absolute_log_error():
+    rng = np.random.default_rng(0)
+    g = torch.from_numpy(rng.uniform(0.5, 5.0, 20_000))
+    p = g * torch.from_numpy(np.exp(rng.laplace(0.0, 0.3, g.shape)))
+    s = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([s], lr=0.05)
+    for _ in range(400):
+        opt.zero_grad()
+        laplace_nll(p, g, s.expand_as(g)).backward()
+        opt.step()
+    assert float(s.detach().exp()) == pytest.approx(float((p.log() - g.log()).abs().mean()), rel=0.02)
+
+
+def test_bundle_exports_the_uncertainty_and_decode_gives_it_in_metres(uncertainty_bundle):
+    b = load_bundle(uncertainty_bundle)
+    assert b.has_depth_uncertainty and not load_bundle("default").has_depth_uncertainty
+    assert b.outputs["depth_uncertainty"]["shape"] == [1, *b.pano_shape] and b.outputs["depth_uncertainty"]["units"] == "m"
+    window = bundle_echo_window(b, wall_distance_m=2.0, seed=3)
+    raw = OnnxRuntimeBackend(b).run(window)
+    model = AudioStudent.load(b.safetensors_path).float().eval()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(window[None]))
+    np.testing.assert_allclose(raw["depth_uncertainty"].squeeze(), ref["depth_uncertainty"][0].numpy(), rtol=1e-4,
+                               atol=1e-5)
+    raw["depth"] = raw["depth"].copy()
+    raw["depth"].reshape(-1)[:5] = np.nan  # unknown depth: unknown uncertainty
+    out = decode(b, raw)
+    assert out.depth_uncertainty.shape == b.pano_shape and out.depth_uncertainty.dtype == np.float32
+    assert np.isnan(out.depth_uncertainty.reshape(-1)[:5]).all() and np.isfinite(out.depth_uncertainty.reshape(-1)[5:]).all()
+    with pytest.raises(ValueError, match="depth_uncertainty"):
+        decode(b, {**raw, "depth_uncertainty": np.zeros((3, 4), np.float32)})
+    assert decode(load_bundle("default"), {k: v for k, v in raw.items() if k != "depth_uncertainty"}
+                  ).depth_uncertainty is None
