@@ -131,15 +131,17 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
     s = ReplaySettings(model=a.model, backend=a.backend, threads=a.threads, audio_topic=a.audio_topic,
                        ping_topic=a.ping_topic, depth_topic=a.depth_topic, info_topic=a.info_topic,
                        realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect,
-                       workers=a.workers)
+                       workers=a.workers, beam_batch=a.beam_batch)
     m = replay_eval(a.bag, a.out, s)
     o, sp = m["overall"], m["speed"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"{o['pings']} pings scored: depth delta1 {f(o['delta1_mean'])}, AbsRel {f(o['abs_rel_mean'])}, class "
           f"accuracy {f(o['class_acc_mean'])}, voxel IoU {f(o['voxel_iou_mean'])}; DOA p50 "
           f"{f(o.get('doa_error_deg_median'))} deg; skipped {m['skipped'] or 'nothing'}")
-    print(f"{sp['audio_s']:.1f} s of audio in {sp['wall_s']:.1f} s ({sp['x_real_time']:.1f}x real time)"
-          + (f"; report: {a.out}/index.html" if a.out else ""))
+    cpu = sp["cpu_s"]
+    print(f"{sp['audio_s']:.1f} s of audio in {sp['wall_s']:.1f} s ({sp['x_real_time']:.1f}x real time; CPU "
+          f"{cpu['total']:.1f} s: network {cpu['network']:.1f}, beamformer {cpu['beamformer']:.1f}, reading and "
+          f"scoring {cpu['reading_scoring']:.1f})" + (f"; report: {a.out}/index.html" if a.out else ""))
     return 0
 
 
@@ -257,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_calibrate_parser(sub)
 
+    from .eval.replay import ReplaySettings
+
     p = sub.add_parser("replay-eval", help="replay a rosbag2 through the node's code and score every ping",
                        description="Reads a bag (mcap or sqlite3) with rosbags, runs the sonar and the beamformer "
                                    "on its audio and pings, scores each ping against the simulator's truth or an "
@@ -271,9 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder: metrics.json, summary.md, PNG plots, index.html")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
-    p.add_argument("--workers", type=int, default=1, choices=[0, 1],
-                   help="1: the network runs in a background thread while the replay reads and beamforms on (default); "
-                        "0: inline, as the node")
+    p.add_argument("--workers", type=int, default=ReplaySettings.workers,
+                   help="background threads running the network and the beamformer while the bag is read on "
+                        f"(default {ReplaySettings.workers}); 0: inline, in the stream's order")
+    p.add_argument("--beam-batch", type=int, default=ReplaySettings.beam_batch,
+                   help=f"beamformer frames run at once as array operations (default {ReplaySettings.beam_batch}); "
+                        "1: frame by frame, as the node (--workers 0 --beam-batch 1: the node's order and code)")
     p.add_argument("--beamformer-every", type=int, default=1,
                    help="run the beamformer on every N-th frame (1: all, as the node; 0: not at all)")
     p.add_argument("--no-detect", action="store_true", help="only pings announced by Ping messages")

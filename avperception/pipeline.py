@@ -87,6 +87,36 @@ class Pipeline:
         energy = self.grid.as_image(np.maximum(power, 0.0)).astype(np.float32)
         return Outputs(energy, sources, stamp, (time.perf_counter() - t0) * 1e3)
 
+    def process_batch(self, blocks, stamps=None) -> list[Outputs]:
+        """Run ``N`` frames at once (offline work): ``blocks (N, mics, frame_samples)`` (or a list of them) ->
+        what :meth:`process` gives for each, equal to float rounding.
+
+        The STFTs, the maps and the peak search of all frames are array operations over the frames
+        (:mod:`avperception.dsp.batch`); a beamformer that is not a pair-lag one (or has its own source
+        search) runs frame by frame. ``compute_ms`` is the batch's time divided among its frames.
+        """
+        from .dsp import batch
+
+        t0 = time.perf_counter()
+        x = np.asarray(blocks, dtype=np.float32)
+        if x.ndim != 3 or x.shape[1] != self.array.num_mics:
+            raise ValueError(f"expected (frames, {self.array.num_mics}, samples) audio, got {x.shape}")
+        n = x.shape[0]
+        stamps = np.zeros(n) if stamps is None else np.asarray(stamps, dtype=np.float64)
+        if stamps.shape != (n,):
+            raise ValueError(f"expected {n} stamps, got shape {stamps.shape}")
+        if not n:
+            return []
+        if not batch.supports_batch(self.beamformer):
+            return [self.process(x[k], float(stamps[k])) for k in range(n)]
+        s, b = self.config.stft, self.config.beamformer
+        power, cc, diag = batch.pair_lag_maps(self.beamformer, batch.stft_frames(x, s.nfft, s.hop, s.window))
+        sources = batch.find_sources_batch(self.beamformer, power, cc, diag, b.num_sources, b.min_separation_deg,
+                                           b.min_relative_power, b.refine, self.mask)
+        energy = self.grid.as_image(np.maximum(power, 0.0)).astype(np.float32)
+        ms = (time.perf_counter() - t0) * 1e3 / n
+        return [Outputs(energy[k], sources[k], float(stamps[k]), ms) for k in range(n)]
+
     def frames(self, audio: np.ndarray):
         """Yield ``(start_sample, block)`` analysis frames of a long ``(mics, samples)`` recording."""
         f = self.config.frame

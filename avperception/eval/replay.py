@@ -23,6 +23,7 @@ import bisect
 import json
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +63,16 @@ SKIP_TEXT = {
 class ReplaySettings:
     """What :func:`replay_eval` runs.
 
-    ``threads``: inference threads (ONNX Runtime / torch); ``workers``: 1 runs the network in a background thread
-    while the next messages are read and beamformed (the same windows, the same results; 0: inline, as the node);
-    ``beamformer_every``: run the beamformer on every N-th
+    ``threads``: inference threads (ONNX Runtime / torch) per network run; ``workers``: background threads that run
+    the network (one ping each) and the beamformer (``beam_batch`` frames each) while the bag is read on (the same
+    windows and frames, the same results; 0: everything inline in the stream's order, as the node);
+    ``beam_batch``: frames the beamformer and its peak search run at once as array operations
+    (:meth:`~avperception.pipeline.Pipeline.process_batch`; 1: frame by frame with the node's
+    :meth:`~avperception.pipeline.Pipeline.process`); ``beamformer_every``: run the beamformer on every N-th
     frame (1: every frame, as the node does; 0: not at all); ``segment_s``: per-segment metrics over this much of the
     bag's clock (a clock jump also starts a segment); ``match_samples``: truth matched to a ping within this many
     samples of its stamp; ``camera_tolerance_s``: a camera frame within this of a ping's stamp scores it.
+    ``workers=0, beam_batch=1`` replays exactly the node's order and code.
     """
 
     model: str = "default"
@@ -84,7 +89,8 @@ class ReplaySettings:
     camera_tolerance_s: float = 0.05
     sample_pings: int = 4
     detect: bool = True
-    workers: int = 1
+    workers: int = 2
+    beam_batch: int = 32
 
 
 @dataclass
@@ -331,13 +337,19 @@ class _Replay:
         buf = AudioBuffer(self.array.num_mics, self.fs, f.frame_samples, f.hop_samples, f.buffer_seconds,
                           max_pending_frames=1 << 20) if self.beam is not None else None
         blank_s = self.sonar_cfg.blank_ms * 1e-3
+        if int(self.s.workers) < 0 or int(self.s.beam_batch) < 1:
+            raise ValueError(f"workers must be >= 0 and beam_batch >= 1, got {self.s.workers} and {self.s.beam_batch}")
         self.executor = None
         if int(self.s.workers) > 0:
             from concurrent.futures import ThreadPoolExecutor
 
-            self.executor = ThreadPoolExecutor(1, thread_name_prefix="replay-infer")
+            self.executor = ThreadPoolExecutor(int(self.s.workers), thread_name_prefix="replay-work")
+        self.cpu = {"network": 0.0, "beamformer": 0.0}  # CPU seconds in each stage, whichever thread ran it
+        self.cpu_lock = threading.Lock()
         self.inflight: list = []
-        wall0 = time.perf_counter()
+        self.frames: list = []  # frames waiting for a beamformer batch: (block, t_first, stamp, t_ns, truth)
+        self.beam_inflight: list = []  # (frames, future or outputs), in the stream's order
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         with open_rosbag2(self.bag) as reader:  # any directory name (AnyReader takes x.bag for a ROS 1 bag)
             conns = {c.topic: c.msgtype for c in reader.connections}
             self.pick_topics(conns)
@@ -414,6 +426,8 @@ class _Replay:
             if bar is not None:
                 bar.close()
         self._collect(wait=True)
+        self._beam_flush()
+        self._beam_collect(wait=True)
         if self.executor is not None:
             self.executor.shutdown()
         self._score_pending(final=True)
@@ -423,6 +437,8 @@ class _Replay:
         for reason, n in self.sonar.aligner.skipped.items():
             self.skip(f"ping_{reason}", n)
         self.wall_s = time.perf_counter() - wall0
+        self.cpu["total"] = time.process_time() - cpu0
+        self.cpu["reading_scoring"] = self.cpu["total"] - self.cpu["network"] - self.cpu["beamformer"]
         return self.result()
 
     def _on_audio(self, chunk, t_ns: int, buf, blank_s: float, every: int) -> None:
@@ -453,8 +469,9 @@ class _Replay:
             p = {"w": w, "nominal": nominal, "t": self._t(t_ns), "segment": self._segment(w.stamp, self._t(t_ns)),
                  "epoch": self.epoch, "t0": t0}
             if self.executor is not None:
-                if len(self.inflight) >= 2:  # the network sets the pace: read ahead no further than a window
-                    self._collect(wait=True, keep=1)
+                ahead = 2 * int(self.s.workers)
+                if len(self.inflight) >= ahead:  # the network sets the pace: read ahead a few windows at most
+                    self._collect(wait=True, keep=ahead - 1)
                 p["future"] = self.executor.submit(self._infer, w)
             else:
                 p["o"], p["done"] = self._infer(w)
@@ -471,11 +488,72 @@ class _Replay:
                 if blank_s > 0:
                     frame = blank_pings(frame, t_first, self.onsets + self.sonar.aligner.pending_onsets(), blank_s,
                                         self.fs)
-                self._doa(self.beam.process(frame, t_first), t_first + 0.5 * frame.shape[1] / self.fs, t_ns)
+                self._frame(frame, t_first, t_ns)
+            self._beam_collect(wait=False)
+
+    def _frame(self, frame: np.ndarray, t_first: float, t_ns: int) -> None:
+        """One beamformer frame: run now (``beam_batch`` 1, no workers) or queued for a batch. Its source truth is
+        looked up now, as when it is run inline; a frame without one is counted and not run (nothing to score)."""
+        stamp = t_first + 0.5 * frame.shape[1] / self.fs
+        if int(self.s.beam_batch) <= 1 and self.executor is None:
+            c0 = time.thread_time()
+            out = self.beam.process(frame, t_first)
+            self._charge("beamformer", c0)
+            self._doa(out, stamp, t_ns)
+            return
+        truth = self.store["sources"].nearest(stamp, 0.5)
+        if truth is None:
+            self.skip("doa_no_source_truth")
+            return
+        self.frames.append((frame, t_first, stamp, t_ns, truth))
+        if len(self.frames) >= int(self.s.beam_batch):
+            self._beam_flush()
+
+    def _beam_run(self, frames: list) -> list:
+        c0 = time.thread_time()
+        if int(self.s.beam_batch) <= 1:
+            out = [self.beam.process(f[0], f[1]) for f in frames]
+        else:
+            out = self.beam.process_batch(np.stack([f[0] for f in frames]), np.array([f[1] for f in frames]))
+        self._charge("beamformer", c0)
+        return out
+
+    def _beam_flush(self) -> None:
+        """Start the queued frames' batch (in a worker when there are workers)."""
+        if not self.frames:
+            return
+        frames, self.frames = self.frames, []
+        if self.executor is None:
+            self.beam_inflight.append((frames, self._beam_run(frames)))
+        else:
+            if len(self.beam_inflight) >= 2 * int(self.s.workers):
+                self._beam_collect(wait=True, keep=2 * int(self.s.workers) - 1)
+            self.beam_inflight.append((frames, self.executor.submit(self._beam_run, frames)))
+        self._beam_collect(wait=False)
+
+    def _beam_collect(self, wait: bool, keep: int = 0) -> None:
+        """Score the finished beamformer batches, in order (with ``wait``: all but ``keep``)."""
+        while len(self.beam_inflight) > keep:
+            frames, res = self.beam_inflight[0]
+            if not isinstance(res, list):
+                if not wait and not res.done():
+                    break
+                res = res.result()
+            self.beam_inflight.pop(0)
+            for (_, _, stamp, t_ns, truth), out in zip(frames, res):
+                self._doa(out, stamp, t_ns, truth)
 
     def _infer(self, w):
+        c0 = time.thread_time()
         o = self.sonar.infer(w.audio, w.stamp)
+        self._charge("network", c0)
         return o, time.perf_counter()
+
+    def _charge(self, stage: str, c0: float) -> None:
+        """Add this thread's CPU time since ``c0`` (``time.thread_time``) to ``stage``."""
+        dt = time.thread_time() - c0
+        with self.cpu_lock:
+            self.cpu[stage] += dt
 
     def _collect(self, wait: bool, keep: int = 0) -> None:
         """Move the windows whose outputs are ready (with ``wait``: all but ``keep``) to the scoring queue, in order."""
@@ -621,8 +699,10 @@ class _Replay:
         d = depth_metrics(pred, truth)
         return {**d, "pixels": int(np.isfinite(truth).sum()), "pred": pred, "truth": truth}
 
-    def _doa(self, out, stamp: float, t_ns: int) -> None:
-        truth = self.store["sources"].nearest(stamp, 0.5)
+    def _doa(self, out, stamp: float, t_ns: int, truth=None) -> None:
+        """Score one frame's directions against the source truth (looked up now when not given)."""
+        if truth is None:
+            truth = self.store["sources"].nearest(stamp, 0.5)
         if truth is None:
             self.skip("doa_no_source_truth")
             return
@@ -655,13 +735,15 @@ class _Replay:
             "topics": {"audio": self.audio_topic, "audio_type": self.audio_type, "pings": self.ping_topic,
                        "truth": self.truth_topics, "camera_depth": self.camera_topic,
                        "camera_info": self.camera_info_topic, "tf": self.tf_topics},
-            "settings": {"threads": self.s.threads, "beamformer_every": self.s.beamformer_every,
+            "settings": {"threads": self.s.threads, "workers": self.s.workers, "beam_batch": self.s.beam_batch,
+                         "beamformer_every": self.s.beamformer_every,
                          "segment_s": self.s.segment_s, "match_samples": self.s.match_samples,
                          "realtime": self.s.realtime},
             "overall": overall, "segments": segments, "pings": pings, "skipped": dict(sorted(self.skipped.items())),
             "unknown_topics": dict(sorted(self.unknown_topics.items())), "events": self.events, "stream": stream,
             "notes": self.notes, "doa_frames": self.frames_run, "beamformer_frames": self.frame_count,
-            "speed": {"audio_s": self.audio_seconds, "wall_s": self.wall_s, "x_real_time": real},
+            "speed": {"audio_s": self.audio_seconds, "wall_s": self.wall_s, "x_real_time": real,
+                      "cpu_s": dict(self.cpu)},
         }
 
 

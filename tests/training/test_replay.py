@@ -220,3 +220,32 @@ def test_replay_scores_a_depth_camera_where_it_sees(sim, tmp_path):
         assert by_ping[r["ping"]]["abs_rel"] == pytest.approx(d["abs_rel"], abs=1e-6)
         assert by_ping[r["ping"]]["delta1"] == pytest.approx(d["delta1"], abs=1e-6)
         assert by_ping[r["ping"]]["class_acc"] == pytest.approx(r["class_acc"], abs=1e-6)
+
+
+def test_replay_fast_path_equals_node_order(sim, report):
+    """The default replay (the network and beamformer batches in background workers) and one with small
+    beamformer batches score exactly what the node's order and code (workers 0, beam_batch 1) scores: every ping's
+    scores and sample outputs, every beamformer frame's DOA errors and number of sources."""
+    from avperception.eval.replay import ReplaySettings, replay_eval
+
+    _, fast = report
+    assert fast["settings"]["workers"] == ReplaySettings.workers > 0 and ReplaySettings.beam_batch > 1
+    node = replay_eval(sim[0], None, threads=1, progress=False, workers=0, beam_batch=1)
+    small = replay_eval(sim[0], None, threads=1, progress=False, workers=2, beam_batch=3)
+    for m in (fast, small):
+        for k in ("skipped", "events", "stream", "doa_frames", "beamformer_frames"):
+            assert m[k] == node[k], k
+        assert len(m["pings"]) == len(node["pings"])
+        for p, q in zip(m["pings"], node["pings"]):
+            assert {k: v for k, v in p.items() if not k.endswith("_ms")} == \
+                pytest.approx({k: v for k, v in q.items() if not k.endswith("_ms")}, abs=1e-6)
+        assert [s["ping"] for s in m["_samples"]] == [s["ping"] for s in node["_samples"]]
+        for s, r in zip(m["_samples"], node["_samples"]):
+            np.testing.assert_allclose(s["depth"], r["depth"], atol=1e-6)
+            np.testing.assert_array_equal(s["labels"], r["labels"])
+        assert node["_doa"] and len(m["_doa"]) == len(node["_doa"])
+        for d, e in zip(m["_doa"], node["_doa"]):
+            assert d["stamp"] == e["stamp"] and d["found"] == e["found"]
+            np.testing.assert_allclose(d["errors"], e["errors"], atol=1e-5)
+    cpu = fast["speed"]["cpu_s"]
+    assert cpu["network"] > 0 and cpu["beamformer"] > 0 and cpu["total"] >= cpu["network"]
