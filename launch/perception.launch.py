@@ -5,67 +5,123 @@
     ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard   # the robot pings
     ros2 launch avperception perception.launch.py params_file:=/path/to/my.yaml rviz:=true
 
-Launch arguments:
-    array        array preset name or YAML path (overrides the params file)     [robot_8mic]
-    use_sim      true: sim_audio_node (simulated room); false: capture_node     [true]
-    params_file  node parameters (sections keyed by node name)                  [share/avperception/config/perception.yaml]
-    device       capture device name or index (use_sim:=false)                   ['']
-    rviz         also start RViz with share/avperception/config/avperception.rviz [false]
-    sim_mode     active: the simulated robot pings as it drives through a data-engine room (needs the
-                 training package); passive: ambient sources only                  [active]
-    emit         use_sim:=false: capture_node plays the sweep and publishes pings   [false]
-    model        model bundle directory for the learned outputs                     [default]
+Launch arguments (those marked * set node parameters: left empty, the params file's value stands, and
+where the file has none, the node's own default):
+    params_file  node parameters (sections keyed by node name)   [share/avperception/config/perception.yaml]
+    use_sim      true: sim_audio_node (simulated room); false: capture_node                         [true]
+    rviz         also start RViz with share/avperception/config/avperception.rviz                   [false]
+  * array        array preset name or YAML path, for every node (shipped file: robot_8mic)          ['']
+  * model        model bundle directory for the learned outputs (shipped file: default)             ['']
+  * sim_mode     active: the simulated robot pings as it drives through a data-engine room (needs the
+                 training package); passive: ambient sources only (shipped file: active)            ['']
+  * device       capture device name or index, use_sim:=false (shipped file: '' = default input)    ['']
+  * emit         use_sim:=false: capture_node plays the sweep and publishes pings (shipped: false)  ['']
 
 Without `ros2 launch` (e.g. a venv with the PyPI wheels) the same nodes run with
 the same parameter file as:  avperception-run sim_audio perception --ros-args --params-file FILE
 """
 
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, Shutdown
-from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
-from launch_ros.substitutions import FindPackageShare
+from __future__ import annotations
+
+from typing import Mapping
+
+# launch argument -> the (node, parameter) pairs it sets when given
+NODE_ARGUMENTS = {
+    "array": (("sim_audio_node", "array"), ("capture_node", "array"), ("perception_node", "array")),
+    "model": (("sim_audio_node", "model"), ("capture_node", "model"), ("perception_node", "sonar.model")),
+    "sim_mode": (("sim_audio_node", "mode"),),
+    "device": (("capture_node", "device"),),
+    "emit": (("capture_node", "emit"),),
+}
+BOOL_ARGUMENTS = ("emit",)
 
 
-def generate_launch_description() -> LaunchDescription:
+def flag(name: str, value: str) -> bool:
+    """A true/false launch argument (``1``/``0`` too, any case)."""
+    text = value.strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError(f"launch argument {name}:={value!r}: expected true or false")
+
+
+def node_overrides(args: Mapping[str, str]) -> dict[str, dict[str, str | bool]]:
+    """The parameters the launch arguments set, per node: only arguments given (non-empty) appear.
+
+    Values stay text (``device:=2`` is the device named "2", not an integer) except the booleans
+    (``emit``). Arguments absent from ``args`` count as not given.
+    """
+    out: dict[str, dict[str, str | bool]] = {node: {} for pairs in NODE_ARGUMENTS.values() for node, _ in pairs}
+    for arg, pairs in NODE_ARGUMENTS.items():
+        value = args.get(arg, "")
+        if value == "":
+            continue
+        typed = flag(arg, value) if arg in BOOL_ARGUMENTS else value
+        for node, param in pairs:
+            out[node][param] = typed
+    return out
+
+
+def launch_setup(context, *_, **__):
+    """The nodes, once the launch arguments are known (an OpaqueFunction: empty arguments are left out)."""
+    from launch.actions import Shutdown
+    from launch.substitutions import PathJoinSubstitution
+    from launch_ros.actions import Node
+    from launch_ros.parameter_descriptions import ParameterValue
+    from launch_ros.substitutions import FindPackageShare
+
+    args = {name: context.launch_configurations.get(name, "") for name in (*NODE_ARGUMENTS, "use_sim", "rviz")}
+    params_file = context.launch_configurations["params_file"]
+    overrides = node_overrides(args)
+
+    def parameters(node: str) -> list:
+        # text values typed as strings: the YAML reading of device:=2 or model:=on would be a number or a bool
+        given = {k: v if isinstance(v, bool) else ParameterValue(v, value_type=str) for k, v in overrides[node].items()}
+        return [params_file, given] if given else [params_file]
+
+    actions = []
+    if flag("rviz", args["rviz"]):
+        # checked first: a missing rviz2 stops the launch before any node starts (launch leaves started ones running)
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+
+        try:
+            get_package_share_directory("rviz2")
+        except PackageNotFoundError:
+            raise RuntimeError("rviz:=true needs RViz 2 (sudo apt install ros-$ROS_DISTRO-rviz2); "
+                               "or leave rviz:=false and start it elsewhere") from None
+        actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                            arguments=["-d", PathJoinSubstitution([FindPackageShare("avperception"), "config",
+                                                                   "avperception.rviz"])]))
+    # without its audio source the graph has nothing to do: its exit ends the launch
+    source = "sim_audio_node" if flag("use_sim", args["use_sim"]) else "capture_node"
+    actions.append(Node(package="avperception", executable=source, name=source, output="screen",
+                        parameters=parameters(source), on_exit=Shutdown()))
+    actions.append(Node(package="avperception", executable="perception_node", name="perception_node",
+                        output="screen", parameters=parameters("perception_node")))
+    return actions
+
+
+def generate_launch_description():
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import PathJoinSubstitution
+    from launch_ros.substitutions import FindPackageShare
+
     share = FindPackageShare("avperception")
-    array = LaunchConfiguration("array")
-    use_sim = LaunchConfiguration("use_sim")
-    params_file = LaunchConfiguration("params_file")
-    device = LaunchConfiguration("device")
-    rviz = LaunchConfiguration("rviz")
-    sim_mode = LaunchConfiguration("sim_mode")
-    emit = LaunchConfiguration("emit")
-    model = LaunchConfiguration("model")
-
-    def text(value):  # a launch argument YAML must not read as a number or a boolean (device:=2, model:=on)
-        return ParameterValue(value, value_type=str)
-
+    keep = " ('': the params file's)"
     return LaunchDescription([
-        DeclareLaunchArgument("array", default_value="robot_8mic", description="array preset name or YAML path"),
-        DeclareLaunchArgument("use_sim", default_value="true", description="simulated room instead of a sound card"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "perception.yaml"]),
                               description="parameter file for all nodes"),
-        DeclareLaunchArgument("device", default_value="", description="capture device name or index"),
+        DeclareLaunchArgument("use_sim", default_value="true", description="simulated room instead of a sound card"),
         DeclareLaunchArgument("rviz", default_value="false", description="start RViz"),
-        DeclareLaunchArgument("sim_mode", default_value="active",
-                              description="active: the simulated robot pings; passive: ambient sources only"),
-        DeclareLaunchArgument("emit", default_value="false",
-                              description="capture_node plays the sweep through the speaker and publishes pings"),
-        DeclareLaunchArgument("model", default_value="default", description="model bundle directory"),
-        # first: a missing rviz2 stops the launch before any node starts (launch leaves started ones running)
-        Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
-             arguments=["-d", PathJoinSubstitution([share, "config", "avperception.rviz"])], condition=IfCondition(rviz)),
-        # without its audio source the graph has nothing to do: its exit ends the launch
-        Node(package="avperception", executable="sim_audio_node", name="sim_audio_node", output="screen",
-             parameters=[params_file, {"array": text(array), "mode": text(sim_mode), "model": text(model)}],
-             condition=IfCondition(use_sim), on_exit=Shutdown()),
-        Node(package="avperception", executable="capture_node", name="capture_node", output="screen",
-             parameters=[params_file, {"array": text(array), "device": text(device),
-                                       "emit": ParameterValue(emit, value_type=bool), "model": text(model)}],
-             condition=UnlessCondition(use_sim), on_exit=Shutdown()),
-        Node(package="avperception", executable="perception_node", name="perception_node", output="screen",
-             parameters=[params_file, {"array": text(array), "sonar.model": text(model)}]),
+        DeclareLaunchArgument("array", default_value="", description="array preset name or YAML path" + keep),
+        DeclareLaunchArgument("model", default_value="", description="model bundle directory" + keep),
+        DeclareLaunchArgument("sim_mode", default_value="",
+                              description="active: the simulated robot pings; passive: ambient sources only" + keep),
+        DeclareLaunchArgument("device", default_value="", description="capture device name or index" + keep),
+        DeclareLaunchArgument("emit", default_value="",
+                              description="capture_node plays the sweep through the speaker and publishes pings"
+                                          + keep),
+        OpaqueFunction(function=launch_setup),
     ])
