@@ -2,7 +2,10 @@
 
 ``evaluate(predictor, dataset)`` runs any callable that maps a batch to a dict
 of numpy predictions (``depth`` m, ``semantic`` labels, ``voxels`` bool,
-``energy``) and returns averaged metrics; ``results_tables`` compares several.
+``energy``, optionally ``depth_uncertainty`` m) and returns averaged metrics, with
+the depth's safety metrics (:mod:`.safety_metrics`: false-far rate, near-obstacle
+recall, range bands, obstacle delta_1) and, for an uncertainty, its sparsification
+(AUSE); ``results_tables`` compares several.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from avperception.bench.common import markdown_table as _table
 from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
 
 from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
+from .safety_metrics import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
 
 Predictor = Callable[[dict], dict]
 
@@ -47,6 +51,8 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
                "voxels": (torch.sigmoid(out["voxels"].float()) > voxel_threshold).cpu().numpy()}
         if kind != "teacher":
             res["energy"] = out["energy"].float().cpu().numpy()
+        if "depth_uncertainty" in out:
+            res["depth_uncertainty"] = out["depth_uncertainty"].float().cpu().numpy()
         return res
 
     return run
@@ -99,11 +105,19 @@ def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int
 
 
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
-             batch_size: int = 32, progress: bool = False) -> dict:
-    """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields)."""
+             batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20) -> dict:
+    """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields).
+
+    With depth, ``safety`` pools :func:`~.safety_metrics.safety_counts` over the scenes that have depth scores;
+    with ``depth_uncertainty`` (m) too, ``uncertainty`` averages each scene's sparsification
+    (:func:`~.safety_metrics.sparsification`, ``sparsification_steps`` fractions): for AbsRel ranked by the
+    relative uncertainty ``depth_uncertainty / depth``, for RMSE by the uncertainty in metres; AUSE against the
+    oracle, and a random order's for reference.
+    """
     from torch.utils.data import DataLoader
 
     depth_rows, vox_rows, energy_rows = [], [], []
+    safety, sparse = None, {"abs_rel": [], "rmse": []}
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
     from .train import _bar
@@ -116,8 +130,14 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
             if "depth" in pred:
                 depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
                 if np.isfinite(depth_rows[-1]["abs_rel"]):  # the same scenes as the averages
-                    by_class += depth_error_by_label(pred["depth"][i], gt_depth[i], batch["semantic"][i].numpy(),
-                                                     num_classes)
+                    labels = batch["semantic"][i].numpy()
+                    by_class += depth_error_by_label(pred["depth"][i], gt_depth[i], labels, num_classes)
+                    safety = merge_counts(safety, safety_counts(pred["depth"][i], gt_depth[i], labels))
+                    if "depth_uncertainty" in pred:
+                        u, d = pred["depth_uncertainty"][i], pred["depth"][i]
+                        for metric, rank in (("abs_rel", u / np.maximum(d, 1e-3)), ("rmse", u)):
+                            sparse[metric].append(sparsification(d, gt_depth[i], rank, metric,
+                                                                 sparsification_steps))
             if "semantic" in pred:
                 conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
             if "voxels" in pred:
@@ -133,6 +153,16 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         # out, and how many they keep is kept (the table says so when they are not all)
         out["depth"] = {k: _mean_defined([r[k] for r in depth_rows]) for k in depth_rows[0]}
         out["depth"]["scenes"] = int(np.isfinite([r["abs_rel"] for r in depth_rows]).sum())
+    if safety is not None:
+        out["safety"] = safety_metrics(safety)
+    if sparse["abs_rel"]:
+        out["uncertainty"] = {"scenes": len(sparse["abs_rel"])}
+        for metric, rows in sparse.items():
+            out["uncertainty"][metric] = {
+                "ause": _mean_defined([r["ause"] for r in rows]),
+                "ause_random": _mean_defined([r["ause_random"] for r in rows]),
+                "fractions": rows[0]["fractions"],
+                **{c: np.nanmean([r[c] for r in rows], axis=0).tolist() for c in ("model", "oracle", "random")}}
     if by_class[:, 0].sum():
         # pooled over all test pixels of each ground-truth class: where the depth error comes from
         names = class_names(num_classes)
@@ -171,6 +201,55 @@ SCENE_COLUMNS = [
     ("voxels", "iou", "voxel IoU ↑"), ("voxels", "chamfer_l1", "Chamfer-L1 m ↓"), ("voxels", "f1", "F1 ↑"),
     ("energy", "iou", "energy IoU ↑"), ("energy", "auc", "energy AUC ↑"),
 ]
+
+
+SAFETY_COLUMNS = [
+    ("safety", "false_far_rate", "false far ↓ (< 0.5 m seen > 1 m)"),
+    ("safety", "near_recall", "near recall ↑ (< 1 m seen < 1.5 m)"),
+    ("safety", "obstacle_delta1", "obstacle δ1 ↑"),
+]
+UNCERTAINTY_COLUMNS = [
+    ("abs_rel", "ause", "AUSE AbsRel ↓"), ("abs_rel", "ause_random", "random AbsRel"),
+    ("rmse", "ause", "AUSE RMSE m ↓"), ("rmse", "ause_random", "random RMSE m"),
+]
+
+
+def safety_table(results: dict[str, dict]) -> str:
+    """False-far rate, near-obstacle recall and obstacle delta_1, then AbsRel / delta_1 per band of true range
+    (pooled over pixels; the share of pixels in brackets), one row per method; '' if none has depth."""
+    rows = {n: r for n, r in results.items() if r.get("safety")}
+    if not rows:
+        return ""
+    bands = range_band_names()
+    first = next(iter(rows.values()))["safety"]["by_range"]
+    head = ["method"] + [c[2] for c in SAFETY_COLUMNS]
+    for b in bands:
+        share = f" ({100 * first[b]['share']:.0f} %)" if b in first else ""
+        head += [f"{b}{share} AbsRel ↓", f"{b} δ1 ↑"]
+    body = []
+    for name, r in rows.items():
+        s = r["safety"]
+        row = [name] + [_cell(s.get(key)) for _, key, _ in SAFETY_COLUMNS]
+        for b in bands:
+            v = s["by_range"].get(b)
+            row += [_cell(v["abs_rel"]), _cell(v["delta1"])] if v else ["–", "–"]
+        body.append(row)
+    return _table(head, body)
+
+
+def uncertainty_table(results: dict[str, dict]) -> str:
+    """AUSE of each method's depth uncertainty for AbsRel and RMSE, beside a random order's (the area between
+    the random curve and the oracle's); '' if no method has an uncertainty."""
+    rows = {n: r["uncertainty"] for n, r in results.items() if r.get("uncertainty")}
+    if not rows:
+        return ""
+    body = [[name] + [_cell(u[m][k]) for m, k, _ in UNCERTAINTY_COLUMNS] + [str(u["scenes"])]
+            for name, u in rows.items()]
+    return _table(["method"] + [c[2] for c in UNCERTAINTY_COLUMNS] + ["scenes"], body)
+
+
+def _cell(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -233,12 +312,23 @@ def results_tables(results: dict[str, dict]) -> str:
 
 
 def report_text(results: dict[str, dict], title: str = "Results", notes: str = "") -> str:
-    """The markdown report: title, notes, :func:`results_tables`, then depth by ground-truth class."""
+    """The markdown report: title, notes, :func:`results_tables`, then depth by ground-truth class, the safety
+    table (:func:`safety_table`) and, for methods with a depth uncertainty, :func:`uncertainty_table`."""
     text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
     by_class = depth_by_class_table(results)
     if by_class:
         text += ("\nDepth by ground-truth class (pooled over the test pixels of each class; "
                  "the share of pixels is in brackets):\n\n" + by_class + "\n")
+    safety = safety_table(results)
+    if safety:
+        text += ("\nSafety (pooled over the test pixels): false far = the share of pixels within 0.5 m predicted "
+                 "beyond 1 m; near recall = the share of pixels within 1 m predicted within 1.5 m; then depth by "
+                 "band of true range (the share of pixels in brackets):\n\n" + safety + "\n")
+    unc = uncertainty_table(results)
+    if unc:
+        text += ("\nDepth uncertainty (area under the sparsification error: leave out the most uncertain pixels step "
+                 "by step, minus the same by the true error; 0 = it ranks the errors perfectly, the random column "
+                 "is a random order's; mean over scenes):\n\n" + unc + "\n")
     return text
 
 
