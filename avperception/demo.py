@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import PipelineConfig, load_array
+from .config import DEFAULT_ARRAY, PipelineConfig, load_array
 from .dsp.grid import vector_to_azel
 from .eval.localization import match_errors, summarize
 from .pipeline import Pipeline
 from .sim.room import RoomScene, RoomSimulator, SourceSpec
 
 
-def default_scene(array_name: str = "robot_8mic", seed: int = 0) -> RoomScene:
+def default_scene(array_name: str = DEFAULT_ARRAY, seed: int = 0) -> RoomScene:
     """Two sources around the robot: white noise standing still, speech-like babble walking around it."""
     return RoomScene(
         load_array(array_name), room_dims=(6.0, 5.0, 3.0), rt60=0.3, robot_position=(3.0, 2.5, 1.0),
@@ -25,7 +25,7 @@ def default_scene(array_name: str = "robot_8mic", seed: int = 0) -> RoomScene:
     )
 
 
-def run(out_dir: str | Path = "demo_out", array: str = "robot_8mic", seconds: float = 6.0, seed: int = 0,
+def run(out_dir: str | Path = "demo_out", array: str = DEFAULT_ARRAY, seconds: float = 6.0, seed: int = 0,
         config: PipelineConfig | None = None, plots: bool = True, progress: bool = True) -> dict:
     """Simulate, localise frame by frame, write pictures + ``summary.json``; return the summary."""
     out = Path(out_dir)

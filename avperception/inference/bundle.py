@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ArrayGeometry, ConfigError, load_array
+from ..config import DEFAULT_ARRAY, ArrayGeometry, ConfigError, load_array
 
 FORMAT = "avperception-bundle"
 FORMAT_VERSION = 1
@@ -209,7 +209,7 @@ class ModelBundle:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def default_bundle_path(array: str = "robot_8mic") -> Path:
+def default_bundle_path(array: str = DEFAULT_ARRAY) -> Path:
     """The directory of the shipped bundle for ``array``; raises :class:`BundleError` when none is shipped."""
     p = BUNDLES_DIR / array
     if not (p / BUNDLE_JSON).is_file():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import DEFAULT_ARRAY
+
 BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
 
 
-def default_model(array: str = "robot_8mic") -> Path:
+def default_model(array: str = DEFAULT_ARRAY) -> Path:
     """Path (without suffix) of the shipped student's torch weights for ``array``: ``.safetensors`` weights +
     ``.json`` config, inside the shipped bundle ``bundles/ARRAY/`` (see :mod:`avperception.inference.bundle`)."""
     p = BUNDLES_DIR / array / "model"

@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import DEFAULT_ARRAY
 from ..constants import SPEED_OF_SOUND
 from ..dsp.echo import beam_envelope, beam_kernels, log_envelope, matched_iq, quadrature_kernels, sweep_band
 from ..dsp.grid import horizon
@@ -77,7 +78,7 @@ class StudentConfig:
     voxel_decoder: str = "3d"
     max_depth: float = 10.0
     dropout: float = 0.0
-    array: str = "robot_8mic"
+    array: str = DEFAULT_ARRAY
     array_positions: list = field(default_factory=list)
     # echogram tokens (0: off): the matched filter of every mic with the emitted sweep, its log envelope
     # power max-pooled over echo_hop samples, one token per echo_patch samples (sample 0 = sweep onset)

@@ -26,13 +26,13 @@ import queue
 
 from rclpy.node import Node
 
-from ..config import load_array
+from ..config import DEFAULT_ARRAY, load_array
 from . import conversions as conv
 from .audio_input import audio_qos
 from .params import declare
 
 NODE_PARAMS = {
-    "array": ("robot_8mic", "array preset name or YAML path (channels and frame_id)"),
+    "array": (DEFAULT_ARRAY, "array preset name or YAML path (channels and frame_id)"),
     "device": ("", "input device name or index ('' = system default)"),
     "channels": (0, "channels to open (0: the array's input channels)"),
     "sample_rate": (16000, "Hz"),

@@ -17,7 +17,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from ..config import load_array
+from ..config import DEFAULT_ARRAY, load_array
 from ..eval.localization import match_errors, summarize
 from . import conversions as conv
 from .perception_node import PerceptionNode
@@ -104,7 +104,7 @@ class DemoListener(Node):
                   f"{d.get('inference_ms_median')} ms, aligned {d.get('pings_aligned')}) | {score}", flush=True)
 
 
-def run_ros_demo(array: str = "robot_8mic", duration: float = 8.0, mode: str = "active") -> int:
+def run_ros_demo(array: str = DEFAULT_ARRAY, duration: float = 8.0, mode: str = "active") -> int:
     import sys
 
     args = [sys.argv[0], "--ros-args", "-p", f"array:={array}", "-p", f"mode:={mode}"]

@@ -38,7 +38,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ..config import load_array
+from ..config import DEFAULT_ARRAY, load_array
 from ..sim.room import RoomScene, RoomSimulator, SourceSpec
 from . import conversions as conv
 from . import sim_truth
@@ -48,7 +48,7 @@ from .params import declare
 NODE_PARAMS = {
     "mode": ("passive", "passive: ambient sources in a shoebox | active: a robot pinging along a loop through a "
                         "data-engine room (needs the training package)"),
-    "array": ("robot_8mic", "array preset name or YAML path"),
+    "array": (DEFAULT_ARRAY, "array preset name or YAML path"),
     "sample_rate": (16000, "Hz"),
     "chunk_samples": (1024, "samples per published message"),
     "encoding": ("S16LE", "S16LE | S32LE | F32LE"),

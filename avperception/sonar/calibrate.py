@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import DEFAULT_ARRAY
 from .emitter import PingSchedule, load_emitter_sweep
 from .onset import DirectPath, estimate_output_latency
 
@@ -73,7 +74,7 @@ class CalibrationResult:
         return 1e3 * self.latency_samples / self.fs
 
 
-def calibrate_output_latency(device=None, seconds: float = 3.0, array: str = "robot_8mic",
+def calibrate_output_latency(device=None, seconds: float = 3.0, array: str = DEFAULT_ARRAY,
                              model: str | None = "default", ping_rate_hz: float = 2.0, gain: float = 0.5,
                              blocksize: int = 1024, channels: int = 0, channels_out: int = 1,
                              sd=None) -> CalibrationResult:
@@ -138,7 +139,7 @@ def add_calibrate_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--device", default="", help="sound card with the microphones and the speaker (name or index)")
     p.add_argument("--seconds", type=float, default=3.0, help="seconds to play and record (default 3)")
-    p.add_argument("--array", default="robot_8mic", help="array preset or YAML (default robot_8mic)")
+    p.add_argument("--array", default=DEFAULT_ARRAY, help=f"array preset or YAML (default {DEFAULT_ARRAY})")
     p.add_argument("--model", default="default", help="bundle whose sweep to play ('' = the default sweep)")
     p.add_argument("--rate", type=float, default=2.0, help="pings per second (default 2)")
     p.add_argument("--gain", type=float, default=0.5, help="sweep peak at the output, linear (default 0.5)")

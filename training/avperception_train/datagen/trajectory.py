@@ -175,7 +175,7 @@ class ActiveTrajectory:
     """A robot pinging while it drives a loop through one data-engine room (see the module docstring).
 
     Args:
-        cfg: the data-engine config (default: the shipped one with ``array: robot_8mic``). Its ``active``
+        cfg: the data-engine config (default: the shipped one, whose array is robot_8mic). Its ``active``
             section is the sweep, its level and the speaker position; ``passive`` the ambient sources' kinds and
             levels; ``noise`` and ``audio.gain_db`` the ranges the sensor noise and gain are drawn from.
         room_id: which room of ``cfg`` (:func:`.scene.sample_room`, the engine's room ``room_id``).
@@ -205,7 +205,7 @@ class ActiveTrajectory:
         from .acoustics import distance_gain, sweep
         from .config import load_config
 
-        self.cfg = cfg if cfg is not None else load_config(overrides={"array": "robot_8mic"})
+        self.cfg = cfg if cfg is not None else load_config()
         if active:
             import dataclasses
 
