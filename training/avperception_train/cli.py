@@ -37,7 +37,8 @@ def _load_cfg(args: argparse.Namespace):
         over["array"] = args.array
     if getattr(args, "scenes_per_shard", None) is not None:
         over["scenes_per_shard"] = args.scenes_per_shard
-    return load_config(args.config, over)
+    dist = getattr(args, "distribution", None)  # only datagen takes one
+    return load_config(args.config, over, **({"distribution": dist} if dist else {}))
 
 
 def cmd_datagen(args: argparse.Namespace) -> int:
@@ -138,6 +139,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from avperception.config import DEFAULT_ARRAY
 
+    from .datagen.config import DISTRIBUTIONS
+
     ap = argparse.ArgumentParser(prog="avperception-train", description="avperception training tools")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -150,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "semantic panoramas, occupancy voxels, energy targets. Deterministic from the "
                                    "seed whatever the worker count; an interrupted run resumes when started again.")
     p.add_argument("--config", help="datagen YAML (default: the shipped datagen.yaml); only changed keys needed")
+    p.add_argument("--distribution", choices=list(DISTRIBUTIONS), default=DISTRIBUTIONS[0],
+                   help="the scenes' distribution: standard (the shipped datagen.yaml) or wide (datagen_wide.yaml: "
+                        "arrays 0.1-2 m high and close to walls and boxes, rooms up to 12 m and corridors, more, "
+                        "louder and nearer ambient sources); --config and --set override it")
     p.add_argument("--out", help="dataset directory (created; resumed when it holds the same dataset)")
     p.add_argument("--num-scenes", type=_positive, help="number of scenes")
     p.add_argument("--workers", type=_positive, default=None,

@@ -24,8 +24,11 @@ from avperception.config import DEFAULT_ARRAY, from_dict
 from avperception.constants import SPEED_OF_SOUND
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "datagen.yaml"
+# named distributions of scenes: standard is the shipped datagen.yaml (the dataclass defaults); any other is a
+# preset file beside it (datagen_NAME.yaml) whose keys override those defaults, under a user config and --set
+DISTRIBUTIONS = ("standard", "wide")
 
-SHAPES = ("shoebox", "l_shape", "t_shape")
+SHAPES = ("shoebox", "l_shape", "t_shape", "corridor")
 SIGNALS = ("noise", "babble", "harmonic", "chirps")
 
 
@@ -437,12 +440,23 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> DatagenConfig:
+def distribution_path(name: str) -> Path:
+    """The preset file of the named scene distribution (:data:`DISTRIBUTIONS`): ``standard`` is the shipped
+    ``datagen.yaml``, ``wide`` the ``datagen_wide.yaml`` beside it."""
+    if name not in DISTRIBUTIONS:
+        raise DatagenConfigError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {name!r}")
+    return DEFAULT_CONFIG_PATH if name == "standard" else DEFAULT_CONFIG_PATH.with_name(f"datagen_{name}.yaml")
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                distribution: str = "standard") -> DatagenConfig:
     """Load a data-engine config: the shipped default when ``path`` is None.
 
-    A user file overrides the defaults key by key; ``overrides`` (nested mapping,
-    e.g. from ``--set``) win over both.
+    ``distribution`` (:data:`DISTRIBUTIONS`) picks the scenes' distribution: ``standard`` (the defaults) or a
+    preset such as ``wide`` (:func:`distribution_path`), whose keys override the defaults. A user file
+    overrides those key by key; ``overrides`` (nested mapping, e.g. from ``--set``) win over all.
     """
+    preset = distribution_path(distribution)
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -457,6 +471,8 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         data = dict(loaded or {})
     else:
         data = dict(yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()) or {})
+    if preset != DEFAULT_CONFIG_PATH:
+        data = _deep_merge(dict(yaml.safe_load(preset.read_text()) or {}), data if path is not None else {})
     if overrides:
         data = _deep_merge(data, overrides)
     try:

@@ -256,9 +256,16 @@ def surface_triangles(surfaces: list[Surface]) -> tuple[np.ndarray, np.ndarray, 
 
 
 def sample_floor_plan(shape: str, rng: np.random.Generator, size: tuple[float, float], min_width: float) -> np.ndarray:
-    """A counter-clockwise floor polygon of the given shape inside ``[0, W] x [0, L]``."""
+    """A counter-clockwise floor polygon of the given shape inside ``[0, W] x [0, L]``.
+
+    ``corridor``: a rectangle ``min_width`` to twice that wide and as long as the upper half of ``size``.
+    """
     w, l = rng.uniform(*size, size=2)
     if shape == "shoebox":
+        return np.array([[0, 0], [w, 0], [w, l], [0, l]], dtype=np.float64)
+    if shape == "corridor":
+        w = rng.uniform(min_width, 2 * min_width)
+        l = max(rng.uniform((size[0] + size[1]) / 2, size[1]), 2 * w)
         return np.array([[0, 0], [w, 0], [w, l], [0, l]], dtype=np.float64)
     w = max(w, 2 * min_width + 0.2)
     l = max(l, 2 * min_width + 0.2)

@@ -57,7 +57,7 @@ SCHEMA: dict[str, tuple[str, str, str]] = OrderedDict([
     ("source_positions", ("(S, K, 3)", "float32", "world positions; NaN padding")),
     ("source_level_db", ("(S, K)", "float32", "RMS dBFS at 1 m from the source; NaN padding")),
     ("source_kind", ("(S, K)", "int8", "0 noise, 1 babble, 2 harmonic, 3 chirps; -1 padding")),
-    ("room_shape", ("(S,)", "int8", "0 shoebox, 1 l_shape, 2 t_shape; -1 unknown")),
+    ("room_shape", ("(S,)", "int8", "0 shoebox, 1 l_shape, 2 t_shape, 3 corridor; -1 unknown")),
     ("room_height", ("(S,)", "float32", "metres; NaN unknown")),
     ("num_floor_vertices", ("(S,)", "int64", "corners of the floor polygon (<= P)")),
     ("floor_polygon", ("(S, P, 2)", "float32", "counter-clockwise world floor plan; NaN padding")),
