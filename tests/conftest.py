@@ -20,8 +20,8 @@ def uncertainty_bundle(tmp_path_factory):
     import torch
 
     from avperception.inference import load_bundle
-    from avperception.models.export import write_bundle
     from avperception.models.student import StudentConfig, AudioStudent
+    from avperception_train.learn.bundle_writer import write_bundle
 
     ref = load_bundle("default")
     cfg = StudentConfig(num_mics=ref.num_mics, dim=32, depth=1, heads=4, sam_k=4, decoder_width=16,

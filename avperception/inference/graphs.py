@@ -155,7 +155,7 @@ def validate_graph(graph, input_shape: tuple[int, ...] | None = None, min_opset:
 
 def expand_half(model):
     """``model`` with every float16 initializer that a ``Cast`` turns into float32 (bundles store weights saved in
-    half precision so, :func:`avperception.models.export.store_exact_half`) stored as float32 instead: the same
+    half precision so, ``avperception_train.learn.bundle_writer.store_exact_half``) stored as float32 instead: the same
     values, and a plain float32 graph for the converters."""
     import onnx
     from onnx import numpy_helper

@@ -236,7 +236,8 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
     config ``datagen_config``; refuses (BundleMismatch / ValueError) when the model was made for another array,
     rate, speed of sound or sweep."""
     from avperception.inference.bundle import BundleMismatch, fits
-    from avperception.models.export import student_contract, write_bundle
+
+    from .bundle_writer import student_contract, write_bundle
 
     weights_from = None
     if source == "default":
