@@ -193,6 +193,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         from .bench.sonar_quality import run_cli
     elif a.bench == "soak":
         from .bench.soak import run_cli
+    elif a.bench == "replay":
+        from .bench.replay import run_cli
     else:
         from .bench.features import run_cli
     return run_cli(a)
@@ -239,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: beamforming speed, DOA accuracy, feature and student timing")
     bsub = p.add_subparsers(dest="bench", required=True)
-    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, sonar as bench_sonar, \
-        soak as bench_soak, sonar_quality as bench_sonar_quality, student as bench_student
+    from .bench import beamforming as bench_bf, doa as bench_doa, features as bench_feat, replay as bench_replay, \
+        sonar as bench_sonar, soak as bench_soak, sonar_quality as bench_sonar_quality, student as bench_student
 
     for name, mod, hlp in (("beamforming", bench_bf, "map speed vs pyroomacoustics and acoular"),
                            ("doa", bench_doa, "DOA accuracy over simulated rooms vs pyroomacoustics"),
@@ -250,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                            ("sonar-quality", bench_sonar_quality,
                             "learned outputs of a robot pinging through simulated rooms, scored per ping"),
                            ("soak", bench_soak, "perception_node fed for minutes, at real time or faster: memory, "
-                                                "latency and drops over time")):
+                                                "latency and drops over time"),
+                           ("replay", bench_replay, "replay-eval speed on a bag per setting, CPU seconds per stage")):
         bp = bsub.add_parser(name, help=hlp, description=(mod.__doc__ or "").split("\n\n")[0])
         mod.add_arguments(bp)
     p.set_defaults(func=cmd_bench)

@@ -108,11 +108,16 @@ def pick_peaks_batch(power: np.ndarray, grid: DirectionGrid, num: int = 3, min_s
                      min_relative_power: float = 0.5, mask: np.ndarray | None = None) -> np.ndarray:
     """:func:`~avperception.dsp.peaks.pick_peaks` of every row of ``power (N, G)`` -> ``(N, num)`` grid indices,
     strongest first, ``-1`` past the last peak of a row."""
+    power = np.asarray(power)
     p = np.array(power, dtype=np.float64)
     n = p.shape[0]
     nb = grid.neighbors()
-    if nb.shape[1]:
-        p[~(p >= p[:, nb].max(axis=2))] = -np.inf
+    if nb.shape[1]:  # grid.local_maxima of every row: the neighbours' maximum, one neighbour column at a time
+        pt = np.ascontiguousarray(power.T)  # (G, N)
+        top = pt[nb[:, 0]]
+        for j in range(1, nb.shape[1]):
+            np.maximum(top, pt[nb[:, j]], out=top)
+        p[~(pt >= top).T] = -np.inf
     if mask is not None:
         p[:, ~mask] = -np.inf
     cos_sep = np.cos(np.radians(min_separation_deg))

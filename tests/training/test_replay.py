@@ -249,3 +249,14 @@ def test_replay_fast_path_equals_node_order(sim, report):
             np.testing.assert_allclose(d["errors"], e["errors"], atol=1e-5)
     cpu = fast["speed"]["cpu_s"]
     assert cpu["network"] > 0 and cpu["beamformer"] > 0 and cpu["total"] >= cpu["network"]
+
+
+def test_replay_bench_reports_speed_and_cpu_per_stage(sim):
+    from avperception.bench.replay import run
+
+    res = run(sim[0], ["node", "batched"], repeats=1)
+    assert [r["setting"] for r in res["rows"]] == ["node", "batched"]
+    for r in res["rows"]:
+        assert r["x_real_time"] > 0 and r["audio_s"] == pytest.approx(PINGS * 0.25, rel=0.05)
+        assert r["cpu_s"]["network"] > 0 and r["cpu_s"]["beamformer"] > 0 and len(r["load"]) == 1
+    assert res["rows"][0]["workers"] == 0 and res["rows"][0]["beam_batch"] == 1
