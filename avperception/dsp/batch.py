@@ -137,12 +137,9 @@ def pick_peaks_batch(power: np.ndarray, grid: DirectionGrid, num: int = 3, min_s
         if not alive.any():
             break
         out[alive, j] = i[alive]
-        live = rows[alive]
-        near = (grid.vectors @ grid.vectors[i[live]].T).T >= cos_sep  # (live, G)
-        sub = p[live]
-        sub[near] = -np.inf
-        sub[np.arange(len(live)), i[live]] = -np.inf
-        p[live] = sub
+        if j + 1 < num:  # rows already done are left as they are: they stay done
+            p[(grid.vectors @ grid.vectors[i].T).T >= cos_sep] = -np.inf  # (N, G): too close to this peak
+            p[rows, i] = -np.inf
     return out
 
 
