@@ -124,6 +124,19 @@ def test_perception_yaml_check_finds_a_changed_value_a_missing_key_and_a_wrong_t
         assert len(wrong) == 1 and found in wrong[0], (old, wrong)
 
 
+# system (non-ROS-package) rosdep keys, each looked up in ros/rosdistro's rosdep/base.yaml or python.yaml: a key
+# missing there stops `rosdep install` for the whole workspace (python3-sounddevice is not one: the -pip key is)
+ROSDEP_SYSTEM_KEYS = {"python3-numpy", "python3-scipy", "python3-yaml", "python3-matplotlib", "python3-pytest",
+                      "python3-sounddevice-pip"}
+
+
+def test_package_xml_system_dependencies_are_rosdep_keys():
+    xml = (ROOT / "package.xml").read_text()
+    keys = set(re.findall(r"<(?:exec_|test_|build_)?depend>([^<]+)</", xml))
+    system = {k for k in keys if k.startswith(("python3-", "lib"))}
+    assert system <= ROSDEP_SYSTEM_KEYS, f"check {system - ROSDEP_SYSTEM_KEYS} in rosdistro's rosdep yaml first"
+
+
 def test_package_xml_declares_message_dependencies():
     xml = (ROOT / "package.xml").read_text()
     for dep in ("rclpy", "sensor_msgs", "geometry_msgs", "visualization_msgs", "diagnostic_msgs", "nav_msgs",
