@@ -201,6 +201,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import DEFAULT_ARRAY
+
     ap = argparse.ArgumentParser(prog="avperception", description="Microphone-array perception: localisation, maps, demos.")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -226,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulated room through the pipeline: pictures and an error summary")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--array", default="robot_8mic", help="array preset (default robot_8mic)")
+    p.add_argument("--array", default=DEFAULT_ARRAY, help=f"array preset (default {DEFAULT_ARRAY})")
     p.add_argument("--seconds", type=float, default=6.0, help="seconds of audio to simulate (offline demo)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ros", action="store_true", help="run the sim and perception nodes over real DDS instead")

@@ -388,10 +388,10 @@ _PAPER_ONLY = {"epochs": 30, "batch_size": 32, "variant": "small", "skip_manifol
 
 def cmd_recipe(a: argparse.Namespace) -> int:
     """``recipe``: :func:`.recipe.run_recipe` (a bundle for an array), or with ``--paper`` :func:`cmd_paper_recipe`."""
-    from avperception.config import ConfigError
+    from avperception.config import DEFAULT_ARRAY, ConfigError
 
     if a.paper:
-        a.array = a.array or "robot_8mic"
+        a.array = a.array or DEFAULT_ARRAY
         a.device = a.device or "auto"
         a.scenes = a.scenes if a.scenes is not None else 2000
         a.workers = a.workers if a.workers is not None else 2
