@@ -489,7 +489,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             if due:
                 best = min(best, val)
             save_checkpoint(last, model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best}, align)
-            if due and val <= best:
+            # without a validation split (one imported recording) the last validated epoch is the best there is
+            if due and (val <= best or math.isnan(val)):
                 save_checkpoint(out / "best.pt", model, opt, epoch, step, cfg, sc, {"val_loss": val, "best_val": best},
                                 align)
         if distributed:

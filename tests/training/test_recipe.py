@@ -1,0 +1,95 @@
+"""The recipe's pieces: moving the shipped student to another array, and the command's refusals.
+(The whole recipe runs, end to end and resumed, in tests/docs/test_your_robot.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from avperception.config import ConfigError, load_array
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from avperception.models import default_model
+    from avperception.models.student import AudioStudent
+
+    return AudioStudent.load(default_model())
+
+
+def four_mic_config(shipped):
+    """The shipped model's config with the ReSpeaker 4-mic array's microphones: what a 4-mic dataset asks for."""
+    g = load_array("respeaker_4mic")
+    return replace(shipped.cfg, num_mics=4, array="respeaker_4mic", array_positions=g.positions.tolist())
+
+
+def test_transfer_loads_every_tensor_that_fits_and_names_the_rest(shipped):
+    from avperception_train.learn.train import initial_student, transfer_student
+
+    sc = four_mic_config(shipped)
+    from avperception.models import default_model
+
+    with pytest.raises(ValueError, match="num_mics: model 8 vs data 4"):  # the exact fine-tune refuses
+        initial_student(str(default_model()) + ".safetensors", sc, np.asarray(shipped.cfg.emitted))
+    lines = []
+    model, cfg, fresh = transfer_student("default", sc, np.asarray(shipped.cfg.emitted), log=lines.append)
+    # only the microphone-count-dependent inputs start fresh: both token streams' projections and normalisations
+    assert set(fresh) == {f"{s}.{t}" for s in ("embed", "echo") for t in
+                          ("proj.weight", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var")}
+    assert "re-initialised 10" in lines[0] and "echo.proj.weight" in lines[0]
+    old = shipped.state_dict()
+    for k, v in model.state_dict().items():
+        if k not in fresh:
+            assert torch.equal(v, old[k].float()), k
+    assert cfg.num_mics == 4 and cfg.layout_beams == shipped.cfg.layout_beams
+    assert cfg.voxel_decoder == shipped.cfg.voxel_decoder  # the architecture is the shipped one
+    # it runs on 4-mic audio, and what it learnt (the layout head, the decoders) still shapes its output:
+    # the same audio through the fresh-initialised network gives another depth
+    audio = torch.randn(1, 4, cfg.num_samples) * 0.01
+    with torch.no_grad():
+        depth = model.eval()(audio)["depth"]
+        torch.manual_seed(0)
+        scratch = type(model)(cfg).eval()(audio)["depth"]
+    assert depth.shape == (1, cfg.pano_h, cfg.pano_w) and torch.isfinite(depth).all()
+    assert not torch.allclose(depth, scratch)
+
+
+def test_transfer_needs_a_sweep_for_the_echogram(shipped):
+    from avperception_train.learn.train import transfer_student
+
+    with pytest.raises(ValueError, match="active.probability"):
+        transfer_student("default", four_mic_config(shipped), np.zeros(8), log=None)
+
+
+def test_recipe_refusals_say_what_to_do(tmp_path):
+    from avperception_train.learn.recipe import parse_speaker, run_recipe
+
+    assert parse_speaker("0.1,-0.02,-0.05") == [0.1, -0.02, -0.05]
+    with pytest.raises(ValueError, match="X,Y,Z in metres"):
+        parse_speaker("0,0")
+    with pytest.raises(ConfigError, match="--budget must be one of quick, cpu, gpu"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="huge")
+    with pytest.raises(ConfigError, match="--stage-epochs"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", stage_epochs=(0, 0, 0))
+    with pytest.raises(ConfigError):  # an unknown array fails before anything runs
+        run_recipe("no_such_array", [0, 0, -0.05], tmp_path / "w", budget="quick")
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty: add --resume"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick")
+
+
+def test_recipe_command_line_keeps_the_papers_flags_apart(tmp_path, capsys):
+    from avperception_train.cli import main
+
+    assert main(["recipe", "--array", "respeaker_4mic", "--speaker", "0,0,-0.05", "--out", str(tmp_path / "w"),
+                 "--epochs", "3"]) == 2
+    assert "add --paper" in capsys.readouterr().err
+    assert main(["recipe", "--array", "respeaker_4mic", "--out", str(tmp_path / "w")]) == 2
+    assert "--speaker X,Y,Z" in capsys.readouterr().err
+    assert main(["recipe", "--array", "respeaker_4mic", "--speaker", "0,0", "--out", str(tmp_path / "w")]) == 2
+    assert "X,Y,Z in metres" in capsys.readouterr().err
