@@ -88,8 +88,11 @@ def evaluate_batch(beamformer, cc: np.ndarray, diag: np.ndarray, frame: np.ndarr
     flat = np.ascontiguousarray(cc.transpose(0, 2, 1)).ravel()  # (N * P * width): frame, pair, lag
     at = idx + (np.asarray(frame, dtype=np.intp) * (cc.shape[1] * cc.shape[2]))[:, None, None]
     lo = flat[at]
-    hi = flat[at + 1]
-    v = ((lo + w * (hi - lo)).sum(axis=2) * np.float32(bf._pair_scale())).astype(np.float32)
+    d = flat[1:][at]  # the next lag's value, then lo + w (hi - lo) in place
+    d -= lo
+    d *= w
+    d += lo
+    v = (d.sum(axis=2) * np.float32(bf._pair_scale())).astype(np.float32)
     return _finish(bf, v, diag[np.asarray(frame)])
 
 

@@ -90,7 +90,7 @@ class ReplaySettings:
     sample_pings: int = 4
     detect: bool = True
     workers: int = 2
-    beam_batch: int = 32
+    beam_batch: int = 16
 
 
 @dataclass
