@@ -18,8 +18,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
                             batch_size=a.batch_size, device=a.device, max_train_samples=a.max_train_samples, lr=a.lr,
-                            init=a.init, train_only=tuple(a.train_only) if a.train_only else None, seed=a.seed)
-    if cfg.init == "default" and cfg.data:
+                            init=a.init, train_only=tuple(a.train_only) if a.train_only else None, seed=a.seed,
+                            transfer=a.transfer or None)
+    if cfg.init == "default" and cfg.data and not cfg.transfer:
         check_default_fits(cfg.data)
     best = train(cfg, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -293,6 +294,9 @@ def add_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--init", help="fine-tune: start the distill/e2e student from a checkpoint (.pt), an exported "
                                   "model (.safetensors) or `default` (the shipped model); shapes must match the data")
+    p.add_argument("--transfer", action="store_true",
+                   help="with --init: load only the tensors whose shapes fit this data's model (e.g. the shipped "
+                        "student for another array) and re-initialise the rest, naming them")
     p.add_argument("--train-only", dest="train_only", nargs="+", metavar="PART",
                    help="train only these parts of the student (e.g. layout; see AudioStudent), the rest frozen")
     p.set_defaults(func=cmd_train)

@@ -31,8 +31,8 @@ BASELINES = {"mean layout of the training rooms": "mean-layout", "echo time of f
 
 @dataclass(frozen=True)
 class Budget:
-    """How much a recipe run does: scenes generated, epochs per stage (:data:`STAGES`), batch size, loader
-    workers; ``hours`` is the measured or estimated wall time it was sized for (documented in docs/training.md)."""
+    """How much a recipe run does: scenes generated, epochs per stage (:data:`STAGES`), batch size, data loader
+    workers, the device it is meant for, and what it is for (its measured times: docs/training.md, "The recipe")."""
 
     scenes: int
     epochs: tuple[int, int, int]
@@ -45,7 +45,7 @@ class Budget:
 BUDGETS = {
     "quick": Budget(160, (1, 1, 1), 16, 0, "cpu", "checks the pipeline end to end in minutes; not a usable model"),
     "cpu": Budget(12000, (1, 8, 3), 32, 1, "cpu", "a usable model on 2 CPU cores in an afternoon"),
-    "gpu": Budget(24000, (2, 24, 6), 64, 4, "cuda", "a usable model on one GPU within an hour"),
+    "gpu": Budget(40000, (2, 30, 8), 64, 4, "cuda", "a usable model on one GPU within an hour"),
 }
 
 
@@ -163,9 +163,10 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
     for i, name in enumerate(STAGES):
         run = work / name
         mark = run / "done.json"
-        if _done(mark):
-            log(f"[{i + 2}/6] {name}: done ({run / 'best.pt'})")
-            previous = str(run / "best.pt")
+        finished = _done(mark)
+        if finished:
+            previous = finished["best"] or previous  # None: a stage with nothing to do
+            log(f"[{i + 2}/6] {name}: done ({previous})")
             continue
         epochs = b.epochs[i]
         if epochs == 0:
