@@ -26,7 +26,8 @@ def uncertainty_bundle(tmp_path_factory):
     ref = load_bundle("default")
     cfg = StudentConfig(num_mics=ref.num_mics, dim=32, depth=1, heads=4, sam_k=4, decoder_width=16,
                         voxel_decoder="plan", echo_hop=4, layout_beams=60, layout_planes=True, uncertainty=True,
-                        emitted=ref.emitted.tolist(), array=ref.array.name, array_positions=ref.array.positions.tolist())
+                        emitted=ref.emitted.tolist(), array=ref.array.name,
+                        array_positions=ref.array.positions.tolist())
     torch.manual_seed(0)
     model = AudioStudent(cfg).eval()
     out = tmp_path_factory.mktemp("uncertainty") / "bundle"

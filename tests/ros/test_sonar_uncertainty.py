@@ -1,6 +1,8 @@
 """perception_node publishes sonar/depth_uncertainty (32FC1, metres) beside sonar/depth when its bundle's model has
 an uncertainty head, and no such topic when it has none."""
 
+import json
+
 import numpy as np
 import rclpy  # noqa: F401
 from rclpy.node import Node
@@ -42,8 +44,15 @@ def test_depth_uncertainty_is_published_beside_the_depth(ctx, uncertainty_bundle
         node.destroy_node()
 
 
-def test_no_uncertainty_topic_for_a_bundle_without_one(ctx):
-    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic")])
+def test_no_uncertainty_topic_for_a_bundle_without_one(ctx, tmp_path):
+    src = load_bundle("default").path  # the same bundle without the output
+    for name in ("model.onnx", "model.safetensors", "model.json"):
+        (tmp_path / name).symlink_to(src / name)
+    meta = json.loads((src / "bundle.json").read_text())
+    del meta["outputs"]["depth_uncertainty"]
+    (tmp_path / "bundle.json").write_text(json.dumps(meta))
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
+                                                            Parameter("sonar.model", value=str(tmp_path))])
     try:
         assert not node.sonar.bundle.has_depth_uncertainty and node.sonar_pub.depth_uncertainty is None
         topics = {name for name, _ in node.get_topic_names_and_types()}

@@ -17,11 +17,18 @@ from avperception.models.student import AudioStudent, depth_std, laplace_nll
 
 @pytest.fixture(scope="module")
 def shipped():
-    return AudioStudent.load(default_model("robot_8mic")).float().eval()
+    """The shipped student without its uncertainty head (the network the head was trained on)."""
+    model = AudioStudent.load(default_model("robot_8mic")).float()
+    assert model.cfg.uncertainty  # the shipped bundle has one
+    bare = AudioStudent(replace(model.cfg, uncertainty=False))
+    bare.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("uncertainty.")})
+    return bare.eval()
 
 
 def test_off_by_default_and_a_head_leaves_every_other_output_bit_for_bit(shipped):
-    assert shipped.cfg.uncertainty is False and shipped.uncertainty is None
+    from avperception.models.student import StudentConfig
+
+    assert StudentConfig().uncertainty is False and shipped.uncertainty is None
     with_head = AudioStudent(replace(shipped.cfg, uncertainty=True)).eval()
     missing, unexpected = with_head.load_state_dict(shipped.state_dict(), strict=False)
     assert not unexpected and missing and all(k.startswith("uncertainty.") for k in missing)
@@ -63,8 +70,9 @@ def test_laplace_nll_is_least_at_the_mean_absolute_log_error():
 
 def test_bundle_exports_the_uncertainty_and_decode_gives_it_in_metres(uncertainty_bundle):
     b = load_bundle(uncertainty_bundle)
-    assert b.has_depth_uncertainty and not load_bundle("default").has_depth_uncertainty
-    assert b.outputs["depth_uncertainty"]["shape"] == [1, *b.pano_shape] and b.outputs["depth_uncertainty"]["units"] == "m"
+    assert b.has_depth_uncertainty and load_bundle("default").has_depth_uncertainty
+    spec = b.outputs["depth_uncertainty"]
+    assert spec["shape"] == [1, *b.pano_shape] and spec["units"] == "m"
     window = bundle_echo_window(b, wall_distance_m=2.0, seed=3)
     raw = OnnxRuntimeBackend(b).run(window)
     model = AudioStudent.load(b.safetensors_path).float().eval()
@@ -76,8 +84,9 @@ def test_bundle_exports_the_uncertainty_and_decode_gives_it_in_metres(uncertaint
     raw["depth"].reshape(-1)[:5] = np.nan  # unknown depth: unknown uncertainty
     out = decode(b, raw)
     assert out.depth_uncertainty.shape == b.pano_shape and out.depth_uncertainty.dtype == np.float32
-    assert np.isnan(out.depth_uncertainty.reshape(-1)[:5]).all() and np.isfinite(out.depth_uncertainty.reshape(-1)[5:]).all()
+    flat = out.depth_uncertainty.reshape(-1)
+    assert np.isnan(flat[:5]).all() and np.isfinite(flat[5:]).all()
     with pytest.raises(ValueError, match="depth_uncertainty"):
         decode(b, {**raw, "depth_uncertainty": np.zeros((3, 4), np.float32)})
-    assert decode(load_bundle("default"), {k: v for k, v in raw.items() if k != "depth_uncertainty"}
-                  ).depth_uncertainty is None
+    assert decode(b, {k: v for k, v in raw.items() if k != "depth_uncertainty"}).depth_uncertainty is None
+
