@@ -13,7 +13,9 @@ Read top to bottom:
    tokens of the matched-filter envelopes (the echoes' delays at a few samples'
    resolution) and, with ``echo_beams``, the same echoes beamformed towards
    azimuths in the array's plane (which direction each echo comes from). A
-   small transformer encodes all tokens.
+   small transformer encodes all tokens. These token streams and the transformer
+   are ``AudioEncoder`` (``tokens``): the student is one with heads on top, and so
+   is the manifold's AT-net in the training package.
    With ``layout_beams``, ``LayoutHead`` reads the room's layout straight from the
    echoes: the matched filters beamformed towards that many azimuths form a
    (azimuth, range) image; convolutions over it and attention across azimuths
@@ -28,6 +30,8 @@ Read top to bottom:
    a 2-D decoder over the floor plan with the heights as channels). With a layout head, the
    depth is the rendered layout except where the semantic head hears an
    obstacle, where the decoder's own depth takes over (never beyond the layout).
+   :func:`decode_latent` is the latent-to-panorama part, shared with the visual
+   teacher of the training package.
 
 Fixed input shape, no Python control flow depending on data in ``forward``.
 The config is saved with the weights (``save`` / ``load``).
@@ -691,26 +695,76 @@ def sweep_kernels(cfg: StudentConfig) -> torch.Tensor | None:
     return torch.from_numpy(quadrature_kernels(np.asarray(cfg.emitted))) if cfg.echo_hop else None
 
 
-class AudioStudent(nn.Module):
-    """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
-    ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
-    with a layout head, ``layout (B, H, W)``: the room's depth without obstacles, rendered from
-    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling); with
-    ``cfg.uncertainty``, ``depth_log_scale (B, H, W)`` (:class:`UncertaintyHead`) and ``depth_uncertainty (B, H, W)``
-    (the depth's standard deviation, m, :func:`depth_std`)."""
+class AudioEncoder(nn.Module):
+    """``audio (B, M, N)`` -> encoded tokens ``(B, T, D)``, the audio half every audio network here shares: the
+    spectrogram tokens (``frontend``, ``embed``), the echogram tokens (``echo``, with ``cfg.echo_hop``), then the
+    transformer (``encoder``). :class:`AudioStudent` and the manifold's AT-net
+    (``avperception_train.learn.teachers.ATNet``) are subclasses that add their own heads; the shared parts keep
+    these names at the top of their state dicts (``frontend.*``, ``embed.*``, ``echo.*``, ``encoder.*``)."""
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.frontend = EchoFrontend(cfg)
         self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
-        self.register_buffer("sweep", sweep_kernels(cfg), persistent=False)
+        self.register_buffer("sweep", sweep_kernels(cfg), persistent=False)  # (2, 1, L) or None
         self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
-        self.layout = LayoutHead(cfg) if cfg.layout_beams else None
-        el = panorama_elevations(cfg.pano_h, cfg.el_min_deg, cfg.el_max_deg)
-        self.register_buffer("sin_el", torch.from_numpy(np.sin(el).astype(np.float32)), persistent=False)
-        self.register_buffer("cos_el", torch.from_numpy(np.cos(el).astype(np.float32)), persistent=False)
+        self.build_iq_heads(cfg)
         self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
+
+    def build_iq_heads(self, cfg: StudentConfig) -> None:
+        """Where a subclass builds its heads that read the matched filters beside the tokens (the student's layout
+        head); none here. They are built after the token streams and before the transformer: the order of
+        construction fixes which random numbers each weight draws from a seed, and the state dict's order."""
+
+    def matched_filters(self, audio: torch.Tensor) -> torch.Tensor | None:
+        """``audio (B, M, N)`` -> the matched filters ``(B, M, 2, N)`` with the emitted sweep, or None without
+        echogram tokens (fixed by the config, not by the data: one graph either way)."""
+        return matched_iq(audio, self.sweep) if self.cfg.echo_hop else None
+
+    def tokens(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
+        """``audio (B, M, N)`` -> encoded tokens ``(B, T, D)``, ``T = cfg.num_tokens + cfg.num_echo_tokens``: the
+        spectrogram tokens, then the echogram tokens when the config has them, through the transformer;
+        ``iq``: the matched filters ``(B, M, 2, N)``, when already computed."""
+        x = self.embed(self.frontend(audio))  # (B, T', D)
+        if self.echo is not None:
+            x = torch.cat([x, self.echo(self.matched_filters(audio) if iq is None else iq)], dim=1)
+        for blk in self.encoder:
+            x = blk(x)
+        return x
+
+
+def decode_latent(latent: torch.Tensor, cfg: StudentConfig, pano: PanoramaDecoder, voxels: nn.Module
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Latent ``(B, V, D)``, ``V = latent_h * latent_w``, through a panorama decoder (``1 + C + 1`` channels) and a
+    voxel decoder -> (``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits, ``energy (B, H, W)``,
+    ``voxels (B, S, S, S)`` logits; the panorama decoder's last features ``(B, F, H, W)``). The student and the
+    visual teacher decode with this: the same heads give the same output conventions."""
+    b = latent.shape[0]
+    grid = latent.transpose(1, 2).reshape(b, cfg.dim, cfg.latent_h, cfg.latent_w)
+    features = pano.body(grid)
+    p = pano.head(features)
+    out = {
+        "depth": torch.sigmoid(p[:, 0]) * cfg.max_depth,
+        "semantic": p[:, 1: 1 + cfg.num_classes],
+        "energy": F.softplus(p[:, 1 + cfg.num_classes]),
+        "voxels": voxels(latent),
+    }
+    return out, features
+
+
+class AudioStudent(AudioEncoder):
+    """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
+    ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
+    with a layout head, ``layout (B, H, W)``: the room's depth without obstacles, rendered from
+    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling); with
+    ``cfg.uncertainty``, ``depth_log_scale (B, H, W)`` (:class:`UncertaintyHead`) and ``depth_uncertainty (B, H, W)``
+    (the depth's standard deviation, m, :func:`depth_std`).
+
+    Its audio half (token streams and transformer, :meth:`tokens`) is :class:`AudioEncoder`'s."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__(cfg)  # frontend, embed, echo, then build_iq_heads (the layout head), then encoder
         positions = cfg.latent_h * cfg.latent_w
         self.sam = SAMBlock(cfg.dim, positions, cfg.sam_k, cfg.heads, cfg.dropout)
         scale = cfg.pano_h // cfg.latent_h
@@ -718,41 +772,28 @@ class AudioStudent(nn.Module):
         self.voxels = VOXEL_DECODERS[cfg.voxel_decoder](cfg.dim, positions, cfg.voxel_size)
         self.uncertainty = UncertaintyHead(cfg, self.pano.head.in_channels) if cfg.uncertainty else None
 
-    def tokens(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
-        """Audio -> encoded tokens ``(B, T, D)``: the spectrogram tokens, then the echogram tokens when the config
-        has them, through the transformer; ``iq``: the matched filters, when already computed. The AT-net
-        (``avperception_train.learn.teachers.ATNet``) encodes its audio with this too."""
-        x = self.embed(self.frontend(audio))
-        if self.echo is not None:  # fixed by the config, not by the data: one graph either way
-            x = torch.cat([x, self.echo(matched_iq(audio, self.sweep) if iq is None else iq)], dim=1)
-        for blk in self.encoder:
-            x = blk(x)
-        return x
+    def build_iq_heads(self, cfg: StudentConfig) -> None:
+        """The layout head, which reads the matched filters, and the panorama rows' elevations it renders with."""
+        self.layout = LayoutHead(cfg) if cfg.layout_beams else None
+        el = panorama_elevations(cfg.pano_h, cfg.el_min_deg, cfg.el_max_deg)
+        self.register_buffer("sin_el", torch.from_numpy(np.sin(el).astype(np.float32)), persistent=False)
+        self.register_buffer("cos_el", torch.from_numpy(np.cos(el).astype(np.float32)), persistent=False)
 
     def encode(self, audio: torch.Tensor, iq: torch.Tensor | None = None) -> torch.Tensor:
         """Audio -> spatially aligned latent ``(B, V, D)``; ``iq``: its matched filters, when already computed."""
         return self.sam(self.tokens(audio, iq))
 
     def decode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        b = latent.shape[0]
-        grid = latent.transpose(1, 2).reshape(b, cfg.dim, cfg.latent_h, cfg.latent_w)
-        features = self.pano.body(grid)  # the decoder's last features: the uncertainty head reads them too
-        p = self.pano.head(features)
-        depth = torch.sigmoid(p[:, 0]) * cfg.max_depth
-        out = {
-            "depth": depth,
-            "semantic": p[:, 1: 1 + cfg.num_classes],
-            "energy": F.softplus(p[:, 1 + cfg.num_classes]),
-            "voxels": self.voxels(latent),
-        }
-        if getattr(self, "uncertainty", None) is not None:  # the visual teacher decodes with this too, without one
+        """Latent ``(B, V, D)`` -> ``depth``, ``semantic``, ``energy``, ``voxels`` (:func:`decode_latent`) and,
+        with an uncertainty head, ``pano_features (B, F, H, W)`` for it to read."""
+        out, features = decode_latent(latent, self.cfg, self.pano, self.voxels)
+        if self.uncertainty is not None:
             out["pano_features"] = features
         return out
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        iq = matched_iq(audio, self.sweep) if cfg.echo_hop else None  # (B, M, 2, N)
+        iq = self.matched_filters(audio)  # (B, M, 2, N) or None
         latent = self.encode(audio, iq)
         out = self.decode(latent)
         out["latent"] = latent

@@ -352,6 +352,34 @@ def test_manifold_student_hears_the_echogram_and_learns_the_latent(tiny_ds, tmp_
     assert depth.shape == (2, sc.pano_h, sc.pano_w) and bool((depth > 0).all())
 
 
+def test_the_atnet_hears_with_the_students_audio_encoder():
+    """The AT-net is the student's ``AudioEncoder`` (front end, echogram tokens, transformer) with its own MLP and
+    up-convolutions, under the same parameter names: a student's audio half loads into it as it is (AT-net
+    checkpoints keep these keys) and then encodes audio exactly as the student does."""
+    from avperception.dsp.echo import sweep
+    from avperception.models.student import AudioStudent, StudentConfig
+    from avperception_train.learn.teachers import ATNet
+
+    cfg = StudentConfig(num_mics=4, num_samples=1024, dim=32, depth=2, heads=2, latent_h=4, latent_w=8, sam_k=4,
+                        pano_h=16, pano_w=32, voxel_size=16, decoder_width=16, echo_hop=4, echo_patch=64,
+                        emitted=sweep(16000, 1000, 7000, 0.008).tolist())
+    torch.manual_seed(0)
+    student, atnet = AudioStudent(cfg).eval(), ATNet(cfg, 32).eval()
+    audio = torch.randn(2, 4, 1024)
+    shared = {k: v for k, v in student.state_dict().items()
+              if k.split(".")[0] in ("frontend", "embed", "echo", "encoder")}
+    assert any(k.startswith("echo.") for k in shared) and any(k.startswith("encoder.1.") for k in shared)
+    with torch.no_grad():
+        assert not torch.allclose(atnet.tokens(audio), student.tokens(audio))  # two random inits
+        missing, unexpected = atnet.load_state_dict(shared, strict=False)
+        assert not unexpected and {k.split(".")[0] for k in missing} == {"mlp", "up"}
+        tokens = atnet.tokens(audio)
+        assert torch.equal(tokens, student.tokens(audio))
+        assert tokens.shape == (2, cfg.num_tokens + cfg.num_echo_tokens, 32)
+        z = atnet(audio)
+    assert z.shape == (2, 32, 4, 8) and torch.allclose(z.norm(dim=1), torch.ones(2, 4, 8), atol=1e-5)
+
+
 def test_manifold_control_learns_depth_from_the_labels_and_is_scored(tiny_ds, tmp_path):
     from avperception_train.learn.commands import load_predictor
     from avperception_train.learn.train import train

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from avperception.dsp.echo import beam_envelope, log_envelope, matched_iq, sweep
-from avperception.models.student import AudioStudent, EchoFrontend, SAMBlock, StudentConfig
+from avperception.models.student import AudioEncoder, AudioStudent, EchoFrontend, SAMBlock, StudentConfig
 
 
 def tiny(**kw) -> StudentConfig:
@@ -139,6 +139,20 @@ def test_plan_voxel_decoder_gives_heights_as_the_first_axis_and_fits_rooms():
 
 def echo_cfg(**kw) -> StudentConfig:
     return tiny(**{"echo_hop": 4, "echo_patch": 64, "emitted": sweep(16000, 1000, 7000, 0.008).tolist(), **kw})
+
+
+def test_the_students_audio_half_is_an_audio_encoder():
+    """``AudioEncoder`` holds the token streams and the transformer, nothing else; the student's weights of those
+    parts load into one as they are, and it then gives the student's tokens (and, through the SAM block, latent)."""
+    m = AudioStudent(echo_cfg(echo_beams=8, array_positions=RING4, layout_beams=8, pano_w=32)).eval()
+    enc = AudioEncoder(m.cfg).eval()
+    assert {k.split(".")[0] for k in enc.state_dict()} <= {"frontend", "embed", "echo", "encoder"}
+    enc.load_state_dict({k: v for k, v in m.state_dict().items() if k in enc.state_dict()})
+    x = torch.randn(2, 4, 1024)
+    with torch.no_grad():
+        tokens = enc.tokens(x)
+        assert tokens.shape == (2, m.cfg.num_tokens + m.cfg.num_echo_tokens, 32)
+        assert torch.equal(tokens, m.tokens(x)) and torch.equal(m.sam(tokens), m(x)["latent"])
 
 
 def test_echogram_tokens_join_the_sequence_and_config_is_checked():

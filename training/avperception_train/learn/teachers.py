@@ -2,12 +2,14 @@
 
 - ``VisualTeacher``: reads the ground-truth views (depth + semantic panorama),
   encodes them to the same latent layout ``(B, V, D)`` the student's SAM block
-  produces, and decodes them with the student's own decoders. Trained on the
+  produces, and decodes them with decoders shaped like the student's
+  (``decode_latent``, the same output conventions). Trained on the
   labels; its latent features are what the student aligns to, and its outputs
   are the student's pseudo ground truth (the dense-prediction paper's recipe).
 - ``VQVAE`` + ``ATNet``: the manifold paper's two stages. The VQ-VAE learns the
   manifold of one visual modality (depth panoramas); the audio transformation
-  network regresses the continuous, unquantised latent from audio with plain L2,
+  network (the student's ``AudioEncoder`` with its own MLP and up-convolutions)
+  regresses the continuous, unquantised latent from audio with plain L2,
   and the frozen decoder turns it into a depth map. ``DepthATNet`` is the same
   network trained end to end on the depth labels, without the VQ-VAE.
 """
@@ -21,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avperception.models.student import (AudioStudent, Block, EchoFrontend, EchogramEmbed, PanoramaDecoder,
-                                         SAMBlock, StudentConfig, TimePatchEmbed, VoxelDecoder, sweep_kernels)
+from avperception.models.student import (AudioEncoder, Block, PanoramaDecoder, SAMBlock, StudentConfig, VoxelDecoder,
+                                         decode_latent)
 
 
 def down2d(cin: int, cout: int) -> nn.Sequential:
@@ -74,7 +76,7 @@ class VisualTeacher(nn.Module):
 
     def forward(self, depth: torch.Tensor, semantic: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.features(depth, semantic)
-        out = AudioStudent.decode(self, feats[-1])  # same heads, same output conventions
+        out, _ = decode_latent(feats[-1], self.cfg, self.pano, self.voxels)  # the student's heads and conventions
         out.update(latent=feats[-1], features=feats)
         return out
 
@@ -110,6 +112,12 @@ class VQConfig:
     codes: int = 256
     code_dim: int = 32
     beta: float = 0.25
+
+
+def code_depth(decoder: PanoramaDecoder, z: torch.Tensor, max_depth: float) -> torch.Tensor:
+    """Manifold latent ``(B, code_dim, h, w)`` through a one-channel panorama decoder -> depth ``(B, H, W)`` m in
+    ``(0, max_depth)``: the VQ-VAE's and ``DepthATNet``'s output convention."""
+    return torch.sigmoid(decoder(z)[:, 0]) * max_depth
 
 
 class VectorQuantizer(nn.Module):
@@ -160,29 +168,25 @@ class VQVAE(nn.Module):
         return F.normalize(self.encoder(torch.stack([d, valid.float()], 1)), dim=1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.decoder(z)[:, 0]) * self.cfg.max_depth
+        """Latent ``(B, code_dim, h, w)`` -> depth ``(B, H, W)`` m."""
+        return code_depth(self.decoder, z, self.cfg.max_depth)
 
     def forward(self, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q, vq_loss, _ = self.quantizer(self.encode(depth))
         return self.decode(q), vq_loss
 
 
-class ATNet(nn.Module):
-    """Audio transformation network: audio -> the VQ-VAE's continuous latent.
+class ATNet(AudioEncoder):
+    """Audio transformation network: ``audio (B, M, N)`` -> the VQ-VAE's continuous latent
+    ``(B, code_dim, latent_h, latent_w)``, unit vectors.
 
-    Audio encoder (the student's front end and transformer, with its echogram
-    tokens when ``cfg.echo_hop`` is set), a 3-layer MLP (domain transformation),
-    then strided transposed convolutions up to the manifold's spatial size.
+    The student's audio encoder (:class:`~avperception.models.student.AudioEncoder`: front end, echogram tokens
+    when ``cfg.echo_hop`` is set, transformer; tokens ``(B, T, D)``), a 3-layer MLP over all tokens (domain
+    transformation) to a ``(B, 64, h0, w0)`` grid, then strided transposed convolutions up to the manifold's size.
     """
 
     def __init__(self, cfg: StudentConfig, code_dim: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.frontend = EchoFrontend(cfg)
-        self.embed = TimePatchEmbed(cfg, cfg.nfft // 2 + 1)
-        self.register_buffer("sweep", sweep_kernels(cfg), persistent=False)
-        self.echo = EchogramEmbed(cfg) if cfg.echo_hop else None
-        self.encoder = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.depth)])
+        super().__init__(cfg)  # frontend, embed, echo, encoder: the student's names and shapes
         self.h0, self.w0 = max(cfg.latent_h // 4, 1), max(cfg.latent_w // 4, 1)
         tokens = cfg.num_tokens + cfg.num_echo_tokens
         self.mlp = nn.Sequential(nn.Linear(cfg.dim * tokens, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
@@ -191,7 +195,7 @@ class ATNet(nn.Module):
                                 nn.GELU(), nn.Conv2d(64, code_dim, 3, padding=1))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        x = AudioStudent.tokens(self, audio)  # the student's token streams and transformer, same parts
+        x = self.tokens(audio)  # (B, T, D)
         z = self.mlp(x.flatten(1)).reshape(-1, 64, self.h0, self.w0)
         z = self.up(z)
         z = F.interpolate(z, size=(self.cfg.latent_h, self.cfg.latent_w), mode="bilinear", align_corners=False)
@@ -211,7 +215,7 @@ class DepthATNet(nn.Module):
         self.decoder = PanoramaDecoder(code_dim, 1, cfg.pano_h // cfg.latent_h, cfg.decoder_width)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return VQVAE.decode(self, self.atnet(audio))  # same decoder shape, same output convention
+        return code_depth(self.decoder, self.atnet(audio), self.cfg.max_depth)  # the VQ-VAE's output convention
 
 
 def vq_config_dict(vq: VQConfig) -> dict:
