@@ -93,3 +93,15 @@ def test_recipe_command_line_keeps_the_papers_flags_apart(tmp_path, capsys):
     assert "--speaker X,Y,Z" in capsys.readouterr().err
     assert main(["recipe", "--array", "respeaker_4mic", "--speaker", "0,0", "--out", str(tmp_path / "w")]) == 2
     assert "X,Y,Z in metres" in capsys.readouterr().err
+
+
+def test_fine_tuning_the_shipped_model_on_another_array_points_to_transfer(tmp_path, capsys):
+    from avperception_train.cli import main
+    from avperception_train.datagen.config import config_from_dict
+    from avperception_train.datagen.engine import run_datagen
+
+    run_datagen(config_from_dict({"array": "respeaker_4mic"}), tmp_path / "d", 2, show_progress=False, log=None)
+    assert main(["train", "--mode", "e2e", "--data", str(tmp_path / "d"), "--init", "default",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "8 mics" in err and "add --transfer" in err

@@ -21,7 +21,13 @@ def cmd_train(a: argparse.Namespace) -> int:
                             init=a.init, train_only=tuple(a.train_only) if a.train_only else None, seed=a.seed,
                             transfer=a.transfer or None)
     if cfg.init == "default" and cfg.data and not cfg.transfer:
-        check_default_fits(cfg.data)
+        from avperception.inference.bundle import BundleMismatch
+
+        try:
+            check_default_fits(cfg.data)
+        except BundleMismatch as e:
+            raise BundleMismatch(f"{e}. To start from the shipped model anyway (every tensor that fits), add "
+                                 "--transfer", e.differences) from None
     best = train(cfg, resume=a.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"best checkpoint: {best}")
