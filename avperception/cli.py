@@ -75,8 +75,9 @@ def cmd_infer(a: argparse.Namespace) -> int:
     from .inference.bundle import load_bundle
     from .sonar import infer
 
-    bundle = load_bundle(a.model)
-    array = load_array(a.array) if a.array else bundle.array
+    given = load_array(a.array) if a.array else None
+    bundle = load_bundle(a.model, array=given.name if given is not None else None)
+    array = given if given is not None else bundle.array
     x, fs = read_wav(a.audio)
     x = array.select_channels(x)
     onsets = None if a.onset is None else [a.onset]

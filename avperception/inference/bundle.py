@@ -224,16 +224,16 @@ _REQUIRED = ("array", "sample_rate", "window", "speed_of_sound", "sweep", "outpu
              "voxels", "model")
 
 
-def load_bundle(spec: str | Path | None = None, verify: bool = True) -> ModelBundle:
-    """Load a bundle: ``None`` or ``"default"`` -> the shipped robot_8mic bundle, ``"default:ARRAY"`` -> the shipped
-    one for ARRAY, else a bundle directory (or its ``bundle.json``).
+def load_bundle(spec: str | Path | None = None, verify: bool = True, array: str | None = None) -> ModelBundle:
+    """Load a bundle: ``None`` or ``"default"`` -> the shipped bundle for ``array`` (a preset name; default
+    robot_8mic), ``"default:ARRAY"`` -> the shipped one for ARRAY, else a bundle directory (or its ``bundle.json``).
 
     ``verify``: check ``model.onnx``'s sha256 against ``bundle.json`` (a corrupt or replaced file is refused).
     Raises :class:`BundleError` with what to do for a missing directory, a missing or corrupt ``bundle.json``,
     an unknown format version, or a missing or altered ``model.onnx``.
     """
     if spec is None or str(spec) == "default":
-        path = default_bundle_path()
+        path = default_bundle_path(array or DEFAULT_ARRAY)
     elif str(spec).startswith("default:"):
         path = default_bundle_path(str(spec).split(":", 1)[1])
     else:

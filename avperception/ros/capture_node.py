@@ -126,7 +126,7 @@ class CaptureNode(Node):
     def _setup_emitter(self, p: dict) -> None:
         from ..sonar.emitter import PingSchedule, PingStamper, load_emitter_sweep
 
-        self.sweep = load_emitter_sweep(str(p["model"]), fs=self.fs)
+        self.sweep = load_emitter_sweep(str(p["model"]), fs=self.fs, array=self.array.name)
         if self.sweep.fs != self.fs:
             raise ValueError(f"the model's sweep is at {self.sweep.fs} Hz but sample_rate is {self.fs}; "
                              f"set sample_rate:={self.sweep.fs}")

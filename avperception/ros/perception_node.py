@@ -109,8 +109,8 @@ class PerceptionNode(Node):
     def _start_sonar(self, cfg: PipelineConfig, ping_topic: str) -> None:
         """Load the model bundle, check it fits, create the ping subscription and the sonar/* publishers.
 
-        A default bundle that does not fit this array leaves the node running on beamforming alone (said in the
-        log and in /diagnostics); an explicitly named bundle that does not fit stops the node."""
+        ``default`` is the bundle shipped for this array; where none ships, the node runs on beamforming alone
+        (said in the log and in /diagnostics); an explicitly named bundle that does not fit stops the node."""
         from ..inference.bundle import BundleError
         from ..sonar.pipeline import SonarPipeline
         from .sonar_outputs import SonarPublishers
@@ -122,7 +122,7 @@ class PerceptionNode(Node):
         except BundleError as e:
             if cfg.sonar.model not in ("", "default"):
                 raise
-            self._sonar_note = f"off: the default model does not fit this array ({e})"
+            self._sonar_note = f"off: no shipped model for this array ({e})"
             log.warning(f"learned outputs {self._sonar_note}")
             return
         self._sonar_note = "on"

@@ -82,10 +82,10 @@ NODE_PARAMS = {
 }
 
 
-def emitter_overrides(model: str) -> tuple[dict, str, str]:
+def emitter_overrides(model: str, array: str | None = None) -> tuple[dict, str, str]:
     """The sweep the simulated robot emits: data-engine ``active`` overrides, the sweep id, where they came from.
 
-    ``model``: a bundle directory, or ``default`` for the shipped bundle (the datagen config's own ``active``
+    ``model``: a bundle directory, or ``default`` for the shipped bundle of the preset ``array`` (the datagen config's own ``active``
     section where no bundle can be loaded; the shipped bundle was trained with it).
     """
     try:
@@ -95,7 +95,7 @@ def emitter_overrides(model: str) -> tuple[dict, str, str]:
             raise RuntimeError(f"cannot read the model bundle {model!r}: {e}") from e
         return {}, "", "the data engine's defaults"
     try:
-        b = load_bundle(model, verify=False)
+        b = load_bundle(model, verify=False, array=array)
     except BundleError:
         if model != "default":
             raise
@@ -164,7 +164,7 @@ class SimAudioNode(Node):
             raise RuntimeError("the simulator's active mode needs the training package: pip install -e training "
                                f"({e})") from e
         log = self.get_logger()
-        over, sweep_id, source = emitter_overrides(str(p["model"]))
+        over, sweep_id, source = emitter_overrides(str(p["model"]), self.array.name)
         cfg = load_config(overrides={"array": str(p["array"]), "active": over} if over else {"array": str(p["array"])})
         if cfg.audio.sample_rate != self.fs:
             raise ValueError(f"sample_rate {self.fs} differs from the data engine's {cfg.audio.sample_rate} Hz the "

@@ -124,14 +124,15 @@ class EmitterSweep:
 
 
 def load_emitter_sweep(model: str | None = "default", fs: int = 16000, speaker_position=DEFAULT_SPEAKER,
-                       **sweep_params) -> EmitterSweep:
-    """The sweep to emit: from a model bundle (``model`` = bundle directory or ``default``), or when ``model``
+                       array: str | None = None, **sweep_params) -> EmitterSweep:
+    """The sweep to emit: from a model bundle (``model`` = bundle directory or ``default``, the shipped bundle for
+    the preset ``array``), or when ``model``
     is empty from ``sweep_params`` (``kind``, ``f0_hz``, ``f1_hz``, ``duration_s``, ``fade``; default the data
     engine's) at ``fs`` with the speaker at ``speaker_position``."""
     if model:
         from ..inference.bundle import load_bundle
 
-        b = load_bundle(model, verify=False)  # the sweep only: model.onnx is checked where it is run
+        b = load_bundle(model, verify=False, array=array)  # the sweep only: model.onnx is checked where it is run
         return EmitterSweep(b.emitted, b.sweep_id, b.speaker_position, b.sample_rate, b.speed_of_sound)
     from ..dsp.echo import sweep
     from ..inference.bundle import sweep_id

@@ -6,7 +6,7 @@ import pytest
 import rclpy  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from avperception.inference.bundle import BundleMismatch, default_bundle_path  # noqa: E402
+from avperception.inference.bundle import BUNDLES_DIR, BundleMismatch, default_bundle_path  # noqa: E402
 from avperception.ros.perception_node import PerceptionNode  # noqa: E402
 
 
@@ -25,12 +25,25 @@ def test_the_default_bundle_runs_on_its_array(ctx):
         node.destroy_node()
 
 
-def test_the_default_bundle_on_another_array_leaves_the_beamformer_running_and_says_why(ctx):
-    node = node_with(ctx, array="respeaker_4mic")
+def test_the_default_bundle_is_the_one_shipped_for_the_nodes_array(ctx):
+    shipped = sorted(p.parent.name for p in BUNDLES_DIR.glob("*/bundle.json"))
+    assert "robot_8mic" in shipped
+    for name in shipped:
+        node = node_with(ctx, array=name)
+        try:
+            assert node._sonar_note == "on" and node.sonar.bundle.path == default_bundle_path(name)
+            assert node.sonar.bundle.array.name == name
+        finally:
+            node.destroy_node()
+
+
+def test_an_array_without_a_shipped_bundle_leaves_the_beamformer_running_and_says_why(ctx):
+    node = node_with(ctx, array="minidsp_uma16")
     try:
         assert node.sonar is None
-        assert node._sonar_note.startswith("off: the default model does not fit") and "4" in node._sonar_note
-        assert node.pipeline.array.name == "respeaker_4mic"  # the beamformer half is up
+        assert node._sonar_note.startswith("off: no shipped model for this array") and "minidsp_uma16" in node._sonar_note
+        assert "recipe" in node._sonar_note  # what to do about it
+        assert node.pipeline.array.name == "minidsp_uma16"  # the beamformer half is up
     finally:
         node.destroy_node()
 
