@@ -34,8 +34,9 @@ def test_transfer_loads_every_tensor_that_fits_and_names_the_rest(shipped):
 
     with pytest.raises(ValueError, match="num_mics: model 8 vs data 4"):  # the exact fine-tune refuses
         initial_student(str(default_model()) + ".safetensors", sc, np.asarray(shipped.cfg.emitted))
-    lines = []
-    model, cfg, fresh = transfer_student("default", sc, np.asarray(shipped.cfg.emitted), log=lines.append)
+    lines = []  # the 8-mic weights by path: `default` would take a bundle shipped for the 4-mic array, if any
+    eight = str(default_model("robot_8mic")) + ".safetensors"
+    model, cfg, fresh = transfer_student(eight, sc, np.asarray(shipped.cfg.emitted), log=lines.append)
     # only the microphone-count-dependent inputs start fresh: both token streams' projections and normalisations
     assert set(fresh) == {f"{s}.{t}" for s in ("embed", "echo") for t in
                           ("proj.weight", "norm.weight", "norm.bias", "norm.running_mean", "norm.running_var")}
@@ -60,8 +61,11 @@ def test_transfer_loads_every_tensor_that_fits_and_names_the_rest(shipped):
 def test_transfer_needs_a_sweep_for_the_echogram(shipped):
     from avperception_train.learn.train import transfer_student
 
+    from avperception.models import default_model
+
     with pytest.raises(ValueError, match="active.probability"):
-        transfer_student("default", four_mic_config(shipped), np.zeros(8), log=None)
+        transfer_student(str(default_model("robot_8mic")) + ".safetensors", four_mic_config(shipped), np.zeros(8),
+                         log=None)
 
 
 def test_recipe_refusals_say_what_to_do(tmp_path):
@@ -100,7 +104,11 @@ def test_fine_tuning_the_shipped_model_on_another_array_points_to_transfer(tmp_p
     from avperception_train.datagen.config import config_from_dict
     from avperception_train.datagen.engine import run_datagen
 
-    run_datagen(config_from_dict({"array": "respeaker_4mic"}), tmp_path / "d", 2, show_progress=False, log=None)
+    # an array no bundle is shipped for: three microphones on a 4 cm triangle
+    (tmp_path / "tri.yaml").write_text("name: test_triangle\nframe_id: mic_array\nsample_rate: 16000\npositions:\n"
+                                       "- [0.02, 0.0, 0.0]\n- [-0.01, 0.01732, 0.0]\n- [-0.01, -0.01732, 0.0]\n")
+    run_datagen(config_from_dict({"array": str(tmp_path / "tri.yaml")}), tmp_path / "d", 2, show_progress=False,
+                log=None)
     assert main(["train", "--mode", "e2e", "--data", str(tmp_path / "d"), "--init", "default",
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
