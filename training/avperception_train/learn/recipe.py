@@ -44,7 +44,7 @@ class Budget:
 
 BUDGETS = {
     "quick": Budget(160, (1, 1, 1), 16, 0, "cpu", "checks the pipeline end to end in minutes; not a usable model"),
-    "cpu": Budget(12000, (1, 8, 3), 32, 1, "cpu", "a usable model on 2 CPU cores in an afternoon"),
+    "cpu": Budget(5120, (1, 4, 2), 32, 1, "cpu", "a usable model on 2 CPU cores in under an hour"),
     "gpu": Budget(40000, (2, 30, 8), 64, 4, "cuda", "a usable model on one GPU within an hour"),
 }
 
