@@ -25,11 +25,6 @@ from .grid import DirectionGrid, _patch_tangents, vector_to_azel
 from .peaks import SourceDirection
 from .stft import num_frames, window
 
-# what a beamformer needs for :func:`pair_lag_maps` (the tables a pair-lag beamformer precomputes)
-PAIR_LAG_ATTRS = ("pairs", "band_slice", "phat", "max_lag", "width", "_dft", "_matrix", "_tables", "_pair_scale",
-                  "_finish")
-
-
 def stft_frames(blocks: np.ndarray, nfft: int = 512, hop: int = 256, win: str = "hann") -> np.ndarray:
     """STFTs of ``N`` frames: ``blocks (N, channels, samples)`` -> ``(N, channels, nfft // 2 + 1, T)`` complex64,
     each ``[n]`` equal to ``stft(blocks[n], nfft, hop, win)``."""
@@ -45,8 +40,13 @@ def stft_frames(blocks: np.ndarray, nfft: int = 512, hop: int = 256, win: str = 
 
 
 def supports_batch(beamformer) -> bool:
-    """Whether ``beamformer`` is a pair-lag beamformer (``srp_phat``, ``das``) without its own source search."""
-    return all(hasattr(beamformer, a) for a in PAIR_LAG_ATTRS) and getattr(beamformer, "find_sources", None) is None
+    """Whether ``beamformer`` is a pair-lag beamformer (``srp_phat``, ``das``) computing its map and off-grid values
+    the pair-lag way (what this module repeats over frames) without a source search of its own."""
+    from .beamforming import PairLagBeamformer
+
+    cls = type(beamformer)
+    return (isinstance(beamformer, PairLagBeamformer) and getattr(beamformer, "find_sources", None) is None
+            and all(getattr(cls, f) is getattr(PairLagBeamformer, f) for f in ("map", "evaluate", "_statistics")))
 
 
 def pair_lag_statistics(beamformer, spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from avperception.config import PipelineConfig, load_array
+from avperception.config import PipelineConfig
+from avperception.dsp.batch import supports_batch
 from avperception.dsp.grid import angular_distance_deg, azel_to_vector
 from avperception.pipeline import Pipeline
 from avperception.sim.room import plane_wave
@@ -32,11 +33,12 @@ def _frames(pipe: Pipeline) -> tuple[np.ndarray, list]:
 
 @pytest.mark.parametrize("array,method", [("robot_8mic", "srp_phat"), ("respeaker_6mic", "das"),
                                           ("binaural", "srp_phat"), ("tetra_4mic", "srp_phat"),
-                                          ("respeaker_4mic", "mvdr")])
+                                          ("respeaker_4mic", "mvdr"), ("respeaker_4mic", "srp_phat_c2f")])
 def test_process_batch_equals_process(array, method):
     cfg = PipelineConfig(array=array, sample_rate=FS)
     cfg = replace(cfg, grid=replace(cfg.grid, resolution_deg=4.0), beamformer=replace(cfg.beamformer, method=method))
     pipe = Pipeline(cfg)
+    assert supports_batch(pipe.beamformer) == (method in ("srp_phat", "das"))  # else frame by frame
     blocks, truth = _frames(pipe)
     stamps = np.arange(len(blocks)) * 0.064
     one = [pipe.process(b, float(t)) for b, t in zip(blocks, stamps)]
