@@ -178,6 +178,12 @@ class AudioBuffer:
         with self._lock:
             self._note_sequence(sequence)
 
+    def count_dropped_frames(self, n: int) -> None:
+        """Frames the consumer took but did not use (it worked on newer ones): counted as dropped."""
+        if n > 0:
+            with self._lock:
+                self.stats.dropped_frames += int(n)
+
     def expected_stamp(self) -> float | None:
         """Where the next chunk should start (s), from the last one's stamp and length; None before any."""
         with self._lock:

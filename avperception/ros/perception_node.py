@@ -21,7 +21,7 @@ ping's onset.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
@@ -32,8 +32,9 @@ from sensor_msgs.msg import Image
 from visualization_msgs.msg import MarkerArray
 
 from ..audio.buffer import AudioBuffer
+from ..audio.ingest import DROP_KINDS, MAX_CHUNK_SECONDS, AudioIngest
 from ..audio.pcm import AudioChunk
-from ..config import ConfigError, PipelineConfig, load_array
+from ..config import PipelineConfig, load_array
 from ..dsp.tracking import SourceTracker
 from ..pipeline import Pipeline
 from ..sonar.pipeline import blank_pings
@@ -54,10 +55,8 @@ NODE_PARAMS = {
     "tracking": (True, "track sources over time (stable IDs) and publish acoustic/tracks"),
     "diagnostics_period_s": (1.0, "period of /diagnostics messages"),
     "ping_topic": ("sonar/pings", "avperception_msgs/Ping topic (sonar.enabled)"),
-    "max_chunk_seconds": (1.0, "longer audio messages are rejected (counted as oversized)"),
+    "max_chunk_seconds": (MAX_CHUNK_SECONDS, "longer audio messages are rejected (counted as oversized)"),
 }
-
-DROP_KINDS = ("rate", "channels", "format", "empty", "oversized")
 
 
 class PerceptionNode(Node):
@@ -73,6 +72,7 @@ class PerceptionNode(Node):
         f = cfg.frame
         self.buffer = AudioBuffer(self.array.num_mics, cfg.sample_rate, f.frame_samples, f.hop_samples,
                                   f.buffer_seconds, int(p["max_pending_frames"]))
+        self.ingest = AudioIngest(self.array, cfg.sample_rate, self.buffer, float(p["max_chunk_seconds"]))
         self.pub_energy = self.create_publisher(Image, "acoustic/energy", qos_profile_sensor_data)
         self.pub_color = self.create_publisher(Image, "acoustic/energy_color", qos_profile_sensor_data)
         self.pub_markers = self.create_publisher(MarkerArray, "acoustic/sources", 10)
@@ -84,8 +84,6 @@ class PerceptionNode(Node):
                                 float32_sample_rate=cfg.sample_rate,
                                 float32_channels=int(p["float32_channels"]) or self.array.input_channels,
                                 float32_layout=p["float32_layout"])
-        self.drops: Counter[str] = Counter({k: 0 for k in DROP_KINDS})
-        self.nonfinite_chunks = 0
         self._last_audio: float | None = None
         self._last_counts: dict[str, int] = {}
         self.sonar_errors = 0
@@ -154,57 +152,28 @@ class PerceptionNode(Node):
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def reject(self, kind: str, sequence: int | None, message: str) -> None:
-        """Count a dropped audio message by kind, log it (throttled) and keep its sequence number seen."""
-        self.drops[kind] += 1
-        self.buffer.skip_sequence(sequence)
-        self.get_logger().error(f"audio message dropped ({kind}): {message}", throttle_duration_sec=5.0)
-
-    def stamp_of(self, chunk: AudioChunk, n: int) -> float:
-        """The capture time of a chunk's first sample: its own stamp, else (messages without one, e.g.
-        Float32MultiArray) the sample clock continued from the previous chunk while arrivals agree with it
-        within half a second, else the arrival time less the chunk's duration (a new anchor)."""
-        if chunk.stamp is not None:
-            return chunk.stamp
-        arrival = self.now() - n / self.pipeline.config.sample_rate
-        expected = self.buffer.expected_stamp()
-        return expected if expected is not None and abs(arrival - expected) < 0.5 else arrival
-
     def on_chunk(self, chunk: AudioChunk) -> None:
+        """One decoded audio message: validated, repaired and stamped by :class:`AudioIngest` (dropped ones are
+        counted by kind and logged), fed to the sonar, and the newest ready frame beamformed (older ones are
+        dropped when the node falls behind). Stamp-less audio is anchored on the node's clock."""
         cfg = self.pipeline.config
-        n = chunk.data.shape[1] if chunk.data.ndim == 2 else 0
-        if chunk.sample_rate != cfg.sample_rate:
-            return self.reject("rate", chunk.sequence, f"audio at {chunk.sample_rate} Hz but the pipeline expects "
-                                                       f"{cfg.sample_rate} Hz; set sample_rate to match")
-        if n == 0:
-            return self.reject("empty", chunk.sequence, "a message without samples")
-        if n > float(self.p["max_chunk_seconds"]) * cfg.sample_rate:
-            return self.reject("oversized", chunk.sequence,
-                               f"{n / cfg.sample_rate:.2f} s of audio in one message, more than max_chunk_seconds "
-                               f"({self.p['max_chunk_seconds']} s); publish shorter chunks or raise it")
-        try:
-            block = self.array.select_channels(chunk.data)
-        except ConfigError as e:
-            return self.reject("channels", chunk.sequence, str(e))
-        bad = ~np.isfinite(block)
-        if bad.any():  # repaired, not dropped: a NaN would spread through every map and window it touches
-            self.nonfinite_chunks += 1
-            block = np.where(bad, 0.0, block).astype(np.float32)
-            self.get_logger().warning(f"{int(bad.sum())} NaN/Inf samples in an audio message, replaced by zeros "
-                                      f"({self.nonfinite_chunks} messages so far)", throttle_duration_sec=5.0)
+        got = self.ingest.accept(chunk, self.now())
+        if not got.ok:
+            self.get_logger().error(f"audio message dropped ({got.rejected}): {got.message}",
+                                    throttle_duration_sec=5.0)
+            return
+        if got.nonfinite:  # repaired, not dropped: a NaN would spread through every map and window it touches
+            self.get_logger().warning(f"{got.nonfinite} NaN/Inf samples in an audio message, replaced by zeros "
+                                      f"({self.ingest.nonfinite_chunks} messages so far)", throttle_duration_sec=5.0)
         t_received = time.monotonic()
         self._last_audio = t_received
-        stamp = self.stamp_of(chunk, n)
-        self.buffer.push(block, stamp, chunk.sequence)
         if self.sonar is not None:
-            self.sonar.push_audio(block, stamp, chunk.sequence)
+            self.sonar.push_audio(got.block, got.stamp, chunk.sequence)
             self.run_sonar(t_received)
-        frames = self.buffer.pop_frames()
-        if not frames:
+        newest = self.ingest.pop_newest()
+        if newest is None:
             return
-        if len(frames) > 1:  # behind: work on the newest audio only
-            self.buffer.stats.dropped_frames += len(frames) - 1
-        t_first, block = frames[-1]
+        t_first, block = newest
         if self.sonar is not None and cfg.sonar.blank_ms > 0:
             onsets = list(self._onsets) + self.sonar.aligner.pending_onsets()
             block = blank_pings(block, t_first, onsets, cfg.sonar.blank_ms * 1e-3, cfg.sample_rate)
@@ -244,10 +213,10 @@ class PerceptionNode(Node):
             "lost_messages": st.lost_messages,
             "gaps": st.gaps,
             "overlaps": st.overlaps,
-            "rejected_chunks": sum(self.drops.values()) + self.input.errors,
-            **{f"dropped_{k}": v for k, v in self.drops.items()},
-            "dropped_format": self.drops["format"] + self.input.errors,
-            "nonfinite_chunks": self.nonfinite_chunks,
+            "rejected_chunks": sum(self.ingest.drops.values()) + self.input.errors,
+            **{f"dropped_{k}": v for k, v in self.ingest.drops.items()},
+            "dropped_format": self.ingest.drops["format"] + self.input.errors,
+            "nonfinite_chunks": self.ingest.nonfinite_chunks,
             "clock_resets": st.clock_resets,
             "publisher_restarts": st.publisher_restarts,
             "measured_rate_hz": st.measured_rate,
