@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..audio.ingest import MAX_CHUNK_SECONDS
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
 from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou
@@ -38,6 +39,8 @@ AUDIO_COMMON = "audio_common_msgs/msg/AudioDataStamped"
 AUDIO_INFO = "audio_common_msgs/msg/AudioInfo"
 SIM_TRUTH = {"depth": "sim/depth", "semantic": "sim/semantic", "occupancy": "sim/occupancy",
              "sources": "sim/true_source_poses"}
+AUDIO_SKIP = {"rate": "audio_wrong_rate", "channels": "audio_wrong_channels", "empty": "audio_empty",
+              "oversized": "audio_oversized"}  # AudioIngest's drop kind -> skip reason
 SKIP_TEXT = {
     "ping_no_direct_path": "the sweep's direct path was not found around the ping's stamp",
     "ping_gap_in_window": "the ping's window straddles a gap in the audio",
@@ -53,6 +56,8 @@ SKIP_TEXT = {
     "truth_without_ping": "truth frames that no scored ping matched",
     "audio_wrong_rate": "audio messages at another sample rate than the model's",
     "audio_wrong_channels": "audio messages whose channels do not fit the array",
+    "audio_empty": "audio messages without samples",
+    "audio_oversized": f"audio messages longer than {MAX_CHUNK_SECONDS:g} s",
     "decode_error": "messages that could not be decoded",
     "doa_no_source_truth": "beamformer frames without a source-pose truth within 0.5 s",
     "camera_no_info": "camera depth frames before any CameraInfo",
@@ -215,6 +220,7 @@ class _Replay:
         self.frames_run = 0
         self.frame_count = 0
         self.onsets: list[float] = []
+        self.ingest = None  # AudioIngest, made when the bag's topics are known
 
     def skip(self, reason: str, n: int = 1) -> None:
         if n:
@@ -323,6 +329,7 @@ class _Replay:
 
         from ..audio import pcm
         from ..audio.buffer import AudioBuffer
+        from ..audio.ingest import AudioIngest
         from ..pipeline import Pipeline
         from ..sonar.pipeline import SonarPipeline
 
@@ -360,6 +367,7 @@ class _Replay:
                 self.beam = buf = None  # nothing to score the beamformer's directions against
                 if every > 0:
                     self.notes.append("no source truth: the beamformer was not run (no DOA to score)")
+            self.ingest = AudioIngest(self.array, self.fs, buf)  # the node's validation, repair and stamps
             wanted = [c for c in reader.connections if c.topic in self.used_topics]
             decode = getattr(pcm, AUDIO_DECODERS[self.audio_type]) if self.audio_type in AUDIO_DECODERS else None
             audio_info = None
@@ -442,18 +450,18 @@ class _Replay:
         return self.result()
 
     def _on_audio(self, chunk, t_ns: int, buf, blank_s: float, every: int) -> None:
-        from ..config import ConfigError
+        """One audio message through :class:`~avperception.audio.ingest.AudioIngest` as in the node (a dropped one
+        is counted under its skip reason, NaN/Inf samples are zeroed and counted, a stamp-less one is stamped from
+        the bag's log time), then to the sonar and, with a beamformer (``buf``), every ready frame."""
         from ..sonar.pipeline import blank_pings
 
-        if chunk.sample_rate != self.fs:
-            self.skip("audio_wrong_rate")
+        got = self.ingest.accept(chunk, t_ns * 1e-9)
+        if not got.ok:
+            self.skip(AUDIO_SKIP[got.rejected])
             return
-        try:
-            block = self.array.select_channels(chunk.data)
-        except ConfigError:
-            self.skip("audio_wrong_channels")
-            return
-        stamp = chunk.stamp if chunk.stamp else t_ns * 1e-9
+        if got.nonfinite and self.ingest.nonfinite_chunks == 1:
+            self.notes.append("NaN/Inf audio samples were replaced by zeros (stream.nonfinite_chunks: the messages)")
+        block, stamp = got.block, got.stamp
         self._clock(stamp, t_ns)
         n = block.shape[1]
         if self.expected is not None and stamp - self.expected > max(0.5 * n / self.fs, 1e-3):
@@ -480,8 +488,7 @@ class _Replay:
         self.onsets = self.onsets[-8:]
         self._score_pending(final=False)
         if buf is not None:
-            buf.push(block, stamp, chunk.sequence)
-            for t_first, frame in buf.pop_frames():
+            for t_first, frame in self.ingest.pop_all():
                 self.frame_count += 1
                 if (self.frame_count - 1) % every:
                     continue
@@ -727,6 +734,7 @@ class _Replay:
             segments.append({**info, "t_end": t_end, **summarize(ps, nc)})
         st = self.sonar.aligner.stats()
         stream = {k: st[k] for k in ("aligned", "detected", "gaps", "overlaps", "clock_resets", "lost_messages")}
+        stream["nonfinite_chunks"] = self.ingest.nonfinite_chunks if self.ingest is not None else 0
         real = self.audio_seconds / self.wall_s if self.wall_s > 0 else None
         pings = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.pings]
         return {

@@ -260,3 +260,55 @@ def test_replay_bench_reports_speed_and_cpu_per_stage(sim):
         assert r["x_real_time"] > 0 and r["audio_s"] == pytest.approx(PINGS * 0.25, rel=0.05)
         assert r["cpu_s"]["network"] > 0 and r["cpu_s"]["beamformer"] > 0 and len(r["load"]) == 1
     assert res["rows"][0]["workers"] == 0 and res["rows"][0]["beam_batch"] == 1
+
+
+def test_replay_repairs_nan_audio_and_skips_empty_and_oversized_messages(sim, report, tmp_path):
+    """The node's audio policy in replay: a chunk with NaN samples inside ping 4's window is repaired (zeros) and
+    counted, an empty and a 2 s message are skipped and counted; every ping whose audio they do not touch scores
+    exactly what the clean bag scores, and ping 4 still scores."""
+    import copy
+
+    from avperception.eval.replay import replay_eval
+
+    bag, traj, _ = sim
+    _, clean = report
+    p4 = next(p for p in clean["pings"] if p["ping"] == 4)
+    target, dur = p4["stamp"] + 0.05, 1024 / traj.fs
+    hit = {}
+
+    def edit(topic, msgtype, msg, t_ns):
+        if topic != "/audio":
+            return [(topic, msgtype, msg, t_ns)]
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        out = []
+        if msg.sequence == 30:  # an empty and an oversized message just before it, with its sequence number
+            for data in (np.zeros(0, np.uint8), np.zeros(2 * traj.fs * msg.channels, "<f4").view(np.uint8)):
+                bad = copy.deepcopy(msg)
+                bad.data = data
+                out.append((topic, msgtype, bad, t_ns - 1))
+        if stamp <= target < stamp + dur:
+            x = np.frombuffer(bytes(msg.data), "<f4").reshape(-1, msg.channels).copy()
+            x[100:300] = np.nan
+            msg.data = x.reshape(-1).view(np.uint8)
+            hit["nan"] = (stamp, stamp + dur)
+        return out + [(topic, msgtype, msg, t_ns)]
+
+    edited = tmp_path / "faulty"
+    _rewrite(bag, edited, edit)
+    m = replay_eval(edited, None, threads=1, progress=False)
+    assert hit and clean["stream"]["nonfinite_chunks"] == 0
+    assert m["skipped"] == {**clean["skipped"], "audio_empty": 1, "audio_oversized": 1}
+    assert m["stream"] == {**clean["stream"], "nonfinite_chunks": 1}
+    assert m["events"] == [] and any("NaN" in n for n in m["notes"])
+    assert m["beamformer_frames"] == clean["beamformer_frames"]  # no audio lost
+    window = 2048 / traj.fs
+    untouched = 0
+    for p, q in zip(m["pings"], clean["pings"]):
+        assert p["ping"] == q["ping"]
+        if p["ping"] == 4:
+            assert p["delta1"] is not None and np.isfinite(p["delta1"]) and np.isfinite(p["class_acc"])
+        elif q["stamp"] + window + 0.05 < hit["nan"][0] or q["stamp"] - 0.05 > hit["nan"][1]:
+            untouched += 1
+            for k in ("stamp", "delta1", "abs_rel", "rmse", "class_acc", "voxel_iou"):
+                assert p[k] == pytest.approx(q[k], abs=1e-6), (p["ping"], k)
+    assert untouched >= len(clean["pings"]) - 2
