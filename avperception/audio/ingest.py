@@ -25,14 +25,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import ConfigError
+from ..constants import MAX_CHUNK_SECONDS
 from .buffer import AudioBuffer
 from .pcm import AudioChunk
 
 DROP_KINDS = ("rate", "channels", "format", "empty", "oversized")
 """Why an audio message was dropped: wrong sample rate, channels that do not fit the array, undecodable
 (counted by the decoder's caller), no samples, more than ``max_chunk_seconds``."""
-MAX_CHUNK_SECONDS = 1.0
-"""Longer audio messages are dropped (as ``oversized``): a message that long is a stalled or misconfigured driver."""
 STAMP_AGREE_S = 0.5
 """A stamp-less chunk continues the sample clock while its arrival agrees with it within this many seconds."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio.ingest import MAX_CHUNK_SECONDS
+from ..constants import MAX_CHUNK_SECONDS
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
 from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou

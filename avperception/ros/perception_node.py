@@ -32,9 +32,10 @@ from sensor_msgs.msg import Image
 from visualization_msgs.msg import MarkerArray
 
 from ..audio.buffer import AudioBuffer
-from ..audio.ingest import DROP_KINDS, MAX_CHUNK_SECONDS, AudioIngest
+from ..audio.ingest import DROP_KINDS, AudioIngest
 from ..audio.pcm import AudioChunk
 from ..config import PipelineConfig, load_array
+from ..constants import MAX_CHUNK_SECONDS
 from ..dsp.tracking import SourceTracker
 from ..pipeline import Pipeline
 from ..sonar.pipeline import blank_pings
