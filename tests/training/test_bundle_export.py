@@ -38,10 +38,27 @@ def test_evaluate_default_on_another_array_names_the_mismatch(dataset, capsys):
     assert "running_mean" not in err and "avperception-train recipe" in err
 
 
-def test_fine_tuning_the_default_on_another_array_names_the_mismatch(dataset, tmp_path, capsys):
+def test_fine_tuning_the_default_on_another_array_says_how_to_start(dataset, tmp_path, capsys, monkeypatch):
+    import avperception.inference.bundle as bundle_mod
+    import avperception.models as models_mod
+
+    # the shipped bundle for the data's array has no torch weights (ONNX only): say where weights come from
+    assert (bundle_mod.BUNDLES_DIR / "respeaker_4mic" / "bundle.json").is_file()
+    assert not (bundle_mod.BUNDLES_DIR / "respeaker_4mic" / "model.safetensors").exists()
     assert main(["train", "--mode", "e2e", "--data", str(dataset), "--out", str(tmp_path / "run"),
                  "--init", "default", "--epochs", "1"]) == 2
-    assert "microphone count" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "only its ONNX graph" in err and "--transfer" in err
+    # no bundle for the data's array: the shipped robot_8mic model is checked against it, every difference named
+    only_8mic = tmp_path / "bundles"
+    only_8mic.mkdir()
+    (only_8mic / "robot_8mic").symlink_to(bundle_mod.BUNDLES_DIR / "robot_8mic")
+    monkeypatch.setattr(bundle_mod, "BUNDLES_DIR", only_8mic)
+    monkeypatch.setattr(models_mod, "BUNDLES_DIR", only_8mic)
+    assert main(["train", "--mode", "e2e", "--data", str(dataset), "--out", str(tmp_path / "run"),
+                 "--init", "default", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "microphone count" in err and "--transfer" in err
     assert not (tmp_path / "run" / "best.pt").exists()
 
 
