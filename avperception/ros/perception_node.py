@@ -192,6 +192,8 @@ class PerceptionNode(Node):
         self.pub_markers.publish(conv.sources_to_markers(out.sources, stamp, af, length=float(self.p["marker_length"])))
         self.pub_poses.publish(conv.sources_to_pose_array(out.sources, stamp, af))
         if self.tracker is not None:
+            if self.tracker.stamp is not None and stamp < self.tracker.stamp:  # stamps went back: a new clock
+                self.tracker.reset()
             tracks = self.tracker.update(out.sources, stamp)
             self.pub_tracks.publish(conv.tracks_to_markers(tracks, stamp, af))
         self._published += 1

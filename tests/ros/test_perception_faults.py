@@ -89,3 +89,20 @@ def test_audio_without_stamps_runs_on_the_sample_clock(node, audio, monkeypatch)
         node.on_chunk(AudioChunk(audio[:, k * N: (k + 1) * N].astype(np.float32), FS, None, None))
     st = node.buffer.stats
     assert st.gaps == 0 and st.overlaps == 0 and not st.rate_mismatch
+
+
+def test_a_burst_of_stamp_less_audio_re_anchors_without_breaking_the_tracker(node, audio, monkeypatch):
+    """Audio without stamps delivered faster than real time (a burst after a stall): the sample clock runs ahead
+    of the arrivals, is re-anchored back on them, and the source tracker starts afresh instead of failing."""
+    from avperception.dsp.tracking import SourceTracker
+
+    node.tracker = node.tracker or SourceTracker(node.array)
+    t = {"now": 100.0}
+    monkeypatch.setattr(node, "now", lambda: t["now"])
+    published = []
+    monkeypatch.setattr(node.pub_tracks, "publish", published.append)
+    for k in range(36):  # 36 chunks (2.3 s of audio) arriving within 0.35 s
+        t["now"] = 100.0 + 0.01 * k
+        node.on_chunk(AudioChunk(audio[:, k * N: (k + 1) * N].astype(np.float32), FS, None, None))
+    assert node.ingest.expected_stamp() < 100.0 + 1.0  # re-anchored on the arrivals
+    assert len(published) > 20  # a map and its tracks for (nearly) every frame, none lost to an exception

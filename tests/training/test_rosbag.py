@@ -90,10 +90,10 @@ def test_import_errors(dataset, tmp_path):
         import_bag(bag, tmp_path / "x", audio_topic="/mic", show_progress=False)
     with pytest.raises(BagError, match="bag not found"):
         import_bag(tmp_path / "nope", tmp_path / "x", show_progress=False)
-    with pytest.raises(BagError, match="expects 6 input channels but the audio has 8"):  # the dataset's robot_8mic
-        import_bag(bag, tmp_path / "x", array="respeaker_4mic", show_progress=False)
+    with pytest.raises(BagError, match="has 8 microphones but the audio has 6 channels"):  # the dataset's 4-mic array
+        import_bag(bag, tmp_path / "x", array="robot_8mic", show_progress=False)
     with pytest.raises(BagError, match="already holds a dataset"):
-        import_bag(bag, dataset, show_progress=False)  # never over a synthetic dataset
+        import_bag(bag, dataset, array="respeaker_4mic", show_progress=False)  # never over a synthetic dataset
 
 
 def test_datagen_refuses_an_imported_dataset_dir(dataset, tmp_path, small_cfg):
@@ -102,7 +102,7 @@ def test_datagen_refuses_an_imported_dataset_dir(dataset, tmp_path, small_cfg):
     bag = tmp_path / "bag"
     export_bag(dataset, bag, [0, 1])
     out = tmp_path / "imported"
-    import_bag(bag, out, show_progress=False)
+    import_bag(bag, out, array=small_cfg.array, show_progress=False)
     with pytest.raises(DatagenConfigError, match="different source"):
         run_datagen(small_cfg, out, 2, show_progress=False, log=None)
 

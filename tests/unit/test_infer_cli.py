@@ -52,7 +52,8 @@ def test_a_recording_of_another_array_is_refused_naming_the_difference(tmp_path,
     wav = tmp_path / "four.wav"
     channels = load_array("respeaker_4mic").input_channels
     write_wav(wav, np.zeros((channels, bundle.window_samples), np.float32), bundle.sample_rate)
-    assert main(["infer", str(wav), "--array", "respeaker_4mic", "--out", str(tmp_path / "o")]) == 2
+    assert main(["infer", str(wav), "--array", "respeaker_4mic", "--model", "default:robot_8mic",
+                 "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "4" in err and "8" in err and "mic" in err
 
