@@ -3,7 +3,7 @@
 Offline work (replaying a bag) has every frame up front, so the per-frame steps of
 :meth:`avperception.pipeline.Pipeline.process` are done for ``N`` frames together:
 
-1. :func:`stft_frames`: one FFT call for all frames' STFTs;
+1. :func:`~avperception.dsp.stft.stft_frames`: one FFT call for all frames' STFTs;
 2. :func:`pair_lag_maps`: the phase-transformed covariances and pair correlations as stacked matrix products and
    the whole grid of every frame as one sparse matrix times an ``(L P, N)`` matrix (pair-lag beamformers:
    ``srp_phat``, ``das``);
@@ -19,24 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import ArrayGeometry
 from .gcc import phat_normalize
 from .grid import DirectionGrid, _patch_tangents, vector_to_azel
-from .peaks import SourceDirection
-from .stft import num_frames, window
+from .peaks import SourceDirection, canonical_directions
+from .stft import stft_frames
 
-def stft_frames(blocks: np.ndarray, nfft: int = 512, hop: int = 256, win: str = "hann") -> np.ndarray:
-    """STFTs of ``N`` frames: ``blocks (N, channels, samples)`` -> ``(N, channels, nfft // 2 + 1, T)`` complex64,
-    each ``[n]`` equal to ``stft(blocks[n], nfft, hop, win)``."""
-    x = np.asarray(blocks, dtype=np.float32)
-    if x.ndim != 3:
-        raise ValueError(f"stft_frames expects (frames, channels, samples), got shape {x.shape}")
-    t = num_frames(x.shape[2], nfft, hop)
-    if t == 0:
-        raise ValueError(f"need at least nfft={nfft} samples per frame, got {x.shape[2]}")
-    frames = np.lib.stride_tricks.sliding_window_view(x, nfft, axis=2)[:, :, ::hop][:, :, :t]  # (N, C, T, nfft)
-    spec = np.fft.rfft(frames * window(win, nfft), axis=-1)  # (N, C, T, F)
-    return np.ascontiguousarray(spec.transpose(0, 1, 3, 2)).astype(np.complex64, copy=False)
+__all__ = ["stft_frames", "canonical_directions", "supports_batch", "pair_lag_statistics", "pair_lag_maps",
+           "evaluate_batch", "pick_peaks_batch", "local_patches", "refine_batch", "find_sources_batch"]
 
 
 def supports_batch(beamformer) -> bool:
@@ -181,27 +170,6 @@ def refine_batch(beamformer, cc: np.ndarray, diag: np.ndarray, frame: np.ndarray
         pw[up] = best[up]
         radius /= 4
     return v, pw
-
-
-def canonical_directions(v: np.ndarray, array: ArrayGeometry) -> np.ndarray:
-    """:func:`~avperception.dsp.peaks.canonical_direction` of each row of ``v (K, 3)``."""
-    v = np.asarray(v, dtype=np.float64)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True)
-    n = array.normal
-    if n is not None:
-        d = v @ n
-        return np.where((d < 0)[:, None], v - 2 * d[:, None] * n[None], v)
-    a = array.axis
-    if a is not None:
-        ref = np.cross([0.0, 0.0, 1.0], a)
-        if np.linalg.norm(ref) < 1e-6:
-            ref = np.array([1.0, 0.0, 0.0])
-        ref = ref / np.linalg.norm(ref)
-        if ref @ [1.0, 0.0, 0.0] < 0:
-            ref = -ref
-        cos_t = np.clip(v @ a, -1, 1)
-        return cos_t[:, None] * a[None] + np.sqrt(1 - cos_t**2)[:, None] * ref[None]
-    return v
 
 
 def find_sources_batch(beamformer, power: np.ndarray, cc: np.ndarray, diag: np.ndarray, num: int = 3,

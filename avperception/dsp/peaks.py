@@ -67,19 +67,19 @@ def pick_peaks(
     return out
 
 
-def canonical_direction(v: np.ndarray, array: ArrayGeometry) -> np.ndarray:
-    """Fold a direction into the half-space / plane an array can resolve.
+def canonical_directions(v: np.ndarray, array: ArrayGeometry) -> np.ndarray:
+    """Fold directions ``v (K, 3)`` into the half-space / plane an array can resolve -> ``(K, 3)`` unit vectors.
 
     Planar arrays: mirror into the side the normal points to (elevation >= 0
     for a horizontal array). Linear arrays: keep the angle to the axis and put
     the direction on the horizon, in front.
     """
     v = np.asarray(v, dtype=np.float64)
-    v = v / np.linalg.norm(v)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
     n = array.normal
     if n is not None:
         d = v @ n
-        return v - 2 * d * n if d < 0 else v
+        return np.where((d < 0)[:, None], v - 2 * d[:, None] * n[None], v)
     a = array.axis
     if a is not None:
         ref = np.cross([0.0, 0.0, 1.0], a)
@@ -88,9 +88,14 @@ def canonical_direction(v: np.ndarray, array: ArrayGeometry) -> np.ndarray:
         ref = ref / np.linalg.norm(ref)
         if ref @ [1.0, 0.0, 0.0] < 0:
             ref = -ref
-        cos_t = float(np.clip(v @ a, -1, 1))
-        return cos_t * a + np.sqrt(1 - cos_t**2) * ref
+        cos_t = np.clip(v @ a, -1, 1)
+        return cos_t[:, None] * a[None] + np.sqrt(1 - cos_t**2)[:, None] * ref[None]
     return v
+
+
+def canonical_direction(v: np.ndarray, array: ArrayGeometry) -> np.ndarray:
+    """:func:`canonical_directions` of one direction ``v (3,)`` -> ``(3,)``."""
+    return canonical_directions(np.asarray(v, dtype=np.float64).reshape(1, 3), array)[0]
 
 
 def find_sources(

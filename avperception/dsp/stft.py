@@ -28,6 +28,20 @@ def num_frames(samples: int, nfft: int, hop: int) -> int:
     return 0 if samples < nfft else 1 + (samples - nfft) // hop
 
 
+def stft_frames(blocks: np.ndarray, nfft: int = 512, hop: int = 256, win: str = "hann") -> np.ndarray:
+    """STFTs of ``N`` frames at once: ``blocks (N, channels, samples)`` -> ``(N, channels, nfft // 2 + 1, T)``
+    complex64, each ``[n]`` equal to ``stft(blocks[n], nfft, hop, win)``."""
+    x = np.asarray(blocks, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"stft_frames expects (frames, channels, samples), got shape {x.shape}")
+    t = num_frames(x.shape[2], nfft, hop)
+    if t == 0:
+        raise ValueError(f"need at least nfft={nfft} samples per frame, got {x.shape[2]}")
+    frames = np.lib.stride_tricks.sliding_window_view(x, nfft, axis=2)[:, :, ::hop][:, :, :t]  # (N, C, T, nfft)
+    spec = np.fft.rfft(frames * window(win, nfft), axis=-1)  # (N, C, T, F)
+    return np.ascontiguousarray(spec.transpose(0, 1, 3, 2)).astype(np.complex64, copy=False)
+
+
 def stft(x: np.ndarray, nfft: int = 512, hop: int = 256, win: str = "hann") -> np.ndarray:
     """STFT without padding.
 
@@ -39,9 +53,4 @@ def stft(x: np.ndarray, nfft: int = 512, hop: int = 256, win: str = "hann") -> n
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"stft expects (channels, samples), got shape {x.shape}")
-    t = num_frames(x.shape[1], nfft, hop)
-    if t == 0:
-        raise ValueError(f"need at least nfft={nfft} samples, got {x.shape[1]}")
-    frames = np.lib.stride_tricks.sliding_window_view(x, nfft, axis=1)[:, ::hop][:, :t]  # (C, T, nfft)
-    spec = np.fft.rfft(frames * window(win, nfft), axis=-1)  # (C, T, F)
-    return np.ascontiguousarray(spec.transpose(0, 2, 1)).astype(np.complex64, copy=False)
+    return stft_frames(x[None], nfft, hop, win)[0]
