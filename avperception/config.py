@@ -378,7 +378,7 @@ SONAR_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 class SonarConfig:
     """Active echo sensing: the learned half (a model bundle run on each ping's echoes).
 
-    ``model``: a bundle directory or ``default`` (the shipped one); the bundle must fit the array
+    ``model``: a bundle directory or ``default`` (the one shipped for the array); the bundle must fit the array
     (:func:`avperception.inference.bundle.check_fits`). ``backend``: ``auto`` (the best available, falling back
     on failure: a TensorRT engine, ONNX Runtime, torch), ``tensorrt``, ``onnxruntime`` or ``torch``;
     ``engine_cache_dir`` / ``force_engine_update``: where TensorRT engines are cached ("": the default) and
