@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DEFAULT_ARRAY, ArrayGeometry, ConfigError, load_array
+from ..models import BUNDLES_DIR
 
 FORMAT = "avperception-bundle"
 FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 ONNX_NAME = "model.onnx"
 SAFETENSORS_NAME = "model.safetensors"
-BUNDLES_DIR = Path(__file__).resolve().parent.parent / "models" / "bundles"
 
 # positions closer than this (m) count as the same microphone; speeds of sound within this (m/s) as the same
 POSITION_TOL_M = 1e-3
