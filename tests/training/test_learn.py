@@ -17,7 +17,7 @@ from avperception_train.datagen import config_from_dict, run_datagen
 from avperception_train.learn import metrics as learn_metrics
 from avperception_train.learn.baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
 from avperception_train.learn.config import ModelSpec, TrainConfig
-from avperception_train.learn.data import InMemoryScenes
+from avperception_train.learn.data import InMemoryScenes, _info_differences, make_datasets
 from avperception_train.learn.evaluate import depth_by_class_table, evaluate, results_tables
 
 
@@ -158,6 +158,26 @@ def test_energy_map_metrics_known_values():
     assert e["iou"] == pytest.approx(1 / 3) and e["iou_at_0.5"] == 0.0
     assert e["auc"] == pytest.approx(0.35)  # success at thresholds 0, 0.1, 0.2, 0.3: trapezoid 0.3 + 0.05
     assert learn_metrics.energy_map_metrics(gt, gt)["auc"] == pytest.approx(1.0)
+
+
+def test_several_datasets_train_together_and_a_misfit_is_named(tiny_ds, dataset, tmp_path_factory):
+    """DIR1,DIR2 concatenates both datasets' splits scene for scene; a dataset of another array is refused."""
+    cfg = config_from_dict({"seed": 4, "array": "respeaker_6mic", "scenes_per_shard": 16,
+                            "audio": {"num_samples": 1024}, "panorama": {"resolution_deg": 12.0},
+                            "energy": {"resolution_deg": 12.0}, "voxels": {"resolution": [8, 8, 8]},
+                            "room": {"scenes_per_room": 2}, "split": {"train": 0.6, "val": 0.2, "test": 0.2}})
+    other = tmp_path_factory.mktemp("tiny_other")
+    run_datagen(cfg, other, 16, workers=1, show_progress=False, log=None)
+    a, b = InMemoryScenes(tiny_ds, "train"), InMemoryScenes(other, "train")
+    train, val, info = make_datasets(f"{tiny_ds},{other}", augment=False)
+    assert len(train) == len(a) + len(b) and not _info_differences(info, a.info)
+    assert len(val) == len(InMemoryScenes(tiny_ds, "val")) + len(InMemoryScenes(other, "val"))
+    np.testing.assert_array_equal(train[len(a)]["audio"], b[0]["audio"])
+    np.testing.assert_array_equal(train[0]["depth"], a[0]["depth"])
+    with pytest.raises(ValueError, match="num_mics 6 vs 4"):
+        make_datasets(f"{tiny_ds},{dataset}")
+    with pytest.raises(ValueError, match="empty directory name"):
+        make_datasets(f"{tiny_ds},")
 
 
 def test_evaluate_perfect_and_mean_layout(tiny_ds):

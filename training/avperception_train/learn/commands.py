@@ -14,6 +14,7 @@ from .config import MODES, load_train_config
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .data import data_dirs
     from .train import train
 
     cfg = load_train_config(a.config, mode=a.mode, data=a.data, out=a.out, teacher=a.teacher, epochs=a.epochs,
@@ -24,7 +25,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         from avperception.inference.bundle import BundleMismatch
 
         try:
-            check_default_fits(cfg.data)
+            for d in data_dirs(cfg.data):
+                check_default_fits(d)
         except BundleMismatch as e:
             raise BundleMismatch(f"{e}. To start from the shipped model anyway (every tensor that fits), add "
                                  "--transfer", e.differences) from None
@@ -288,7 +290,8 @@ def add_commands(sub) -> None:
     p.add_argument("--config", help="training YAML (examples: training/configs/*.yaml); options given here override it")
     p.add_argument("--mode", choices=list(MODES),
                    help="manifold-e2e: the manifold student's network on the depth labels, without the VQ-VAE")
-    p.add_argument("--data", help="dataset directory from `datagen`")
+    p.add_argument("--data", help="dataset directory from `datagen`, or several joined by commas (DIR1,DIR2: their "
+                                  "splits are concatenated; they must share the array, sweep and grids)")
     p.add_argument("--out", help="run directory (checkpoints, log.jsonl, tb/)")
     p.add_argument("--teacher", help="teacher checkpoint (distill) or VQ-VAE checkpoint (manifold)")
     p.add_argument("--epochs", type=int)

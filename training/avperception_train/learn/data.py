@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -278,14 +278,46 @@ class InMemoryScenes(torch.utils.data.Dataset):
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in item.items()}
 
 
+def data_dirs(root: str | Path) -> list[Path]:
+    """The dataset directories a ``--data`` value names: one directory, or several joined by commas."""
+    parts = [p.strip() for p in str(root).split(",")]
+    if not all(parts):
+        raise ValueError(f"--data {root!r}: an empty directory name (give DIR or DIR1,DIR2,...)")
+    return [Path(p) for p in parts]
+
+
+def _info_differences(a: DataInfo, b: DataInfo) -> list[str]:
+    """The fields in which two datasets' contracts differ (what one network cannot fit at once)."""
+    out = []
+    for f in fields(DataInfo):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        same = (x is None) == (y is None) and (x is None or np.array_equal(np.asarray(x), np.asarray(y)))
+        if not same:
+            out.append(f.name if f.name == "emitted" else f"{f.name} {x} vs {y}")
+    return out
+
+
 def make_datasets(root: str | Path, max_train: int = 0, augment: bool = True, skip_train: int = 0,
-                  camera_fov_deg=(), full_labels: bool = False
-                  ) -> tuple[InMemoryScenes, InMemoryScenes | None, DataInfo]:
+                  camera_fov_deg=(), full_labels: bool = False):
     """Train (augmented by the array's symmetries) and val splits of a dataset directory, and what the model
-    must fit. ``camera_fov_deg`` and ``full_labels`` apply to both splits (:class:`InMemoryScenes`)."""
-    train = InMemoryScenes(root, "train", max_train, augment, skip_train, camera_fov_deg, full_labels)
-    try:
-        val = InMemoryScenes(root, "val", camera_fov_deg=camera_fov_deg, full_labels=full_labels)
-    except ValueError:
-        val = None
-    return train, val, train.info
+    must fit. ``camera_fov_deg`` and ``full_labels`` apply to both splits (:class:`InMemoryScenes`).
+
+    ``root`` may name several directories joined by commas (e.g. the standard and the wide distribution):
+    their splits are concatenated, ``max_train`` and ``skip_train`` apply to each, and they must share the
+    array, sweep, audio length and grids (a :class:`ValueError` names every difference)."""
+    from torch.utils.data import ConcatDataset
+
+    trains, vals = [], []
+    for d in data_dirs(root):
+        trains.append(InMemoryScenes(d, "train", max_train, augment, skip_train, camera_fov_deg, full_labels))
+        try:
+            vals.append(InMemoryScenes(d, "val", camera_fov_deg=camera_fov_deg, full_labels=full_labels))
+        except ValueError:
+            pass
+        diff = _info_differences(trains[0].info, trains[-1].info)
+        if diff:
+            raise ValueError(f"datasets {trains[0].root} and {d} cannot train one network: they differ in "
+                             + "; ".join(diff))
+    if len(trains) == 1:
+        return trains[0], (vals[0] if vals else None), trains[0].info
+    return ConcatDataset(trains), (ConcatDataset(vals) if vals else None), trains[0].info
