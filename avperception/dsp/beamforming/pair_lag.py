@@ -51,6 +51,8 @@ class PairLagBeamformer(Beamformer):
         self.max_lag = int(np.ceil(array.aperture / self.c * self.fs * self.interp)) + 2
         self.width = 2 * self.max_lag + 2
         self.lags = np.arange(-self.max_lag, self.max_lag + 2)
+        self._lag_per_unit = self._lags(np.eye(3))  # (3, P): a direction's lags = direction @ this (linear)
+        self._row_start = (self.max_lag + np.arange(len(self.pairs)) * self.width).astype(np.intp)  # (P,)
         # cc = D @ [Re r; Im r] / Fb: mean over the band's bins of Re(r e^{j w tau})
         self._dft = lag_dft_matrix(self.bins, self.nfft, self.lags, self.interp) * np.float32(1.0 / self.num_bins)
         self.idx, self.w = self._tables(grid.vectors)
@@ -64,11 +66,12 @@ class PairLagBeamformer(Beamformer):
 
     def _tables(self, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices into the ``(P, width)`` correlation table and interpolation weights, ``(n, P)`` each."""
-        lag = self._lags(directions)
+        lag = np.asarray(directions, dtype=np.float64) @ self._lag_per_unit
         lo = np.floor(lag)
-        w = (lag - lo).astype(np.float32)
-        idx = (lo.astype(np.int64) + self.max_lag) + np.arange(len(self.pairs))[None] * self.width
-        return idx.astype(np.intp), w
+        w = np.subtract(lag, lo, out=lag).astype(np.float32)
+        idx = lo.astype(np.intp)
+        idx += self._row_start
+        return idx, w
 
     def _sparse(self, idx: np.ndarray, w: np.ndarray):
         """CSR ``(n, L P)`` interpolation matrix acting on the ``(L, P)`` correlation table (row-major)."""
