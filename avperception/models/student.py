@@ -97,7 +97,8 @@ class StudentConfig:
     # array's plane give each azimuth's wall distance, rendered with the floor and ceiling into the depth
     # panorama (rows from el_max_deg down to el_min_deg, columns from azimuth 180 down to -180 deg)
     layout_beams: int = 0
-    layout_bins: int = 96            # log-spaced distance bins per azimuth, 0.2 m .. max_depth
+    layout_bins: int = 96            # log-spaced distance bins per azimuth, layout_min_m .. max_depth
+    layout_min_m: float = 0.2        # the layout head's nearest wall distance (its first bin)
     # False: each beam's distance is the wall's along its azimuth, interpolated to the columns; True: it is the
     # distance of the wall plane facing it (the room's support function), and each column takes the nearest
     # plane along its ray (sharp corners, exact for a convex room)
@@ -593,8 +594,8 @@ class LayoutHead(nn.Module):
         self.summary = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.dropout) for _ in range(3)])
         self.bins = nn.Linear(cfg.dim, cfg.layout_bins)
-        self.register_buffer("log_bins", torch.linspace(math.log(0.2), math.log(cfg.max_depth), cfg.layout_bins),
-                             persistent=False)
+        self.register_buffer("log_bins", torch.linspace(math.log(cfg.layout_min_m), math.log(cfg.max_depth),
+                                                        cfg.layout_bins), persistent=False)
         self.planes = cfg.layout_planes
         # the beams' distances go to the columns, or to four plane normals per beam (each column at its nearest)
         k = 4 * cfg.layout_beams if self.planes else cfg.pano_w

@@ -650,6 +650,34 @@ def test_echo_beams_take_the_datasets_speed_of_sound(tiny_ds, tmp_path):
         initial_student(str(tmp_path / "beams"), replace(sc, speed_of_sound=330.0), info.emitted)
 
 
+def test_a_nearer_layout_range_extends_the_bins_and_keeps_every_old_one(tiny_ds, tmp_path):
+    """layout_min_m below the model's: bins before the first at the same spacing; the old bins keep their distances
+    and weights, the head answers about as before, and the new bins can answer nearer walls."""
+    from avperception.models.student import AudioStudent
+    from avperception_train.learn.data import make_datasets
+    from avperception_train.learn.train import initial_student, student_config
+
+    info = make_datasets(str(tiny_ds), 0, False)[2]
+    spec = ModelSpec(dim=32, depth=1, decoder_width=16, layout_beams=6)
+    sc = student_config(TrainConfig(data=str(tiny_ds), mode="e2e", model=spec), info)
+    old = AudioStudent(sc).eval()
+    old.save(tmp_path / "m")
+    near = student_config(TrainConfig(data=str(tiny_ds), mode="e2e", model=replace(spec, layout_min_m=0.1)), info)
+    new, nsc = initial_student(str(tmp_path / "m"), near, info.emitted)
+    new.eval()
+    extra = nsc.layout_bins - sc.layout_bins
+    assert extra == 17 and 0.095 < nsc.layout_min_m <= 0.1  # 96 bins over 0.2-10 m: 4.2 % apart
+    torch.testing.assert_close(new.layout.log_bins[extra:], old.layout.log_bins, rtol=0, atol=1e-5)
+    assert torch.equal(new.layout.bins.weight[extra:], old.layout.bins.weight)
+    audio = torch.from_numpy(InMemoryScenes(tiny_ds, "test").item(0)["audio"])[None]
+    with torch.no_grad():
+        a, b = old(audio), new(audio)
+        assert torch.allclose(b["walls"], a["walls"], rtol=0.05)
+        assert torch.equal(b["semantic"], a["semantic"])
+        new.layout.bins.bias[0] = 50.0  # all mass on the first bin: a wall nearer than the old range allows
+        assert float(new(audio)["walls"].max()) < 0.2 * 0.97
+
+
 def test_two_process_distributed_training(tiny_ds, tmp_path):
     """torchrun with 2 CPU processes (gloo): DistributedDataParallel trains and rank 0 writes the checkpoints."""
     import os

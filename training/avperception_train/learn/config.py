@@ -36,6 +36,8 @@ class ModelSpec:
     layout_beams: int = 0           # > 0: a layout head reads each azimuth's wall distance and the floor and
                                     #      ceiling from the echoes beamformed towards that many azimuths, and
                                     #      renders them as the depth (must divide the panorama's width)
+    layout_min_m: float = 0.0       # > 0: the layout head's nearest wall distance (0: 0.2 m, or with init the
+                                    #      initial model's; a nearer one extends its bins at the same spacing)
     layout_planes: bool = False     # the layout head's distances are the wall planes facing each azimuth (sharp
                                     #      corners); false: each azimuth's distance along its own direction
     voxel_decoder: str = ""         # 3d: transposed 3-D convolutions; plan: 2-D over the floor plan with the

@@ -44,6 +44,8 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
         kw["voxel_decoder"] = m.voxel_decoder
     if m.uncertainty:
         kw["uncertainty"] = True
+    if m.layout_min_m:
+        kw["layout_min_m"] = m.layout_min_m
     if m.decoder_width:
         kw["decoder_width"] = m.decoder_width
     if m.dim:
@@ -123,7 +125,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     a layout head (``layout_beams``) and the model has none, it gains a freshly initialised one; a model with one
     takes the data config's ``layout_planes`` (how its distances become walls: no weights of its own). A
     ``voxel_decoder`` kind other than the model's gives it a freshly initialised voxel decoder of that kind
-    (train it with ``train_only: [voxels]``); empty keeps the model's.
+    (train it with ``train_only: [voxels]``); empty keeps the model's. A data config whose ``layout_min_m`` is
+    nearer than the model's extends its layout head's bins (:func:`extend_layout_bins`).
     """
     from avperception.models import default_model
 
@@ -165,14 +168,30 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     add_uncertainty = bool(data_sc.uncertainty and not sc.uncertainty)  # a fresh depth uncertainty head
     if add_uncertainty:
         sc = replace(sc, uncertainty=True)
-    fresh = AudioStudent(sc)
     weights = {k: v.float() for k, v in model.state_dict().items() if not (new_voxels and k.startswith("voxels."))}
+    if sc.layout_beams and data_sc.layout_min_m < sc.layout_min_m:  # nearer walls: more bins at the same spacing
+        sc = extend_layout_bins(sc, weights, data_sc.layout_min_m)
+    fresh = AudioStudent(sc)
     missing, unexpected = fresh.load_state_dict(weights, strict=False)
     new_parts = tuple(p for p, new in (("layout.", add_layout), ("voxels.", new_voxels),
                                        ("uncertainty.", add_uncertainty)) if new)
     if unexpected or any(not k.startswith(new_parts) for k in missing):
         raise ValueError(f"init {spec}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
     return fresh, sc
+
+
+def extend_layout_bins(sc: StudentConfig, weights: dict, nearest_m: float) -> StudentConfig:
+    """The layout head's distance bins reaching down to ``nearest_m`` (or just below it) at the same log spacing:
+    new bins go before the first, so every old bin keeps its distance and its weights (``weights``, a state
+    dict, is changed in place). A new bin starts as a copy of the first with its logit 3 lower, so the head
+    answers as before until training moves mass onto them. Returns the config with the new range and count."""
+    step = (math.log(sc.max_depth) - math.log(sc.layout_min_m)) / (sc.layout_bins - 1)
+    extra = math.ceil(math.log(sc.layout_min_m / nearest_m) / step - 1e-9)
+    w, b = weights["layout.bins.weight"], weights["layout.bins.bias"]
+    weights["layout.bins.weight"] = torch.cat([w[:1].expand(extra, -1), w])
+    weights["layout.bins.bias"] = torch.cat([(b[:1] - 3.0).expand(extra), b])
+    return replace(sc, layout_bins=sc.layout_bins + extra,
+                   layout_min_m=math.exp(math.log(sc.layout_min_m) - extra * step))
 
 
 # what a transferred model takes from the data rather than from the model it starts from
