@@ -312,3 +312,25 @@ def test_replay_repairs_nan_audio_and_skips_empty_and_oversized_messages(sim, re
             for k in ("stamp", "delta1", "abs_rel", "rmse", "class_acc", "voxel_iou"):
                 assert p[k] == pytest.approx(q[k], abs=1e-6), (p["ping"], k)
     assert untouched >= len(clean["pings"]) - 2
+
+
+def test_record_sim_for_another_array_replays_with_its_bundle(tmp_path):
+    """record-sim --array respeaker_4mic writes 4-channel audio with that bundle's sweep; replay-eval with the
+    shipped 4-mic bundle scores its pings and hears the room; the 8-mic bundle skips every message as having the
+    wrong channels; recording with a bundle of another array is refused before anything is written."""
+    from avperception.eval.replay import ReplaySettings, replay_eval
+    from avperception.inference.bundle import BundleMismatch, load_bundle
+    from avperception_train.datagen.sim_bag import record_sim
+
+    bag = tmp_path / "four"
+    res = record_sim(bag, 6, array="respeaker_4mic")
+    assert res["messages"]["/sonar/pings"] == 6
+    m = replay_eval(bag, None, ReplaySettings(model="default:respeaker_4mic", threads=1), progress=False)
+    assert m["model"] == str(load_bundle("default:respeaker_4mic").path)
+    assert m["overall"]["pings"] == 5 and m["skipped"].get("audio_wrong_channels", 0) == 0
+    assert 0.6 < m["overall"]["delta1_mean"] <= 1.0
+    other = replay_eval(bag, None, ReplaySettings(model="default:robot_8mic", threads=1), progress=False)
+    assert other["overall"]["pings"] == 0 and other["skipped"]["audio_wrong_channels"] > 0
+    with pytest.raises(BundleMismatch, match="does not fit array 'respeaker_4mic'"):
+        record_sim(tmp_path / "mismatch", 2, array="respeaker_4mic", model="default:robot_8mic")
+    assert not (tmp_path / "mismatch").exists()

@@ -81,7 +81,7 @@ def cmd_record_sim(args: argparse.Namespace) -> int:
     from .datagen.sim_bag import record_sim
 
     res = record_sim(args.out, args.pings, args.room, args.storage, args.model, args.seed, args.rate, args.chunk,
-                     args.encoding, publish_pings=not args.no_pings, progress=not args.quiet)
+                     args.encoding, publish_pings=not args.no_pings, progress=not args.quiet, array=args.array)
     print(json.dumps(res, indent=1))
     return 0
 
@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pings", type=_positive, default=40, help="pings to record (default 40 = 10 s at 4 Hz)")
     p.add_argument("--room", type=int, default=0, help="data-engine room id (default 0)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
-    p.add_argument("--model", default="default", help="model bundle whose sweep the robot emits (default shipped)")
+    p.add_argument("--array", help="array preset or YAML (default robot_8mic); the model must fit it")
+    p.add_argument("--model", default="default",
+                   help="model bundle whose sweep the robot emits (default: the shipped one for the array)")
     p.add_argument("--seed", type=int, default=0, help="trajectory seed (path, sources, noise)")
     p.add_argument("--rate", type=float, default=4.0, help="pings per second (default 4)")
     p.add_argument("--chunk", type=_positive, default=1024, help="audio samples per message (default 1024)")

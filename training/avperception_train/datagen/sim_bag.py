@@ -35,11 +35,18 @@ SIM_TOPICS = {
 }
 
 
-def bundle_emitter(model: str = "default") -> tuple[dict, str]:
-    """The sweep a robot running ``model`` emits: ``ActiveTrajectory(active=...)`` overrides and the sweep id."""
-    from avperception.inference.bundle import load_bundle
+def bundle_emitter(model: str = "default", cfg=None) -> tuple[dict, str]:
+    """The sweep a robot running ``model`` emits: ``ActiveTrajectory(active=...)`` overrides and the sweep id.
 
-    b = load_bundle(model, verify=False)
+    With ``cfg`` (a data-engine config), ``default`` is the shipped bundle for its array, and a bundle that does not
+    fit that array raises :class:`~avperception.inference.bundle.BundleMismatch` naming every difference."""
+    from avperception.inference.bundle import check_fits, load_bundle
+
+    if cfg is None:
+        b = load_bundle(model, verify=False)
+    else:
+        b = load_bundle(model, verify=False, array=cfg.array_geometry().name)
+        check_fits(b, cfg.array_geometry(), int(cfg.audio.sample_rate), float(cfg.acoustics.speed_of_sound))
     sp = b.sweep_params
     over = {"sweep": sp["kind"], "f_start_hz": float(sp["f0_hz"]), "f_end_hz": float(sp["f1_hz"]),
             "duration_s": float(sp["duration_s"]), "fade": float(sp["fade"]), "level_db": b.sweep_level_db,
@@ -98,10 +105,13 @@ def _tf(ts, parent: str, child: str, translation, R: np.ndarray, t: float):
 def record_sim(out: str | Path, pings: int = 40, room: int = 0, storage: str = "mcap", model: str = "default",
                seed: int = 0, ping_rate_hz: float = 4.0, chunk: int = 1024, encoding: str = "F32LE",
                start_s: float = 1.7e9, publish_pings: bool = True, num_sources: int = 2,
-               frames: tuple[str, str] = ("odom", "base_link"), trajectory=None, progress: bool = False) -> dict:
+               frames: tuple[str, str] = ("odom", "base_link"), trajectory=None, progress: bool = False,
+               array: str | None = None) -> dict:
     """Write ``pings`` pings of a robot pinging through data-engine room ``room`` to a new bag directory ``out``.
 
-    The sweep, its level and the speaker position are ``model``'s (a bundle directory or ``default``).
+    ``array``: the microphone array (a preset name or an array YAML; default the data engine's, robot_8mic). The
+    sweep, its level and the speaker position are ``model``'s (a bundle directory, or ``default``: the shipped
+    bundle for the array), which must fit the array.
     ``encoding``: the audio's PCM (``F32LE`` keeps the simulated samples exactly; ``S16LE`` is what most drivers
     send). ``start_s``: the stamp of the first audio sample. ``publish_pings`` false leaves ``/sonar/pings`` out
     (the pings must then be found on their direct path). ``trajectory``: an ``ActiveTrajectory`` to record instead
@@ -119,9 +129,16 @@ def record_sim(out: str | Path, pings: int = 40, room: int = 0, storage: str = "
     if pings < 1 or chunk < 1:
         raise BagError("pings and chunk must be positive")
     plugin = storage_plugin(storage)
-    over, sweep_id = bundle_emitter(model)
-    traj = trajectory if trajectory is not None else ActiveTrajectory(room_id=room, ping_rate_hz=ping_rate_hz,
-                                                                     seed=seed, num_sources=num_sources, active=over)
+    if trajectory is None:
+        from .config import load_config
+
+        cfg = load_config(None, {"array": array} if array else {})
+        over, sweep_id = bundle_emitter(model, cfg)
+        trajectory = ActiveTrajectory(cfg, room_id=room, ping_rate_hz=ping_rate_hz, seed=seed,
+                                      num_sources=num_sources, active=over)
+    else:
+        over, sweep_id = bundle_emitter(model)
+    traj = trajectory
     ts = typestore()
     fs, frame = traj.fs, traj.array.frame_id
     counts: dict[str, int] = {}
