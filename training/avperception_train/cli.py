@@ -120,13 +120,12 @@ class _Usage(Exception):
 
 
 def _floats3(text: str) -> list[float]:
+    from .datagen.config import parse_xyz
+
     try:
-        v = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from None
-    if len(v) != 3:
-        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
-    return v
+        return parse_xyz(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> int:

@@ -421,6 +421,17 @@ def _deep_merge(base: dict, over: Mapping) -> dict:
     return out
 
 
+def parse_xyz(text: str, meaning: str = "three comma-separated numbers") -> list[float]:
+    """``"X,Y,Z"`` -> ``[x, y, z]``; ValueError saying what is expected (``meaning``) otherwise."""
+    try:
+        v = [float(x) for x in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) != 3:
+        raise ValueError(f"expected {meaning}, got {text!r}")
+    return v
+
+
 def parse_set(items: list[str]) -> dict:
     """``["room.size_m=[3, 5]", "seed=4"]`` -> nested override mapping (values are YAML)."""
     out: dict = {}

@@ -51,14 +51,9 @@ BUDGETS = {
 
 def parse_speaker(text: str) -> list[float]:
     """``"X,Y,Z"`` (metres, array frame) -> ``[x, y, z]``; ValueError saying what is expected otherwise."""
-    try:
-        v = [float(x) for x in text.split(",")]
-    except ValueError:
-        v = []
-    if len(v) != 3:
-        raise ValueError(f"--speaker: expected X,Y,Z in metres in the array frame (x forward, y left, z up), "
-                         f"e.g. 0,0,-0.05; got {text!r}")
-    return v
+    from ..datagen.config import parse_xyz
+
+    return parse_xyz(text, "--speaker X,Y,Z in metres in the array frame (x forward, y left, z up), e.g. 0,0,-0.05")
 
 
 def stage_config(name: str, data: Path, out: Path, epochs: int, budget: Budget, device: str, seed: int, **kw):
