@@ -34,13 +34,17 @@ def passive_ds(tmp_path_factory):
     return InMemoryScenes(out, "train", augment=True)
 
 
+def _tiny_config(seed: int):
+    return config_from_dict({"seed": seed, "array": "respeaker_6mic", "scenes_per_shard": 16,
+                             "audio": {"num_samples": 1024}, "panorama": {"resolution_deg": 12.0},
+                             "energy": {"resolution_deg": 12.0}, "voxels": {"resolution": [8, 8, 8]},
+                             "room": {"scenes_per_room": 2}, "split": {"train": 0.6, "val": 0.2, "test": 0.2}})
+
+
 @pytest.fixture(scope="module")
 def tiny_ds(tmp_path_factory):
     """Small panoramas (12 deg), 8^3 voxels and short audio, so training runs in seconds."""
-    cfg = config_from_dict({"seed": 3, "array": "respeaker_6mic", "scenes_per_shard": 16,
-                            "audio": {"num_samples": 1024}, "panorama": {"resolution_deg": 12.0},
-                            "energy": {"resolution_deg": 12.0}, "voxels": {"resolution": [8, 8, 8]},
-                            "room": {"scenes_per_room": 2}, "split": {"train": 0.6, "val": 0.2, "test": 0.2}})
+    cfg = _tiny_config(seed=3)
     out = tmp_path_factory.mktemp("tiny")
     run_datagen(cfg, out, 32, workers=1, show_progress=False, log=None)
     return out
@@ -162,10 +166,7 @@ def test_energy_map_metrics_known_values():
 
 def test_several_datasets_train_together_and_a_misfit_is_named(tiny_ds, dataset, tmp_path_factory):
     """DIR1,DIR2 concatenates both datasets' splits scene for scene; a dataset of another array is refused."""
-    cfg = config_from_dict({"seed": 4, "array": "respeaker_6mic", "scenes_per_shard": 16,
-                            "audio": {"num_samples": 1024}, "panorama": {"resolution_deg": 12.0},
-                            "energy": {"resolution_deg": 12.0}, "voxels": {"resolution": [8, 8, 8]},
-                            "room": {"scenes_per_room": 2}, "split": {"train": 0.6, "val": 0.2, "test": 0.2}})
+    cfg = _tiny_config(seed=4)  # the same contract, other rooms
     other = tmp_path_factory.mktemp("tiny_other")
     run_datagen(cfg, other, 16, workers=1, show_progress=False, log=None)
     a, b = InMemoryScenes(tiny_ds, "train"), InMemoryScenes(other, "train")
