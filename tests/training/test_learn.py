@@ -613,6 +613,8 @@ def test_init_with_another_voxel_decoder_replaces_only_the_voxel_decoder(tiny_ds
     assert after["model"]["voxels.body.0.weight"].dim() == 4 and source["voxels.body.0.weight"].dim() == 5  # 2-D, 3-D
     with pytest.raises(ConfigError, match="voxel_decoder must be 3d or plan"):
         replace(base, model=ModelSpec(voxel_decoder="2d")).validate()
+    with pytest.raises(ConfigError, match="layout_min_m must be in"):
+        replace(base, model=ModelSpec(layout_min_m=-0.1)).validate()
 
 
 CONFIGS = Path(__file__).parents[2] / "training" / "configs"

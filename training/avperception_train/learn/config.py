@@ -134,6 +134,9 @@ class TrainConfig:
         if self.model.voxel_decoder and self.model.voxel_decoder not in VOXEL_DECODERS:
             raise ConfigError(f"model.voxel_decoder must be {' or '.join(VOXEL_DECODERS)} (or empty), "
                               f"got {self.model.voxel_decoder!r}")
+        if not 0 <= self.model.layout_min_m < self.model.max_depth:
+            raise ConfigError(f"model.layout_min_m must be in [0, model.max_depth {self.model.max_depth}) m "
+                              f"(0: the default, 0.2 m), got {self.model.layout_min_m}")
         if not 1 <= self.loss.feature_layers <= 3:
             raise ConfigError(f"loss.feature_layers must be 1, 2 or 3 (the teacher has 3 feature maps), "
                               f"got {self.loss.feature_layers}")
