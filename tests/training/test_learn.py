@@ -679,6 +679,11 @@ def test_a_nearer_layout_range_extends_the_bins_and_keeps_every_old_one(tiny_ds,
         assert torch.equal(b["semantic"], a["semantic"])
         new.layout.bins.bias[0] = 50.0  # all mass on the first bin: a wall nearer than the old range allows
         assert float(new(audio)["walls"].max()) < 0.2 * 0.97
+    # a model without a layout head gains a fresh one with the data config's range as it is (nothing to extend)
+    AudioStudent(student_config(TrainConfig(data=str(tiny_ds), mode="e2e", model=replace(spec, layout_beams=0)),
+                                info)).save(tmp_path / "plain")
+    fresh, fsc = initial_student(str(tmp_path / "plain"), near, info.emitted)
+    assert (fsc.layout_bins, fsc.layout_min_m) == (near.layout_bins, 0.1) == (fresh.layout.bins.out_features, 0.1)
 
 
 def test_two_process_distributed_training(tiny_ds, tmp_path):

@@ -161,7 +161,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
         sc = replace(sc, layout_planes=data_sc.layout_planes)
     if add_layout:
         sc = replace(sc, layout_beams=data_sc.layout_beams, layout_bins=data_sc.layout_bins,
-                     obstacle_class=data_sc.obstacle_class, speed_of_sound=data_sc.speed_of_sound)
+                     layout_min_m=data_sc.layout_min_m, obstacle_class=data_sc.obstacle_class,
+                     speed_of_sound=data_sc.speed_of_sound)
     new_voxels = bool(voxel_decoder) and voxel_decoder != sc.voxel_decoder
     if new_voxels:
         sc = replace(sc, voxel_decoder=voxel_decoder)
