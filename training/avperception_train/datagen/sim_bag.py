@@ -137,7 +137,7 @@ def record_sim(out: str | Path, pings: int = 40, room: int = 0, storage: str = "
         trajectory = ActiveTrajectory(cfg, room_id=room, ping_rate_hz=ping_rate_hz, seed=seed,
                                       num_sources=num_sources, active=over)
     else:
-        over, sweep_id = bundle_emitter(model)
+        sweep_id = bundle_emitter(model)[1]
     traj = trajectory
     ts = typestore()
     fs, frame = traj.fs, traj.array.frame_id
