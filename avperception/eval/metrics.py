@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 IGNORE = 255
-LAYOUT_CLASSES = (0, 1, 2)  # floor, ceiling, wall in the data engine's labels (3 = obstacle)
+LAYOUT_CLASSES = (0, 1, 2)  # floor, ceiling, wall in the data engine's labels
+OBSTACLE = 3                # and the obstacles (boxes)
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3, max_depth: float | None = None) -> dict:

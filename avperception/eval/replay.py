@@ -12,6 +12,9 @@ node does). Each ping's outputs are scored against what the bag holds:
   looking along the array's +x) and scored only where the camera measured a depth;
 - the ambient sources (``sim/true_source_poses``): the beamformer's directions, as a DOA error per source.
 
+Against either depth truth it also pools the safety metrics (:mod:`.safety`: the false-far rate, near-obstacle
+recall) and, for a bundle with a depth uncertainty, scores how well it ranks the errors (AUSE per ping).
+
 Clock jumps (stamps going back more than a second: the aligner restarts), gaps, missing truth frames, undecodable
 messages and topics nobody reads are counted by reason. :func:`write_report` writes ``metrics.json``,
 ``summary.md``, PNG plots and a self-contained ``index.html``.
@@ -34,6 +37,7 @@ from ..constants import MAX_CHUNK_SECONDS
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
 from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou
+from .safety import merge_counts, safety_counts, safety_metrics, sparsification
 
 AUDIO_COMMON = "audio_common_msgs/msg/AudioDataStamped"
 AUDIO_INFO = "audio_common_msgs/msg/AudioInfo"
@@ -151,16 +155,27 @@ def _rpy_from_matrix(R: np.ndarray) -> tuple[float, float, float]:
 
 
 def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
-    """Means over the scored pings (NaN-free: pings without that truth are left out), pooled class IoU, latency and
-    inference percentiles, DOA error percentiles."""
+    """Means over the scored pings (NaN-free: pings without that truth are left out), pooled class IoU, the safety
+    metrics pooled over the depth pixels (:mod:`.safety`: false-far rate, near-obstacle recall, obstacle delta_1;
+    None without such pixels), the depth uncertainty's AUSE (AbsRel) and a random order's, latency and inference
+    percentiles, DOA error percentiles."""
     def mean(key):
         v = np.array([p[key] for p in pings if p.get(key) is not None], dtype=float)
         v = v[np.isfinite(v)]
         return (float(v.mean()) if v.size else None), int(v.size)
 
     out: dict = {"pings": len(pings)}
-    for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou"):
+    for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
+    pooled = None
+    for p in pings:
+        if p.get("_safety") is not None:
+            pooled = merge_counts(pooled, p["_safety"])
+    sm = safety_metrics(pooled) if pooled is not None else {}
+    for key in ("false_far_rate", "near_recall", "obstacle_delta1"):
+        v = sm.get(key)
+        out[key] = float(v) if v is not None and np.isfinite(v) else None
+    out["near_pixels"] = sm.get("near_pixels", 0)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for p in pings:
         if p.get("_confusion") is not None:
@@ -631,7 +646,8 @@ class _Replay:
                "segment": p["segment"],
                "detected": bool(w.detected), "correction": int(w.correction), "infer_ms": float(o.infer_ms),
                "latency_ms": float(p["latency_ms"]), "truth": None, "delta1": None, "abs_rel": None, "rmse": None,
-               "class_acc": None, "voxel_iou": None, "_confusion": None}
+               "class_acc": None, "voxel_iou": None, "ause": None, "ause_random": None, "_confusion": None,
+               "_safety": None}
         cam = None
         if depth is None and self.camera_topic is not None:
             cam = self._camera_depth(o, t)
@@ -644,9 +660,11 @@ class _Replay:
         if depth is not None:
             d = depth_metrics(o.depth, depth)
             rec.update(truth="sim", delta1=d["delta1"], abs_rel=d["abs_rel"], rmse=d["rmse"])
+            self._score_safety(rec, o.depth, depth, o.depth_uncertainty, sem)
         elif cam is not None:
             rec.update(truth="camera", delta1=cam["delta1"], abs_rel=cam["abs_rel"], rmse=cam["rmse"],
                        camera_pixels=cam["pixels"])
+            self._score_safety(rec, cam["pred"], cam["truth"], cam["uncertainty"], None)
         else:
             self.skip("ping_no_depth_truth")
         if sem is not None:
@@ -661,7 +679,7 @@ class _Replay:
             rec["truth"] = rec["truth"] or "sim"
         elif "occupancy" in self.truth_topics.values():
             self.skip("ping_no_occupancy_truth")
-        for k in ("delta1", "abs_rel", "rmse"):
+        for k in ("delta1", "abs_rel", "rmse", "ause", "ause_random"):
             if rec[k] is not None and not np.isfinite(rec[k]):
                 rec[k] = None
         self.pings.append(rec)
@@ -670,6 +688,15 @@ class _Replay:
                                  "true_depth": depth if depth is not None else (cam["truth"] if cam else None),
                                  "pred_camera": cam["pred"] if cam else None, "true_labels": sem,
                                  "delta1": rec["delta1"]})
+
+    def _score_safety(self, rec: dict, pred: np.ndarray, truth: np.ndarray, uncertainty, labels) -> None:
+        """The ping's safety pixel counts (pooled by :func:`summarize`) and, when the model gives a depth
+        uncertainty, its AUSE for AbsRel against the truth, and a random order's."""
+        obstacle = self.bundle.classes.index("obstacle") if "obstacle" in self.bundle.classes else -1
+        rec["_safety"] = safety_counts(pred, truth, labels if obstacle >= 0 else None, obstacle=obstacle)
+        if uncertainty is not None:
+            sp = sparsification(pred, truth, uncertainty)
+            rec.update(ause=sp["ause"], ause_random=sp["ause_random"])
 
     def _camera_depth(self, o, t: float):
         """Scores of the panorama reprojected into the camera frame nearest in time, where the camera sees."""
@@ -704,7 +731,8 @@ class _Replay:
                                                    rpy, self.bundle.el_min_deg, self.bundle.el_max_deg)
         pred = self.reproj[key](o.depth)
         d = depth_metrics(pred, truth)
-        return {**d, "pixels": int(np.isfinite(truth).sum()), "pred": pred, "truth": truth}
+        unc = None if o.depth_uncertainty is None else self.reproj[key](o.depth_uncertainty)
+        return {**d, "pixels": int(np.isfinite(truth).sum()), "pred": pred, "truth": truth, "uncertainty": unc}
 
     def _doa(self, out, stamp: float, t_ns: int, truth=None) -> None:
         """Score one frame's directions against the source truth (looked up now when not given)."""

@@ -32,8 +32,10 @@ def _fmt(v, digits: int = 3) -> str:
 
 
 METRIC_COLUMNS = (("pings", "pings"), ("delta1_mean", "depth δ1"), ("abs_rel_mean", "AbsRel"), ("rmse_mean", "RMSE m"),
-                  ("class_acc_mean", "class acc."), ("miou", "mIoU"), ("voxel_iou_mean", "voxel IoU"),
-                  ("infer_ms_median", "inference ms p50"), ("latency_ms_p99", "latency ms p99"))
+                  ("near_pixels", "px < 0.5 m"), ("false_far_rate", "false far"), ("near_recall", "near recall"), ("ause_mean", "AUSE AbsRel"),
+                  ("ause_random_mean", "random AUSE"), ("class_acc_mean", "class acc."), ("miou", "mIoU"),
+                  ("voxel_iou_mean", "voxel IoU"), ("infer_ms_median", "inference ms p50"),
+                  ("latency_ms_p99", "latency ms p99"))
 
 
 def tables(m: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
@@ -93,7 +95,12 @@ def summary_markdown(m: dict) -> str:
     parts += ["## How the numbers are computed", "",
               "Per ping: depth δ1 (fraction of pixels with max(p/g, g/p) < 1.25), AbsRel and RMSE over the pixels with "
               "a true depth; class accuracy over labelled pixels; voxel IoU of the occupied voxels. Means are over the "
-              "pings that have that truth; mIoU and IoU per class pool every ping's confusion matrix. Latency: from "
+              "pings that have that truth; mIoU and IoU per class pool every ping's confusion matrix. False far: of "
+              "the pixels within 0.5 m, the share predicted beyond 1 m; near recall: of those within 1 m, the share "
+              "predicted within 1.5 m (both pooled over every ping's pixels). AUSE AbsRel: the area between the "
+              "sparsification curve of the depth uncertainty (leave out the most uncertain pixels in 20 steps, score "
+              "the rest) and that of the true errors, 0 for a perfect ranking; random AUSE: the same for a random "
+              "order. Latency: from "
               "the audio message that completes a ping's window to its outputs decoded. DOA: per true source, the "
               "angle to the nearest direction the beamformer found in each frame.", ""]
     parts += ["## Plots", ""] + [f"![{title}]({name})" for name, title in PLOTS] + [""]

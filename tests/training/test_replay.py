@@ -75,6 +75,26 @@ def test_replay_metrics_equal_direct_scores(sim, report):
     assert saved["events"] == [] and saved["unknown_topics"] == {}
     assert o["doa_errors"] > 0 and 0 <= o["doa_error_deg_median"] <= 180
     assert len(saved["segments"]) == 1 and saved["segments"][0]["pings"] == len(records)
+    # the safety metrics pooled over every ping's pixels, and the uncertainty's AUSE per ping, as computed directly
+    from avperception.eval.safety import merge_counts, safety_counts, safety_metrics, sparsification
+
+    pooled = None
+    for r in records:
+        out_r, truth = r["out"], r["truth"]
+        assert out_r.depth_uncertainty is not None  # the shipped bundle has an uncertainty head
+        sp = sparsification(out_r.depth, truth.depth, out_r.depth_uncertainty)
+        assert by_ping[r["ping"]]["ause"] == pytest.approx(sp["ause"], abs=1e-9)
+        assert by_ping[r["ping"]]["ause_random"] == pytest.approx(sp["ause_random"], abs=1e-9)
+        pooled = merge_counts(pooled, safety_counts(out_r.depth, truth.depth, truth.semantic))
+    direct = safety_metrics(pooled)
+    assert o["near_pixels"] == direct["near_pixels"]
+    for k in ("false_far_rate", "near_recall", "obstacle_delta1"):
+        assert (o[k] is None) == (not np.isfinite(direct[k])), k
+        if o[k] is not None:
+            assert o[k] == pytest.approx(direct[k], abs=1e-12), k
+    assert o["ause_mean"] == pytest.approx(np.mean([p["ause"] for p in saved["pings"]]), abs=1e-12)
+    # the uncertainty ranks this room's errors far better than a random order does
+    assert o["ause_mean"] < 0.5 * o["ause_random_mean"]
 
 
 def _rewrite(src, dst, edit):
@@ -220,6 +240,12 @@ def test_replay_scores_a_depth_camera_where_it_sees(sim, tmp_path):
         assert by_ping[r["ping"]]["abs_rel"] == pytest.approx(d["abs_rel"], abs=1e-6)
         assert by_ping[r["ping"]]["delta1"] == pytest.approx(d["delta1"], abs=1e-6)
         assert by_ping[r["ping"]]["class_acc"] == pytest.approx(r["class_acc"], abs=1e-6)
+        # the uncertainty is reprojected with the depth and ranks the camera's pixels
+        from avperception.eval.safety import sparsification
+
+        sp = sparsification(cam(r["out"].depth), cam(r["truth"].depth), cam(r["out"].depth_uncertainty))
+        assert by_ping[r["ping"]]["ause"] == pytest.approx(sp["ause"], abs=1e-9)
+    assert m["overall"]["false_far_rate"] is None or 0.0 <= m["overall"]["false_far_rate"] <= 1.0
 
 
 def test_replay_fast_path_equals_node_order(sim, report):

@@ -3,7 +3,7 @@
 ``evaluate(predictor, dataset)`` runs any callable that maps a batch to a dict
 of numpy predictions (``depth`` m, ``semantic`` labels, ``voxels`` bool,
 ``energy``, optionally ``depth_uncertainty`` m) and returns averaged metrics, with
-the depth's safety metrics (:mod:`.safety_metrics`: false-far rate, near-obstacle
+the depth's safety metrics (:mod:`avperception.eval.safety`: false-far rate, near-obstacle
 recall, range bands, obstacle delta_1) and, for an uncertainty, its sparsification
 (AUSE); ``results_tables`` compares several.
 """
@@ -20,7 +20,7 @@ from avperception.bench.common import markdown_table as _table
 from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
 
 from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
-from .safety_metrics import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
+from avperception.eval.safety import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
 
 Predictor = Callable[[dict], dict]
 
@@ -108,9 +108,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
              batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20) -> dict:
     """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields).
 
-    With depth, ``safety`` pools :func:`~.safety_metrics.safety_counts` over the scenes that have depth scores;
+    With depth, ``safety`` pools :func:`avperception.eval.safety.safety_counts` over the scenes that have depth scores;
     with ``depth_uncertainty`` (m) too, ``uncertainty`` averages each scene's sparsification
-    (:func:`~.safety_metrics.sparsification`, ``sparsification_steps`` fractions): for AbsRel ranked by the
+    (:func:`avperception.eval.safety.sparsification`, ``sparsification_steps`` fractions): for AbsRel ranked by the
     relative uncertainty ``depth_uncertainty / depth``, for RMSE by the uncertainty in metres; AUSE against the
     oracle, and a random order's for reference.
     """

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avperception_train.learn.safety_metrics import (merge_counts, range_band_names, safety_counts, safety_metrics,
-                                                     sparsification, sparsification_curve)
+from avperception.eval.safety import (merge_counts, range_band_names, safety_counts, safety_metrics, sparsification,
+                                      sparsification_curve)
 
 
 def test_false_far_and_near_recall_count_what_a_robot_would_hit():
@@ -94,25 +94,3 @@ def test_curve_leaves_out_the_highest_scores_first():
         sparsification(np.ones(4), np.ones(4), np.ones(3))
     with pytest.raises(ValueError, match="metric"):
         sparsification(np.ones(4), np.ones(4), np.ones(4), "mae")
-
-
-def test_evaluate_reports_safety_and_the_uncertaintys_ause(dataset):
-    from avperception_train.learn.data import InMemoryScenes
-    from avperception_train.learn.evaluate import report_text, evaluate
-
-    test = InMemoryScenes(dataset, "train")
-
-    def far_when_near(batch):  # everything within 1 m is reported at 3 m; the uncertainty knows its error
-        g = batch["depth"].numpy()
-        d = np.where(g < 1.0, 3.0, g * 1.1)
-        return {"depth": d, "depth_uncertainty": np.abs(d - g)}
-
-    r = evaluate(far_when_near, test)
-    s = r["safety"]
-    assert s["false_far_rate"] == 1.0 and s["near_recall"] == 0.0 and s["close_pixels"] > 0
-    assert s["by_range"]["2-4 m"]["abs_rel"] == pytest.approx(0.1) and s["by_range"]["2-4 m"]["delta1"] == 1.0
-    u = r["uncertainty"]
-    assert u["scenes"] == len(test) and u["rmse"]["ause"] == pytest.approx(0.0, abs=1e-9)
-    assert u["rmse"]["ause_random"] > 0.01
-    text = report_text({"far when near": r})
-    assert "| far when near | 1.000 | 0.000 |" in text and "AUSE AbsRel" in text and "<0.5 m" in text

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..datagen.geometry import OBSTACLE
+from .metrics import OBSTACLE
 
 RANGE_EDGES_M = (0.5, 1.0, 2.0, 4.0, 6.0)  # bands of true range: below the first edge, between edges, above the last
 NEAR_M, FAR_M = 0.5, 1.0                   # false far: true range < NEAR_M, predicted > FAR_M
