@@ -360,3 +360,11 @@ def test_record_sim_for_another_array_replays_with_its_bundle(tmp_path):
     with pytest.raises(BundleMismatch, match="does not fit array 'respeaker_4mic'"):
         record_sim(tmp_path / "mismatch", 2, array="respeaker_4mic", model="default:robot_8mic")
     assert not (tmp_path / "mismatch").exists()
+    # and so is a given trajectory whose array the model does not fit
+    from avperception_train.datagen.config import load_config
+    from avperception_train.datagen.trajectory import ActiveTrajectory
+
+    traj = ActiveTrajectory(load_config(None, {"array": "respeaker_4mic"}), room_id=0, seed=0)
+    with pytest.raises(BundleMismatch, match="does not fit array 'respeaker_4mic'"):
+        record_sim(tmp_path / "given", 2, model="default:robot_8mic", trajectory=traj)
+    assert not (tmp_path / "given").exists()

@@ -115,7 +115,7 @@ def record_sim(out: str | Path, pings: int = 40, room: int = 0, storage: str = "
     ``encoding``: the audio's PCM (``F32LE`` keeps the simulated samples exactly; ``S16LE`` is what most drivers
     send). ``start_s``: the stamp of the first audio sample. ``publish_pings`` false leaves ``/sonar/pings`` out
     (the pings must then be found on their direct path). ``trajectory``: an ``ActiveTrajectory`` to record instead
-    of building one. Returns a summary: topics and message counts, the scene, the duration.
+    of building one (its array must fit ``model`` as well). Returns a summary: topics and message counts, the scene, the duration.
     """
     from rosbags.rosbag2 import Writer
 
@@ -136,8 +136,8 @@ def record_sim(out: str | Path, pings: int = 40, room: int = 0, storage: str = "
         over, sweep_id = bundle_emitter(model, cfg)
         trajectory = ActiveTrajectory(cfg, room_id=room, ping_rate_hz=ping_rate_hz, seed=seed,
                                       num_sources=num_sources, active=over)
-    else:
-        sweep_id = bundle_emitter(model)[1]
+    else:  # the trajectory's array must fit the model too
+        sweep_id = bundle_emitter(model, trajectory.cfg)[1]
     traj = trajectory
     ts = typestore()
     fs, frame = traj.fs, traj.array.frame_id
