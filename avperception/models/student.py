@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import DEFAULT_ARRAY
-from ..constants import SPEED_OF_SOUND
+from ..constants import LAYOUT_HEIGHTS, SPEED_OF_SOUND
 from ..dsp.echo import beam_envelope, beam_kernels, log_envelope, matched_iq, quadrature_kernels, sweep_band
 from ..dsp.grid import horizon
 from ..dsp.features import stft, stft_basis
@@ -103,6 +103,11 @@ class StudentConfig:
     # distance of the wall plane facing it (the room's support function), and each column takes the nearest
     # plane along its ray (sharp corners, exact for a convex room)
     layout_planes: bool = False
+    # "direct": the summary token gives the floor's and the ceiling's distance; "ordered": it gives the nearer and
+    # the farther of the two and whether the floor is the nearer (a planar array hears both straight along its
+    # axis and cannot tell them apart by their echoes: regressing each directly hedges between the two when the
+    # array is above half the room's height, the order keeps both distances sharp and says how sure it is)
+    layout_heights: str = "direct"
     el_min_deg: float = -90.0
     el_max_deg: float = 90.0
     obstacle_class: int = 3          # semantic class whose pixels keep the decoder's depth
@@ -129,6 +134,8 @@ class StudentConfig:
                 raise ValueError(f"layout_beams ({self.layout_beams}) must divide pano_w ({self.pano_w})")
             if not 0 <= self.obstacle_class < self.num_classes:
                 raise ValueError(f"obstacle_class {self.obstacle_class} is not one of {self.num_classes} classes")
+        if self.layout_heights not in LAYOUT_HEIGHTS:
+            raise ValueError(f"layout_heights {self.layout_heights!r} is not one of {', '.join(LAYOUT_HEIGHTS)}")
         if self.echo_hop:
             if not self.emitted:
                 raise ValueError("echo_hop > 0 needs the emitted sweep (StudentConfig.emitted)")
@@ -572,7 +579,10 @@ class LayoutHead(nn.Module):
     Five polar convolutions reduce range 32-fold; each azimuth becomes a token, and attention across the
     azimuths (plus one summary token) turns the walls' normals into the distance at every azimuth: a soft
     choice among ``layout_bins`` log-spaced distances, interpolated to the panorama's columns. The summary
-    token gives the two heights.
+    token gives the two heights: directly, or (``layout_heights: ordered``) as the nearer and the farther of
+    the two plus a logit that the floor is the nearer, which picks the floor. A planar array cannot tell the
+    floor's echo from the ceiling's, so when the array is above half the room's height the order is a guess;
+    the two distances stay sharp, and the logit's doubt goes to the uncertainty head.
     """
 
     def __init__(self, cfg: StudentConfig) -> None:
@@ -602,14 +612,17 @@ class LayoutHead(nn.Module):
         self.register_buffer("to_columns", torch.from_numpy(_circular_interp(cfg.layout_beams, k)), persistent=False)
         if self.planes:
             self.register_buffer("log_cos", torch.from_numpy(_plane_log_cos(k, cfg.pano_w)), persistent=False)
-        self.heights = nn.Linear(cfg.dim, 2)
-        with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it
+        self.ordered = cfg.layout_heights == "ordered"
+        self.heights = nn.Linear(cfg.dim, 3 if self.ordered else 2)
+        with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it (the nearer)
             self.heights.weight.mul_(0.1)
-            self.heights.bias.copy_(torch.tensor([math.log(0.75), math.log(2.0)]))
+            self.heights.bias.copy_(torch.tensor([math.log(0.75), math.log(2.0)] + ([2.0] if self.ordered else [])))
 
-    def forward(self, iq: torch.Tensor, with_spread: bool = False) -> tuple[torch.Tensor, ...]:
-        """``iq (B, M, 2, N)`` -> ``walls (B, W)``, ``heights (B, 2)`` and, with ``with_spread``, ``spread (B, A)``:
-        the standard deviation of log distance under each azimuth's soft choice of bins (how sure it is)."""
+    def forward(self, iq: torch.Tensor, with_spread: bool = False) -> dict[str, torch.Tensor]:
+        """``iq (B, M, 2, N)`` -> ``walls (B, W)``, ``heights (B, 2)`` (floor, ceiling) and, with ``with_spread``,
+        ``spread (B, A)``: the standard deviation of log distance under each azimuth's soft choice of bins (how
+        sure it is); with ordered heights also ``height_pair (B, 2)`` (the nearer and the farther, m) and
+        ``floor_nearer (B,)`` (the logit that the floor is the nearer)."""
         e = beam_envelope(iq, self.beams, self.hop)  # (B, A + 1, R)
         horiz, up = e[:, :-1], e[:, -1:].expand(-1, e.shape[1] - 1, -1)
         x = self.cnn(self.norm(torch.stack([horiz, up], dim=1)))  # (B, C, A, R')
@@ -620,12 +633,20 @@ class LayoutHead(nn.Module):
         probs = torch.softmax(self.bins(x[:, 1:]), dim=-1)  # (B, A, bins)
         log_dist = (probs * self.log_bins).sum(-1)  # (B, A)
         dist = log_dist.exp()
-        heights = self.heights(x[:, 0]).clamp(-3.0, 3.0).exp()
+        h = self.heights(x[:, 0])
         walls = plane_walls(dist, self.to_columns, self.log_cos) if self.planes else dist @ self.to_columns
+        out = {"walls": walls}
+        if self.ordered:
+            a, b = h[:, :1].clamp(-3.0, 3.0).exp(), h[:, 1:2].clamp(-3.0, 3.0).exp()
+            pair = torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)  # (B, 2): nearer, farther
+            floor_nearer = h[:, 2]
+            out.update(heights=torch.where(floor_nearer[:, None] >= 0, pair, torch.cat([pair[:, 1:], pair[:, :1]], 1)),
+                       height_pair=pair, floor_nearer=floor_nearer)
+        else:
+            out["heights"] = h.clamp(-3.0, 3.0).exp()
         if with_spread:  # fixed by the caller's config, not by the data
-            spread = ((probs * (self.log_bins - log_dist[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
-            return walls, heights, spread
-        return walls, heights
+            out["spread"] = ((probs * (self.log_bins - log_dist[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
+        return out
 
 
 # ----------------------------------------------------------------------------- depth uncertainty
@@ -638,14 +659,16 @@ class UncertaintyHead(nn.Module):
     It reads, all detached (it never changes the other outputs, and trains alone on a frozen network): the
     panorama decoder's last features ``(B, F, H, W)``, log depth, the classes' log-probabilities, each row's
     elevation and, with a layout head, the log room depth, its difference from the depth and the layout head's
-    spread over its distance bins at each column (how sure each azimuth's wall is). A 1x1 convolution, a 3x3
+    spread over its distance bins at each column (how sure each azimuth's wall is) and, with ordered heights,
+    its doubt that the floor is the nearer of floor and ceiling (``1 - |2 p - 1|``). A 1x1 convolution, a 3x3
     one (circular padding, as the decoder's) and a 1x1 one; about 1.6 k parameters, 11 M multiply-adds.
     """
 
     def __init__(self, cfg: StudentConfig, features: int, width: int = 16) -> None:
         super().__init__()
         self.layout = bool(cfg.layout_beams)
-        cin = features + 2 + cfg.num_classes + (3 if self.layout else 0)
+        self.order = self.layout and cfg.layout_heights == "ordered"
+        cin = features + 2 + cfg.num_classes + (3 if self.layout else 0) + (1 if self.order else 0)
         self.body = nn.Sequential(nn.Conv2d(cin, width, 1), nn.GELU(),
                                   nn.Conv2d(width, width // 2, 3, padding=1, padding_mode="circular"), nn.GELU(),
                                   nn.Conv2d(width // 2, 1, 1))
@@ -659,9 +682,11 @@ class UncertaintyHead(nn.Module):
         self.register_buffer("spread_columns", torch.from_numpy(spread_cols), persistent=False)
 
     def forward(self, features: torch.Tensor, depth: torch.Tensor, semantic: torch.Tensor,
-                room: torch.Tensor | None = None, spread: torch.Tensor | None = None) -> torch.Tensor:
+                room: torch.Tensor | None = None, spread: torch.Tensor | None = None,
+                floor_nearer: torch.Tensor | None = None) -> torch.Tensor:
         """``features (B, F, H, W)``, ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits; with a layout head
-        ``room (B, H, W)`` m and ``spread (B, A)`` -> ``(B, H, W)`` log scale, in [-6, 2]."""
+        ``room (B, H, W)`` m and ``spread (B, A)``, with ordered heights ``floor_nearer (B,)`` (logit) ->
+        ``(B, H, W)`` log scale, in [-6, 2]."""
         log_d = torch.log(depth.detach().clamp_min(1e-3))[:, None]
         sem = semantic.detach()
         parts = [features.detach(), log_d, sem - torch.logsumexp(sem, dim=1, keepdim=True),
@@ -670,6 +695,9 @@ class UncertaintyHead(nn.Module):
             log_room = torch.log(room.detach().clamp_min(1e-3))[:, None]
             cols = (spread.detach() @ self.spread_columns)[:, None, None, :].expand(-1, 1, depth.shape[1], -1)
             parts += [log_room, log_room - log_d, cols]
+        if self.order:
+            doubt = 1.0 - torch.tanh(0.5 * floor_nearer.detach()).abs()  # 1 - |2 sigmoid - 1|
+            parts.append(doubt[:, None, None, None].expand(-1, 1, depth.shape[1], depth.shape[2]))
         return self.body(torch.cat(parts, dim=1))[:, 0].clamp(-6.0, 2.0)
 
 
@@ -758,7 +786,8 @@ class AudioStudent(AudioEncoder):
     """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
     ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
     with a layout head, ``layout (B, H, W)``: the room's depth without obstacles, rendered from
-    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling); with
+    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling), and with
+    ordered heights ``height_pair (B, 2)`` (nearer, farther) and ``floor_nearer (B,)`` (logit); with
     ``cfg.uncertainty``, ``depth_log_scale (B, H, W)`` (:class:`UncertaintyHead`) and ``depth_uncertainty (B, H, W)``
     (the depth's standard deviation, m, :func:`depth_std`).
 
@@ -798,12 +827,10 @@ class AudioStudent(AudioEncoder):
         latent = self.encode(audio, iq)
         out = self.decode(latent)
         out["latent"] = latent
-        spread = None
+        lay: dict[str, torch.Tensor] = {}
         if self.layout is not None:
-            if self.uncertainty is not None:
-                walls, heights, spread = self.layout(iq, with_spread=True)
-            else:
-                walls, heights = self.layout(iq)
+            lay = self.layout(iq, with_spread=self.uncertainty is not None)
+            walls, heights = lay["walls"], lay["heights"]
             room = layout_depth(walls, heights, self.sin_el, self.cos_el, cfg.max_depth)
             # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it), and
             # never behind the room's surface: an obstacle stands in front of the wall, floor or ceiling it hides
@@ -813,8 +840,11 @@ class AudioStudent(AudioEncoder):
             obstacle = 1.0 / torch.exp(sem - sem[:, cfg.obstacle_class:cfg.obstacle_class + 1]).sum(dim=1)
             out["depth"] = room + obstacle * (torch.minimum(out["depth"], room) - room)
             out.update(layout=room, walls=walls, heights=heights)
+            if "floor_nearer" in lay:
+                out.update(height_pair=lay["height_pair"], floor_nearer=lay["floor_nearer"])
         if self.uncertainty is not None:
-            s = self.uncertainty(out.pop("pano_features"), out["depth"], out["semantic"], out.get("layout"), spread)
+            s = self.uncertainty(out.pop("pano_features"), out["depth"], out["semantic"], out.get("layout"),
+                                 lay.get("spread"), lay.get("floor_nearer"))
             out.update(depth_log_scale=s, depth_uncertainty=depth_std(out["depth"].detach(), s))
         return out
 

@@ -686,6 +686,62 @@ def test_a_nearer_layout_range_extends_the_bins_and_keeps_every_old_one(tiny_ds,
     assert (fsc.layout_bins, fsc.layout_min_m) == (near.layout_bins, 0.1) == (fresh.layout.bins.out_features, 0.1)
 
 
+def test_ordered_heights_convert_a_model_and_learn_which_is_the_floor(tiny_ds, tmp_path):
+    """layout_heights: ordered on a model with direct heights: where it put the floor nearer it answers exactly as
+    before (depth, uncertainty); the order logit decides which of the pair is the floor; the loss scores the pair
+    against the sorted truth and the order by cross-entropy, and a few steps on a room whose ceiling is the
+    nearer teach the logit to say so."""
+    import torch.nn.functional as F
+
+    from avperception.models.student import AudioStudent
+    from avperception_train.learn.data import make_datasets
+    from avperception_train.learn.losses import prediction_loss
+    from avperception_train.learn.train import initial_student, student_config
+
+    info = make_datasets(str(tiny_ds), 0, False)[2]
+    spec = ModelSpec(dim=32, depth=1, decoder_width=16, layout_beams=6, uncertainty=True)
+    old = AudioStudent(student_config(TrainConfig(data=str(tiny_ds), mode="e2e", model=spec), info)).eval()
+    old.save(tmp_path / "m")
+    osc = student_config(TrainConfig(data=str(tiny_ds), mode="e2e", model=replace(spec, layout_heights="ordered")),
+                         info)
+    new, nsc = initial_student(str(tmp_path / "m"), osc, info.emitted)
+    new.eval()
+    assert nsc.layout_heights == "ordered" and new.layout.heights.out_features == 3
+    audio = torch.from_numpy(InMemoryScenes(tiny_ds, "test").item(0)["audio"])[None]
+    with torch.no_grad():
+        a, b = old(audio), new(audio)
+        assert float(a["heights"][0, 0]) < float(a["heights"][0, 1])  # the old head puts the floor nearer
+        for k in ("heights", "depth", "depth_uncertainty"):
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+        torch.testing.assert_close(b["height_pair"], a["heights"])
+        new.layout.heights.bias[2] = -50.0  # sure the ceiling is the nearer: the pair swaps
+        torch.testing.assert_close(new(audio)["heights"], a["heights"].flip(1))
+    # the loss: the pair against the sorted truth, the order by cross-entropy
+    out = {k: v for k, v in b.items()}
+    target = {"walls": torch.full_like(b["walls"], float("nan")), "heights": torch.tensor([[2.0, 0.5]])}
+    _, parts = prediction_loss(out, target, {"depth": 0, "semantic": 0, "voxels": 0, "energy": 0, "uncertainty": 0},
+                               "log")
+    want = F.l1_loss(torch.log(b["height_pair"][0]), torch.log(torch.tensor([0.5, 2.0])))
+    assert parts["layout"] == pytest.approx(float(want), rel=1e-5)
+    assert parts["height_order"] == pytest.approx(float(F.softplus(b["floor_nearer"][0])), rel=1e-5)  # label 0
+    with torch.no_grad():
+        new.layout.heights.bias[2] = 3.0  # back to the floor nearer, as converted
+    new.train()
+    opt = torch.optim.Adam([new.layout.heights.bias], 0.1)
+    for _ in range(60):
+        loss, _ = prediction_loss(new(audio), target, {"depth": 0, "semantic": 0, "voxels": 0, "energy": 0,
+                                                       "uncertainty": 0}, "log")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    new.eval()
+    with torch.no_grad():
+        h = new(audio)["heights"][0]
+    assert float(new.layout.heights.bias[2]) < 0 and float(h[0]) > float(h[1])  # the floor is now the farther
+    with pytest.raises(ConfigError, match="layout_heights must be one of direct, ordered"):
+        replace(TrainConfig(data=str(tiny_ds), mode="e2e"), model=ModelSpec(layout_heights="sorted")).validate()
+
+
 def test_two_process_distributed_training(tiny_ds, tmp_path):
     """torchrun with 2 CPU processes (gloo): DistributedDataParallel trains and rank 0 writes the checkpoints."""
     import os

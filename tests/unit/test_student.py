@@ -206,14 +206,17 @@ def test_echo_beams_widen_the_echogram_tokens_and_see_direction():
     assert (int(pb.argmax()) - int(pa.argmax())) % 8 == 6
 
 
-@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout", "layout planes", "plan voxels"])
+@pytest.mark.parametrize("echo", ["off", "echogram", "beams", "layout", "layout planes", "plan voxels",
+                                  "ordered heights"])
 def test_onnx_export_matches_torch(tmp_path, echo):
     ort = pytest.importorskip("onnxruntime")
     cfg = {"off": tiny, "echogram": echo_cfg,
            "beams": lambda: echo_cfg(echo_beams=8, array_positions=RING4),
            "layout": lambda: echo_cfg(layout_beams=8, array_positions=RING4),
            "layout planes": lambda: echo_cfg(layout_beams=8, layout_planes=True, array_positions=RING4),
-           "plan voxels": lambda: tiny(voxel_decoder="plan")}[echo]()
+           "plan voxels": lambda: tiny(voxel_decoder="plan"),
+           "ordered heights": lambda: echo_cfg(layout_beams=8, layout_planes=True, layout_heights="ordered",
+                                               uncertainty=True, array_positions=RING4)}[echo]()
     m = AudioStudent(cfg).eval()
     x = torch.randn(1, 4, 1024)
     with torch.no_grad():

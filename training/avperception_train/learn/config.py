@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from avperception.config import ConfigError, from_dict, to_dict
+from avperception.constants import LAYOUT_HEIGHTS
 
 MODES = ("distill", "e2e", "manifold", "manifold-e2e", "teacher", "vqvae")
 DISTANCE_LOSSES = ("log", "relative")  # learn.losses.distance_loss
@@ -43,6 +44,10 @@ class ModelSpec:
     voxel_decoder: str = ""         # 3d: transposed 3-D convolutions; plan: 2-D over the floor plan with the
                                     #      heights as channels (faster in ONNX Runtime); empty: 3d, or with
                                     #      init the initial model's (another kind replaces its voxel decoder)
+    layout_heights: str = ""        # ordered: the layout head gives the nearer and the farther of floor and
+                                    #      ceiling and which is the floor (models.student.StudentConfig); with init,
+                                    #      a model with direct heights is converted (it answers as before until
+                                    #      trained); empty: direct, or with init the initial model's
     uncertainty: bool = False       # a depth uncertainty head (models.student.UncertaintyHead: each pixel's
                                     #      log Laplace scale of log depth); with init, a model without one gains
                                     #      a fresh one (train it alone: train_only: [uncertainty])
@@ -134,6 +139,9 @@ class TrainConfig:
         if self.model.voxel_decoder and self.model.voxel_decoder not in VOXEL_DECODERS:
             raise ConfigError(f"model.voxel_decoder must be {' or '.join(VOXEL_DECODERS)} (or empty), "
                               f"got {self.model.voxel_decoder!r}")
+        if self.model.layout_heights not in ("",) + LAYOUT_HEIGHTS:
+            raise ConfigError(f"model.layout_heights must be one of {', '.join(LAYOUT_HEIGHTS)} (or empty), got "
+                              f"{self.model.layout_heights!r}")
         if not 0 <= self.model.layout_min_m < self.model.max_depth:
             raise ConfigError(f"model.layout_min_m must be in [0, model.max_depth {self.model.max_depth}) m "
                               f"(0: the default, 0.2 m), got {self.model.layout_min_m}")

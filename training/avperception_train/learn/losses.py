@@ -36,13 +36,16 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     (``IGNORE`` skipped; soft targets ``(B, C, H, W)`` allowed); voxels: BCE with logits
     (float targets in [0, 1], NaN = unknown); energy: MSE (NaN = unknown); layout (a student with a
     layout head, against :func:`~avperception_train.learn.data.room_layout` targets): :func:`distance_loss`
-    over the known walls and heights, of log distance only for ``log``; uncertainty (a student with a depth
+    over the known walls and heights, of log distance only for ``log`` (with ordered heights, the nearer and the
+    farther of floor and ceiling against the true ones sorted, and ``height_order``: the cross-entropy of the
+    logit that the floor is the nearer, weighted as the layout unless given); uncertainty (a student with a depth
     uncertainty head): :func:`~avperception.models.student.laplace_nll` of log depth on the valid pixels, the
     depth detached. An output whose targets are all
     unknown in the batch adds nothing (and has no entry in the scalars).
     """
     w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0, "uncertainty": 1.0}
     w.update(weights or {})
+    w.setdefault("height_order", w["layout"])
     parts: dict[str, torch.Tensor] = {}
     if "depth" in target and w["depth"]:
         g = target["depth"]
@@ -68,8 +71,16 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
             pos = t.mean().clamp(0.01, 0.5)
             parts["voxels"] = F.binary_cross_entropy_with_logits(out["voxels"][known], t, pos_weight=(1 - pos) / pos)
     if "walls" in out and "walls" in target and w["layout"]:
-        p = torch.cat([out["walls"], out["heights"]], dim=1)
-        g = torch.cat([target["walls"], target["heights"]], dim=1)
+        th = target["heights"]
+        if "height_pair" in out:  # ordered heights: the nearer and the farther, and which of them is the floor
+            both = torch.isfinite(th).all(dim=1)
+            pair = torch.sort(torch.where(both[:, None], th, torch.zeros_like(th)), dim=1).values
+            th = torch.where(both[:, None], pair, torch.full_like(th, float("nan")))
+            if both.any():
+                parts["height_order"] = F.binary_cross_entropy_with_logits(
+                    out["floor_nearer"][both], (target["heights"][both, 0] <= target["heights"][both, 1]).float())
+        p = torch.cat([out["walls"], out.get("height_pair", out["heights"])], dim=1)
+        g = torch.cat([target["walls"], th], dim=1)
         known = torch.isfinite(g)
         if known.any():
             p, g = p[known].clamp_min(1e-3), g[known].clamp_min(1e-3)

@@ -46,6 +46,8 @@ def student_config(cfg: TrainConfig, info: DataInfo) -> StudentConfig:
         kw["uncertainty"] = True
     if m.layout_min_m:
         kw["layout_min_m"] = m.layout_min_m
+    if m.layout_heights:
+        kw["layout_heights"] = m.layout_heights
     if m.decoder_width:
         kw["decoder_width"] = m.decoder_width
     if m.dim:
@@ -126,7 +128,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     takes the data config's ``layout_planes`` (how its distances become walls: no weights of its own). A
     ``voxel_decoder`` kind other than the model's gives it a freshly initialised voxel decoder of that kind
     (train it with ``train_only: [voxels]``); empty keeps the model's. A data config whose ``layout_min_m`` is
-    nearer than the model's extends its layout head's bins (:func:`extend_layout_bins`).
+    nearer than the model's extends its layout head's bins (:func:`extend_layout_bins`), and one with ordered
+    heights converts a layout head with direct ones (:func:`order_layout_heights`).
     """
     from avperception.models import default_model
 
@@ -172,6 +175,8 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     weights = {k: v.float() for k, v in model.state_dict().items() if not (new_voxels and k.startswith("voxels."))}
     if sc.layout_beams and data_sc.layout_min_m < sc.layout_min_m:  # nearer walls: more bins at the same spacing
         sc = extend_layout_bins(sc, weights, data_sc.layout_min_m)
+    if sc.layout_beams and data_sc.layout_heights == "ordered" and sc.layout_heights != "ordered":
+        sc = order_layout_heights(sc, weights)
     fresh = AudioStudent(sc)
     missing, unexpected = fresh.load_state_dict(weights, strict=False)
     new_parts = tuple(p for p, new in (("layout.", add_layout), ("voxels.", new_voxels),
@@ -193,6 +198,21 @@ def extend_layout_bins(sc: StudentConfig, weights: dict, nearest_m: float) -> St
     weights["layout.bins.bias"] = torch.cat([(b[:1] - 3.0).expand(extra), b])
     return replace(sc, layout_bins=sc.layout_bins + extra,
                    layout_min_m=math.exp(math.log(sc.layout_min_m) - extra * step))
+
+
+def order_layout_heights(sc: StudentConfig, weights: dict) -> StudentConfig:
+    """The layout head's direct floor and ceiling turned into ordered heights (``layout_heights: ordered``):
+    the two rows become the pair (sorted in the forward pass) and a third row, the logit that the floor is the
+    nearer, starts at +3 with no weights, so the model answers as before wherever it put the floor nearer. An
+    uncertainty head gains a zero-weighted input for the order's doubt (its output is unchanged). ``weights``,
+    a state dict, is changed in place. Returns the config with ordered heights."""
+    w, b = weights["layout.heights.weight"], weights["layout.heights.bias"]
+    weights["layout.heights.weight"] = torch.cat([w, torch.zeros_like(w[:1])])
+    weights["layout.heights.bias"] = torch.cat([b, torch.full_like(b[:1], 3.0)])
+    if sc.uncertainty:
+        k = "uncertainty.body.0.weight"  # (width, inputs, 1, 1): the doubt is the last input
+        weights[k] = torch.cat([weights[k], torch.zeros_like(weights[k][:, :1])], dim=1)
+    return replace(sc, layout_heights="ordered")
 
 
 # what a transferred model takes from the data rather than from the model it starts from
