@@ -634,16 +634,15 @@ class LayoutHead(nn.Module):
         log_dist = (probs * self.log_bins).sum(-1)  # (B, A)
         dist = log_dist.exp()
         h = self.heights(x[:, 0])
-        walls = plane_walls(dist, self.to_columns, self.log_cos) if self.planes else dist @ self.to_columns
-        out = {"walls": walls}
         if self.ordered:
             a, b = h[:, :1].clamp(-3.0, 3.0).exp(), h[:, 1:2].clamp(-3.0, 3.0).exp()
             pair = torch.cat([torch.minimum(a, b), torch.maximum(a, b)], dim=1)  # (B, 2): nearer, farther
             floor_nearer = h[:, 2]
-            out.update(heights=torch.where(floor_nearer[:, None] >= 0, pair, torch.cat([pair[:, 1:], pair[:, :1]], 1)),
-                       height_pair=pair, floor_nearer=floor_nearer)
+            out = {"heights": torch.where(floor_nearer[:, None] >= 0, pair, torch.cat([pair[:, 1:], pair[:, :1]], 1)),
+                   "height_pair": pair, "floor_nearer": floor_nearer}
         else:
-            out["heights"] = h.clamp(-3.0, 3.0).exp()
+            out = {"heights": h.clamp(-3.0, 3.0).exp()}
+        out["walls"] = plane_walls(dist, self.to_columns, self.log_cos) if self.planes else dist @ self.to_columns
         if with_spread:  # fixed by the caller's config, not by the data
             out["spread"] = ((probs * (self.log_bins - log_dist[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
         return out
