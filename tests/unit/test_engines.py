@@ -91,8 +91,9 @@ def _run(path, windows):
 
 
 # bounds on one-wall synthetic echoes, far from the rooms the student knows (measured: fp16 depth 0.05-0.14, labels
-# 0.91-0.97, voxels 0.83-0.92; int8 0.21-0.27, 0.97-0.98, 0.94-0.95); the tolerances on real held-out rooms are
-# tested in tests/training/test_build_engine.py
+# 0.91-0.97, voxels 0.83-0.92; int8, its matched filter kept float, 0.00, 0.99-1.00, 0.99-1.00; with the matched
+# filter quantized the step-14 model's depth moved by 0.08-0.50); the tolerances on real held-out rooms are tested in
+# tests/training/test_build_engine.py
 @pytest.mark.parametrize("precision, depth_tol, label_min, voxel_min", [("fp16", 0.25, 0.85, 0.75),
                                                                        ("int8", 0.40, 0.90, 0.85)])
 def test_reduced_graphs_agree_with_fp32(bundle, reduced, precision, depth_tol, label_min, voxel_min):
