@@ -18,11 +18,12 @@ import torch
 
 from avperception.bench.common import markdown_table as _table
 from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
-
-from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
 from avperception.eval.safety import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
 
+from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
+
 Predictor = Callable[[dict], dict]
+ARRAY_HEIGHT_EDGES_M = (0.6, 1.2)  # bands of the array's height above the floor (the standard scenes: 0.3-1.2 m)
 
 
 def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str = "cpu",
@@ -112,7 +113,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     with ``depth_uncertainty`` (m) too, ``uncertainty`` averages each scene's sparsification
     (:func:`avperception.eval.safety.sparsification`, ``sparsification_steps`` fractions): for AbsRel ranked by the
     relative uncertainty ``depth_uncertainty / depth``, for RMSE by the uncertainty in metres; AUSE against the
-    oracle, and a random order's for reference.
+    oracle, and a random order's for reference. With the items' ``heights`` (floor below and ceiling above the
+    array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height`` pools the depth
+    per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array cannot tell the
+    floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what that costs.
     """
     from torch.utils.data import DataLoader
 
@@ -120,6 +124,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     safety, sparse = None, {"abs_rel": [], "rmse": []}
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
+    by_height = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, num_classes + 1, 3))  # band, class (last: all), counts
+    height_scenes = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, 2))  # band: scenes, those with the ceiling nearer
     from .train import _bar
 
     loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
@@ -131,7 +137,14 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 depth_rows.append(depth_metrics(pred["depth"][i], gt_depth[i]))
                 if np.isfinite(depth_rows[-1]["abs_rel"]):  # the same scenes as the averages
                     labels = batch["semantic"][i].numpy()
-                    by_class += depth_error_by_label(pred["depth"][i], gt_depth[i], labels, num_classes)
+                    errs = depth_error_by_label(pred["depth"][i], gt_depth[i], labels, num_classes)
+                    by_class += errs
+                    h = batch["heights"][i].numpy() if "heights" in batch else np.full(2, np.nan)
+                    if np.isfinite(h[0]):
+                        band = int(np.searchsorted(ARRAY_HEIGHT_EDGES_M, h[0], side="right"))
+                        by_height[band, :num_classes] += errs
+                        by_height[band, num_classes] += errs.sum(axis=0)
+                        height_scenes[band] += (1, bool(h[1] < h[0]))
                     safety = merge_counts(safety, safety_counts(pred["depth"][i], gt_depth[i], labels))
                     if "depth_uncertainty" in pred:
                         u, d = pred["depth_uncertainty"][i], pred["depth"][i]
@@ -169,6 +182,18 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         out["depth_by_class"] = {names[c]: {"share": float(n / by_class[:, 0].sum()), "abs_rel": float(a / n),
                                             "delta1": float(d / n)}
                                  for c, (n, a, d) in enumerate(by_class) if n}
+    if height_scenes[:, 0].sum():
+        names = class_names(num_classes)
+        out["depth_by_array_height"] = {}
+        for band, label in enumerate(range_band_names(ARRAY_HEIGHT_EDGES_M)):
+            n = by_height[band, :, 0]
+            if not height_scenes[band, 0]:
+                continue
+            row = {"scenes": int(height_scenes[band, 0]), "ceiling_nearer": int(height_scenes[band, 1]),
+                   "abs_rel": float(by_height[band, -1, 1] / n[-1]), "delta1": float(by_height[band, -1, 2] / n[-1])}
+            for c in (0, 1):  # floor, ceiling
+                row[f"{names[c]}_delta1"] = float(by_height[band, c, 2] / n[c]) if n[c] else float("nan")
+            out["depth_by_array_height"][label] = row
     if conf.sum():
         out["semantic"] = segmentation_metrics(conf)
     if vox_rows:
@@ -233,6 +258,28 @@ def safety_table(results: dict[str, dict]) -> str:
         for b in bands:
             v = s["by_range"].get(b)
             row += [_cell(v["abs_rel"]), _cell(v["delta1"])] if v else ["–", "–"]
+        body.append(row)
+    return _table(head, body)
+
+
+def array_height_table(results: dict[str, dict]) -> str:
+    """Depth delta_1 (pooled over pixels), and on the floor's and the ceiling's pixels, per band of the array's
+    height above the floor, one row per method; the scene counts (and how many have the ceiling nearer than the
+    floor) in the header; '' if none has it."""
+    rows = {n: r["depth_by_array_height"] for n, r in results.items() if r.get("depth_by_array_height")}
+    if not rows:
+        return ""
+    first = next(iter(rows.values()))
+    head = ["method"]
+    for b, v in first.items():
+        what = f"array {b} ({v['scenes']} scenes, {v['ceiling_nearer']} with the ceiling nearer)"
+        head += [f"{what} δ1 ↑", "floor δ1 ↑", "ceiling δ1 ↑"]
+    body = []
+    for name, r in rows.items():
+        row = [name]
+        for b in first:
+            v = r.get(b)
+            row += [_cell(v["delta1"]), _cell(v["floor_delta1"]), _cell(v["ceiling_delta1"])] if v else ["–"] * 3
         body.append(row)
     return _table(head, body)
 
@@ -324,6 +371,11 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
         text += ("\nSafety (pooled over the test pixels): false far = the share of pixels within 0.5 m predicted "
                  "beyond 1 m; near recall = the share of pixels within 1 m predicted within 1.5 m; then depth by "
                  "band of true range (the share of pixels in brackets):\n\n" + safety + "\n")
+    heights = array_height_table(results)
+    if heights:
+        text += ("\nDepth by the array's height above the floor (pooled over pixels; a flat array cannot tell the "
+                 "floor's echo from the ceiling's, so where the ceiling is the nearer it can only guess which is "
+                 "which):\n\n" + heights + "\n")
     unc = uncertainty_table(results)
     if unc:
         text += ("\nDepth uncertainty (area under the sparsification error: leave out the most uncertain pixels step "
