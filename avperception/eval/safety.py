@@ -134,14 +134,14 @@ def sparsification_curve(errors: np.ndarray, score: np.ndarray, fractions: np.nd
         ``(S,)``: the mean error (abs_rel) or root mean squared error (rmse) of the rest.
     """
     e = np.asarray(errors, dtype=np.float64).ravel()
-    if e.size == 0:
-        return np.full(len(fractions), np.nan)
     return _ordered_curve(e[np.argsort(-np.asarray(score, dtype=np.float64).ravel(), kind="stable")], fractions, metric)
 
 
 def _ordered_curve(ordered: np.ndarray, fractions: np.ndarray, metric: str) -> np.ndarray:
-    """:func:`sparsification_curve` of errors ``(N,)`` already in the order they are removed."""
+    """:func:`sparsification_curve` of errors ``(N,)`` already in the order they are removed (NaN for none)."""
     n = ordered.size
+    if n == 0:
+        return np.full(len(fractions), np.nan)
     tail = np.concatenate([np.cumsum(ordered[::-1])[::-1], [0.0]])  # tail[k]: sum of all but the first k
     k = np.minimum((np.asarray(fractions, dtype=np.float64) * n).astype(np.int64), n - 1)
     mean = tail[k] / (n - k)
@@ -180,14 +180,9 @@ def sparsification(pred: np.ndarray, gt: np.ndarray, uncertainty: np.ndarray, me
     u = u[keep]
     u = np.where(np.isfinite(u), u, np.inf)  # an unknown uncertainty is the least sure
     f = np.arange(steps) / steps
-    if not err.size:
-        nan = np.full(steps, np.nan)
-        model = oracle = rand = nan
-    else:
-        model = sparsification_curve(err, u, f, metric)
-        oracle = _ordered_curve(np.sort(err)[::-1], f, metric)  # the errors' own order: largest removed first
-        rand = _ordered_curve(err[_random_order(err.size, seed)], f, metric)
+    model = sparsification_curve(err, u, f, metric)
+    oracle = _ordered_curve(np.sort(err)[::-1], f, metric)  # the errors' own order: largest removed first
+    rand = _ordered_curve(err[_random_order(err.size, seed)], f, metric)
     return {"fractions": f.tolist(), "model": model.tolist(), "oracle": oracle.tolist(), "random": rand.tolist(),
-            "ause": float(np.trapezoid(model - oracle, f)) if err.size else float("nan"),
-            "ause_random": float(np.trapezoid(rand - oracle, f)) if err.size else float("nan"),
+            "ause": float(np.trapezoid(model - oracle, f)), "ause_random": float(np.trapezoid(rand - oracle, f)),
             "pixels": int(err.size)}
