@@ -137,8 +137,9 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
     o, sp = m["overall"], m["speed"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"{o['pings']} pings scored: depth delta1 {f(o['delta1_mean'])}, AbsRel {f(o['abs_rel_mean'])}, false far "
-          f"{f(o['false_far_rate'])} of {o['near_pixels']} px within 0.5 m, near recall {f(o['near_recall'])}, uncertainty AUSE {f(o['ause_mean'])} (random "
-          f"{f(o['ause_random_mean'])}), class accuracy {f(o['class_acc_mean'])}, voxel IoU {f(o['voxel_iou_mean'])}; DOA p50 "
+          f"{f(o['false_far_rate'])} of {o['near_pixels']} px within 0.5 m, near recall {f(o['near_recall'])}, "
+          f"uncertainty AUSE {f(o['ause_mean'])} (random {f(o['ause_random_mean'])}), class accuracy "
+          f"{f(o['class_acc_mean'])}, voxel IoU {f(o['voxel_iou_mean'])}; DOA p50 "
           f"{f(o.get('doa_error_deg_median'))} deg; skipped {m['skipped'] or 'nothing'}")
     cpu = sp["cpu_s"]
     print(f"{sp['audio_s']:.1f} s of audio in {sp['wall_s']:.1f} s ({sp['x_real_time']:.1f}x real time; CPU "

@@ -206,6 +206,8 @@ class _Replay:
         self.bag, self.s = bag, s
         self.log = log or (lambda m: None)
         self.bundle = load_bundle(s.model)
+        # the class whose pixels the safety metrics score as obstacles (-1: the bundle has none)
+        self.obstacle = self.bundle.classes.index("obstacle") if "obstacle" in self.bundle.classes else -1
         self.array = self.bundle.array
         self.fs = self.bundle.sample_rate
         self.sonar_cfg = SonarConfig(model=s.model, backend=s.backend, threads=int(s.threads), detect=s.detect)
@@ -692,8 +694,7 @@ class _Replay:
     def _score_safety(self, rec: dict, pred: np.ndarray, truth: np.ndarray, uncertainty, labels) -> None:
         """The ping's safety pixel counts (pooled by :func:`summarize`) and, when the model gives a depth
         uncertainty, its AUSE for AbsRel against the truth, and a random order's."""
-        obstacle = self.bundle.classes.index("obstacle") if "obstacle" in self.bundle.classes else -1
-        rec["_safety"] = safety_counts(pred, truth, labels if obstacle >= 0 else None, obstacle=obstacle)
+        rec["_safety"] = safety_counts(pred, truth, labels if self.obstacle >= 0 else None, obstacle=self.obstacle)
         if uncertainty is not None:
             sp = sparsification(pred, truth, uncertainty)
             rec.update(ause=sp["ause"], ause_random=sp["ause_random"])

@@ -614,7 +614,7 @@ class LayoutHead(nn.Module):
             self.register_buffer("log_cos", torch.from_numpy(_plane_log_cos(k, cfg.pano_w)), persistent=False)
         self.ordered = cfg.layout_heights == "ordered"
         self.heights = nn.Linear(cfg.dim, 3 if self.ordered else 2)
-        with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it (the floor the nearer)
+        with torch.no_grad():  # start near a typical robot: array 0.75 m up, ceiling 2 m above it, the floor nearer
             self.heights.weight.mul_(0.1)
             self.heights.bias.copy_(torch.tensor([math.log(0.75), math.log(2.0)] + ([2.0] if self.ordered else [])))
 

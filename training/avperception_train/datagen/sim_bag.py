@@ -115,7 +115,8 @@ def record_sim(out: str | Path, pings: int = 40, room: int = 0, storage: str = "
     ``encoding``: the audio's PCM (``F32LE`` keeps the simulated samples exactly; ``S16LE`` is what most drivers
     send). ``start_s``: the stamp of the first audio sample. ``publish_pings`` false leaves ``/sonar/pings`` out
     (the pings must then be found on their direct path). ``trajectory``: an ``ActiveTrajectory`` to record instead
-    of building one (its array must fit ``model`` as well). Returns a summary: topics and message counts, the scene, the duration.
+    of building one (its array must fit ``model`` as well). Returns a summary: topics and message counts, the
+    scene, the duration.
     """
     from rosbags.rosbag2 import Writer
 

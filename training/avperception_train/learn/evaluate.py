@@ -20,6 +20,7 @@ from avperception.bench.common import markdown_table as _table
 from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
 from avperception.eval.safety import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
 
+from ..datagen.geometry import CEILING, FLOOR
 from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
 
 Predictor = Callable[[dict], dict]
@@ -191,7 +192,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 continue
             row = {"scenes": int(height_scenes[band, 0]), "ceiling_nearer": int(height_scenes[band, 1]),
                    "abs_rel": float(by_height[band, -1, 1] / n[-1]), "delta1": float(by_height[band, -1, 2] / n[-1])}
-            for c in (0, 1):  # floor, ceiling
+            for c in (FLOOR, CEILING):
                 row[f"{names[c]}_delta1"] = float(by_height[band, c, 2] / n[c]) if n[c] else float("nan")
             out["depth_by_array_height"][label] = row
     if conf.sum():
