@@ -51,6 +51,8 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     ({"split": {"train": 0.5, "val": 0.1, "test": 0.1}}, "sum to 1"),
     ({"active": {"f_end_hz": 9000}}, "Nyquist"),
     ({"robot": {"array_height_m": [0.3, 3.0]}}, "ceiling"),
+    ({"robot": {"near_probability": 1.5}}, "near_probability"),
+    ({"robot": {"near_max_m": 0.3}}, "near_max_m"),
 ])
 def test_bad_values_are_explained(over, msg):
     with pytest.raises(DatagenConfigError, match=msg):

@@ -60,6 +60,21 @@ def test_wide_scenes_reach_beyond_the_standard_ranges(wide, wide_specs):
     assert max(len(s.sources) for s in wide_specs) > std.passive.num_sources[1]
 
 
+def test_near_placement_puts_the_robot_close_to_a_wall_or_box_and_leaves_other_scenes_alone(wide, wide_specs):
+    mics = load_array(wide.array).positions
+    near = load_config(None, {"robot": {"near_probability": 1.0, "near_max_m": 0.5}}, distribution="wide")
+    specs = [sample_scene(near, i, mics) for i in range(60)]
+    clear = np.array([s.room.clearance_2d(s.robot_xy[None])[0] for s in specs])
+    assert clear.max() <= 0.5 + 1e-9 and clear.min() >= robot_clearance(near, mics) - 1e-9
+    before = np.array([s.room.clearance_2d(s.robot_xy[None])[0] for s in wide_specs[:60]])
+    assert (before > 0.5).mean() > 0.3  # without it, most robots stand farther out
+    half = load_config(None, {"robot": {"near_probability": 0.5}}, distribution="wide")
+    moved = [not np.allclose(sample_scene(half, i, mics).robot_xy, wide_specs[i].robot_xy) for i in range(60)]
+    assert 0.2 < np.mean(moved) < 0.8  # about half the scenes are drawn near, the rest exactly as before
+    same = load_config(None, {"robot": {"near_probability": 0.0}}, distribution="wide")
+    assert all(np.array_equal(sample_scene(same, i, mics).robot_xy, wide_specs[i].robot_xy) for i in range(20))
+
+
 def test_wide_ground_truth_is_right_at_a_close_wall(wide, wide_specs):
     """A scene whose nearest surface is a wall within 25 cm of the array's origin: the horizon's nearest pixel is
     that wall at its perpendicular distance (to the half pixel's angle), labelled wall, and no ray is shorter."""

@@ -214,11 +214,17 @@ class RobotConfig:
 
     array_height_m: tuple[float, float] = (0.3, 1.2)
     clearance_m: float = 0.35  # from walls and boxes (robot footprint radius)
+    near_probability: float = 0.0  # share of scenes placed close to a wall or box ...
+    near_max_m: float = 0.6  # ... at most this far from the nearest one (and at least clearance_m)
 
     def validate(self) -> None:
         _range("robot.array_height_m", self.array_height_m, 0.05)
         if self.clearance_m < 0.05:
             raise DatagenConfigError("robot.clearance_m must be >= 0.05")
+        if not 0 <= self.near_probability <= 1:
+            raise DatagenConfigError("robot.near_probability must be in [0, 1]")
+        if self.near_max_m <= self.clearance_m:
+            raise DatagenConfigError("robot.near_max_m must be greater than robot.clearance_m")
 
 
 @dataclass(frozen=True)

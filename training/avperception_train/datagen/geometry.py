@@ -308,8 +308,10 @@ def box_fits(room: RoomGeometry, box: Box, clearance: float, gap: float) -> bool
 
 
 def sample_free_point(room: RoomGeometry, rng: np.random.Generator, clearance: float, z: tuple[float, float],
-                      avoid: list[tuple[np.ndarray, float]] = (), tries: int = 2000) -> np.ndarray | None:
-    """A point with horizontal ``clearance`` from walls and boxes, ``z`` uniform, away from ``avoid``.
+                      avoid: list[tuple[np.ndarray, float]] = (), tries: int = 2000,
+                      max_clearance: float = np.inf) -> np.ndarray | None:
+    """A point with horizontal ``clearance`` (up to ``max_clearance``) from walls and boxes, ``z`` uniform,
+    away from ``avoid``.
 
     ``avoid``: ``(point, min_distance)`` pairs. Returns None after ``tries`` rejections.
     """
@@ -318,7 +320,8 @@ def sample_free_point(room: RoomGeometry, rng: np.random.Generator, clearance: f
     for _ in range(max(1, tries // batch)):
         xy = rng.uniform(lo, hi, size=(batch, 2))
         zz = rng.uniform(*z, size=batch)
-        ok = room.clearance_2d(xy) >= clearance
+        c = room.clearance_2d(xy)
+        ok = (c >= clearance) & (c <= max_clearance)
         pts = np.c_[xy, zz]
         for p, dmin in avoid:
             ok &= np.linalg.norm(pts - np.asarray(p), axis=1) >= dmin

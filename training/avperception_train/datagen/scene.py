@@ -137,7 +137,14 @@ def sample_scene(cfg: DatagenConfig, index: int, mic_positions: np.ndarray) -> S
     z = cfg.robot.array_height_m
     zmin = max(z[0], float(-np.min(mic_positions[:, 2])) + 0.05, -cfg.active.speaker_position[2] + 0.05)
     zmax = min(z[1], room.height - 0.1 - max(0.0, float(np.max(mic_positions[:, 2]))))
-    p = sample_free_point(room, rng, clear, (zmin, max(zmin, zmax)))
+    zr = (zmin, max(zmin, zmax))
+    p = None
+    # near a wall or box: decided on a stream of its own, so that the other scenes stay as they were
+    near = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(5, int(index)))).random()
+    if near < cfg.robot.near_probability:
+        p = sample_free_point(room, rng, clear, zr, max_clearance=max(cfg.robot.near_max_m, clear + 0.05))
+    if p is None:
+        p = sample_free_point(room, rng, clear, zr)
     if p is None:  # pragma: no cover - sample_room guarantees a place
         raise RuntimeError(f"scene {index}: no free place for the robot in room {room_id}")
     yaw = float(rng.uniform(-np.pi, np.pi))
