@@ -785,8 +785,9 @@ class AudioStudent(AudioEncoder):
     """``audio (B, M, N)`` -> dict of ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits,
     ``voxels (B, S, S, S)`` logits, ``energy (B, H, W)``, ``latent (B, V, D)`` (for distillation) and,
     with a layout head, ``layout (B, H, W)``: the room's depth without obstacles, rendered from
-    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling), and with
-    ordered heights ``height_pair (B, 2)`` (nearer, farther) and ``floor_nearer (B,)`` (logit); with
+    ``walls (B, W)`` (each column's horizontal wall distance) and ``heights (B, 2)`` (floor, ceiling),
+    ``obstacle_depth (B, H, W)`` (the decoder's own depth, which ``depth`` takes where the semantic head hears an
+    obstacle), and with ordered heights ``height_pair (B, 2)`` (nearer, farther) and ``floor_nearer (B,)`` (logit); with
     ``cfg.uncertainty``, ``depth_log_scale (B, H, W)`` (:class:`UncertaintyHead`) and ``depth_uncertainty (B, H, W)``
     (the depth's standard deviation, m, :func:`depth_std`).
 
@@ -837,6 +838,7 @@ class AudioStudent(AudioEncoder):
             # over channels)
             sem = out["semantic"].detach()
             obstacle = 1.0 / torch.exp(sem - sem[:, cfg.obstacle_class:cfg.obstacle_class + 1]).sum(dim=1)
+            out["obstacle_depth"] = out["depth"]
             out["depth"] = room + obstacle * (torch.minimum(out["depth"], room) - room)
             out.update(layout=room, walls=walls, heights=heights)
             if "floor_nearer" in lay:

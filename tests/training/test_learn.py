@@ -936,6 +936,39 @@ def test_losses_leave_unknown_targets_out():
     loss.backward()
 
 
+def test_obstacle_losses_train_the_decoders_depth_on_obstacles_and_weigh_their_class():
+    from avperception_train.datagen.geometry import OBSTACLE, WALL
+    from avperception_train.learn.losses import distance_loss, prediction_loss
+
+    torch.manual_seed(0)
+    own = (torch.rand(2, 4, 6) + 0.5).requires_grad_()
+    out = {"depth": torch.rand(2, 4, 6) + 1, "obstacle_depth": own, "semantic": torch.randn(2, 4, 4, 6)}
+    sem = torch.full((2, 4, 6), WALL, dtype=torch.uint8)
+    sem[0, 1:3, 2:5] = OBSTACLE
+    sem[1, 0, 0] = 255  # unknown
+    depth = torch.rand(2, 4, 6) + 0.3
+    depth[0, 1, 2] = float("nan")
+    target = {"depth": depth, "semantic": sem}
+    assert "obstacle_depth" not in prediction_loss(out, target)[1]  # off unless asked for
+    loss, parts = prediction_loss(out, target, {"depth": 0, "semantic": 0, "obstacle_depth": 1.0})
+    m = (sem == OBSTACLE) & torch.isfinite(depth)
+    assert int(m.sum()) == 5
+    assert parts["obstacle_depth"] == pytest.approx(float(distance_loss(own[m], depth[m]).detach()), rel=1e-6)
+    loss.backward()
+    assert torch.equal(own.grad != 0, m)  # only the obstacle pixels with a known depth teach it
+    w = torch.ones(4)
+    w[OBSTACLE] = 3.0
+    want = torch.nn.functional.cross_entropy(out["semantic"], sem.long(), weight=w, ignore_index=255)
+    assert prediction_loss(out, target, {"depth": 0, "obstacle_semantic": 3.0})[1]["semantic"] == pytest.approx(
+        float(want), rel=1e-6)
+
+    def pull(weight):  # how hard an obstacle pixel pulls its logits, against a wall pixel
+        logits = out["semantic"].clone().requires_grad_()
+        prediction_loss({**out, "semantic": logits}, target, {"depth": 0, "obstacle_semantic": weight})[0].backward()
+        return float(logits.grad[0, :, 1, 2].norm() / logits.grad[0, :, 0, 0].norm())
+    assert pull(3.0) == pytest.approx(3 * pull(1.0), rel=1e-5)
+
+
 def test_camera_teacher_sees_only_the_view_and_its_students_must_share_it(tiny_ds, tmp_path):
     from avperception_train.learn.commands import load_predictor
     from avperception_train.learn.train import train

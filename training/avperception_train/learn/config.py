@@ -71,6 +71,11 @@ class LossSpec:
     distance: str = "log"           # how depth and layout distances are compared: log (L1 plus L1 of log:
                                     # the conditional median) or relative (|p - g| / g, the AbsRel metric
                                     # itself: nearer where the audio leaves the distance in doubt)
+    obstacle_depth: float = 0.0     # with a layout head: the decoder's own depth (which obstacle pixels keep)
+                                    # against the truth on the obstacle pixels (else it learns only as much
+                                    # as the semantic head already hears an obstacle)
+    obstacle_semantic: float = 1.0  # the obstacle class's weight in the semantic cross-entropy (a few percent
+                                    # of the pixels: at 1 the head seldom gives it more than even odds)
     uncertainty: float = 1.0        # the uncertainty head's Laplace NLL of log depth against the ground truth
                                     # (learn.losses; only for a model with one; never moves the depth)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from avperception.models.student import laplace_nll
 
-from ..datagen.geometry import IGNORE
+from ..datagen.geometry import IGNORE, OBSTACLE
 from .config import DISTANCE_LOSSES
 
 
@@ -40,10 +40,13 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     farther of floor and ceiling against the true ones sorted, and ``height_order``: the cross-entropy of the
     logit that the floor is the nearer, weighted as the layout unless given); uncertainty (a student with a depth
     uncertainty head): :func:`~avperception.models.student.laplace_nll` of log depth on the valid pixels, the
-    depth detached. An output whose targets are all
+    depth detached; obstacle_depth (a student with a layout head, weight 0 unless given): :func:`distance_loss`
+    of the decoder's own depth on the obstacle pixels; ``obstacle_semantic`` weighs the obstacle class in the
+    semantic cross-entropy (hard labels). An output whose targets are all
     unknown in the batch adds nothing (and has no entry in the scalars).
     """
-    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0, "uncertainty": 1.0}
+    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0, "uncertainty": 1.0,
+         "obstacle_depth": 0.0, "obstacle_semantic": 1.0}
     w.update(weights or {})
     w.setdefault("height_order", w["layout"])
     parts: dict[str, torch.Tensor] = {}
@@ -62,7 +65,17 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
         if t.dtype.is_floating_point and t.dim() == 4:
             parts["semantic"] = -(t * F.log_softmax(out["semantic"], 1)).sum(1).mean()
         elif (t != IGNORE).any():
-            parts["semantic"] = F.cross_entropy(out["semantic"], t.long(), ignore_index=IGNORE)
+            cw = None
+            if w["obstacle_semantic"] != 1.0:
+                cw = torch.ones(out["semantic"].shape[1], device=t.device)
+                cw[OBSTACLE] = w["obstacle_semantic"]
+            parts["semantic"] = F.cross_entropy(out["semantic"], t.long(), weight=cw, ignore_index=IGNORE)
+    if "obstacle_depth" in out and "depth" in target and "semantic" in target and w["obstacle_depth"]:
+        t, g = target["semantic"], target["depth"]
+        if not t.dtype.is_floating_point:
+            m = (t == OBSTACLE) & torch.isfinite(g)
+            if m.any():
+                parts["obstacle_depth"] = distance_loss(out["obstacle_depth"][m], g[m], distance)
     if "voxels" in target and w["voxels"]:
         t = target["voxels"].float()
         known = torch.isfinite(t)
