@@ -18,7 +18,7 @@ from avperception_train.learn import metrics as learn_metrics
 from avperception_train.learn.baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
 from avperception_train.learn.config import ModelSpec, TrainConfig
 from avperception_train.learn.data import InMemoryScenes, _info_differences, make_datasets
-from avperception_train.learn.evaluate import depth_by_class_table, evaluate, results_tables
+from avperception_train.learn.evaluate import depth_by_class_table, evaluate, iou_by_class_table, results_tables
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +206,10 @@ def test_evaluate_perfect_and_mean_layout(tiny_ds):
     shares = {k: c["share"] for k, c in mean["depth_by_class"].items()}
     assert set(shares) <= {"floor", "ceiling", "wall", "obstacle"} and sum(shares.values()) == pytest.approx(1.0)
     assert "| oracle | " in depth_by_class_table({"oracle": perfect, "mean layout": mean})
+    iou = iou_by_class_table({"oracle": perfect, "mean layout": mean}).splitlines()
+    assert iou[0] == "| method | floor IoU ↑ | ceiling IoU ↑ | wall IoU ↑ | obstacle IoU ↑ |"
+    assert iou[2] == "| oracle | " + " | ".join(f"{x:.3f}" for x in perfect["semantic"]["iou_per_class"]) + " |"
+    assert iou[3].startswith("| mean layout | ") and iou[3] != iou[2]
 
 
 def test_chamfer_leaves_out_scenes_without_predicted_voxels_and_says_so(tiny_ds):
@@ -868,6 +872,7 @@ def test_evaluate_draws_the_layout_of_the_student_given_not_the_shipped_one(tiny
                  "--layout-figure", str(tmp_path / "layout.png"), "--out", str(tmp_path / "report.md")]) == 0
     report = (tmp_path / "report.md").read_text()
     assert "Depth by ground-truth class" in report and report in capsys.readouterr().out  # the same report, printed
+    assert "Segmentation IoU by class:" in report
     w = "layout.bins.weight"
     assert len(drawn) == 1 and torch.equal(drawn[0].state_dict()[w], given.state_dict()[w])
     assert not torch.equal(drawn[0].state_dict()[w], AudioStudent.load(tmp_path / "shipped").state_dict()[w])

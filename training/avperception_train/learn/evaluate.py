@@ -306,6 +306,17 @@ def class_names(num_classes: int) -> list[str]:
     return list(CLASS_NAMES[:num_classes]) + [f"class {c}" for c in range(len(CLASS_NAMES), num_classes)]
 
 
+def iou_by_class_table(results: dict[str, dict]) -> str:
+    """Segmentation IoU per class, one row per method; '' if none has a segmentation. A class as rare as the
+    obstacles can sit near zero while the mean IoU looks sound."""
+    rows = {n: r["semantic"]["iou_per_class"] for n, r in results.items() if r.get("semantic")}
+    if not rows:
+        return ""
+    names = class_names(max(len(v) for v in rows.values()))
+    body = [[name] + [_cell(x) for x in v] + ["–"] * (len(names) - len(v)) for name, v in rows.items()]
+    return _table(["method"] + [f"{c} IoU ↑" for c in names], body)
+
+
 def depth_by_class_table(results: dict[str, dict]) -> str:
     """Depth AbsRel / delta_1 per ground-truth class (pooled over pixels), one row per method; '' if none has it."""
     rows = {n: r["depth_by_class"] for n, r in results.items() if r.get("depth_by_class")}
@@ -360,9 +371,12 @@ def results_tables(results: dict[str, dict]) -> str:
 
 
 def report_text(results: dict[str, dict], title: str = "Results", notes: str = "") -> str:
-    """The markdown report: title, notes, :func:`results_tables`, then depth by ground-truth class, the safety
+    """The markdown report: title, notes, :func:`results_tables`, the IoU of each class, depth by ground-truth class, the safety
     table (:func:`safety_table`) and, for methods with a depth uncertainty, :func:`uncertainty_table`."""
     text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
+    iou = iou_by_class_table(results)
+    if iou:
+        text += "\nSegmentation IoU by class:\n\n" + iou + "\n"
     by_class = depth_by_class_table(results)
     if by_class:
         text += ("\nDepth by ground-truth class (pooled over the test pixels of each class; "
