@@ -53,3 +53,29 @@ def test_evaluate_reports_depth_by_the_arrays_height(dataset):
         assert v["floor_delta1"] == 1.0 and v["ceiling_delta1"] == 0.0 and 0.0 < v["delta1"] < 1.0
     text = report_text({"wrong ceiling": r})
     assert "Depth by the array's height above the floor" in text and "with the ceiling nearer" in text
+
+
+def test_evaluate_scores_the_layout_heads_floor_and_ceiling_by_the_arrays_height(dataset):
+    """A layout head's floor and ceiling distances, scene by scene: right, both 10 % long (still within 1.25x),
+    or swapped (the order wrong wherever they differ; each within 1.25x only where they nearly agree)."""
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate, report_text
+
+    test = InMemoryScenes(dataset, "train")
+
+    def heads(f):
+        return lambda batch: {"depth": batch["depth"].numpy(), "heights": f(batch["heights"].numpy())}
+
+    right = evaluate(heads(lambda h: 1.1 * h), test)["depth_by_array_height"]
+    assert sum(v["heads_scenes"] for v in right.values()) == len(test)
+    assert all(v["floor_ok"] == v["ceiling_ok"] == v["order_right"] == 1.0 for v in right.values())
+    swapped = evaluate(heads(lambda h: h[:, ::-1].copy()), test)["depth_by_array_height"]
+    h = np.stack([test[i]["heights"].numpy() for i in range(len(test))])
+    assert sum(v["order_right"] * v["heads_scenes"] for v in swapped.values()) == pytest.approx(
+        float(np.sum(h[:, 0] == h[:, 1])))
+    close = np.maximum(h[:, 0] / h[:, 1], h[:, 1] / h[:, 0]) < 1.25
+    assert sum(v["floor_ok"] * v["heads_scenes"] for v in swapped.values()) == pytest.approx(float(close.sum()))
+    text = report_text({"swapped": {"depth_by_array_height": swapped}})
+    assert "The layout head's floor and ceiling distances" in text and "nearer one right" in text
+    none = evaluate(lambda b: {"depth": b["depth"].numpy()}, test)["depth_by_array_height"]
+    assert not any("order_right" in v for v in none.values())  # no layout head, no such scores

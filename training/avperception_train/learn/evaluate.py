@@ -55,6 +55,8 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
             res["energy"] = out["energy"].float().cpu().numpy()
         if "depth_uncertainty" in out:
             res["depth_uncertainty"] = out["depth_uncertainty"].float().cpu().numpy()
+        if "heights" in out:
+            res["heights"] = out["heights"].float().cpu().numpy()
         return res
 
     return run
@@ -127,6 +129,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     by_class = np.zeros((num_classes, 3))
     by_height = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, num_classes + 1, 3))  # band, class (last: all), counts
     height_scenes = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, 2))  # band: scenes, those with the ceiling nearer
+    # band: scenes with a predicted floor and ceiling, floor within 1.25x, ceiling within 1.25x, the nearer one right
+    height_heads = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, 4))
     from .train import _bar
 
     loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
@@ -146,6 +150,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                         by_height[band, :num_classes] += errs
                         by_height[band, num_classes] += errs.sum(axis=0)
                         height_scenes[band] += (1, bool(h[1] < h[0]))
+                        if "heights" in pred and np.isfinite(h[1]):
+                            p = np.maximum(pred["heights"][i], 1e-3)
+                            ok = np.maximum(p / h, h / p) < 1.25
+                            height_heads[band] += (1, ok[0], ok[1], (p[0] <= p[1]) == (h[0] <= h[1]))
                     safety = merge_counts(safety, safety_counts(pred["depth"][i], gt_depth[i], labels))
                     if "depth_uncertainty" in pred:
                         u, d = pred["depth_uncertainty"][i], pred["depth"][i]
@@ -194,6 +202,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                    "abs_rel": float(by_height[band, -1, 1] / n[-1]), "delta1": float(by_height[band, -1, 2] / n[-1])}
             for c in (FLOOR, CEILING):
                 row[f"{names[c]}_delta1"] = float(by_height[band, c, 2] / n[c]) if n[c] else float("nan")
+            k = height_heads[band]
+            if k[0]:  # the layout head's own floor and ceiling distances, scene by scene
+                row.update(heads_scenes=int(k[0]), floor_ok=float(k[1] / k[0]), ceiling_ok=float(k[2] / k[0]),
+                           order_right=float(k[3] / k[0]))
             out["depth_by_array_height"][label] = row
     if conf.sum():
         out["semantic"] = segmentation_metrics(conf)
@@ -266,7 +278,8 @@ def safety_table(results: dict[str, dict]) -> str:
 def array_height_table(results: dict[str, dict]) -> str:
     """Depth delta_1 (pooled over pixels), and on the floor's and the ceiling's pixels, per band of the array's
     height above the floor, one row per method; the scene counts (and how many have the ceiling nearer than the
-    floor) in the header; '' if none has it."""
+    floor) in the header; '' if none has it. Below it, for the methods with a layout head, the share of scenes
+    whose floor and whose ceiling distance are within 1.25x, and whose nearer one is right."""
     rows = {n: r["depth_by_array_height"] for n, r in results.items() if r.get("depth_by_array_height")}
     if not rows:
         return ""
@@ -282,7 +295,16 @@ def array_height_table(results: dict[str, dict]) -> str:
             v = r.get(b)
             row += [_cell(v["delta1"]), _cell(v["floor_delta1"]), _cell(v["ceiling_delta1"])] if v else ["–"] * 3
         body.append(row)
-    return _table(head, body)
+    text = _table(head, body)
+    heads = {n: r for n, r in rows.items() if any("order_right" in v for v in r.values())}
+    if heads:
+        head = ["method"]
+        for b in first:
+            head += [f"array {b}: floor within 1.25x ↑", "ceiling within 1.25x ↑", "nearer one right ↑"]
+        body = [[name] + sum(([_cell(v.get("floor_ok")), _cell(v.get("ceiling_ok")), _cell(v.get("order_right"))]
+                              for v in (r.get(b, {}) for b in first)), []) for name, r in heads.items()]
+        text += "\n\nThe layout head's floor and ceiling distances (share of scenes):\n\n" + _table(head, body)
+    return text
 
 
 def uncertainty_table(results: dict[str, dict]) -> str:
