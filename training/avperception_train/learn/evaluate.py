@@ -393,8 +393,9 @@ def results_tables(results: dict[str, dict]) -> str:
 
 
 def report_text(results: dict[str, dict], title: str = "Results", notes: str = "") -> str:
-    """The markdown report: title, notes, :func:`results_tables`, the IoU of each class, depth by ground-truth class, the safety
-    table (:func:`safety_table`) and, for methods with a depth uncertainty, :func:`uncertainty_table`."""
+    """The markdown report: title, notes, :func:`results_tables`, the IoU of each class, depth by ground-truth
+    class, the safety table (:func:`safety_table`), depth by the array's height (:func:`array_height_table`) and,
+    for methods with a depth uncertainty, :func:`uncertainty_table`."""
     text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
     iou = iou_by_class_table(results)
     if iou:
