@@ -79,6 +79,11 @@ class LossSpec:
     uncertainty: float = 1.0        # the uncertainty head's Laplace NLL of log depth against the ground truth
                                     # (learn.losses; only for a model with one; never moves the depth)
 
+    def weights(self) -> dict[str, float]:
+        """The per-output weights :func:`~avperception_train.learn.losses.prediction_loss` takes."""
+        return {k: getattr(self, k) for k in ("depth", "semantic", "voxels", "energy", "layout", "uncertainty",
+                                              "obstacle_depth", "obstacle_semantic")}
+
 
 @dataclass(frozen=True)
 class TrainConfig:

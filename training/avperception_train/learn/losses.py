@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from avperception.models.student import laplace_nll
 
 from ..datagen.geometry import IGNORE, OBSTACLE
-from .config import DISTANCE_LOSSES
+from .config import DISTANCE_LOSSES, LossSpec
 
 
 def distance_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "log") -> torch.Tensor:
@@ -45,8 +45,7 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     semantic cross-entropy (hard labels). An output whose targets are all
     unknown in the batch adds nothing (and has no entry in the scalars).
     """
-    w = {"depth": 1.0, "semantic": 1.0, "voxels": 1.0, "energy": 1.0, "layout": 1.0, "uncertainty": 1.0,
-         "obstacle_depth": 0.0, "obstacle_semantic": 1.0}
+    w = LossSpec().weights()
     w.update(weights or {})
     w.setdefault("height_order", w["layout"])
     parts: dict[str, torch.Tensor] = {}

@@ -350,9 +350,7 @@ class Stage:
                  align: nn.Module | None = None) -> None:
         self.cfg, self.model, self.teacher, self.align = cfg, model, teacher, align
         lw = cfg.loss
-        self.w = {"depth": lw.depth, "semantic": lw.semantic, "voxels": lw.voxels, "energy": lw.energy,
-                  "layout": lw.layout, "uncertainty": lw.uncertainty, "obstacle_depth": lw.obstacle_depth,
-                  "obstacle_semantic": lw.obstacle_semantic}
+        self.w = lw.weights()
 
     def __call__(self, b: dict) -> tuple[torch.Tensor, dict]:
         mode, lw = self.cfg.mode, self.cfg.loss
