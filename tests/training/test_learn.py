@@ -1009,3 +1009,42 @@ def test_skip_train_samples_and_camera_fov_are_checked(tiny_ds):
             TrainConfig(camera_fov_deg=bad, mode="e2e").validate()
     with pytest.raises(ConfigError, match="camera_fov_deg applies"):
         TrainConfig(camera_fov_deg=(90, 60), mode="vqvae").validate()
+
+
+def test_near_overshoot_loss_pulls_in_only_near_pixels_reported_too_far():
+    from avperception_train.learn.losses import near_overshoot_loss, prediction_loss
+
+    g = torch.tensor([0.3, 0.3, 0.8, 3.0, float("nan")])
+    p = torch.tensor([2.0, 0.35, 0.5, 6.0, 1.0], requires_grad=True)
+    target, out = {"depth": g[None]}, {"depth": p[None]}
+    assert "near_overshoot" not in prediction_loss(out, target)[1]  # off unless asked for
+    loss, parts = prediction_loss(out, target, {"depth": 0, "near_overshoot": 2.0})
+    # of the three pixels truly within 1 m only the wall at 0.3 m seen at 2 m overshoots 1.25x: (2 / 0.3 - 1.25) / 3
+    assert parts["near_overshoot"] == pytest.approx((2.0 / 0.3 - 1.25) / 3, rel=1e-6)
+    assert float(loss) == pytest.approx(2.0 * parts["near_overshoot"], rel=1e-6)
+    loss.backward()
+    assert p.grad[0] > 0 and torch.all(p.grad[1:] == 0)  # nearer, and nothing else moves (the far wall at 6 m)
+    assert near_overshoot_loss(torch.tensor([5.0]), torch.tensor([3.0])) is None
+
+
+def test_depth_obstacle_weight_leaves_the_obstacle_pixels_out_of_the_depth_loss():
+    from avperception_train.datagen.geometry import OBSTACLE, WALL
+    from avperception_train.learn.losses import distance_loss, prediction_loss
+
+    torch.manual_seed(1)
+    depth = torch.rand(2, 4, 6) + 0.5
+    sem = torch.full((2, 4, 6), WALL, dtype=torch.uint8)
+    sem[0, :2, :3] = OBSTACLE
+    pred = (torch.rand(2, 4, 6) + 0.5).requires_grad_()
+    target, out = {"depth": depth, "semantic": sem}, {"depth": pred}
+    every = prediction_loss(out, target, {"semantic": 0})[1]["depth"]
+    assert every == pytest.approx(float(distance_loss(pred.flatten(), depth.flatten())), rel=1e-6)
+    loss, parts = prediction_loss(out, target, {"semantic": 0, "depth_obstacle": 0.0}, "relative")
+    room = sem != OBSTACLE
+    assert parts["depth"] == pytest.approx(float(distance_loss(pred[room], depth[room], "relative")), rel=1e-6)
+    loss.backward()
+    assert torch.equal(pred.grad != 0, room)  # a box teaches the room nothing
+    half = prediction_loss(out, target, {"semantic": 0, "depth_obstacle": 0.5})[1]["depth"]
+    err = (pred - depth).abs() + (pred.log() - depth.log()).abs()
+    share = torch.where(room, 1.0, 0.5)
+    assert half == pytest.approx(float((err * share).sum() / share.sum()), rel=1e-6)

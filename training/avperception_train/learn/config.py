@@ -76,13 +76,19 @@ class LossSpec:
                                     # as the semantic head already hears an obstacle)
     obstacle_semantic: float = 1.0  # the obstacle class's weight in the semantic cross-entropy (a few percent
                                     # of the pixels: at 1 the head seldom gives it more than even odds)
+    depth_obstacle: float = 1.0     # the obstacle pixels' weight in the depth loss (0: left out; training the
+                                    # layout head alone, whose room cannot hold a box: else a box pulls the
+                                    # wall behind it nearer)
+    near_overshoot: float = 0.0     # the depth on pixels truly nearer than eval.safety.CLOSE_M (1 m), by how far
+                                    # beyond 1.25x it overshoots (learn.losses.near_overshoot_loss): pulls what
+                                    # may be a near wall nearer without the relative loss's pull on far ones
     uncertainty: float = 1.0        # the uncertainty head's Laplace NLL of log depth against the ground truth
                                     # (learn.losses; only for a model with one; never moves the depth)
 
     def weights(self) -> dict[str, float]:
         """The per-output weights :func:`~avperception_train.learn.losses.prediction_loss` takes."""
         return {k: getattr(self, k) for k in ("depth", "semantic", "voxels", "energy", "layout", "uncertainty",
-                                              "obstacle_depth", "obstacle_semantic")}
+                                              "obstacle_depth", "obstacle_semantic", "depth_obstacle", "near_overshoot")}
 
 
 @dataclass(frozen=True)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from avperception.eval.safety import CLOSE_M
 from avperception.models.student import laplace_nll
 
 from ..datagen.geometry import IGNORE, OBSTACLE
 from .config import DISTANCE_LOSSES, LossSpec
 
 
-def distance_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "log") -> torch.Tensor:
-    """Error between predicted and true distances (m), both ``(N,)``.
+def distance_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "log",
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Error between predicted and true distances (m), both ``(N,)``; ``weight (N,)`` each pair's share (None:
+    equal).
 
     ``log``: L1 plus L1 of log distance; both are least at the conditional median, whatever the audio leaves
     in doubt. ``relative``: mean ``|p - g| / g``, the AbsRel metric itself, least at the median weighted by
@@ -21,10 +24,30 @@ def distance_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "log") -
     """
     p, g = pred.clamp_min(1e-3), target.clamp_min(1e-3)
     if kind == "log":
-        return F.l1_loss(pred, target) + F.l1_loss(torch.log(p), torch.log(g))
-    if kind == "relative":
-        return ((pred - target).abs() / g).mean()
-    raise ValueError(f"distance loss must be one of {DISTANCE_LOSSES}, got {kind!r}")
+        err = (pred - target).abs() + (torch.log(p) - torch.log(g)).abs()
+    elif kind == "relative":
+        err = (pred - target).abs() / g
+    else:
+        raise ValueError(f"distance loss must be one of {DISTANCE_LOSSES}, got {kind!r}")
+    if weight is None:
+        return err.mean()
+    return (err * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def near_overshoot_loss(pred: torch.Tensor, target: torch.Tensor, near_m: float = CLOSE_M,
+                        tolerance: float = 1.25) -> torch.Tensor | None:
+    """Mean ``relu(p / g - tolerance)`` over the pixels whose true distance ``g`` is under ``near_m``; ``pred`` and
+    ``target`` ``(N,)`` metres. None when no pixel is that near.
+
+    The relative loss (:func:`distance_loss`) makes a near wall reported far costly, but pulls every distance the
+    audio leaves in doubt nearer, far walls included. This term costs nothing within ``tolerance`` (delta_1's)
+    and nothing on pixels farther than ``near_m``, so only what may be a near wall is pulled in: a wall at 0.3 m
+    reported at 2 m costs 5.4, one at 3 m reported at 6 m nothing.
+    """
+    near = target < near_m
+    if not near.any():
+        return None
+    return F.relu(pred[near] / target[near].clamp_min(1e-3) - tolerance).mean()
 
 
 def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
@@ -41,7 +64,9 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     logit that the floor is the nearer, weighted as the layout unless given); uncertainty (a student with a depth
     uncertainty head): :func:`~avperception.models.student.laplace_nll` of log depth on the valid pixels, the
     depth detached; obstacle_depth (a student with a layout head, weight 0 unless given): :func:`distance_loss`
-    of the decoder's own depth on the obstacle pixels; ``obstacle_semantic`` weighs the obstacle class in the
+    of the decoder's own depth on the obstacle pixels; ``depth_obstacle`` weighs the obstacle pixels (hard labels)
+    in the depth loss (0: left out, for the layout head alone); near_overshoot (weight 0 unless given):
+    :func:`near_overshoot_loss` of the depth; ``obstacle_semantic`` weighs the obstacle class in the
     semantic cross-entropy (hard labels). An output whose targets are all
     unknown in the batch adds nothing (and has no entry in the scalars).
     """
@@ -52,8 +77,17 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     if "depth" in target and w["depth"]:
         g = target["depth"]
         valid = torch.isfinite(g)
-        if valid.any():
-            parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance)
+        share = None
+        if w["depth_obstacle"] != 1.0 and "semantic" in target and not target["semantic"].dtype.is_floating_point:
+            share = torch.where(target["semantic"] == OBSTACLE, w["depth_obstacle"], 1.0)[valid]
+        if valid.any() and (share is None or share.sum() > 0):
+            parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance, share)
+    if "depth" in target and w["near_overshoot"]:
+        g = target["depth"]
+        valid = torch.isfinite(g)
+        over = near_overshoot_loss(out["depth"][valid], g[valid])
+        if over is not None:
+            parts["near_overshoot"] = over
     if "depth_log_scale" in out and "depth" in target and w["uncertainty"]:
         g = target["depth"]
         valid = torch.isfinite(g)
