@@ -229,7 +229,6 @@ class _Replay:
         self.epoch = 0
         self.epoch_t0: float | None = None
         self.max_stamp: float | None = None
-        self.expected: float | None = None
         self.segment_keys: dict[tuple[int, int], int] = {}
         self.segment_info: list[dict] = []
         self.t_log0: int | None = None
@@ -323,7 +322,6 @@ class _Replay:
             self.epoch += 1
             self.epoch_t0 = stamp
             self.max_stamp = stamp
-            self.expected = None
             return
         if self.epoch_t0 is None:
             self.epoch_t0 = stamp
@@ -472,6 +470,7 @@ class _Replay:
         the bag's log time), then to the sonar and, with a beamformer (``buf``), every ready frame."""
         from ..sonar.pipeline import blank_pings
 
+        expected = self.ingest.expected_stamp()  # where this chunk should start, from the chunks before it
         got = self.ingest.accept(chunk, t_ns * 1e-9)
         if not got.ok:
             self.skip(AUDIO_SKIP[got.rejected])
@@ -481,10 +480,8 @@ class _Replay:
         block, stamp = got.block, got.stamp
         self._clock(stamp, t_ns)
         n = block.shape[1]
-        if self.expected is not None and stamp - self.expected > max(0.5 * n / self.fs, 1e-3):
-            self.events.append({"kind": "gap", "t": self._t(t_ns), "stamp": self.expected,
-                                "seconds": stamp - self.expected})
-        self.expected = stamp + n / self.fs
+        if expected is not None and stamp - expected > max(0.5 * n / self.fs, 1e-3):  # after a clock jump: < 0
+            self.events.append({"kind": "gap", "t": self._t(t_ns), "stamp": expected, "seconds": stamp - expected})
         self.audio_seconds += n / self.fs
         t0 = time.perf_counter()
         self.sonar.push_audio(block, stamp, chunk.sequence)
