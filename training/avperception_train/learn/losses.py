@@ -74,23 +74,19 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     w.update(weights or {})
     w.setdefault("height_order", w["layout"])
     parts: dict[str, torch.Tensor] = {}
-    if "depth" in target and w["depth"]:
-        g = target["depth"]
-        valid = torch.isfinite(g)
+    g = target.get("depth")
+    valid = torch.isfinite(g) if g is not None else None  # the pixels whose true depth is known
+    if g is not None and w["depth"]:
         share = None
         if w["depth_obstacle"] != 1.0 and "semantic" in target and not target["semantic"].dtype.is_floating_point:
             share = torch.where(target["semantic"] == OBSTACLE, w["depth_obstacle"], 1.0)[valid]
         if valid.any() and (share is None or share.sum() > 0):
             parts["depth"] = distance_loss(out["depth"][valid], g[valid], distance, share)
-    if "depth" in target and w["near_overshoot"]:
-        g = target["depth"]
-        valid = torch.isfinite(g)
+    if g is not None and w["near_overshoot"]:
         over = near_overshoot_loss(out["depth"][valid], g[valid])
         if over is not None:
             parts["near_overshoot"] = over
-    if "depth_log_scale" in out and "depth" in target and w["uncertainty"]:
-        g = target["depth"]
-        valid = torch.isfinite(g)
+    if "depth_log_scale" in out and g is not None and w["uncertainty"]:
         if valid.any():
             parts["uncertainty"] = laplace_nll(out["depth"][valid], g[valid], out["depth_log_scale"][valid])
     if "semantic" in target and w["semantic"]:
@@ -103,10 +99,10 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
                 cw = torch.ones(out["semantic"].shape[1], device=t.device)
                 cw[OBSTACLE] = w["obstacle_semantic"]
             parts["semantic"] = F.cross_entropy(out["semantic"], t.long(), weight=cw, ignore_index=IGNORE)
-    if "obstacle_depth" in out and "depth" in target and "semantic" in target and w["obstacle_depth"]:
-        t, g = target["semantic"], target["depth"]
+    if "obstacle_depth" in out and g is not None and "semantic" in target and w["obstacle_depth"]:
+        t = target["semantic"]
         if not t.dtype.is_floating_point:
-            m = (t == OBSTACLE) & torch.isfinite(g)
+            m = (t == OBSTACLE) & valid
             if m.any():
                 parts["obstacle_depth"] = distance_loss(out["obstacle_depth"][m], g[m], distance)
     if "voxels" in target and w["voxels"]:
@@ -125,13 +121,13 @@ def prediction_loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor
             if both.any():
                 parts["height_order"] = F.binary_cross_entropy_with_logits(
                     out["floor_nearer"][both], (target["heights"][both, 0] <= target["heights"][both, 1]).float())
-        p = torch.cat([out["walls"], out.get("height_pair", out["heights"])], dim=1)
-        g = torch.cat([target["walls"], th], dim=1)
-        known = torch.isfinite(g)
+        got = torch.cat([out["walls"], out.get("height_pair", out["heights"])], dim=1)
+        want = torch.cat([target["walls"], th], dim=1)
+        known = torch.isfinite(want)
         if known.any():
-            p, g = p[known].clamp_min(1e-3), g[known].clamp_min(1e-3)
-            parts["layout"] = (F.l1_loss(torch.log(p), torch.log(g)) if distance == "log"
-                               else distance_loss(p, g, distance))
+            got, want = got[known].clamp_min(1e-3), want[known].clamp_min(1e-3)
+            parts["layout"] = (F.l1_loss(torch.log(got), torch.log(want)) if distance == "log"
+                               else distance_loss(got, want, distance))
     if "energy" in target and w["energy"]:
         known = torch.isfinite(target["energy"])
         if known.any():
