@@ -69,9 +69,25 @@ _ELEMENTWISE = ("Add", "Mul", "Sub", "Div", "Pow", "Abs")
 # most: quantized, depth AbsRel went from 0.13 to 0.47 on held-out rooms, 0.20 without it (docs/jetson.md); and the
 # matched filter (the sweep correlated with the raw audio, ``matched_iq``: the graph's one top-level Conv), whose
 # echoes lie far under the direct sound that sets its int8 scale: quantized, it moved the step-14 model's depth by
-# half (median) on synthetic one-wall echoes; kept float, not measurably
+# half (median) on synthetic one-wall echoes; kept float, not measurably. A name ending in "/" is a scope (every
+# node under it); any other is one node, also with the exporter's "_N" suffix ("/model/Conv_1", not
+# "/model/ConvTranspose")
 INT8_EXCLUDE_PREFIXES = ("/model/frontend/", "/model/echo/", "/model/layout/", "/model/Conv")
 INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+
+def excluded_nodes(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
+    """The ``names`` that ``patterns`` keep float: a pattern ending in ``/`` takes every node in that scope, any
+    other the node of that name or with the ONNX exporter's numeric suffix (``/model/Conv`` takes ``/model/Conv``
+    and ``/model/Conv_2``, not ``/model/ConvTranspose``)."""
+    scopes = tuple(p for p in patterns if p.endswith("/"))
+    nodes = tuple(p for p in patterns if not p.endswith("/"))
+
+    def one(name: str, node: str) -> bool:
+        rest = name[len(node):]
+        return name.startswith(node) and (rest == "" or (rest[0] == "_" and rest[1:].isdigit()))
+
+    return [n for n in names if (scopes and n.startswith(scopes)) or any(one(n, p) for p in nodes)]
 
 
 class GraphError(ValueError):
@@ -288,8 +304,8 @@ def quantize_int8(src: str | Path, dst: str | Path, windows: Iterable[np.ndarray
                   op_types: Iterable[str] = INT8_OP_TYPES, method: str = "percentile") -> dict:
     """Write ``dst``: ``src`` with explicit int8 QuantizeLinear / DequantizeLinear pairs (QDQ format, symmetric
     activations and per-channel weights, zero points 0 as TensorRT needs) around its ``op_types`` nodes,
-    calibrated on ``windows`` (each ``(M, N)`` float32, sample 0 = the sweep's onset); nodes named with a prefix in
-    ``exclude_prefixes`` stay float. ``method``: ``percentile`` (99.999 %), ``minmax`` or ``entropy``.
+    calibrated on ``windows`` (each ``(M, N)`` float32, sample 0 = the sweep's onset); the nodes that
+    ``exclude_prefixes`` name (:func:`excluded_nodes`) stay float. ``method``: ``percentile`` (99.999 %), ``minmax`` or ``entropy``.
     Returns how it was made (for bundle.json)."""
     import tempfile
 
@@ -298,7 +314,7 @@ def quantize_int8(src: str | Path, dst: str | Path, windows: Iterable[np.ndarray
 
     m = _float32_graph(src)
     prefixes = tuple(exclude_prefixes)
-    excluded = [n.name for n in m.graph.node if prefixes and n.name.startswith(prefixes)]
+    excluded = excluded_nodes((n.name for n in m.graph.node), prefixes)
     reader = WindowReader(windows)
     methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
                "entropy": CalibrationMethod.Entropy}

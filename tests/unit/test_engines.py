@@ -90,6 +90,21 @@ def _run(path, windows):
     return [dict(zip(names, s.run(None, {"audio": w[None]}))) for w in windows]
 
 
+def test_int8_float_nodes_are_scopes_or_single_nodes(bundle):
+    """A pattern ending in "/" keeps a whole scope float, any other one node (with the exporter's "_N" suffix):
+    "/model/Conv" is the matched filter, not a later "/model/ConvTranspose"; on the shipped graph it takes exactly
+    the one top-level Conv, the matched filter."""
+    names = ["/model/frontend/Log", "/model/frontendx/Add", "/model/Conv", "/model/Conv_1", "/model/ConvTranspose",
+             "/model/Conv_x", "/model/blocks.0/Conv", "/model/echo/Conv"]
+    assert G.excluded_nodes(names, ("/model/frontend/", "/model/Conv")) == [
+        "/model/frontend/Log", "/model/Conv", "/model/Conv_1"]
+    assert G.excluded_nodes(names, ()) == []
+    graph = onnx.load(str(bundle.onnx_path)).graph
+    top = [n for n in graph.node if n.name.count("/") == 2 and n.op_type == "Conv"]
+    taken = G.excluded_nodes([n.name for n in top], G.INT8_EXCLUDE_PREFIXES)
+    assert len(top) == 1 and taken == [top[0].name]
+
+
 # bounds on one-wall synthetic echoes, far from the rooms the student knows (measured: fp16 depth 0.05-0.14, labels
 # 0.91-0.97, voxels 0.83-0.92; int8, its matched filter kept float, 0.00, 0.99-1.00, 0.99-1.00; with the matched
 # filter quantized the step-14 model's depth moved by 0.08-0.50); the tolerances on real held-out rooms are tested in
