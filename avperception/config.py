@@ -388,6 +388,8 @@ class SonarConfig:
     ``grid.height`` camera (``grid.fx`` ... ``grid.camera_rpy_deg``) with its CameraInfo. ``blank_ms``: the
     beamformer leaves out this long after each ping's onset (the sweep's direct path and first echoes are 20 dB
     louder than the room's sources and would pull every map toward the speaker); 0 keeps it.
+    ``near_bound_quantile``: for a bundle with a depth uncertainty, also publish the range each pixel's surface is
+    nearer than with this probability (:func:`avperception.sonar.products.depth_near_bound`); 0: not published.
     """
 
     enabled: bool = True
@@ -402,6 +404,7 @@ class SonarConfig:
     plan_z_max_m: float = 0.5
     pinhole: bool = True
     blank_ms: float = 30.0
+    near_bound_quantile: float = 0.02
     engine_cache_dir: str = ""          # TensorRT engines ("": ~/.cache/avperception/engines)
     force_engine_update: bool = False   # rebuild the TensorRT engine even when one is cached
 
@@ -420,6 +423,8 @@ class SonarConfig:
             raise ConfigError("sonar.points_max_range_m must be positive")
         if self.plan_z_min_m > self.plan_z_max_m:
             raise ConfigError("sonar: plan_z_min_m must not exceed plan_z_max_m")
+        if not 0 <= self.near_bound_quantile <= 0.5:
+            raise ConfigError(f"sonar.near_bound_quantile must be in [0, 0.5] (0: off), got {self.near_bound_quantile}")
 
 
 @dataclass(frozen=True)

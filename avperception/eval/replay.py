@@ -157,7 +157,8 @@ def _rpy_from_matrix(R: np.ndarray) -> tuple[float, float, float]:
 def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     """Means over the scored pings (NaN-free: pings without that truth are left out), pooled class IoU, the safety
     metrics pooled over the depth pixels (:mod:`.safety`: false-far rate, near-obstacle recall, obstacle delta_1;
-    None without such pixels), the depth uncertainty's AUSE (AbsRel) and a random order's, latency and inference
+    None without such pixels; the false-far rate and near recall of the near bound too, ``near_bound_*``), the
+    depth uncertainty's AUSE (AbsRel) and a random order's, latency and inference
     percentiles, DOA error percentiles."""
     def mean(key):
         v = np.array([p[key] for p in pings if p.get(key) is not None], dtype=float)
@@ -167,15 +168,17 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     out: dict = {"pings": len(pings)}
     for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
-    pooled = None
-    for p in pings:
-        if p.get("_safety") is not None:
-            pooled = merge_counts(pooled, p["_safety"])
-    sm = safety_metrics(pooled) if pooled is not None else {}
-    for key in ("false_far_rate", "near_recall", "obstacle_delta1"):
-        v = sm.get(key)
-        out[key] = float(v) if v is not None and np.isfinite(v) else None
-    out["near_pixels"] = sm.get("near_pixels", 0)
+    for prefix, counts in (("", "_safety"), ("near_bound_", "_bound_safety")):
+        pooled = None
+        for p in pings:
+            if p.get(counts) is not None:
+                pooled = merge_counts(pooled, p[counts])
+        sm = safety_metrics(pooled) if pooled is not None else {}
+        for key in ("false_far_rate", "near_recall") + (("obstacle_delta1",) if not prefix else ()):
+            v = sm.get(key)
+            out[prefix + key] = float(v) if v is not None and np.isfinite(v) else None
+        if not prefix:
+            out["near_pixels"] = sm.get("near_pixels", 0)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for p in pings:
         if p.get("_confusion") is not None:
@@ -646,7 +649,7 @@ class _Replay:
                "detected": bool(w.detected), "correction": int(w.correction), "infer_ms": float(o.infer_ms),
                "latency_ms": float(p["latency_ms"]), "truth": None, "delta1": None, "abs_rel": None, "rmse": None,
                "class_acc": None, "voxel_iou": None, "ause": None, "ause_random": None, "_confusion": None,
-               "_safety": None}
+               "_safety": None, "_bound_safety": None}
         cam = None
         if depth is None and self.camera_topic is not None:
             cam = self._camera_depth(o, t)
@@ -690,11 +693,19 @@ class _Replay:
 
     def _score_safety(self, rec: dict, pred: np.ndarray, truth: np.ndarray, uncertainty, labels) -> None:
         """The ping's safety pixel counts (pooled by :func:`summarize`) and, when the model gives a depth
-        uncertainty, its AUSE for AbsRel against the truth, and a random order's."""
-        rec["_safety"] = safety_counts(pred, truth, labels if self.obstacle >= 0 else None, obstacle=self.obstacle)
+        uncertainty, its AUSE for AbsRel against the truth, a random order's, and the safety counts of the near
+        bound the node publishes (``sonar.near_bound_quantile``)."""
+        from ..sonar.products import depth_near_bound
+
+        labels = labels if self.obstacle >= 0 else None
+        rec["_safety"] = safety_counts(pred, truth, labels, obstacle=self.obstacle)
         if uncertainty is not None:
             sp = sparsification(pred, truth, uncertainty)
             rec.update(ause=sp["ause"], ause_random=sp["ause_random"])
+            q = self.sonar_cfg.near_bound_quantile
+            if q > 0:
+                rec["_bound_safety"] = safety_counts(depth_near_bound(pred, uncertainty, q), truth, labels,
+                                                     obstacle=self.obstacle)
 
     def _camera_depth(self, o, t: float):
         """Scores of the panorama reprojected into the camera frame nearest in time, where the camera sees."""

@@ -5,6 +5,8 @@ Topics (all stamped with the ping's onset, frame = the array frame unless said):
     sonar/depth_color       sensor_msgs/Image rgb8    the same, coloured (near bright)
     sonar/depth_uncertainty sensor_msgs/Image 32FC1   the depth's standard deviation per pixel, metres, NaN unknown
                                                       (only for a bundle whose model has an uncertainty head)
+    sonar/depth_near_bound  sensor_msgs/Image 32FC1   the range each pixel's surface is nearer than with probability
+                                                      ``sonar.near_bound_quantile`` (same bundles; 0: not published)
     sonar/semantic          sensor_msgs/Image mono8   class per pixel (bundle's class list)
     sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
     sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
@@ -58,6 +60,8 @@ class SonarPublishers:
         self.depth_color = node.create_publisher(Image, "sonar/depth_color", q)
         self.depth_uncertainty = (node.create_publisher(Image, "sonar/depth_uncertainty", q)
                                   if bundle.has_depth_uncertainty else None)
+        self.depth_near_bound = (node.create_publisher(Image, "sonar/depth_near_bound", q)
+                                 if bundle.has_depth_uncertainty and sonar.near_bound_quantile > 0 else None)
         self.semantic = node.create_publisher(Image, "sonar/semantic", q)
         self.semantic_color = node.create_publisher(Image, "sonar/semantic_color", q)
         self.points = node.create_publisher(PointCloud2, "sonar/points", q)
@@ -111,6 +115,11 @@ class SonarPublishers:
         if (self.depth_uncertainty is not None and out.depth_uncertainty is not None
                 and wanted(self.depth_uncertainty)):
             self.depth_uncertainty.publish(conv.array_to_image(out.depth_uncertainty.astype(np.float32), t, f))
+            sent += 1
+        if (self.depth_near_bound is not None and out.depth_uncertainty is not None
+                and wanted(self.depth_near_bound)):
+            self.depth_near_bound.publish(conv.array_to_image(products.depth_near_bound(
+                out.depth, out.depth_uncertainty, self.cfg.near_bound_quantile), t, f))
             sent += 1
         if wanted(self.occupancy):
             self.occupancy.publish(conv.points_to_cloud(

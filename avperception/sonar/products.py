@@ -1,5 +1,6 @@
 """What the node derives from one ping's learned outputs: 3-D points, occupied voxel centres, a floor-plan slice
-for Nav2, a pinhole reprojection of the depth panorama, colour images. Pure numpy, no ROS.
+for Nav2, a pinhole reprojection of the depth panorama, a near bound of the depth from its uncertainty, colour
+images. Pure numpy, no ROS.
 
 Conventions: the array frame (x forward, y left, z up, REP 103); equirectangular panoramas as
 :func:`avperception.dsp.grid.equirectangular` lays them out (row 0 the highest elevation, column 0 the
@@ -127,6 +128,26 @@ class PinholeReprojection:
         flat = np.asarray(depth, dtype=np.float32).ravel()
         z = np.where(self._index >= 0, flat[np.maximum(self._index, 0)] * self._cos, np.nan)
         return z.astype(np.float32).reshape(self.shape)
+
+
+def depth_near_bound(depth: np.ndarray, uncertainty: np.ndarray, quantile: float) -> np.ndarray:
+    """The range each pixel's surface is nearer than with probability ``quantile`` (in ``(0, 0.5]``): the
+    ``quantile`` of the Laplace distribution of log depth the uncertainty head predicts (centred on ``log depth``,
+    scale ``s = uncertainty / (sqrt(2) * depth)``, the inverse of :func:`avperception.models.student.depth_std`):
+    ``depth * (2 * quantile) ** s``. ``(H, W)`` metres -> ``(H, W)`` float32 metres, NaN where either is unknown;
+    0.5 gives the depth itself. A range to slow down for, not one to map with: on the wide test rooms the 2 %
+    bound reports 0.8 % of the pixels within 0.5 m beyond 1 m, where the depth reports 7 % (``docs/sonar.md``)."""
+    if not 0.0 < quantile <= 0.5:
+        raise ValueError(f"the near bound's quantile must be in (0, 0.5], got {quantile}")
+    d = np.asarray(depth, dtype=np.float32)
+    u = np.asarray(uncertainty, dtype=np.float32)
+    if d.shape != u.shape:
+        raise ValueError(f"depth {d.shape} and uncertainty {u.shape} differ in shape")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = u / (np.float32(np.sqrt(2.0)) * d)
+        out = d * np.exp(scale * np.float32(np.log(2.0 * quantile)))
+    out[~(np.isfinite(d) & np.isfinite(u) & (d > 0) & (u >= 0))] = np.nan
+    return out.astype(np.float32, copy=False)
 
 
 def label_colors(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""perception_node publishes sonar/depth_uncertainty (32FC1, metres) beside sonar/depth when its bundle's model has
-an uncertainty head, and no such topic when it has none."""
+"""perception_node publishes sonar/depth_uncertainty (32FC1, metres) and the near bound it gives beside sonar/depth
+when its bundle's model has an uncertainty head, and neither topic when it has none; the bound's quantile is a
+parameter (0: no bound)."""
 
 import json
 
@@ -14,16 +15,19 @@ from avperception.inference import OnnxRuntimeBackend, decode, load_bundle
 from avperception.inference.synthetic import bundle_echo_window
 from avperception.ros.conversions import image_to_array
 from avperception.ros.perception_node import PerceptionNode
+from avperception.sonar.products import depth_near_bound
 
 from dds import spin_until  # noqa: E402  (tests/ros)
 
 
 def test_depth_uncertainty_is_published_beside_the_depth(ctx, uncertainty_bundle):
     node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
-                                                            Parameter("sonar.model", value=str(uncertainty_bundle))])
+                                                            Parameter("sonar.model", value=str(uncertainty_bundle)),
+                                                            Parameter("sonar.near_bound_quantile", value=0.05)])
     listener = Node("listener", context=ctx)
     got: dict[str, Image] = {}
-    for topic in ("sonar/depth", "sonar/depth_uncertainty"):
+    topics = ("sonar/depth", "sonar/depth_uncertainty", "sonar/depth_near_bound")
+    for topic in topics:
         listener.create_subscription(Image, topic, lambda m, t=topic: got.__setitem__(t, m), qos_profile_sensor_data)
     try:
         b = load_bundle(uncertainty_bundle)
@@ -31,14 +35,19 @@ def test_depth_uncertainty_is_published_beside_the_depth(ctx, uncertainty_bundle
 
         def published() -> bool:
             node.sonar_pub.publish(out, everything=True)
-            return len(got) == 2
+            return len(got) == len(topics)
 
         assert spin_until(listener, ctx, published, 10.0)
-        msg = got["sonar/depth_uncertainty"]
-        assert msg.encoding == "32FC1" and (msg.height, msg.width) == b.pano_shape
-        assert msg.header.frame_id == got["sonar/depth"].header.frame_id
-        assert msg.header.stamp == got["sonar/depth"].header.stamp
-        np.testing.assert_array_equal(image_to_array(msg), out.depth_uncertainty)
+        for topic in topics[1:]:
+            msg = got[topic]
+            assert msg.encoding == "32FC1" and (msg.height, msg.width) == b.pano_shape
+            assert msg.header.frame_id == got["sonar/depth"].header.frame_id
+            assert msg.header.stamp == got["sonar/depth"].header.stamp
+        np.testing.assert_array_equal(image_to_array(got["sonar/depth_uncertainty"]), out.depth_uncertainty)
+        bound = image_to_array(got["sonar/depth_near_bound"])
+        np.testing.assert_array_equal(bound, depth_near_bound(out.depth, out.depth_uncertainty, 0.05))
+        known = np.isfinite(out.depth)
+        assert np.isfinite(bound[known]).all() and (bound[known] < out.depth[known]).all()
     finally:
         listener.destroy_node()
         node.destroy_node()
@@ -56,6 +65,18 @@ def test_no_uncertainty_topic_for_a_bundle_without_one(ctx, tmp_path):
     try:
         assert not node.sonar.bundle.has_depth_uncertainty and node.sonar_pub.depth_uncertainty is None
         topics = {name for name, _ in node.get_topic_names_and_types()}
-        assert "/sonar/depth" in topics and "/sonar/depth_uncertainty" not in topics
+        assert "/sonar/depth" in topics and not {"/sonar/depth_uncertainty", "/sonar/depth_near_bound"} & topics
+    finally:
+        node.destroy_node()
+
+
+def test_no_near_bound_when_its_quantile_is_zero(ctx, uncertainty_bundle):
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
+                                                            Parameter("sonar.model", value=str(uncertainty_bundle)),
+                                                            Parameter("sonar.near_bound_quantile", value=0.0)])
+    try:
+        assert node.sonar_pub.depth_uncertainty is not None and node.sonar_pub.depth_near_bound is None
+        topics = {name for name, _ in node.get_topic_names_and_types()}
+        assert "/sonar/depth_uncertainty" in topics and "/sonar/depth_near_bound" not in topics
     finally:
         node.destroy_node()

@@ -78,7 +78,9 @@ def test_replay_metrics_equal_direct_scores(sim, report):
     # the safety metrics pooled over every ping's pixels, and the uncertainty's AUSE per ping, as computed directly
     from avperception.eval.safety import merge_counts, safety_counts, safety_metrics, sparsification
 
-    pooled = None
+    from avperception.sonar.products import depth_near_bound
+
+    pooled = pooled_bound = None
     for r in records:
         out_r, truth = r["out"], r["truth"]
         assert out_r.depth_uncertainty is not None  # the shipped bundle has an uncertainty head
@@ -86,12 +88,17 @@ def test_replay_metrics_equal_direct_scores(sim, report):
         assert by_ping[r["ping"]]["ause"] == pytest.approx(sp["ause"], abs=1e-9)
         assert by_ping[r["ping"]]["ause_random"] == pytest.approx(sp["ause_random"], abs=1e-9)
         pooled = merge_counts(pooled, safety_counts(out_r.depth, truth.depth, truth.semantic))
-    direct = safety_metrics(pooled)
+        bound = depth_near_bound(out_r.depth, out_r.depth_uncertainty, SonarConfig().near_bound_quantile)
+        assert (bound <= out_r.depth + 1e-6)[np.isfinite(out_r.depth)].all()
+        pooled_bound = merge_counts(pooled_bound, safety_counts(bound, truth.depth, truth.semantic))
+    direct, direct_bound = safety_metrics(pooled), safety_metrics(pooled_bound)
     assert o["near_pixels"] == direct["near_pixels"]
-    for k in ("false_far_rate", "near_recall", "obstacle_delta1"):
-        assert (o[k] is None) == (not np.isfinite(direct[k])), k
+    for k in ("false_far_rate", "near_recall", "obstacle_delta1", "near_bound_false_far_rate",
+              "near_bound_near_recall"):
+        want = direct_bound[k[len("near_bound_"):]] if k.startswith("near_bound_") else direct[k]
+        assert (o[k] is None) == (not np.isfinite(want)), k
         if o[k] is not None:
-            assert o[k] == pytest.approx(direct[k], abs=1e-12), k
+            assert o[k] == pytest.approx(want, abs=1e-12), k
     assert o["ause_mean"] == pytest.approx(np.mean([p["ause"] for p in saved["pings"]]), abs=1e-12)
     # the uncertainty ranks this room's errors far better than a random order does
     assert o["ause_mean"] < 0.5 * o["ause_random_mean"]

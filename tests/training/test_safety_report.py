@@ -27,6 +27,17 @@ def test_evaluate_reports_safety_and_the_uncertaintys_ause(dataset):
     assert u["rmse"]["ause_random"] > 0.01
     text = report_text({"far when near": r})
     assert "| far when near | 1.000 | 0.000 |" in text and "AUSE AbsRel" in text and "<0.5 m" in text
+    # the near bound pulls the 3 m reports, whose uncertainty is 2-3 m, within 1 m, and only the nearest truths
+    # (within about 0.45 m) lie under it; with no uncertainty it is the depth itself
+    b = u["near_bound"]
+    assert b["quantile"] == 0.02 and 0 < b["below"] < 0.1 and b["false_far_rate"] < 0.5 and b["near_recall"] > 0.5
+    assert "near bound: false far" in text
+    exact = evaluate(lambda batch: {"depth": batch["depth"].numpy(),
+                                    "depth_uncertainty": np.zeros_like(batch["depth"].numpy())}, test,
+                     near_bound_quantile=0.1)
+    assert exact["uncertainty"]["near_bound"] == {"quantile": 0.1, "false_far_rate": 0.0, "near_recall": 1.0,
+                                                  "below": 0.0}
+    assert "near_bound" not in evaluate(far_when_near, test, near_bound_quantile=0.0)["uncertainty"]
 
 
 def test_evaluate_reports_depth_by_the_arrays_height(dataset):

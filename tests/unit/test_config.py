@@ -81,6 +81,10 @@ def test_pipeline_config_yaml_and_errors(tmp_path):
         load_pipeline_config(p)
     with pytest.raises(ConfigError, match="above Nyquist"):
         load_pipeline_config({"sample_rate": 8000})
+    for q in (-0.1, 0.7):
+        with pytest.raises(ConfigError, match="near_bound_quantile"):
+            load_pipeline_config({"sonar": {"near_bound_quantile": q}})
+    assert load_pipeline_config({"sonar": {"near_bound_quantile": 0.0}}).sonar.near_bound_quantile == 0.0
 
 
 def test_flatten_names_cover_every_setting():

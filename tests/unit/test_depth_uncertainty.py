@@ -90,3 +90,27 @@ def test_bundle_exports_the_uncertainty_and_decode_gives_it_in_metres(uncertaint
         decode(b, {**raw, "depth_uncertainty": np.zeros((3, 4), np.float32)})
     assert decode(b, {k: v for k, v in raw.items() if k != "depth_uncertainty"}).depth_uncertainty is None
 
+
+
+def test_near_bound_is_the_quantile_of_the_laplace_the_head_predicts():
+    """depth_near_bound inverts depth_std: for a pixel whose log depth is Laplace around log p with scale s, the
+    truth lies below the bound in the asked share of draws; 0.5 gives the depth; unknown stays unknown."""
+    from avperception.sonar.products import depth_near_bound
+
+    rng = np.random.default_rng(0)
+    p = np.array([[0.3, 1.0, 2.5, 7.0]], dtype=np.float32)
+    s = np.array([[0.05, 0.2, 0.4, 0.8]], dtype=np.float32)
+    sigma = depth_std(torch.from_numpy(p), torch.from_numpy(np.log(s))).numpy()
+    truth = p[..., None] * np.exp(rng.laplace(0.0, s[..., None], size=p.shape + (200_000,)))
+    for q in (0.02, 0.1, 0.3):
+        bound = depth_near_bound(p, sigma, q)
+        assert bound.dtype == np.float32 and (bound < p).all()
+        np.testing.assert_allclose((truth < bound[..., None]).mean(axis=-1), q, atol=0.004)
+    np.testing.assert_allclose(depth_near_bound(p, sigma, 0.5), p, rtol=1e-6)
+    unknown = depth_near_bound(np.array([np.nan, 1.0, 2.0]), np.array([0.1, np.nan, 0.2]), 0.02)
+    assert np.isnan(unknown[:2]).all() and 0 < unknown[2] < 2.0
+    for bad in (0.0, 0.6):
+        with pytest.raises(ValueError, match="quantile"):
+            depth_near_bound(p, sigma, bad)
+    with pytest.raises(ValueError, match="shape"):
+        depth_near_bound(p, sigma[:, :2], 0.02)

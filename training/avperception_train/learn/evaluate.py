@@ -17,8 +17,10 @@ import numpy as np
 import torch
 
 from avperception.bench.common import markdown_table as _table
+from avperception.config import SonarConfig
 from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
 from avperception.eval.safety import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
+from avperception.sonar.products import depth_near_bound
 
 from ..datagen.geometry import CEILING, FLOOR
 from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
@@ -109,14 +111,18 @@ def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int
 
 
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
-             batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20) -> dict:
+             batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20,
+             near_bound_quantile: float | None = None) -> dict:
     """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields).
 
     With depth, ``safety`` pools :func:`avperception.eval.safety.safety_counts` over the scenes that have depth scores;
     with ``depth_uncertainty`` (m) too, ``uncertainty`` averages each scene's sparsification
     (:func:`avperception.eval.safety.sparsification`, ``sparsification_steps`` fractions): for AbsRel ranked by the
     relative uncertainty ``depth_uncertainty / depth``, for RMSE by the uncertainty in metres; AUSE against the
-    oracle, and a random order's for reference. With the items' ``heights`` (floor below and ceiling above the
+    oracle, and a random order's for reference; and ``uncertainty["near_bound"]`` scores the near bound the node
+    publishes (:func:`avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``, None: the node's
+    default) as a depth: its false-far rate and near recall, and ``below``, the share of known pixels whose truth
+    is nearer than it (the quantile, if the uncertainty is calibrated). With the items' ``heights`` (floor below and ceiling above the
     array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height`` pools the depth
     per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array cannot tell the
     floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what that costs.
@@ -125,6 +131,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
 
     depth_rows, vox_rows, energy_rows = [], [], []
     safety, sparse = None, {"abs_rel": [], "rmse": []}
+    if near_bound_quantile is None:
+        near_bound_quantile = SonarConfig().near_bound_quantile
+    bound_safety, bound_below = None, np.zeros(2)  # the near bound: safety counts; pixels below it, known pixels
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
     by_height = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, num_classes + 1, 3))  # band, class (last: all), counts
@@ -160,6 +169,11 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                         for metric, rank in (("abs_rel", u / np.maximum(d, 1e-3)), ("rmse", u)):
                             sparse[metric].append(sparsification(d, gt_depth[i], rank, metric,
                                                                  sparsification_steps))
+                        if near_bound_quantile > 0:
+                            bound = depth_near_bound(d, u, near_bound_quantile)
+                            bound_safety = merge_counts(bound_safety, safety_counts(bound, gt_depth[i], labels))
+                            known = np.isfinite(gt_depth[i]) & np.isfinite(bound)
+                            bound_below += ((gt_depth[i][known] < bound[known]).sum(), known.sum())
             if "semantic" in pred:
                 conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
             if "voxels" in pred:
@@ -185,6 +199,12 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 "ause_random": _mean_defined([r["ause_random"] for r in rows]),
                 "fractions": rows[0]["fractions"],
                 **{c: np.nanmean([r[c] for r in rows], axis=0).tolist() for c in ("model", "oracle", "random")}}
+        if bound_safety is not None:
+            b = safety_metrics(bound_safety)
+            out["uncertainty"]["near_bound"] = {
+                "quantile": float(near_bound_quantile), "false_far_rate": b["false_far_rate"],
+                "near_recall": b["near_recall"],
+                "below": float(bound_below[0] / bound_below[1]) if bound_below[1] else float("nan")}
     if by_class[:, 0].sum():
         # pooled over all test pixels of each ground-truth class: where the depth error comes from
         names = class_names(num_classes)
@@ -249,6 +269,8 @@ SAFETY_COLUMNS = [
 UNCERTAINTY_COLUMNS = [
     ("abs_rel", "ause", "AUSE AbsRel ↓"), ("abs_rel", "ause_random", "random AbsRel"),
     ("rmse", "ause", "AUSE RMSE m ↓"), ("rmse", "ause_random", "random RMSE m"),
+    ("near_bound", "false_far_rate", "near bound: false far ↓"), ("near_bound", "near_recall", "near recall ↑"),
+    ("near_bound", "below", "truth below it"),
 ]
 
 
@@ -313,7 +335,7 @@ def uncertainty_table(results: dict[str, dict]) -> str:
     rows = {n: r["uncertainty"] for n, r in results.items() if r.get("uncertainty")}
     if not rows:
         return ""
-    body = [[name] + [_cell(u[m][k]) for m, k, _ in UNCERTAINTY_COLUMNS] + [str(u["scenes"])]
+    body = [[name] + [_cell(u.get(m, {}).get(k)) for m, k, _ in UNCERTAINTY_COLUMNS] + [str(u["scenes"])]
             for name, u in rows.items()]
     return _table(["method"] + [c[2] for c in UNCERTAINTY_COLUMNS] + ["scenes"], body)
 
@@ -418,7 +440,9 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
     if unc:
         text += ("\nDepth uncertainty (area under the sparsification error: leave out the most uncertain pixels step "
                  "by step, minus the same by the true error; 0 = it ranks the errors perfectly, the random column "
-                 "is a random order's; mean over scenes):\n\n" + unc + "\n")
+                 "is a random order's; mean over scenes). The near bound is the range each pixel's surface is "
+                 "nearer than with the node's probability (`sonar.near_bound_quantile`, in `near_bound.quantile` "
+                 "of the results), scored as a depth; 'truth below it' should be that probability:\n\n" + unc + "\n")
     return text
 
 
