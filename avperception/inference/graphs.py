@@ -305,7 +305,8 @@ def quantize_int8(src: str | Path, dst: str | Path, windows: Iterable[np.ndarray
     """Write ``dst``: ``src`` with explicit int8 QuantizeLinear / DequantizeLinear pairs (QDQ format, symmetric
     activations and per-channel weights, zero points 0 as TensorRT needs) around its ``op_types`` nodes,
     calibrated on ``windows`` (each ``(M, N)`` float32, sample 0 = the sweep's onset); the nodes that
-    ``exclude_prefixes`` name (:func:`excluded_nodes`) stay float. ``method``: ``percentile`` (99.999 %), ``minmax`` or ``entropy``.
+    ``exclude_prefixes`` name (:func:`excluded_nodes`) stay float. ``method``: ``percentile`` (99.999 %),
+    ``minmax`` or ``entropy``.
     Returns how it was made (for bundle.json)."""
     import tempfile
 

@@ -122,10 +122,11 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     oracle, and a random order's for reference; and ``uncertainty["near_bound"]`` scores the near bound the node
     publishes (:func:`avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``, None: the node's
     default) as a depth: its false-far rate and near recall, and ``below``, the share of known pixels whose truth
-    is nearer than it (the quantile, if the uncertainty is calibrated). With the items' ``heights`` (floor below and ceiling above the
-    array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height`` pools the depth
-    per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array cannot tell the
-    floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what that costs.
+    is nearer than it (the quantile, if the uncertainty is calibrated). With the items' ``heights`` (floor below
+    and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
+    pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
+    cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
+    that costs.
     """
     from torch.utils.data import DataLoader
 
