@@ -55,10 +55,17 @@ def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", thread
     return [(k, sonar.infer(x[:, k: k + n], k / fs)) for k in starts]
 
 
-def write(out_dir: str | Path, results: list, bundle, source: str = "") -> dict:
+def write(out_dir: str | Path, results: list, bundle, source: str = "",
+          near_bound_quantile: float | None = None) -> dict:
     """Write ``depth.npy`` (H x W float32 m), ``semantic.npy`` (H x W uint8), ``occupancy.npy`` (D x H x W bool),
-    PNG previews and ``meta.json``; numbered (``depth_000.npy`` ...) when there are several windows."""
-    from .products import depth_colors, label_colors
+    PNG previews and ``meta.json``; numbered (``depth_000.npy`` ...) when there are several windows. For a bundle
+    with a depth uncertainty also ``depth_uncertainty.npy`` (H x W float32 m, the standard deviation) and
+    ``depth_near_bound.npy`` (:func:`~avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``,
+    None: the node's ``sonar.near_bound_quantile``; 0: not written)."""
+    from ..config import SonarConfig
+    from .products import depth_colors, depth_near_bound, label_colors
+
+    q = SonarConfig().near_bound_quantile if near_bound_quantile is None else near_bound_quantile
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +80,12 @@ def write(out_dir: str | Path, results: list, bundle, source: str = "") -> dict:
         files.append({"onset_sample": int(onset), "onset_s": float(o.stamp), "depth": f"depth{tag}.npy",
                       "semantic": f"semantic{tag}.npy", "occupancy": f"occupancy{tag}.npy",
                       "preview": f"preview{tag}.png", "infer_ms": round(float(o.infer_ms), 3)})
+        if o.depth_uncertainty is not None:
+            np.save(out / f"depth_uncertainty{tag}.npy", o.depth_uncertainty.astype(np.float32))
+            files[-1]["depth_uncertainty"] = f"depth_uncertainty{tag}.npy"
+            if q > 0:
+                np.save(out / f"depth_near_bound{tag}.npy", depth_near_bound(o.depth, o.depth_uncertainty, q))
+                files[-1]["depth_near_bound"] = f"depth_near_bound{tag}.npy"
     h, w = bundle.pano_shape
     meta = {
         "source": source,
@@ -83,6 +96,11 @@ def write(out_dir: str | Path, results: list, bundle, source: str = "") -> dict:
                           "right, pixel centres at half-pixel offsets",
                   "el_min_deg": bundle.el_min_deg, "el_max_deg": bundle.el_max_deg},
         "semantic": {"classes": list(bundle.classes), "colors": np.asarray(bundle.class_colors).tolist()},
+        **({"depth_uncertainty": {"units": "m, the depth's standard deviation per pixel, NaN unknown"}}
+           if bundle.has_depth_uncertainty else {}),
+        **({"depth_near_bound": {"units": "m, the range each pixel's surface is nearer than with probability "
+                                          "quantile", "quantile": q}}
+           if bundle.has_depth_uncertainty and q > 0 else {}),
         "occupancy": {"index": "[z, y, x]", "shape": list(np.asarray(results[0][1].occupancy).shape) if results else [],
                       "center_m_xyz": np.asarray(bundle.voxel_center).tolist(),
                       "extent_m_xyz": np.asarray(bundle.voxel_extent).tolist()},

@@ -28,6 +28,18 @@ def test_one_window_gives_every_output(tmp_path, bundle, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["semantic"]["classes"] == list(bundle.classes) and meta["windows"][0]["onset_sample"] == 0
     assert (out / "preview.png").stat().st_size > 10_000
+    # the shipped bundle has a depth uncertainty: it and the node's near bound are written too
+    from avperception.config import SonarConfig
+    from avperception.sonar.products import depth_near_bound
+
+    unc, bound = np.load(out / "depth_uncertainty.npy"), np.load(out / "depth_near_bound.npy")
+    known = np.isfinite(depth)
+    assert unc.shape == depth.shape and unc.dtype == np.float32 and (unc[known] > 0).all()
+    q = SonarConfig().near_bound_quantile
+    np.testing.assert_array_equal(bound, depth_near_bound(depth, unc, q))
+    assert (bound[known] < depth[known]).all() and meta["depth_near_bound"]["quantile"] == q
+    assert meta["windows"][0]["depth_near_bound"] == "depth_near_bound.npy"
+    assert "depth_near_bound*.npy" in capsys.readouterr().out
 
 
 def test_pings_in_a_longer_recording_are_found_at_their_onsets(tmp_path, bundle):
