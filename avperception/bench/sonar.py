@@ -3,8 +3,8 @@
 A robot pinging at 4 Hz while it drives through a simulated room (the training package's data engine) is rendered
 once (``--lap`` pings) and replayed as one continuous stream of 1024-sample chunks, its stamps running on, until
 ``--pings`` pings have gone through the same code the node runs: the aligner (Ping onsets refined on the direct
-path), the bundle's backend, the decoding, the derived products (points, voxel centres, Nav2 slice, pinhole depth)
-and their ROS messages, with the beamformer running alongside on every hop (15.6 maps/s). End to end is the time
+path), the bundle's backend, the decoding, the derived products (points, voxel centres, Nav2 slice, pinhole depth,
+the near bound) and their ROS messages, with the beamformer running alongside on every hop (15.6 maps/s). End to end is the time
 from the arrival of the audio chunk that completes a ping's window to the last of that ping's messages built, on
 one thread (the node's executor): every output but the voxel cubes (``end_to_end``), and with them
 (``end_to_end_with_cubes``: a MarkerArray of the visible voxels, which the node builds only for a subscriber). CPU use is process CPU time over audio time: the fraction of one core the work
@@ -112,10 +112,13 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
             pin = cam(out.depth)
             dcol = products.depth_colors(out.depth)
             scol = products.label_colors(out.labels, b.class_colors)
+            # the uncertainty and the near bound, as the node publishes them (bundles with an uncertainty head)
+            extra = () if out.depth_uncertainty is None else (out.depth_uncertainty, products.depth_near_bound(
+                out.depth, out.depth_uncertainty, SonarConfig().near_bound_quantile))
             t3 = time.perf_counter()
             if conv is not None:
                 f = array.frame_id
-                for a in (out.depth, dcol, out.labels, scol, pin):
+                for a in (out.depth, dcol, out.labels, scol, pin) + extra:
                     conv.array_to_image(a, w.stamp, f)
                 conv.points_to_cloud(pts, w.stamp, f, {"label": lab})
                 conv.points_to_cloud(centres, w.stamp, f)
