@@ -136,7 +136,7 @@ def depth_near_bound(depth: np.ndarray, uncertainty: np.ndarray, quantile: float
     scale ``s = uncertainty / (sqrt(2) * depth)``, the inverse of :func:`avperception.models.student.depth_std`):
     ``depth * (2 * quantile) ** s``. ``(H, W)`` metres -> ``(H, W)`` float32 metres, NaN where either is unknown;
     0.5 gives the depth itself. A range to slow down for, not one to map with: on the wide test rooms the 2 %
-    bound reports 0.8 % of the pixels within 0.5 m beyond 1 m, where the depth reports 7 % (``docs/sonar.md``)."""
+    bound reports 0.7 % of the pixels within 0.5 m beyond 1 m, where the depth reports 7 % (``docs/sonar.md``)."""
     if not 0.0 < quantile <= 0.5:
         raise ValueError(f"the near bound's quantile must be in (0, 0.5], got {quantile}")
     d = np.asarray(depth, dtype=np.float32)
