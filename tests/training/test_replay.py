@@ -77,7 +77,6 @@ def test_replay_metrics_equal_direct_scores(sim, report):
     assert len(saved["segments"]) == 1 and saved["segments"][0]["pings"] == len(records)
     # the safety metrics pooled over every ping's pixels, and the uncertainty's AUSE per ping, as computed directly
     from avperception.eval.safety import merge_counts, safety_counts, safety_metrics, sparsification
-
     from avperception.sonar.products import depth_near_bound
 
     pooled = pooled_bound = None
