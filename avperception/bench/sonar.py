@@ -6,9 +6,10 @@ once (``--lap`` pings) and replayed as one continuous stream of 1024-sample chun
 path), the bundle's backend, the decoding, the derived products (points, voxel centres, Nav2 slice, pinhole depth,
 the near bound) and their ROS messages, with the beamformer running alongside on every hop (15.6 maps/s). End to
 end is the time from the arrival of the audio chunk that completes a ping's window to the last of that ping's
-messages built, on one thread (the node's executor): every output but the voxel cubes (``end_to_end``), and with them
-(``end_to_end_with_cubes``: a MarkerArray of the visible voxels, which the node builds only for a subscriber). CPU use is process CPU time over audio time: the fraction of one core the work
-takes at real time. Backends are compared in the same run (ratio to ONNX Runtime).
+messages built, on one thread (the node's executor): every output but the voxel cubes (``end_to_end``), and with
+them (``end_to_end_with_cubes``: a MarkerArray of the visible voxels, which the node builds only for a
+subscriber). CPU use is process CPU time over audio time: the fraction of one core the work takes at real time.
+Backends are compared in the same run (ratio to ONNX Runtime).
 
 ``--live`` also runs the real nodes over DDS (the simulator and perception_node in two processes) for
 ``--live-seconds`` and reports perception_node's CPU use and the latency it reports in /diagnostics.
