@@ -90,3 +90,41 @@ def test_evaluate_scores_the_layout_heads_floor_and_ceiling_by_the_arrays_height
     assert "The layout head's floor and ceiling distances" in text and "nearer one right" in text
     none = evaluate(lambda b: {"depth": b["depth"].numpy()}, test)["depth_by_array_height"]
     assert not any("order_right" in v for v in none.values())  # no layout head, no such scores
+
+
+@pytest.fixture(scope="module")
+def ring_scenes(tmp_path_factory):
+    """4 robot_8mic scenes (the shipped bundle's array), all in the test split."""
+    from avperception_train.datagen import config_from_dict, run_datagen
+
+    out = tmp_path_factory.mktemp("ring")
+    cfg = config_from_dict({"seed": 5, "array": "robot_8mic", "scenes_per_shard": 4,
+                            "split": {"train": 0.0, "val": 0.0, "test": 1.0}})
+    run_datagen(cfg, out, 4, workers=1, show_progress=False, log=None)
+    return out
+
+
+def test_evaluate_scores_a_bundles_onnx_graph_with_its_uncertainty(ring_scenes):
+    """``bundle:DIR`` runs the bundle's model.onnx as the node does: its depth and uncertainty equal the torch
+    student's, so evaluate scores the uncertainty and the near bound of ONNX-only (recipe) bundles too; a bundle
+    for another array is refused naming the difference."""
+    import torch
+
+    from avperception.inference.bundle import BundleMismatch
+    from avperception_train.learn.commands import default_model_path, load_predictor
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate
+
+    test = InMemoryScenes(ring_scenes, "test")
+    assert len(test) == 4
+    onnx = load_predictor("bundle:default", ring_scenes)
+    torch_pred = load_predictor(f"student:{default_model_path()}", ring_scenes)
+    batch = {"audio": torch.stack([test[i]["audio"] for i in range(len(test))])}
+    a, b = onnx(batch), torch_pred(batch)
+    for k in ("depth", "depth_uncertainty"):
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-3)
+    r = evaluate(onnx, test)
+    assert r["uncertainty"]["scenes"] == 4 and 0 <= r["uncertainty"]["near_bound"]["below"] < 0.2
+    assert np.isfinite(r["depth"]["delta1"]) and r["depth"]["delta1"] > 0.5
+    with pytest.raises(BundleMismatch, match="mic"):
+        load_predictor("bundle:default:respeaker_4mic", ring_scenes)

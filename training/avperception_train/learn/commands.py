@@ -48,8 +48,10 @@ def load_student(path: str, device: str = "cpu") -> torch.nn.Module:
 
 
 def load_predictor(spec: str, data_root: str, device: str = "cpu"):
-    """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``teacher:CK``,
-    ``manifold:ATNET_CK,VQVAE_CK``, ``manifold-e2e:CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
+    """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``bundle:DIR`` (a model bundle's
+    ``model.onnx`` in ONNX Runtime, as the node runs it: recipe bundles have no torch weights; ``default:ARRAY``
+    the shipped one; it must fit the data's array), ``teacher:CK``, ``manifold:ATNET_CK,VQVAE_CK``,
+    ``manifold-e2e:CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
     from .baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
     from .data import InMemoryScenes
     from .evaluate import torch_predictor
@@ -59,6 +61,14 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
     dev = torch.device(device)
     if kind == "student":
         return torch_predictor(load_student(path, device), "student", device)
+    if kind == "bundle":
+        from avperception.inference.bundle import check_fits, load_bundle
+
+        from .engine import onnx_predictor
+
+        bundle = load_bundle(path)
+        check_fits(bundle, *dataset_contract(data_root))
+        return onnx_predictor(bundle.onnx_path, threads=torch.get_num_threads())
     if kind == "teacher":  # one trained on a camera's view sees only that view of the test rooms too
         fov = teacher_view(path)
         view = InMemoryScenes(data_root, "train", max_samples=1, camera_fov_deg=fov).camera.view if fov else None
@@ -313,8 +323,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("evaluate", help="score models and baselines on the test rooms; markdown table")
     p.add_argument("--data", required=True, help="dataset directory")
     p.add_argument("--model", action="append", default=[],
-                   help="student:PATH | teacher:CK | manifold:AT_CK,VQ_CK | manifold-e2e:CK | mean-layout | echo-tof | "
-                        "echo-planes (repeatable)")
+                   help="student:PATH | bundle:DIR (its ONNX graph; bundle:default:ARRAY the shipped one) | teacher:CK | "
+                        "manifold:AT_CK,VQ_CK | manifold-e2e:CK | mean-layout | echo-tof | echo-planes (repeatable)")
     p.add_argument("--default", action="store_true", help="also score the shipped default model")
     p.add_argument("--baselines", action="store_true",
                    help="add the mean-layout, echo time-of-flight and echo-planes baselines")

@@ -48,7 +48,8 @@ def ort_session(path: str | Path, threads: int = 1):
 
 def onnx_predictor(path: str | Path, threads: int = 1, voxel_threshold: float = 0.5):
     """A predictor for :func:`~avperception_train.learn.evaluate.evaluate` running the ONNX graph ``path`` in ONNX
-    Runtime on the CPU, one window at a time; ``times`` collects each window's seconds."""
+    Runtime on the CPU, one window at a time (with the depth uncertainty when the graph gives it); ``times``
+    collects each window's seconds."""
     sess = ort_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
     times: list[float] = []
@@ -60,10 +61,14 @@ def onnx_predictor(path: str | Path, threads: int = 1, voxel_threshold: float = 
             t = time.perf_counter()
             rows.append(dict(zip(names, sess.run(None, {"audio": a[None]}))))
             times.append(time.perf_counter() - t)
-        cat = {k: np.concatenate([r[k] for r in rows]).astype(np.float32) for k in ("depth", "semantic", "voxels",
-                                                                                   "energy")}
-        return {"depth": cat["depth"], "semantic": cat["semantic"].argmax(1).astype(np.uint8),
-                "voxels": 1 / (1 + np.exp(-cat["voxels"])) > voxel_threshold, "energy": cat["energy"]}
+        keys = ("depth", "semantic", "voxels", "energy") + (("depth_uncertainty",) if "depth_uncertainty" in names
+                                                           else ())
+        cat = {k: np.concatenate([r[k] for r in rows]).astype(np.float32) for k in keys}
+        out = {"depth": cat["depth"], "semantic": cat["semantic"].argmax(1).astype(np.uint8),
+               "voxels": 1 / (1 + np.exp(-cat["voxels"])) > voxel_threshold, "energy": cat["energy"]}
+        if "depth_uncertainty" in cat:
+            out["depth_uncertainty"] = cat["depth_uncertainty"]
+        return out
 
     run.times = times
     return run
