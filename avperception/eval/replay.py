@@ -168,17 +168,22 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     out: dict = {"pings": len(pings)}
     for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
-    for prefix, counts in (("", "_safety"), ("near_bound_", "_bound_safety")):
-        pooled = None
+    def pooled_safety(field: str) -> dict:
+        total = None
         for p in pings:
-            if p.get(counts) is not None:
-                pooled = merge_counts(pooled, p[counts])
-        sm = safety_metrics(pooled) if pooled is not None else {}
-        for key in ("false_far_rate", "near_recall") + (("obstacle_delta1",) if not prefix else ()):
-            v = sm.get(key)
-            out[prefix + key] = float(v) if v is not None and np.isfinite(v) else None
-        if not prefix:
-            out["near_pixels"] = sm.get("near_pixels", 0)
+            if p.get(field) is not None:
+                total = merge_counts(total, p[field])
+        return safety_metrics(total) if total is not None else {}
+
+    def finite(v):
+        return float(v) if v is not None and np.isfinite(v) else None
+
+    sm, bound = pooled_safety("_safety"), pooled_safety("_bound_safety")
+    for key in ("false_far_rate", "near_recall", "obstacle_delta1"):
+        out[key] = finite(sm.get(key))
+    out["near_pixels"] = sm.get("near_pixels", 0)
+    for key in ("false_far_rate", "near_recall"):
+        out["near_bound_" + key] = finite(bound.get(key))
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for p in pings:
         if p.get("_confusion") is not None:
