@@ -61,9 +61,8 @@ def onnx_predictor(path: str | Path, threads: int = 1, voxel_threshold: float = 
             t = time.perf_counter()
             rows.append(dict(zip(names, sess.run(None, {"audio": a[None]}))))
             times.append(time.perf_counter() - t)
-        keys = ("depth", "semantic", "voxels", "energy") + (("depth_uncertainty",) if "depth_uncertainty" in names
-                                                           else ())
-        cat = {k: np.concatenate([r[k] for r in rows]).astype(np.float32) for k in keys}
+        cat = {k: np.concatenate([r[k] for r in rows]).astype(np.float32)
+               for k in ("depth", "semantic", "voxels", "energy", "depth_uncertainty") if k in names}
         out = {"depth": cat["depth"], "semantic": cat["semantic"].argmax(1).astype(np.uint8),
                "voxels": 1 / (1 + np.exp(-cat["voxels"])) > voxel_threshold, "energy": cat["energy"]}
         if "depth_uncertainty" in cat:
