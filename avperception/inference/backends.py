@@ -1,7 +1,8 @@
 """Inference backends behind one interface: TensorRT engines, ONNX Runtime (TensorRT / CUDA / CPU) and torch.
 
 Every backend takes one window ``audio (M, N)`` float32 (sample 0 = the sweep's
-onset) and returns the bundle's outputs without the batch dimension
+onset), and the array's height above the floor where the robot knows it and the bundle takes it
+(``array_height``, m; 0: unknown), and returns the bundle's outputs without the batch dimension
 (``depth (H, W)``, ``semantic (C, H, W)``, ``voxels (D, H, W)``, ...).
 :func:`make_backend` builds a :class:`FallbackBackend`: a chain tried in order,
 which logs why each skipped one was skipped and, when the running one fails,
@@ -23,7 +24,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from .bundle import BundleError, ModelBundle
+from .bundle import BundleError, ModelBundle, graph_feed
 
 KINDS = ("auto", "tensorrt", "onnxruntime", "torch")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -39,8 +40,9 @@ class BackendUnavailable(BundleError):
 class Backend(Protocol):
     name: str
 
-    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
-        """``audio (M, N)`` float32 -> the bundle's outputs, batch dimension removed."""
+    def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
+        """``audio (M, N)`` float32 and ``array_height`` (m; 0: unknown) -> the bundle's outputs, batch dimension
+        removed."""
 
     def describe(self) -> str:
         """One line: what runs where."""
@@ -72,6 +74,18 @@ def check_window(bundle: ModelBundle, audio: np.ndarray) -> np.ndarray:
                          f"{bundle.num_mics} microphones in the array's order, {bundle.window_samples} samples "
                          f"at {bundle.sample_rate} Hz starting at the sweep's onset")
     return np.ascontiguousarray(a, dtype=np.float32)[None]
+
+
+def check_array_height(bundle: ModelBundle, array_height: float) -> None:
+    """``ValueError`` saying what to do when ``array_height`` (m) is not a height ``bundle`` can take: negative, not
+    finite, or given (above 0) to a bundle whose graph has no ``array_height`` input."""
+    if not np.isfinite(array_height) or array_height < 0:
+        raise ValueError(f"the array's height above the floor must be a finite number of metres >= 0 (0: unknown), "
+                         f"got {array_height}")
+    if array_height > 0 and not bundle.takes_array_height:
+        raise ValueError(f"the bundle {bundle.path} does not take the array's height (its graph has no array_height "
+                         "input: it was exported before the input existed, or its model has no layout head); "
+                         "re-export it with `avperception-train export-bundle`, or leave the height at 0 (unknown)")
 
 
 class OnnxRuntimeBackend:
@@ -106,12 +120,14 @@ class OnnxRuntimeBackend:
         self.threads = int(threads)
         self.providers = self.session.get_providers()
         self.names = [o.name for o in self.session.get_outputs()]
+        self.inputs = [i.name for i in self.session.get_inputs()]
         short = self.providers[0].removesuffix("ExecutionProvider")
         self.name = f"onnxruntime-{short.lower()}"
 
-    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
         x = check_window(self.bundle, audio)
-        return {k: v[0] for k, v in zip(self.names, self.session.run(self.names, {"audio": x}))}
+        feed = graph_feed(self.inputs, x, array_height)
+        return {k: v[0] for k, v in zip(self.names, self.session.run(self.names, feed))}
 
     def describe(self) -> str:
         return (f"{self.name}: {self.bundle.onnx_path.name} on {', '.join(self.providers)}, "
@@ -144,10 +160,11 @@ class TorchBackend:
         self.names = [k for k in bundle.outputs]
         self.name = "torch" if device == "cpu" else f"torch-{device}"
 
-    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
         x = self.torch.from_numpy(check_window(self.bundle, audio)).to(self.device)
+        h = self.torch.tensor([float(array_height)], device=self.device)
         with self.torch.inference_mode():
-            out = self.model(x)
+            out = self.model(x, h if array_height > 0 else None)
         return {k: out[k][0].detach().cpu().numpy() for k in self.names}
 
     def describe(self) -> str:
@@ -204,14 +221,15 @@ class FallbackBackend:
     def active(self) -> str:
         return self.name
 
-    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
-        check_window(self.bundle, audio)  # a wrong window is the caller's error, not the backend's
+    def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
+        check_window(self.bundle, audio)  # a wrong window or height is the caller's error, not the backend's
+        check_array_height(self.bundle, array_height)
         while True:
             if self.backend is None:
                 raise BackendUnavailable("no inference backend left: " + "; ".join(self.fallbacks))
             t = time.perf_counter()
             try:
-                out = self.backend.run(audio)
+                out = self.backend.run(audio, array_height)
             except Exception as e:  # noqa: BLE001  (whatever failed, the next backend gets the window)
                 why = f"{self.backend.name} failed while running ({type(e).__name__}: {str(e).strip()[:200]})"
                 self.fallbacks.append(why)
@@ -275,12 +293,12 @@ class DeferredBackend:
     def name(self) -> str:
         return self.backend.name if self.backend is not None else self.interim.name
 
-    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
         if self.backend is None and self._ready is not None:
             self.backend = self._ready
             self._log(f"inference backend: {self.backend.describe()} (ready after {self.build_s:.1f} s; was "
                       f"{self.interim.name})")
-        return (self.backend or self.interim).run(audio)
+        return (self.backend or self.interim).run(audio, array_height)
 
     def describe(self) -> str:
         if self.backend is not None:

@@ -29,6 +29,8 @@ FORMAT_VERSION = 1
 BUNDLE_JSON = "bundle.json"
 ONNX_NAME = "model.onnx"
 SAFETENSORS_NAME = "model.safetensors"
+# the graph's optional second input: the array's height above the floor (m, shape (1,); 0 or less: unknown)
+ARRAY_HEIGHT_INPUT = "array_height"
 
 # positions closer than this (m) count as the same microphone; speeds of sound within this (m/s) as the same
 POSITION_TOL_M = 1e-3
@@ -139,6 +141,13 @@ class ModelBundle:
         """Whether the graph gives ``depth_uncertainty``: each depth pixel's standard deviation (m), from a model
         trained with an uncertainty head (``model.uncertainty``)."""
         return "depth_uncertainty" in self.outputs
+
+    @property
+    def takes_array_height(self) -> bool:
+        """Whether the graph takes the array's height above the floor (input ``array_height``, m; 0: unknown),
+        which a model with a layout head renders as the floor's distance instead of telling the floor's echo from
+        the ceiling's (a planar ring hears them as mirror images)."""
+        return ARRAY_HEIGHT_INPUT in self.meta.get("inputs", {})
 
     @property
     def pano_shape(self) -> tuple[int, int]:
@@ -278,6 +287,20 @@ def load_bundle(spec: str | Path | None = None, verify: bool = True, array: str 
                               f"{str(want)[:16]}... recorded in {BUNDLE_JSON}; re-export the bundle "
                               "(or restore the file)")
     return bundle
+
+
+def graph_feed(input_names, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
+    """The inputs of a bundle graph whose inputs are ``input_names``: ``audio (1, M, N)`` float32 and, where the
+    graph takes it, ``array_height (1,)`` (m; 0 or less: unknown). A height given to a graph that cannot take it
+    is a ``ValueError`` (the caller says what to do), never silently dropped."""
+    feed = {"audio": audio}
+    if ARRAY_HEIGHT_INPUT in input_names:
+        feed[ARRAY_HEIGHT_INPUT] = np.array([array_height], dtype=np.float32)
+    elif array_height > 0:
+        raise ValueError(f"the graph takes no {ARRAY_HEIGHT_INPUT} input (its inputs: {', '.join(input_names)}); "
+                         "re-export the bundle with this version's `avperception-train export-bundle`, or leave "
+                         "the array's height unset")
+    return feed
 
 
 # ---------------------------------------------------------------------------------------------- fit

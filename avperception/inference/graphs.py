@@ -27,7 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .bundle import BUNDLE_JSON, BundleError, ModelBundle, sha256_file
+from .bundle import BUNDLE_JSON, BundleError, ModelBundle, graph_feed, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
@@ -282,10 +282,12 @@ def _float_outputs(model):
 
 
 class WindowReader:
-    """An onnxruntime ``CalibrationDataReader`` over windows ``(M, N)`` (fed as ``audio (1, M, N)``)."""
+    """An onnxruntime ``CalibrationDataReader`` over windows ``(M, N)`` (fed as ``audio (1, M, N)``, and an unknown
+    ``array_height`` where ``input_names`` has it)."""
 
-    def __init__(self, windows: Iterable[np.ndarray]) -> None:
+    def __init__(self, windows: Iterable[np.ndarray], input_names: Iterable[str] = ("audio",)) -> None:
         self._it = iter(windows)
+        self.inputs = list(input_names)
         self.count = 0
 
     def get_next(self):
@@ -293,7 +295,7 @@ class WindowReader:
         if w is None:
             return None
         self.count += 1
-        return {"audio": np.ascontiguousarray(np.asarray(w, dtype=np.float32)[None])}
+        return graph_feed(self.inputs, np.ascontiguousarray(np.asarray(w, dtype=np.float32)[None]))
 
     def rewind(self) -> None:  # pragma: no cover  (onnxruntime calls it for some methods only)
         pass
@@ -316,7 +318,7 @@ def quantize_int8(src: str | Path, dst: str | Path, windows: Iterable[np.ndarray
     m = _float32_graph(src)
     prefixes = tuple(exclude_prefixes)
     excluded = excluded_nodes((n.name for n in m.graph.node), prefixes)
-    reader = WindowReader(windows)
+    reader = WindowReader(windows, [i.name for i in m.graph.input])
     methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
                "entropy": CalibrationMethod.Entropy}
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from .backends import BackendUnavailable, check_window
-from .bundle import ModelBundle
+from .bundle import ARRAY_HEIGHT_INPUT, ModelBundle, graph_feed
 from .graphs import PRECISIONS, bundle_graph, engine_precision
 
 DEFAULT_CACHE_DIR = Path("~/.cache/avperception/engines")
@@ -291,14 +291,15 @@ class TensorRTBackend:
             self.context.set_tensor_address(name, addr)
             self._bufs[name] = buf
             (self.inputs if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else self.outputs).append(name)
-        if self.inputs != ["audio"]:
-            raise RuntimeError(f"engine inputs {self.inputs}, expected ['audio']")
+        if self.inputs not in (["audio"], ["audio", ARRAY_HEIGHT_INPUT]):
+            raise RuntimeError(f"engine inputs {self.inputs}, expected ['audio'] or ['audio', '{ARRAY_HEIGHT_INPUT}']")
         self.trt_version = trt.__version__
         self.name = f"tensorrt-{self.precision}"
 
-    def run(self, audio: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
         x = check_window(self.bundle, audio)
-        self.buffers.upload(self._bufs["audio"], x)
+        for k, v in graph_feed(self.inputs, x, array_height).items():
+            self.buffers.upload(self._bufs[k], v)
         if not self.context.execute_async_v3(self.buffers.stream_handle()):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         out = {k: self.buffers.download(self._bufs[k]) for k in self.outputs}

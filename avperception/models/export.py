@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inference.bundle import ARRAY_HEIGHT_INPUT, graph_feed
+
 OUTPUTS = ("depth", "semantic", "energy", "voxels", "latent")
 # what a bundle's graph gives: every head, no latent (only distillation needs it)
 BUNDLE_OUTPUTS = ("depth", "semantic", "energy", "voxels", "layout", "walls", "heights", "depth_uncertainty")
@@ -22,15 +24,15 @@ MIN_OPSET = 17
 
 
 class _Outputs(torch.nn.Module):
-    """Tuple outputs in a fixed order (ONNX has no dicts)."""
+    """Tuple outputs in a fixed order (ONNX has no dicts); the array's height as a second input where given."""
 
     def __init__(self, model: torch.nn.Module, names: tuple[str, ...] = OUTPUTS) -> None:
         super().__init__()
         self.model = model
         self.names = tuple(names)
 
-    def forward(self, audio: torch.Tensor):
-        out = self.model(audio)
+    def forward(self, audio: torch.Tensor, array_height: torch.Tensor | None = None):
+        out = self.model(audio) if array_height is None else self.model(audio, array_height)
         return tuple(out[k] for k in self.names)
 
 
@@ -43,12 +45,16 @@ def output_names(model: torch.nn.Module) -> tuple[str, ...]:
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = 17, check: bool = True,
-                seed: int = 0, outputs: tuple[str, ...] = OUTPUTS, fixed: bool = False) -> tuple[Path, float]:
+                seed: int = 0, outputs: tuple[str, ...] = OUTPUTS, fixed: bool = False,
+                array_height: bool = False) -> tuple[Path, float]:
     """Write ``path`` with input ``audio (1, M, N)`` float32 and ``outputs`` (default :data:`OUTPUTS`);
-    ``fixed``: every output's shape fixed in the graph (:func:`fix_shapes`).
+    ``fixed``: every output's shape fixed in the graph (:func:`fix_shapes`); ``array_height``: a second input
+    ``array_height (1,)`` float32, the array's height above the floor (m; 0 or less: unknown), which a model with
+    a layout head renders as the floor (:func:`~avperception.models.student.known_floor`).
 
     Returns the path and the largest absolute difference between onnxruntime and
-    torch on random audio (NaN when ``check`` is off or onnxruntime is missing).
+    torch on random audio (NaN when ``check`` is off or onnxruntime is missing), with the height unknown and
+    (``array_height``) at 1.5 m.
     """
     cfg = model.cfg
     model = model.float().eval()
@@ -56,11 +62,13 @@ def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = 17, check
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _Outputs(model, outputs).eval()
+    args = (x, torch.zeros(1)) if array_height else (x,)
+    names = ["audio", ARRAY_HEIGHT_INPUT] if array_height else ["audio"]
     with torch.no_grad():
-        torch.onnx.export(wrapper, (x,), str(path), input_names=["audio"], output_names=list(outputs),
+        torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=list(outputs),
                           opset_version=opset, dynamo=False)
         if fixed:
-            fix_shapes(path, {k: tuple(v.shape) for k, v in zip(outputs, wrapper(x))})
+            fix_shapes(path, {k: tuple(v.shape) for k, v in zip(outputs, wrapper(*args))})
     if not check:
         return path, float("nan")
     try:
@@ -68,10 +76,12 @@ def export_onnx(model: torch.nn.Module, path: str | Path, opset: int = 17, check
     except ImportError:
         return path, float("nan")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"audio": x.numpy()})
-    with torch.no_grad():
-        ref = wrapper(x)
-    err = max(float(np.max(np.abs(g - r.numpy()))) for g, r in zip(got, ref))
+    err = 0.0
+    for h in ((0.0, 1.5) if array_height else (0.0,)):
+        got = sess.run(None, graph_feed(names, x.numpy(), h))
+        with torch.no_grad():
+            ref = wrapper(x, torch.tensor([h])) if array_height else wrapper(x)
+        err = max([err] + [float(np.max(np.abs(g - r.numpy()))) for g, r in zip(got, ref)])
     return path, err
 
 

@@ -529,6 +529,29 @@ def plane_walls(support: torch.Tensor, interp: torch.Tensor, log_cos: torch.Tens
     return torch.exp(-tau * torch.logsumexp(-t / tau, dim=1))
 
 
+def known_floor(heard: dict[str, torch.Tensor], array_height: torch.Tensor) -> torch.Tensor:
+    """The layout head's ``heights (B, 2)`` (floor, ceiling) with the floor the robot knows: where ``array_height
+    (B,)`` is positive (m) the floor is that far below the array, and with ordered heights (``height_pair`` in
+    ``heard``) the ceiling is whichever of the heard pair lies farther from it in log distance. A planar ring hears
+    the floor and the ceiling as mirror images, so above half the room's height it can only guess which is which
+    (:class:`LayoutHead`); a robot knows where its array is mounted. Elsewhere (0 or less: unknown) as heard.
+
+    The heard ``floor_nearer`` stays as it is: its doubt goes on to the uncertainty head, which was trained with it
+    and whose near bound stays as cautious as without the height (in the rooms the ring hears as mirror images,
+    the walls are doubtful too)."""
+    h = array_height.reshape(-1)
+    if h.dtype != heard["heights"].dtype:  # (no Cast in the graph where none is needed: float16 converters lose it)
+        h = h.to(heard["heights"].dtype)
+    known = h > 0
+    floor = torch.where(known, h, heard["heights"][:, 0])
+    ceiling = heard["heights"][:, 1]
+    if "height_pair" in heard:
+        pair = heard["height_pair"]
+        gap = (torch.log(pair) - torch.log(h.clamp_min(1e-3))[:, None]).abs()
+        ceiling = torch.where(known, torch.where(gap[:, 0] <= gap[:, 1], pair[:, 1], pair[:, 0]), ceiling)
+    return torch.stack([floor, ceiling], dim=1)
+
+
 def _plane_log_cos(k: int, w: int, min_cos: float = 0.1) -> np.ndarray:
     """``(k, w)`` log cosine between ``k`` plane normals and ``w`` column azimuths, both at cell centres of the
     same full turn; -30 (a plane e^30 times farther than its distance) where the cosine is below ``min_cos``."""
@@ -618,11 +641,15 @@ class LayoutHead(nn.Module):
             self.heights.weight.mul_(0.1)
             self.heights.bias.copy_(torch.tensor([math.log(0.75), math.log(2.0)] + ([2.0] if self.ordered else [])))
 
-    def forward(self, iq: torch.Tensor, with_spread: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, iq: torch.Tensor, with_spread: bool = False,
+                array_height: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``iq (B, M, 2, N)`` -> ``walls (B, W)``, ``heights (B, 2)`` (floor, ceiling) and, with ``with_spread``,
         ``spread (B, A)``: the standard deviation of log distance under each azimuth's soft choice of bins (how
         sure it is); with ordered heights also ``height_pair (B, 2)`` (the nearer and the farther, m) and
-        ``floor_nearer (B,)`` (the logit that the floor is the nearer)."""
+        ``floor_nearer (B,)`` (the logit that the floor is the nearer).
+
+        ``array_height (B,)``: the array's height above the floor where the robot knows it (m; 0 or less: unknown),
+        which :func:`known_floor` puts in place of the heard floor."""
         e = beam_envelope(iq, self.beams, self.hop)  # (B, A + 1, R)
         horiz, up = e[:, :-1], e[:, -1:].expand(-1, e.shape[1] - 1, -1)
         x = self.cnn(self.norm(torch.stack([horiz, up], dim=1)))  # (B, C, A, R')
@@ -642,6 +669,8 @@ class LayoutHead(nn.Module):
                    "height_pair": pair, "floor_nearer": floor_nearer}
         else:
             out = {"heights": h.clamp(-3.0, 3.0).exp()}
+        if array_height is not None:
+            out["heights"] = known_floor(out, array_height)
         out["walls"] = plane_walls(dist, self.to_columns, self.log_cos) if self.planes else dist @ self.to_columns
         if with_spread:  # fixed by the caller's config, not by the data
             out["spread"] = ((probs * (self.log_bins - log_dist[..., None]) ** 2).sum(-1) + 1e-8).sqrt()
@@ -821,7 +850,9 @@ class AudioStudent(AudioEncoder):
             out["pano_features"] = features
         return out
 
-    def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, array_height: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``audio (B, M, N)``; ``array_height (B,)``: the array's height above the floor where known (m; 0 or
+        less: unknown), rendered as the floor's distance (:func:`known_floor`; ignored without a layout head)."""
         cfg = self.cfg
         iq = self.matched_filters(audio)  # (B, M, 2, N) or None
         latent = self.encode(audio, iq)
@@ -829,7 +860,7 @@ class AudioStudent(AudioEncoder):
         out["latent"] = latent
         lay: dict[str, torch.Tensor] = {}
         if self.layout is not None:
-            lay = self.layout(iq, with_spread=self.uncertainty is not None)
+            lay = self.layout(iq, with_spread=self.uncertainty is not None, array_height=array_height)
             walls, heights = lay["walls"], lay["heights"]
             room = layout_depth(walls, heights, self.sin_el, self.cos_el, cfg.max_depth)
             # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it), and

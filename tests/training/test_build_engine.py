@@ -11,7 +11,7 @@ pytest.importorskip("onnxconverter_common")
 pytest.importorskip("onnxruntime")
 
 from avperception.inference import load_bundle  # noqa: E402
-from avperception.inference.bundle import sha256_file  # noqa: E402
+from avperception.inference.bundle import graph_feed, sha256_file  # noqa: E402
 from avperception.inference.graphs import bundle_graph, graph_problems  # noqa: E402
 from avperception_train.cli import main  # noqa: E402
 from avperception_train.learn.engine import build_graph, ort_session  # noqa: E402
@@ -75,7 +75,9 @@ def test_reduced_graphs_within_tolerance_on_held_out_rooms(bundle_dir, scenes, m
     for p in ("fp32", "fp16", "int8"):
         s = ort_session(bundle_graph(b, p))
         names = [o.name for o in s.get_outputs()]
-        runs[p] = [dict(zip(names, s.run(None, {"audio": sc["audio"].astype(np.float32)[None]}))) for sc in held]
+        inputs = [i.name for i in s.get_inputs()]
+        runs[p] = [dict(zip(names, s.run(None, graph_feed(inputs, sc["audio"].astype(np.float32)[None]))))
+                   for sc in held]
     for p, depth_tol, agree in (("fp16", 0.02, 0.9), ("int8", 0.12, 0.9)):
         for sc, ref, got in zip(held, runs["fp32"], runs[p]):
             gt = sc["depth"]

@@ -220,11 +220,11 @@ class _FailsOnSecondRun:
     def __init__(self, inner):
         self.inner, self.calls = inner, 0
 
-    def run(self, audio):
+    def run(self, audio, array_height=0.0):
         self.calls += 1
         if self.calls == 2:
             raise RuntimeError("device lost")
-        return self.inner.run(audio)
+        return self.inner.run(audio, array_height)
 
     def describe(self):
         return "flaky"
@@ -253,3 +253,32 @@ def test_runtime_needs_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
+
+
+def test_the_array_height_reaches_the_graph_and_a_bundle_without_it_says_so(bundle, window, ort_out, tmp_path):
+    """The shipped graph takes the array's height: ONNX Runtime renders the floor that far below, as torch does;
+    0 is unknown (the heard floor). A bundle that cannot take it refuses a height with what to do, before any
+    backend runs (no fallback), and a negative one is refused too."""
+    pytest.importorskip("torch")
+    from avperception.inference import TorchBackend
+
+    assert bundle.takes_array_height
+    be = make_backend(bundle, "onnxruntime")
+    np.testing.assert_array_equal(be.run(window, 0.0)["depth"], ort_out["depth"])
+    got = be.run(window, 1.6)
+    assert got["heights"][0] == pytest.approx(1.6)
+    assert not np.allclose(got["depth"], ort_out["depth"])
+    ref = TorchBackend(bundle).run(window, 1.6)
+    for k in ("depth", "heights", "layout", "depth_uncertainty"):
+        np.testing.assert_allclose(got[k], ref[k], atol=1e-3, rtol=0, err_msg=k)
+    with pytest.raises(ValueError, match="finite number of metres"):
+        be.run(window, -1.0)
+    dst = _copy(bundle, tmp_path)
+    meta = json.loads((dst / "bundle.json").read_text())
+    del meta["inputs"]
+    (dst / "bundle.json").write_text(json.dumps(meta))
+    old = make_backend(load_bundle(dst), "onnxruntime")
+    assert not old.bundle.takes_array_height
+    with pytest.raises(ValueError, match="does not take the array's height.*export-bundle"):
+        old.run(window, 1.6)
+    assert old.fallbacks == []

@@ -21,6 +21,7 @@ from avperception.inference import BackendUnavailable, load_bundle, make_backend
 from avperception.inference import graphs as G  # noqa: E402
 from avperception.inference import tensorrt as T  # noqa: E402
 from avperception.inference.backends import DeferredBackend, OnnxRuntimeBackend  # noqa: E402
+from avperception.inference.bundle import graph_feed  # noqa: E402
 from avperception.inference.synthetic import bundle_echo_window  # noqa: E402
 
 
@@ -87,7 +88,8 @@ def _run(path, windows):
     so.log_severity_level = 3
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in s.get_outputs()]
-    return [dict(zip(names, s.run(None, {"audio": w[None]}))) for w in windows]
+    inputs = [i.name for i in s.get_inputs()]
+    return [dict(zip(names, s.run(None, graph_feed(inputs, w[None])))) for w in windows]
 
 
 def test_int8_float_nodes_are_scopes_or_single_nodes(bundle):
@@ -255,7 +257,7 @@ def _fake_trt(version="10.3.0", fail_build=False, builds=None):
             self.addr[name] = addr
 
         def execute_async_v3(self, stream):
-            outs = self.engine.sess.run(None, {"audio": _HOST[self.addr["audio"]]})
+            outs = self.engine.sess.run(None, {i.name: _HOST[self.addr[i.name]] for i in self.engine.sess.get_inputs()})
             for name, v in zip(self.engine.outs, outs):
                 _HOST[self.addr[name]][...] = v
             return True
@@ -349,6 +351,9 @@ def test_cache_builds_once_reuses_and_rebuilds(bundle, fake_trt, tmp_path):
     assert any("built model.onnx in" in m for m in logs) and any("none cached" in m for m in logs)
     w = bundle_echo_window(bundle, wall_distance_m=2.5)
     np.testing.assert_allclose(be.run(w)["depth"], OnnxRuntimeBackend(bundle).run(w)["depth"], atol=1e-5)
+    assert be.inputs == ["audio", "array_height"]  # the array's height goes to the engine as to ONNX Runtime
+    np.testing.assert_allclose(be.run(w, 1.4)["depth"], OnnxRuntimeBackend(bundle).run(w, 1.4)["depth"], atol=1e-5)
+    assert be.run(w, 1.4)["heights"][0] == pytest.approx(1.4)
     assert T.engine_cached(bundle, "fp32", tmp_path, T.Device("Fake GPU", (8, 7)), "10.3.0")
     T.TensorRTBackend(bundle, "fp32", cache_dir=tmp_path)  # cached: no build
     assert len(builds) == 1
@@ -408,7 +413,7 @@ class _Stub:
     def __init__(self, name):
         self.name = name
 
-    def run(self, audio):
+    def run(self, audio, array_height=0.0):
         return {"who": self.name}
 
     def describe(self):

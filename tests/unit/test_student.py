@@ -394,3 +394,45 @@ def test_layout_head_outputs_render_the_depth_and_config_is_checked():
         echo_cfg(layout_beams=5, array_positions=RING4)
     with pytest.raises(ValueError, match="array_positions for 4 mics"):
         echo_cfg(layout_beams=8)
+
+
+@pytest.mark.parametrize("heights", ["ordered", "direct"])
+def test_a_known_array_height_is_rendered_as_the_floor(tmp_path, heights):
+    """Given the array's height, the floor is that far below it in every row under the horizon that the floor
+    bounds; with ordered heights the ceiling is the heard distance farther from it (the heard order's doubt still
+    reaches the uncertainty head); a height of 0 (unknown) changes nothing; the ONNX graph's ``array_height`` input
+    does the same as torch."""
+    from avperception.models.export import export_onnx, output_names
+    from avperception.models.student import layout_depth
+
+    m = AudioStudent(echo_cfg(layout_beams=8, layout_planes=True, layout_heights=heights, uncertainty=True,
+                              array_positions=RING4)).eval()
+    audio = torch.randn(2, 4, 1024) * 0.05
+    with torch.no_grad():
+        heard = m(audio)
+        known = m(audio, torch.tensor([0.0, 1.7]))
+    for k in ("depth", "heights", "depth_uncertainty", "layout"):  # scene 0: unknown, as heard
+        torch.testing.assert_close(known[k][0], heard[k][0], msg=k)
+    assert float(known["heights"][1, 0]) == pytest.approx(1.7)
+    if heights == "ordered":
+        pair = heard["height_pair"][1]
+        farther = pair[1] if abs(np.log(float(pair[0]) / 1.7)) <= abs(np.log(float(pair[1]) / 1.7)) else pair[0]
+        assert float(known["heights"][1, 1]) == pytest.approx(float(farther))
+        torch.testing.assert_close(known["floor_nearer"], heard["floor_nearer"])  # its doubt still goes on
+    else:
+        assert float(known["heights"][1, 1]) == pytest.approx(float(heard["heights"][1, 1]))
+    room = layout_depth(known["walls"], known["heights"], m.sin_el, m.cos_el, m.cfg.max_depth)[1]
+    torch.testing.assert_close(known["layout"][1], room)
+    below = m.sin_el < -0.3  # rows well under the horizon: bounded by the floor wherever it is nearer than a wall
+    floor = 1.7 / -m.sin_el[below]
+    assert torch.all(room[below] <= floor[:, None] + 1e-4)
+    assert torch.any(torch.isclose(room[below], floor[:, None].expand_as(room[below]), rtol=1e-5))
+    path, err = export_onnx(m, tmp_path / "m.onnx", outputs=output_names(m), fixed=True, array_height=True)
+    assert err < 1e-4  # both unknown and 1.5 m up
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["audio", "array_height"]
+    got = dict(zip(output_names(m), sess.run(None, {"audio": audio[1:].numpy(), "array_height": np.array([1.7],
+                                                                                                      np.float32)})))
+    np.testing.assert_allclose(got["depth"][0], known["depth"][1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["heights"][0], known["heights"][1].numpy(), atol=1e-5)

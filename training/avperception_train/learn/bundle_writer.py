@@ -13,6 +13,7 @@ it takes, for :func:`avperception.inference.bundle.fits`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avperception.inference.bundle import ARRAY_HEIGHT_INPUT, graph_feed
 from avperception.models.export import MIN_OPSET, export_onnx, output_names
 
 from ..datagen.geometry import CLASS_NAMES
@@ -74,8 +76,9 @@ def verify_onnx(path: str | Path, input_shape: tuple[int, ...], min_opset: int =
         return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in v.type.tensor_type.shape.dim]
 
     ins = {v.name: shape(v) for v in inferred.graph.input}
-    if list(ins) != ["audio"] or tuple(ins["audio"]) != tuple(input_shape):
-        raise ValueError(f"{path}: input {ins} is not audio {list(input_shape)}")
+    want = {"audio": list(input_shape)} | ({ARRAY_HEIGHT_INPUT: [1]} if ARRAY_HEIGHT_INPUT in ins else {})
+    if ins != want:
+        raise ValueError(f"{path}: inputs {ins} are not {want}")
     outs = {v.name: shape(v) for v in inferred.graph.output}
     loose = {k: s for k, s in outs.items() if not all(isinstance(d, int) and d > 0 for d in s)}
     if loose:
@@ -84,17 +87,18 @@ def verify_onnx(path: str | Path, input_shape: tuple[int, ...], min_opset: int =
 
 
 def onnx_parity(model: torch.nn.Module, path: str | Path, audio: np.ndarray,
-                names: tuple[str, ...]) -> dict[str, float]:
-    """Largest ``|onnxruntime - torch|`` of every output on ``audio (M, N)`` (NaN-aware: both NaN counts as equal)."""
+                names: tuple[str, ...], array_height: float = 0.0) -> dict[str, float]:
+    """Largest ``|onnxruntime - torch|`` of every output on ``audio (M, N)`` and ``array_height`` (m; 0: unknown;
+    fed only to a graph that takes it) (NaN-aware: both NaN counts as equal)."""
     import onnxruntime as ort
 
     x = np.ascontiguousarray(np.asarray(audio, dtype=np.float32)[None])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    got = dict(zip(names, sess.run(list(names), {"audio": x})))
+    got = dict(zip(names, sess.run(list(names), graph_feed([i.name for i in sess.get_inputs()], x, array_height))))
     with torch.no_grad():
-        ref = model.float().eval()(torch.from_numpy(x))
+        ref = model.float().eval()(torch.from_numpy(x), torch.tensor([array_height]) if array_height > 0 else None)
     errs = {}
     for k in names:
         r, g = ref[k].numpy(), got[k]
@@ -188,6 +192,11 @@ def bundle_meta(model, *, array, speaker_position, sweep_level_db: float, sweep_
                   "speaker_frame": "array frame (x forward, y left, z up), m"},
         "input": {"name": "audio", "shape": [1, int(cfg.num_mics), int(cfg.num_samples)], "dtype": "float32",
                   "meaning": "raw audio in [-1, 1], microphones in the array's order, sample 0 = sweep onset"},
+        **({"inputs": {ARRAY_HEIGHT_INPUT: {
+            "shape": [1], "dtype": "float32", "units": "m",
+            "meaning": "the array's height above the floor where the robot knows it (0: unknown): the floor is "
+                       "rendered that far below the array instead of being told from the ceiling by its echo"}}}
+           if model.layout is not None else {}),
         "outputs": outputs,
         "panorama": {"kind": "equirectangular", "shape": [h, w], "resolution_deg": res_az,
                      "el_max_deg": float(cfg.el_max_deg), "el_min_deg": float(cfg.el_min_deg),
@@ -272,7 +281,8 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_onnx = Path(tmp) / ONNX_NAME
-        export_onnx(model, tmp_onnx, opset=opset, check=False, outputs=names, fixed=True)
+        export_onnx(model, tmp_onnx, opset=opset, check=False, outputs=names, fixed=True,
+                    array_height=model.layout is not None)
         if compact:
             store_exact_half(tmp_onnx)
         shapes = verify_onnx(tmp_onnx, (1, cfg.num_mics, cfg.num_samples))
@@ -284,8 +294,10 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
                    "wall echo": echo_window(emitted, array.positions, speaker_position, cfg.sample_rate,
                                             cfg.num_samples, 2.0, 30.0, sweep_level_db, speed_of_sound=c)}
         windows.update({f"check audio {i}": a for i, a in enumerate(check_audio)})
-        for what, audio in windows.items():
-            errs = onnx_parity(model, tmp_onnx, audio, names)
+        heights = (0.0, 1.5) if model.layout is not None else (0.0,)  # unknown, and an array 1.5 m up
+        for (what, audio), h in itertools.product(windows.items(), heights):
+            errs = onnx_parity(model, tmp_onnx, audio, names, h)
+            what = what + (f", array {h:g} m up" if h else "")
             bad = {k: v for k, v in errs.items() if not v <= tol}
             log(f"onnx vs torch ({what}): " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
             if bad:
