@@ -81,12 +81,13 @@ def cmd_infer(a: argparse.Namespace) -> int:
     x, fs = read_wav(a.audio)
     x = array.select_channels(x)
     onsets = None if a.onset is None else [a.onset]
-    results = infer.run(x, fs, bundle, array, a.backend, a.threads, onsets, log=print if a.verbose else None)
+    results = infer.run(x, fs, bundle, array, a.backend, a.threads, onsets, log=print if a.verbose else None,
+                        array_height_m=a.array_height)
     if not results:
         print(f"{a.audio}: no complete ping window found ({x.shape[1] / fs:.2f} s, {x.shape[0]} mics); is the "
               "sweep in it? (pass --onset N when sample N is the onset)", file=sys.stderr)
         return 1
-    infer.write(a.out, results, bundle, str(a.audio))
+    infer.write(a.out, results, bundle, str(a.audio), array_height_m=a.array_height)
     for k, o in results:
         d = o.depth[np.isfinite(o.depth)]
         print(f"ping at sample {k} ({k / fs:.3f} s): depth {np.min(d):.2f}-{np.max(d):.2f} m, "
@@ -133,7 +134,7 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
     s = ReplaySettings(model=a.model, backend=a.backend, threads=a.threads, audio_topic=a.audio_topic,
                        ping_topic=a.ping_topic, depth_topic=a.depth_topic, info_topic=a.info_topic,
                        realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect,
-                       workers=a.workers, beam_batch=a.beam_batch)
+                       workers=a.workers, beam_batch=a.beam_batch, array_height_m=a.array_height)
     m = replay_eval(a.bag, a.out, s)
     o, sp = m["overall"], m["speed"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--array", default=None, help="the recording's array (default: the bundle's); must fit the bundle")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--onset", type=int, default=None, help="sample index of the one onset (skips detection)")
+    p.add_argument("--array-height", dest="array_height", type=float, default=0.0, metavar="M",
+                   help="the array's height above the floor (m), as the node's sonar.array_height_m; 0: unknown "
+                        "(default)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     p.add_argument("--verbose", action="store_true", help="say which backend runs and why")
@@ -293,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beamformer-every", type=int, default=1,
                    help="run the beamformer on every N-th frame (1: all, as the node; 0: not at all)")
     p.add_argument("--no-detect", action="store_true", help="only pings announced by Ping messages")
+    p.add_argument("--array-height", dest="array_height", type=float, default=0.0, metavar="M",
+                   help="the array's height above the floor given to the model (m), as the node's "
+                        "sonar.array_height_m; 0: unknown (default)")
     p.set_defaults(func=cmd_replay_eval)
 
     p = sub.add_parser("record", help="record topics of the running graph into a rosbag2 (default: the node's outputs)",

@@ -390,6 +390,10 @@ class SonarConfig:
     louder than the room's sources and would pull every map toward the speaker); 0 keeps it.
     ``near_bound_quantile``: for a bundle with a depth uncertainty, also publish the range each pixel's surface is
     nearer than with this probability (:func:`avperception.sonar.products.depth_near_bound`); 0: not published.
+    ``array_height_m``: the array's height above the floor where the robot knows it (its mount, from the URDF); a
+    bundle that takes it (:attr:`~avperception.inference.bundle.ModelBundle.takes_array_height`) renders the floor
+    that far below instead of telling the floor's echo from the ceiling's, which a planar ring hears as mirror
+    images; 0: unknown.
     """
 
     enabled: bool = True
@@ -405,6 +409,7 @@ class SonarConfig:
     pinhole: bool = True
     blank_ms: float = 30.0
     near_bound_quantile: float = 0.02
+    array_height_m: float = 0.0
     engine_cache_dir: str = ""          # TensorRT engines ("": ~/.cache/avperception/engines)
     force_engine_update: bool = False   # rebuild the TensorRT engine even when one is cached
 
@@ -425,6 +430,8 @@ class SonarConfig:
             raise ConfigError("sonar: plan_z_min_m must not exceed plan_z_max_m")
         if not 0 <= self.near_bound_quantile <= 0.5:
             raise ConfigError(f"sonar.near_bound_quantile must be in [0, 0.5] (0: off), got {self.near_bound_quantile}")
+        if not 0 <= self.array_height_m <= 10:
+            raise ConfigError(f"sonar.array_height_m must be in [0, 10] m (0: unknown), got {self.array_height_m}")
 
 
 @dataclass(frozen=True)

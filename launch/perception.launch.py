@@ -3,6 +3,7 @@
     ros2 launch avperception perception.launch.py                      # simulated room, robot_8mic, pinging
     ros2 launch avperception perception.launch.py use_sim:=false array:=respeaker_4mic device:=ReSpeaker
     ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard   # the robot pings
+    ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard array_height:=1.45
     ros2 launch avperception perception.launch.py params_file:=/path/to/my.yaml rviz:=true
 
 Launch arguments (those marked * set node parameters: left empty, the params file's value stands, and
@@ -16,6 +17,7 @@ where the file has none, the node's own default):
                  training package); passive: ambient sources only (shipped file: active)            ['']
   * device       capture device name or index, use_sim:=false (shipped file: '' = default input)    ['']
   * emit         use_sim:=false: capture_node plays the sweep and publishes pings (shipped: false)  ['']
+  * array_height the array's height above the floor, m (sonar.array_height_m; shipped: 0 = unknown)  ['']
 
 Without `ros2 launch` (e.g. a venv with the PyPI wheels) the same nodes run with
 the same parameter file as:  avperception-run sim_audio perception --ros-args --params-file FILE
@@ -32,8 +34,10 @@ NODE_ARGUMENTS = {
     "sim_mode": (("sim_audio_node", "mode"),),
     "device": (("capture_node", "device"),),
     "emit": (("capture_node", "emit"),),
+    "array_height": (("perception_node", "sonar.array_height_m"),),
 }
 BOOL_ARGUMENTS = ("emit",)
+FLOAT_ARGUMENTS = ("array_height",)
 
 
 def flag(name: str, value: str) -> bool:
@@ -46,18 +50,33 @@ def flag(name: str, value: str) -> bool:
     raise ValueError(f"launch argument {name}:={value!r}: expected true or false")
 
 
-def node_overrides(args: Mapping[str, str]) -> dict[str, dict[str, str | bool]]:
+def number(name: str, value: str) -> float:
+    """A launch argument in metres, >= 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"launch argument {name}:={value!r}: expected a number of metres") from None
+    if not x >= 0:
+        raise ValueError(f"launch argument {name}:={value!r}: expected a number of metres >= 0")
+    return x
+
+
+def node_overrides(args: Mapping[str, str]) -> dict[str, dict[str, str | bool | float]]:
     """The parameters the launch arguments set, per node: only arguments given (non-empty) appear.
 
     Values stay text (``device:=2`` is the device named "2", not an integer) except the booleans
-    (``emit``). Arguments absent from ``args`` count as not given.
+    (``emit``) and the numbers (``array_height``). Arguments absent from ``args`` count as not given.
     """
-    out: dict[str, dict[str, str | bool]] = {node: {} for pairs in NODE_ARGUMENTS.values() for node, _ in pairs}
+    out: dict[str, dict[str, str | bool | float]] = {node: {} for pairs in NODE_ARGUMENTS.values() for node, _ in pairs}
     for arg, pairs in NODE_ARGUMENTS.items():
         value = args.get(arg, "")
         if value == "":
             continue
-        typed = flag(arg, value) if arg in BOOL_ARGUMENTS else value
+        typed: str | bool | float = value
+        if arg in BOOL_ARGUMENTS:
+            typed = flag(arg, value)
+        elif arg in FLOAT_ARGUMENTS:
+            typed = number(arg, value)
         for node, param in pairs:
             out[node][param] = typed
     return out
@@ -77,7 +96,8 @@ def launch_setup(context, *_, **__):
 
     def parameters(node: str) -> list:
         # text values typed as strings: the YAML reading of device:=2 or model:=on would be a number or a bool
-        given = {k: v if isinstance(v, bool) else ParameterValue(v, value_type=str) for k, v in overrides[node].items()}
+        given = {k: v if isinstance(v, bool) else ParameterValue(v, value_type=type(v))
+                 for k, v in overrides[node].items()}
         return [params_file, given] if given else [params_file]
 
     actions = []
@@ -123,5 +143,8 @@ def generate_launch_description():
         DeclareLaunchArgument("emit", default_value="",
                               description="capture_node plays the sweep through the speaker and publishes pings"
                                           + keep),
+        DeclareLaunchArgument("array_height", default_value="",
+                              description="the array's height above the floor in metres (sonar.array_height_m; 0: "
+                                          "unknown)" + keep),
         OpaqueFunction(function=launch_setup),
     ])

@@ -132,7 +132,8 @@ class PerceptionNode(Node):
         b = self.sonar.bundle
         log.info(f"sonar: model {b.path} ({b.sweep_id}), backend {self.sonar.stats()['backend']}, "
                  f"{b.window_samples}-sample windows aligned on {self.resolve_topic_name(ping_topic)} "
-                 f"{'or on the direct path when no ping arrives' if cfg.sonar.detect else '(no detection)'}")
+                 f"{'or on the direct path when no ping arrives' if cfg.sonar.detect else '(no detection)'}"
+                 + (f"; the array {cfg.sonar.array_height_m:g} m above the floor" if cfg.sonar.array_height_m else ""))
 
     def on_ping(self, msg) -> None:
         self.sonar.push_ping(conv.stamp_to_sec(msg.header.stamp), int(msg.sequence), bool(msg.onset_known))

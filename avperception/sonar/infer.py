@@ -41,12 +41,15 @@ def find_windows(audio: np.ndarray, bundle, min_spacing_s: float = 0.1, threshol
 
 
 def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", threads: int = 1,
-        onsets: list[int] | None = None, log=None) -> list[tuple[int, object]]:
-    """Run ``bundle`` on every ping of ``audio (mics, n)`` (channel-mapped): ``[(onset_index, SonarOutputs)]``."""
+        onsets: list[int] | None = None, log=None, array_height_m: float = 0.0) -> list[tuple[int, object]]:
+    """Run ``bundle`` on every ping of ``audio (mics, n)`` (channel-mapped): ``[(onset_index, SonarOutputs)]``;
+    ``array_height_m``: the array's height above the floor where known (the node's ``sonar.array_height_m``)."""
     from ..config import SonarConfig
     from .pipeline import SonarPipeline
 
-    sonar = SonarPipeline(array, SonarConfig(backend=backend, threads=threads), fs, bundle=bundle, log=log)
+    cfg = SonarConfig(backend=backend, threads=threads, array_height_m=array_height_m)
+    cfg.validate()
+    sonar = SonarPipeline(array, cfg, fs, bundle=bundle, log=log)
     x = np.asarray(audio, dtype=np.float32)
     if x.shape[0] != array.num_mics:
         raise ValueError(f"expected ({array.num_mics}, samples) audio for {array.name}, got {x.shape}")
@@ -56,12 +59,13 @@ def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", thread
 
 
 def write(out_dir: str | Path, results: list, bundle, source: str = "",
-          near_bound_quantile: float | None = None) -> dict:
+          near_bound_quantile: float | None = None, array_height_m: float = 0.0) -> dict:
     """Write ``depth.npy`` (H x W float32 m), ``semantic.npy`` (H x W uint8), ``occupancy.npy`` (D x H x W bool),
     PNG previews and ``meta.json``; numbered (``depth_000.npy`` ...) when there are several windows. For a bundle
     with a depth uncertainty also ``depth_uncertainty.npy`` (H x W float32 m, the standard deviation) and
     ``depth_near_bound.npy`` (:func:`~avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``,
-    None: the node's ``sonar.near_bound_quantile``; 0: not written)."""
+    None: the node's ``sonar.near_bound_quantile``; 0: not written). ``meta.json`` records ``array_height_m``, the
+    array's height the model was given (0: unknown)."""
     from ..config import SonarConfig
     from .products import depth_colors, depth_near_bound, label_colors
 
@@ -90,6 +94,7 @@ def write(out_dir: str | Path, results: list, bundle, source: str = "",
     meta = {
         "source": source,
         "bundle": str(bundle.path), "sweep_id": bundle.sweep_id, "array": bundle.array.name,
+        "array_height_m": float(array_height_m),
         "frame": bundle.array.frame_id + " (x forward, y left, z up, REP 103)",
         "depth": {"shape": [h, w], "units": "m along each pixel's ray, NaN unknown",
                   "grid": "equirectangular: row 0 = elevation el_max, column 0 = azimuth +180 decreasing to the "

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import ArrayGeometry, SonarConfig
+from ..config import ArrayGeometry, ConfigError, SonarConfig
 
 
 def blank_pings(block: np.ndarray, t_first: float, onsets, blank_s: float, fs: int) -> np.ndarray:
@@ -47,7 +47,7 @@ class SonarPipeline:
     def __init__(self, array: ArrayGeometry, config: SonarConfig | None = None, sample_rate: int = 16000,
                  speed_of_sound: float | None = None, capacity_s: float = 4.0, ping_period_s: float | None = None,
                  log: Callable[[str], None] | None = None, bundle=None) -> None:
-        from ..inference.backends import make_backend
+        from ..inference.backends import check_array_height, make_backend
         from ..inference.bundle import check_fits, load_bundle
         from .align import PingAligner
         from .onset import DirectPath
@@ -55,6 +55,10 @@ class SonarPipeline:
         self.config = config or SonarConfig()
         self.bundle = bundle if bundle is not None else load_bundle(self.config.model, array=array.name)
         check_fits(self.bundle, array, sample_rate=sample_rate, speed_of_sound=speed_of_sound)
+        try:
+            check_array_height(self.bundle, self.config.array_height_m)
+        except ValueError as e:
+            raise ConfigError(f"sonar.array_height_m: {e}") from None
         self.array = array
         b = self.bundle
         self.direct = DirectPath.of_bundle(b)
@@ -88,7 +92,7 @@ class SonarPipeline:
         if x.shape != want:
             raise ValueError(f"expected a {want} window (mics, samples; sample 0 = the sweep's onset), got {x.shape}")
         t0 = time.perf_counter()
-        raw = self.backend.run(x)
+        raw = self.backend.run(x, self.config.array_height_m)
         out = decode(self.bundle, raw)
         out.stamp = float(stamp)
         out.infer_ms = (time.perf_counter() - t0) * 1e3

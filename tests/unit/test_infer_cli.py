@@ -75,3 +75,21 @@ def test_too_short_a_recording_says_how_long_a_window_is(tmp_path, bundle, capsy
     write_wav(wav, np.zeros((bundle.num_mics, 100), np.float32), bundle.sample_rate)
     assert main(["infer", str(wav), "--out", str(tmp_path / "o")]) == 2
     assert "2048" in capsys.readouterr().err
+
+
+def test_the_array_height_reaches_the_model(tmp_path, bundle, capsys):
+    """``--array-height`` is the node's ``sonar.array_height_m``: the model renders the floor that far below; a
+    bundle that cannot take it is refused with what to do."""
+    from avperception.inference import OnnxRuntimeBackend
+
+    x = bundle_echo_window(bundle, wall_distance_m=1.5)
+    wav = tmp_path / "ping.wav"
+    write_wav(wav, bundle.array.to_device_layout(x), bundle.sample_rate)
+    assert main(["infer", str(wav), "--array-height", "1.3", "--out", str(tmp_path / "out")]) == 0
+    depth = np.load(tmp_path / "out" / "depth.npy")
+    want = OnnxRuntimeBackend(bundle).run(x, 1.3)["depth"]
+    np.testing.assert_allclose(depth, want, atol=1e-5)
+    assert not np.allclose(want, OnnxRuntimeBackend(bundle).run(x)["depth"])
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["array_height_m"] == 1.3
+    assert main(["infer", str(wav), "--array-height", "-2", "--out", str(tmp_path / "bad")]) != 0
+    assert "array_height_m must be in [0, 10]" in capsys.readouterr().err

@@ -236,6 +236,12 @@ def test_given_launch_arguments_override_the_params_file(monkeypatch):
     assert "on_exit" in nodes["capture_node"].kwargs  # the audio source ending ends the launch
     with pytest.raises(ValueError, match="emit:='maybe': expected true or false"):
         run_launch(monkeypatch, use_sim="false", emit="maybe")
+    # array_height is a number of metres, for perception_node's sonar.array_height_m
+    nodes = by_name(run_launch(monkeypatch, array_height="1.45"))
+    assert parameters(nodes["perception_node"]) == [PARAMS_FILE, {"sonar.array_height_m": (1.45, float)}]
+    for bad in ("high", "-1"):
+        with pytest.raises(ValueError, match=f"array_height:='{bad}': expected a number of metres"):
+            run_launch(monkeypatch, array_height=bad)
 
 
 def test_rviz_without_rviz2_starts_nothing(monkeypatch):
@@ -255,7 +261,7 @@ def test_launch_file_sets_only_declared_parameters_of_installed_nodes(monkeypatc
     for argument, pairs in launch.NODE_ARGUMENTS.items():
         for node, param in pairs:
             assert param in declared[node], f"launch argument {argument} sets {node}.{param}, which it does not declare"
-    every = {argument: "x" for argument in launch.NODE_ARGUMENTS} | {"emit": "false"}
+    every = {argument: "x" for argument in launch.NODE_ARGUMENTS} | {"emit": "false", "array_height": "1.2"}
     for use_sim in ("true", "false"):
         for node in run_launch(monkeypatch, use_sim=use_sim, **every):
             assert node.kwargs["executable"] in console_scripts()
