@@ -5,9 +5,10 @@ sources; the continuous stream (earlier pings' tails included) goes through the 
 chunks (:func:`avperception.eval.live.score_stream`), and every ping's depth, classes and voxels are scored
 against the truth rendered for it. ``--isolated`` also scores, for the same pings, the data engine's own
 independent scene at the same pose (no earlier ping, sources standing still: what the student was trained on),
-so the difference is what the stream costs.
+so the difference is what the stream costs. ``--known-height`` gives the node each room's array height
+(``sonar.array_height_m``), as a robot that knows where its array is mounted does.
 
-    avperception bench sonar-quality [--rooms 0,3,5] [--pings 40] [--isolated] [--detect] [--json]
+    avperception bench sonar-quality [--rooms 0,3,5] [--pings 40] [--isolated] [--detect] [--known-height] [--json]
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
     return out
 
 
-def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0) -> dict:
+def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0,
+        known_height: bool = False) -> dict:
     from ..config import SonarConfig
     from ..demo import active_room
     from ..eval.live import score_stream, summarize_scores
@@ -48,7 +50,8 @@ def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool =
     rows = []
     for room in rooms:
         traj = active_room(int(room), 4.0, seed)
-        records, sonar = score_stream(traj, pings, SonarConfig(), announce=not detect)
+        cfg = SonarConfig(array_height_m=traj.array_height if known_height else 0.0)
+        records, sonar = score_stream(traj, pings, cfg, announce=not detect)
         row = {"room": int(room), "scene": traj.describe(), **summarize_scores(records),
                "pings_skipped": {k: v for k, v in sonar.aligner.skipped.items() if v}}
         row["delta1_per_ping"] = [round(float(r["delta1"]), 4) for r in records]
@@ -60,7 +63,8 @@ def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool =
         rows.append(row)
     d1 = np.concatenate([r["delta1_per_ping"] for r in rows])
     return {"rows": rows, "pings_scored": int(d1.size), "depth_delta1_mean": float(np.nanmean(d1)),
-            "depth_delta1_p10": float(np.nanpercentile(d1, 10)), "detect": detect, "machine": machine()}
+            "depth_delta1_p10": float(np.nanpercentile(d1, 10)), "detect": detect, "known_height": known_height,
+            "machine": machine()}
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -69,11 +73,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--isolated", action="store_true", help="also score the same poses as independent scenes")
     ap.add_argument("--detect", action="store_true", help="no Ping messages: find every ping on its direct path")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--known-height", dest="known_height", action="store_true",
+                    help="give the node each room's array height (sonar.array_height_m); default: unknown")
     ap.add_argument("--json", action="store_true")
 
 
 def run_cli(a: argparse.Namespace) -> int:
-    res = run(tuple(int(x) for x in a.rooms.split(",") if x), a.pings, a.isolated, a.detect, a.seed)
+    res = run(tuple(int(x) for x in a.rooms.split(",") if x), a.pings, a.isolated, a.detect, a.seed, a.known_height)
     if a.json:
         print(json.dumps(res))
         return 0
@@ -85,7 +91,8 @@ def run_cli(a: argparse.Namespace) -> int:
               f"{r['depth_abs_rel_mean']:.3f}, class acc {r['class_accuracy_mean']:.3f}, voxel IoU "
               f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}")
     print(f"all rooms: {res['pings_scored']} pings, depth delta1 mean {res['depth_delta1_mean']:.3f} "
-          f"(10th percentile {res['depth_delta1_p10']:.3f}){' (pings found on the direct path)' if res['detect'] else ''}")
+          f"(10th percentile {res['depth_delta1_p10']:.3f}){' (pings found on the direct path)' if res['detect'] else ''}"
+          f"{' (the array height given)' if res['known_height'] else ''}")
     return 0
 
 

@@ -81,7 +81,8 @@ class ReplaySettings:
     frame (1: every frame, as the node does; 0: not at all); ``segment_s``: per-segment metrics over this much of the
     bag's clock (a clock jump also starts a segment); ``match_samples``: truth matched to a ping within this many
     samples of its stamp; ``camera_tolerance_s``: a camera frame within this of a ping's stamp scores it.
-    ``workers=0, beam_batch=1`` replays exactly the node's order and code.
+    ``workers=0, beam_batch=1`` replays exactly the node's order and code. ``array_height_m``: the array's height
+    above the floor given to the model, as the node's ``sonar.array_height_m`` (0: unknown).
     """
 
     model: str = "default"
@@ -98,6 +99,7 @@ class ReplaySettings:
     camera_tolerance_s: float = 0.05
     sample_pings: int = 4
     detect: bool = True
+    array_height_m: float = 0.0
     workers: int = 2
     beam_batch: int = 16
 
@@ -218,7 +220,9 @@ class _Replay:
         self.obstacle = self.bundle.classes.index("obstacle") if "obstacle" in self.bundle.classes else -1
         self.array = self.bundle.array
         self.fs = self.bundle.sample_rate
-        self.sonar_cfg = SonarConfig(model=s.model, backend=s.backend, threads=int(s.threads), detect=s.detect)
+        self.sonar_cfg = SonarConfig(model=s.model, backend=s.backend, threads=int(s.threads), detect=s.detect,
+                                     array_height_m=float(s.array_height_m))
+        self.sonar_cfg.validate()
         self.pipe_cfg = PipelineConfig(array=self.array.name, sample_rate=self.fs,
                                        speed_of_sound=self.bundle.speed_of_sound, sonar=self.sonar_cfg)
         self.skipped: dict[str, int] = {}
@@ -788,7 +792,7 @@ class _Replay:
             "settings": {"threads": self.s.threads, "workers": self.s.workers, "beam_batch": self.s.beam_batch,
                          "beamformer_every": self.s.beamformer_every,
                          "segment_s": self.s.segment_s, "match_samples": self.s.match_samples,
-                         "realtime": self.s.realtime},
+                         "realtime": self.s.realtime, "array_height_m": self.s.array_height_m},
             "overall": overall, "segments": segments, "pings": pings, "skipped": dict(sorted(self.skipped.items())),
             "unknown_topics": dict(sorted(self.unknown_topics.items())), "events": self.events, "stream": stream,
             "notes": self.notes, "doa_frames": self.frames_run, "beamformer_frames": self.frame_count,

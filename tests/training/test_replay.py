@@ -374,3 +374,23 @@ def test_record_sim_for_another_array_replays_with_its_bundle(tmp_path):
     with pytest.raises(BundleMismatch, match="does not fit array 'respeaker_4mic'"):
         record_sim(tmp_path / "given", 2, model="default:robot_8mic", trajectory=traj)
     assert not (tmp_path / "given").exists()
+
+
+def test_replay_gives_the_model_the_arrays_height(sim, report, tmp_path):
+    """``--array-height``: the bag's pings score exactly what the same stream scores with the node's
+    ``sonar.array_height_m``, and the setting is in the report."""
+    from avperception.config import SonarConfig
+    from avperception.eval.live import score_stream
+    from avperception.eval.replay import replay_eval
+
+    bag, traj, _ = sim
+    m = replay_eval(bag, tmp_path / "r", threads=1, progress=False, array_height_m=traj.array_height)
+    assert m["settings"]["array_height_m"] == traj.array_height and report[1]["settings"]["array_height_m"] == 0.0
+    records, _ = score_stream(traj, PINGS, SonarConfig(threads=1, array_height_m=traj.array_height))
+    by_ping = {p["ping"]: p for p in m["pings"]}
+    for r in records:
+        assert by_ping[r["ping"]]["delta1"] == pytest.approx(r["delta1"], abs=1e-6)
+    heard = {p["ping"]: p["delta1"] for p in report[1]["pings"]}
+    assert any(abs(by_ping[k]["delta1"] - heard[k]) > 1e-4 for k in by_ping)
+    with pytest.raises(Exception, match="array_height_m"):
+        replay_eval(bag, tmp_path / "bad", threads=1, progress=False, array_height_m=-1.0)

@@ -128,3 +128,40 @@ def test_evaluate_scores_a_bundles_onnx_graph_with_its_uncertainty(ring_scenes):
     assert np.isfinite(r["depth"]["delta1"]) and r["depth"]["delta1"] > 0.5
     with pytest.raises(BundleMismatch, match="mic"):
         load_predictor("bundle:default:respeaker_4mic", ring_scenes)
+
+
+def test_evaluate_gives_students_and_bundles_the_scenes_array_height(ring_scenes, tmp_path):
+    """``--known-height``: the student and the bundle's graph are given each scene's true array height, render
+    the floor there (the same in ONNX Runtime as in torch) and score the floor better than when they hear it;
+    predictors that cannot take a height, and bundles exported before the input, are refused."""
+    import json
+    import shutil
+
+    import torch
+
+    from avperception_train.learn.commands import default_model_path, load_predictor
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate
+
+    test = InMemoryScenes(ring_scenes, "test")
+    batch = {k: torch.stack([test[i][k] for i in range(len(test))]) for k in ("audio", "heights")}
+    student = f"student:{default_model_path()}"
+    known = load_predictor(student, ring_scenes, known_height=True)
+    a, b = known(batch), load_predictor("bundle:default", ring_scenes, known_height=True)(batch)
+    np.testing.assert_allclose(a["heights"][:, 0], batch["heights"][:, 0].numpy(), rtol=1e-6)
+    for k in ("depth", "depth_uncertainty"):
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=1e-3)
+    heard = load_predictor(student, ring_scenes)(batch)
+    assert not np.allclose(a["depth"], heard["depth"])
+    floor = {name: evaluate(p, test)["depth_by_class"]["floor"]["delta1"]
+             for name, p in (("known", known), ("heard", load_predictor(student, ring_scenes)))}
+    assert floor["known"] >= floor["heard"] and floor["known"] > 0.9, floor
+    with pytest.raises(ValueError, match="cannot take the array's height"):
+        load_predictor("mean-layout", ring_scenes, known_height=True)
+    old = tmp_path / "old"
+    shutil.copytree(default_model_path().parent, old)
+    meta = json.loads((old / "bundle.json").read_text())
+    del meta["inputs"]
+    (old / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not take the array's height"):
+        load_predictor(f"bundle:{old}", ring_scenes, known_height=True)

@@ -47,11 +47,13 @@ def load_student(path: str, device: str = "cpu") -> torch.nn.Module:
     return AudioStudent.load(path).to(device)
 
 
-def load_predictor(spec: str, data_root: str, device: str = "cpu"):
+def load_predictor(spec: str, data_root: str, device: str = "cpu", known_height: bool = False):
     """A predictor from ``student:PATH`` (checkpoint .pt or exported .safetensors), ``bundle:DIR`` (a model bundle's
     ``model.onnx`` in ONNX Runtime, as the node runs it: recipe bundles have no torch weights; ``default:ARRAY``
     the shipped one; it must fit the data's array), ``teacher:CK``, ``manifold:ATNET_CK,VQVAE_CK``,
-    ``manifold-e2e:CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``."""
+    ``manifold-e2e:CK``, ``mean-layout``, ``echo-tof`` or ``echo-planes``. ``known_height``: students and bundles
+    are given each scene's true array height above the floor (what a robot that knows its mount gives the node);
+    the others cannot take it (``ValueError``)."""
     from .baselines import EchoPlanes, EchoTimeOfFlight, MeanLayout
     from .data import InMemoryScenes
     from .evaluate import torch_predictor
@@ -59,8 +61,10 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
 
     kind, _, path = spec.partition(":")
     dev = torch.device(device)
+    if known_height and kind not in ("student", "bundle"):
+        raise ValueError(f"--known-height: {spec} cannot take the array's height (only student: and bundle: can)")
     if kind == "student":
-        return torch_predictor(load_student(path, device), "student", device)
+        return torch_predictor(load_student(path, device), "student", device, known_height=known_height)
     if kind == "bundle":
         from avperception.inference.bundle import check_fits, load_bundle
 
@@ -68,7 +72,10 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu"):
 
         bundle = load_bundle(path)
         check_fits(bundle, *dataset_contract(data_root))
-        return onnx_predictor(bundle.onnx_path, threads=torch.get_num_threads())
+        if known_height and not bundle.takes_array_height:
+            raise ValueError(f"--known-height: the bundle {bundle.path} does not take the array's height (its graph "
+                             "has no array_height input); re-export it with `avperception-train export-bundle`")
+        return onnx_predictor(bundle.onnx_path, threads=torch.get_num_threads(), known_height=known_height)
     if kind == "teacher":  # one trained on a camera's view sees only that view of the test rooms too
         fov = teacher_view(path)
         view = InMemoryScenes(data_root, "train", max_samples=1, camera_fov_deg=fov).camera.view if fov else None
@@ -118,10 +125,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     results = {}
     for spec, name in zip(specs, row_names(specs)):
         t = time.time()
-        results[name] = evaluate(load_predictor(spec, a.data, a.device), test, voxel_size_m=test.info.voxel_size_m,
-                                 progress=True)
+        results[name] = evaluate(load_predictor(spec, a.data, a.device, a.known_height), test,
+                                 voxel_size_m=test.info.voxel_size_m, progress=True)
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
-    title = f"Evaluation on the {a.split} split of {a.data}"
+    title = f"Evaluation on the {a.split} split of {a.data}" + (", the array's height known" if a.known_height else "")
     notes = f"{len(test)} scenes from rooms never seen in training."
     print(report_text(results, title, notes))
     if a.out:
@@ -329,6 +336,9 @@ def add_commands(sub) -> None:
     p.add_argument("--baselines", action="store_true",
                    help="add the mean-layout, echo time-of-flight and echo-planes baselines")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--known-height", dest="known_height", action="store_true",
+                   help="give the students and bundles each scene's true array height above the floor, as a robot "
+                        "that knows where its array is mounted gives the node (sonar.array_height_m)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the table here (markdown, plus .json)")
     p.add_argument("--layout-figure", dest="layout_figure", metavar="PNG",

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avperception.inference.bundle import graph_feed
+
 
 def calibration_windows(data: str | Path, n: int = 64, splits: tuple[str, ...] = ("train",)) -> list[np.ndarray]:
     """``n`` windows ``(M, N)`` float32 of the dataset ``data`` (from ``splits``, spread over its scenes), for int8
@@ -46,20 +48,25 @@ def ort_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def onnx_predictor(path: str | Path, threads: int = 1, voxel_threshold: float = 0.5):
+def onnx_predictor(path: str | Path, threads: int = 1, voxel_threshold: float = 0.5, known_height: bool = False):
     """A predictor for :func:`~avperception_train.learn.evaluate.evaluate` running the ONNX graph ``path`` in ONNX
     Runtime on the CPU, one window at a time (with the depth uncertainty when the graph gives it); ``times``
-    collects each window's seconds."""
+    collects each window's seconds. ``known_height``: each scene's true array height is fed to the graph's
+    ``array_height`` input (:func:`~avperception_train.learn.evaluate.scene_array_heights`); else it is unknown."""
+    from .evaluate import scene_array_heights
+
     sess = ort_session(path, threads)
     names = [o.name for o in sess.get_outputs()]
+    inputs = [i.name for i in sess.get_inputs()]
     times: list[float] = []
 
     def run(batch: dict) -> dict:
         audio = batch["audio"].numpy().astype(np.float32)
+        heights = scene_array_heights(batch) if known_height else np.zeros(len(audio), np.float32)
         rows = []
-        for a in audio:
+        for a, h in zip(audio, heights):
             t = time.perf_counter()
-            rows.append(dict(zip(names, sess.run(None, {"audio": a[None]}))))
+            rows.append(dict(zip(names, sess.run(None, graph_feed(inputs, a[None], float(h))))))
             times.append(time.perf_counter() - t)
         cat = {k: np.concatenate([r[k] for r in rows]).astype(np.float32)
                for k in ("depth", "semantic", "voxels", "energy", "depth_uncertainty") if k in names}
@@ -167,8 +174,8 @@ def _check_against_fp32(bundle, path: Path) -> dict[str, float]:
     ref = ort_session(bundle.onnx_path)
     got = ort_session(path)
     names = [o.name for o in ref.get_outputs()]
-    r = dict(zip(names, ref.run(None, {"audio": x})))
-    g = dict(zip(names, got.run(None, {"audio": x})))
+    r = dict(zip(names, ref.run(None, graph_feed([i.name for i in ref.get_inputs()], x))))
+    g = dict(zip(names, got.run(None, graph_feed([i.name for i in got.get_inputs()], x))))
     bad = [k for k in names if not np.isfinite(g[k]).all() and np.isfinite(r[k]).all()]
     if bad:
         raise ValueError(f"{path.name} gives non-finite {', '.join(bad)} where the float32 graph does not")

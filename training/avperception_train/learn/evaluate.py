@@ -30,10 +30,15 @@ ARRAY_HEIGHT_EDGES_M = (0.6, 1.2)  # bands of the array's height above the floor
 
 
 def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str = "cpu",
-                    voxel_threshold: float = 0.5, view: np.ndarray | None = None) -> Predictor:
+                    voxel_threshold: float = 0.5, view: np.ndarray | None = None,
+                    known_height: bool = False) -> Predictor:
     """Wrap a student (audio in), a teacher (geometry in; ``view (H, W)`` bool: it sees only the geometry
     there, as a teacher trained on a camera's view), a manifold pair (ATNet, VQ-VAE) or the manifold
-    student's network trained end to end (``manifold-e2e``, depth only)."""
+    student's network trained end to end (``manifold-e2e``, depth only). ``known_height``: the student is given
+    each scene's true array height above the floor (:func:`scene_array_heights`), as a robot that knows where
+    its array is mounted gives it."""
+    if known_height and kind != "student":
+        raise ValueError(f"only a student takes the array's height, not a {kind}")
     from .train import masked_view
 
     dev = torch.device(device)
@@ -48,6 +53,8 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
             return {"depth": vqvae.decode(atnet(batch["audio"].to(dev))).float().cpu().numpy()}
         elif kind == "manifold-e2e":
             return {"depth": model(batch["audio"].to(dev)).float().cpu().numpy()}
+        elif known_height:
+            out = model(batch["audio"].to(dev), torch.from_numpy(scene_array_heights(batch)).to(dev))
         else:
             out = model(batch["audio"].to(dev))
         res = {"depth": out["depth"].float().cpu().numpy(),
@@ -62,6 +69,17 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
         return res
 
     return run
+
+
+def scene_array_heights(batch: dict) -> np.ndarray:
+    """``(B,)`` float32: each scene's array height above the floor (m), the floor's distance of the scenes'
+    ``heights`` (:func:`~avperception_train.learn.data.room_layout`); ``ValueError`` where a scene has none."""
+    if "heights" not in batch:
+        raise ValueError("the scenes have no floor distance (`heights`) to give as the array's height")
+    h = np.asarray(batch["heights"], dtype=np.float32)[:, 0]
+    if not np.all(np.isfinite(h) & (h > 0)):
+        raise ValueError("some scenes have no floor below the array to give as its height")
+    return h
 
 
 def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int = 6, device: str = "cpu") -> Path:
