@@ -232,7 +232,7 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
                  train_config: dict | None = None, with_weights: bool = True, array=None,
                  speed_of_sound: float | None = None, check_audio: list[np.ndarray] | tuple = (),
                  opset: int = 17, tol: float = 1e-3, name: str = "", weights_from: str | Path | None = None,
-                 compact: bool = True, log=print) -> Path:
+                 compact: bool = True, uncertainty_calibration: dict | None = None, log=print) -> Path:
     """Write the bundle of ``model`` (an ``AudioStudent``) into ``out_dir``; returns ``out_dir``.
 
     ``sweep_params``: ``{kind, f0_hz, f1_hz, duration_s, fade}`` of the emitted sweep (its samples are rendered
@@ -247,6 +247,8 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
     as float16 in the graph (:func:`store_exact_half`; the same outputs, half the file).
     ``with_weights``: also ``model.safetensors`` (+ ``model.json``) for the torch backend,
     copied byte for byte from ``weights_from`` when given (an ``AudioStudent.save`` file of this model).
+    ``uncertainty_calibration``: how the depth uncertainty was calibrated
+    (:func:`~avperception_train.learn.calibrate.calibrate_uncertainty`), recorded in bundle.json.
     """
     from avperception.dsp.echo import sweep
     from avperception.inference.bundle import (BUNDLE_JSON, ONNX_NAME, SAFETENSORS_NAME, BundleMismatch, check_fits,
@@ -307,6 +309,8 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
                            voxel_resolution=voxel_resolution, classes=classes, class_colors=class_colors,
                            train_config=train_config, output_shapes=shapes, speed_of_sound=c, opset=opset,
                            name=name)
+        if uncertainty_calibration:
+            meta["uncertainty_calibration"] = uncertainty_calibration
         meta["model"]["onnx_sha256"] = sha256_file(tmp_onnx)
         meta["model"]["onnx_bytes"] = tmp_onnx.stat().st_size
         tmp_onnx.replace(out_dir / ONNX_NAME)

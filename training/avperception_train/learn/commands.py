@@ -244,15 +244,16 @@ def check_audio_windows(data: str | None, cfg, n: int = 1) -> list:
     return [generate_scene(cfg, i)["audio"].astype("float32") for i in range(n)]
 
 
-def _train_config_of(source: str) -> dict | None:
-    """The training config a checkpoint (``.pt``) or exported model (``.safetensors``) carries."""
+def model_extra(source: str) -> dict:
+    """The metadata a checkpoint (``.pt``: its training config and metrics) or exported model (``.safetensors``: what
+    ``AudioStudent.save`` stored, e.g. ``train_config`` and ``uncertainty_calibration``) carries."""
     if source.endswith(".pt"):
-        return torch.load(source, map_location="cpu", weights_only=False).get("train_config")
+        ck = torch.load(source, map_location="cpu", weights_only=False)
+        return {"train_config": ck.get("train_config"), "metrics": ck.get("metrics", {})}
     from safetensors import safe_open
 
     with safe_open(str(Path(source).with_suffix(".safetensors")), "np") as f:
-        extra = json.loads((f.metadata() or {}).get("extra", "{}") or "{}")
-    return extra.get("train_config")
+        return json.loads((f.metadata() or {}).get("extra", "{}") or "{}")
 
 
 def export_bundle(source: str, out: str | Path, data: str | None = None, datagen_config: str | None = None,
@@ -283,12 +284,54 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
         raise BundleMismatch(f"{source} was not trained on this data: " + "; ".join(diffs)
                              + ". Give the dataset or datagen config the model was trained with", diffs)
     audio = check_audio_windows(data, settings["cfg"])
+    extra = model_extra(source)
     return write_bundle(model, out, speaker_position=settings["speaker_position"],
                         sweep_level_db=settings["sweep_level_db"], sweep_params=settings["sweep_params"],
                         voxel_center=settings["voxel_center"], voxel_extent=settings["voxel_extent"],
-                        voxel_resolution=settings["voxel_resolution"], train_config=_train_config_of(source),
+                        voxel_resolution=settings["voxel_resolution"], train_config=extra.get("train_config"),
+                        uncertainty_calibration=extra.get("uncertainty_calibration"),
                         with_weights=with_weights, array=settings["array"], speed_of_sound=settings["speed_of_sound"],
                         check_audio=audio, weights_from=weights_from, name=f"{cfg.array}_student", log=log)
+
+
+def calibrate_student(source: str, data: str, out: str | Path, split: str = "val", quantile: float | None = None,
+                      half: bool = False, device: str = "cpu", extra: dict | None = None, log=print) -> Path:
+    """Calibrate the depth uncertainty of the student ``source`` (``.pt`` or ``.safetensors``) on the ``split`` rooms
+    of ``data`` (:func:`~avperception_train.learn.calibrate.calibrate_uncertainty`) and write it as
+    ``out.safetensors`` + ``out.json``, its metadata kept plus ``uncertainty_calibration`` (and ``extra``); returns
+    the ``.safetensors`` path. A dataset of another array is refused naming the difference."""
+    from avperception.inference.bundle import check_fits
+
+    from .bundle_writer import student_contract
+    from .calibrate import calibrate_uncertainty
+    from .data import InMemoryScenes
+
+    model = load_student(source, device)
+    array, rate, c = dataset_contract(data)
+    cfg = model.cfg
+    check_fits(student_contract(cfg), array, rate, c if (cfg.echo_beams or cfg.layout_beams) else None)
+    scenes = InMemoryScenes(data, split)
+    info = calibrate_uncertainty(model, scenes, quantile, device=device, progress=True)
+    info.update(data=str(data), split=split)
+    log(f"uncertainty scale x{info['scale']:.3f} from {info['pixels']} pixels of {info['scenes']} {split} scenes: the "
+        f"truth below the {info['quantile']:g} near bound at {info['below_before']:.2%} of them before, "
+        f"{info['below_after']:.2%} after")
+    meta = {**model_extra(source), **(extra or {}), "uncertainty_calibration": info}
+    model = model.cpu()
+    (model.half() if half else model).save(out, meta)
+    return Path(out).with_suffix(".safetensors")
+
+
+def cmd_calibrate_uncertainty(a: argparse.Namespace) -> int:
+    from avperception.config import ConfigError
+
+    try:
+        path = calibrate_student(a.source, a.data, a.out, a.split, a.quantile, a.half, a.device)
+    except ValueError as e:  # no such split, no uncertainty head, a quantile out of range
+        raise ConfigError(str(e)) from None
+    print(f"weights: {path} ({path.stat().st_size / 1e6:.1f} MB); export a bundle with `avperception-train "
+          f"export-bundle {path} --data {a.data} --out DIR`")
+    return 0
 
 
 def cmd_export_bundle(a: argparse.Namespace) -> int:
@@ -358,6 +401,19 @@ def add_commands(sub) -> None:
     p.add_argument("--datagen-config", dest="datagen_config",
                    help="with --bundle: its datagen YAML (instead of --data; default: the shipped one)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("calibrate-uncertainty",
+                       help="scale a student's depth uncertainty so its near bound holds on rooms it did not train on")
+    p.add_argument("source", help="best.pt of a student run or an exported .safetensors (with an uncertainty head)")
+    p.add_argument("--data", required=True, help="a dataset of the student's array (its --split rooms are used)")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="the rooms to calibrate on (default val: the test rooms stay unseen)")
+    p.add_argument("--quantile", type=float, default=None,
+                   help="the near bound's probability to calibrate (default: sonar.near_bound_quantile, 0.02)")
+    p.add_argument("--out", required=True, help="destination without suffix (writes .safetensors and .json)")
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_calibrate_uncertainty)
 
     p = sub.add_parser("export-bundle", help="a student -> model bundle (model.onnx + bundle.json + weights) for "
                                              "the runtime")

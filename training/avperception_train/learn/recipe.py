@@ -7,7 +7,9 @@ Stages, each skipped when its output exists (``--resume`` continues a stopped ru
    fits is loaded); only the re-initialised parts (the input projections) train, the rest frozen.
 3. ``whole``: the whole network (the shipped recipe's echo and layout steps).
 4. ``layout``: the layout head alone, relative error (the shipped recipe's last steps).
-5. ``evaluate``: the student against the baselines on the held-out test rooms (``results.md``).
+5. ``calibrate``: the depth uncertainty (the shipped student's head, never trained on this array's echoes) scaled
+   on the validation rooms so its near bound holds (:mod:`.calibrate`); ``evaluate``: the student against the
+   baselines on the held-out test rooms (``results.md``).
 6. ``bundle``: model.onnx + bundle.json + weights, checked against torch; ``report.md`` in the work directory.
 
 Each stage's settings are ``training/configs/recipe_{adapt,whole,layout}.yaml``; a budget sets the scene count,
@@ -197,6 +199,21 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
         save()
         previous = str(best)
     student = previous
+    calibrated = work / "calibrated" / "student"
+    if "calibrate" not in times:
+        from .commands import calibrate_student, load_student
+
+        if load_student(student).uncertainty is not None:
+            log("[5/6] calibrate: the depth uncertainty on the validation rooms")
+            t = time.time()
+            calibrate_student(student, str(data), calibrated, device="cuda" if device == "cuda" else "cpu",
+                              extra={"recipe": settings}, log=log)
+            times["calibrate"] = time.time() - t
+        else:
+            times["calibrate"] = 0.0
+        save()
+    if calibrated.with_suffix(".safetensors").exists():
+        student = str(calibrated.with_suffix(".safetensors"))
 
     results_md = work / "results.md"
     if "evaluate" not in times or not results_md.with_suffix(".json").exists():
@@ -229,7 +246,15 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
         from .train import export_student
 
         # float16 weights, as the shipped bundle: half the size, the graph stores them exactly
-        weights = export_student(student, work / "export" / "student", {"recipe": settings}, half=True)
+        if student.endswith(".safetensors"):  # calibrated
+            from avperception.models.student import AudioStudent
+
+            from .commands import model_extra
+
+            AudioStudent.load(student).half().save(work / "export" / "student", model_extra(student))
+            weights = work / "export" / "student.safetensors"
+        else:
+            weights = export_student(student, work / "export" / "student", {"recipe": settings}, half=True)
         export_bundle(str(weights), bundle, data=str(data), log=log)
         times["bundle"] = time.time() - t
     summary.update(bundle=str(bundle), student=student, scores=_scores(results), report=str(work / "report.md"))
