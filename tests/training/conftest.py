@@ -23,3 +23,18 @@ def dataset(tmp_path_factory, small_cfg):
     out = tmp_path_factory.mktemp("ds")
     run_datagen(small_cfg, out, 8, workers=1, show_progress=False, log=None)
     return out
+
+
+
+@pytest.fixture(scope="session")
+def ring_dataset(tmp_path_factory):
+    """A maker of small robot_8mic datasets (the shipped student's array): ``make(seed, scenes, split)`` writes
+    ``scenes`` scenes of ``seed`` to a fresh directory, split by room as ``split`` says (``{"train": .., "val": ..,
+    "test": ..}``), and returns it."""
+    def make(seed: int, scenes: int, split: dict):
+        out = tmp_path_factory.mktemp(f"ring{seed}")
+        cfg = config_from_dict({"seed": seed, "array": "robot_8mic", "scenes_per_shard": 4, "split": split})
+        run_datagen(cfg, out, scenes, workers=1, show_progress=False, log=None)
+        return out
+
+    return make

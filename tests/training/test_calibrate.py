@@ -31,15 +31,9 @@ def test_the_fitted_scale_recovers_an_overconfident_laplace():
 
 
 @pytest.fixture(scope="module")
-def split_scenes(tmp_path_factory):
-    """12 robot_8mic scenes, 6 of them validation rooms."""
-    from avperception_train.datagen import config_from_dict, run_datagen
-
-    out = tmp_path_factory.mktemp("calib")
-    cfg = config_from_dict({"seed": 9, "array": "robot_8mic", "scenes_per_shard": 4,
-                            "split": {"train": 0.0, "val": 0.5, "test": 0.5}})
-    run_datagen(cfg, out, 12, workers=1, show_progress=False, log=None)
-    return out
+def split_scenes(ring_dataset):
+    """12 robot_8mic scenes, half of them in validation rooms."""
+    return ring_dataset(9, 12, {"train": 0.0, "val": 0.5, "test": 0.5})
 
 
 def test_calibrate_uncertainty_scales_every_pixel_and_the_bundle_records_it(split_scenes, tmp_path, capsys):

@@ -93,15 +93,9 @@ def test_evaluate_scores_the_layout_heads_floor_and_ceiling_by_the_arrays_height
 
 
 @pytest.fixture(scope="module")
-def ring_scenes(tmp_path_factory):
+def ring_scenes(ring_dataset):
     """4 robot_8mic scenes (the shipped bundle's array), all in the test split."""
-    from avperception_train.datagen import config_from_dict, run_datagen
-
-    out = tmp_path_factory.mktemp("ring")
-    cfg = config_from_dict({"seed": 5, "array": "robot_8mic", "scenes_per_shard": 4,
-                            "split": {"train": 0.0, "val": 0.0, "test": 1.0}})
-    run_datagen(cfg, out, 4, workers=1, show_progress=False, log=None)
-    return out
+    return ring_dataset(5, 4, {"train": 0.0, "val": 0.0, "test": 1.0})
 
 
 def test_evaluate_scores_a_bundles_onnx_graph_with_its_uncertainty(ring_scenes):
