@@ -134,7 +134,8 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
     s = ReplaySettings(model=a.model, backend=a.backend, threads=a.threads, audio_topic=a.audio_topic,
                        ping_topic=a.ping_topic, depth_topic=a.depth_topic, info_topic=a.info_topic,
                        realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect,
-                       workers=a.workers, beam_batch=a.beam_batch, array_height_m=a.array_height)
+                       workers=a.workers, beam_batch=a.beam_batch, array_height_m=a.array_height,
+                       floor_frame=a.floor_frame)
     m = replay_eval(a.bag, a.out, s)
     o, sp = m["overall"], m["speed"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--array-height", dest="array_height", type=float, default=0.0, metavar="M",
                    help="the array's height above the floor given to the model (m), as the node's "
                         "sonar.array_height_m; 0: unknown (default)")
+    p.add_argument("--floor-frame", dest="floor_frame", default="", metavar="FRAME",
+                   help="read the array's height above FRAME from the bag's /tf and /tf_static, as the node's "
+                        "sonar.floor_frame (the simulator's: base_link)")
     p.set_defaults(func=cmd_replay_eval)
 
     p = sub.add_parser("record", help="record topics of the running graph into a rosbag2 (default: the node's outputs)",

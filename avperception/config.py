@@ -393,7 +393,9 @@ class SonarConfig:
     ``array_height_m``: the array's height above the floor where the robot knows it (its mount, from the URDF); a
     bundle that takes it (:attr:`~avperception.inference.bundle.ModelBundle.takes_array_height`) renders the floor
     that far below instead of telling the floor's echo from the ceiling's, which a planar ring hears as mirror
-    images; 0: unknown.
+    images; 0: unknown. ``floor_frame``: a TF frame on the floor under the array (``base_footprint`` by REP 120);
+    when set, the height is read from ``/tf`` and ``/tf_static`` instead (the z of the array frame's origin in
+    it, before each window: a lift or a torso may move the array), ``array_height_m`` standing until it is known.
     """
 
     enabled: bool = True
@@ -410,6 +412,7 @@ class SonarConfig:
     blank_ms: float = 30.0
     near_bound_quantile: float = 0.02
     array_height_m: float = 0.0
+    floor_frame: str = ""
     engine_cache_dir: str = ""          # TensorRT engines ("": ~/.cache/avperception/engines)
     force_engine_update: bool = False   # rebuild the TensorRT engine even when one is cached
 

@@ -82,7 +82,8 @@ class ReplaySettings:
     bag's clock (a clock jump also starts a segment); ``match_samples``: truth matched to a ping within this many
     samples of its stamp; ``camera_tolerance_s``: a camera frame within this of a ping's stamp scores it.
     ``workers=0, beam_batch=1`` replays exactly the node's order and code. ``array_height_m``: the array's height
-    above the floor given to the model, as the node's ``sonar.array_height_m`` (0: unknown).
+    above the floor given to the model, as the node's ``sonar.array_height_m`` (0: unknown); ``floor_frame``: read
+    it from the bag's TF instead, as the node's ``sonar.floor_frame``.
     """
 
     model: str = "default"
@@ -100,6 +101,7 @@ class ReplaySettings:
     sample_pings: int = 4
     detect: bool = True
     array_height_m: float = 0.0
+    floor_frame: str = ""
     workers: int = 2
     beam_batch: int = 16
 
@@ -221,7 +223,7 @@ class _Replay:
         self.array = self.bundle.array
         self.fs = self.bundle.sample_rate
         self.sonar_cfg = SonarConfig(model=s.model, backend=s.backend, threads=int(s.threads), detect=s.detect,
-                                     array_height_m=float(s.array_height_m))
+                                     array_height_m=float(s.array_height_m), floor_frame=s.floor_frame)
         self.sonar_cfg.validate()
         self.pipe_cfg = PipelineConfig(array=self.array.name, sample_rate=self.fs,
                                        speed_of_sound=self.bundle.speed_of_sound, sonar=self.sonar_cfg)
@@ -236,6 +238,7 @@ class _Replay:
         self.store = {k: _Store() for k in ("depth", "semantic", "occupancy", "sources", "camera")}
         self.ping_stamps: dict[int, float] = {}
         self.tf = TransformTree()
+        self.height_missing = 0  # floor_frame: windows given array_height_m for want of a transform
         self.camera_info = None
         self.reproj: dict = {}
         self.epoch = 0
@@ -498,6 +501,9 @@ class _Replay:
         t0 = time.perf_counter()
         self.sonar.push_audio(block, stamp, chunk.sequence)
         for w in self.sonar.aligner.pop_windows():  # what SonarPipeline.pop does, the network maybe in a thread
+            if self.sonar_cfg.floor_frame and self.sonar.height_from_tf(self.tf):
+                self.height_missing += 1
+            height = self.sonar.array_height_m  # fixed with the window: the network may run later, in a thread
             self.onsets.append(w.stamp)
             nominal = self.ping_stamps.get(w.sequence, w.stamp) if not w.detected else w.stamp
             p = {"w": w, "nominal": nominal, "t": self._t(t_ns), "segment": self._segment(w.stamp, self._t(t_ns)),
@@ -506,9 +512,9 @@ class _Replay:
                 ahead = 2 * int(self.s.workers)
                 if len(self.inflight) >= ahead:  # the network sets the pace: read ahead a few windows at most
                     self._collect(wait=True, keep=ahead - 1)
-                p["future"] = self.executor.submit(self._infer, w)
+                p["future"] = self.executor.submit(self._infer, w, height)
             else:
-                p["o"], p["done"] = self._infer(w)
+                p["o"], p["done"] = self._infer(w, height)
             self.inflight.append(p)
         self._collect(wait=False)
         self.onsets = self.onsets[-8:]
@@ -576,9 +582,9 @@ class _Replay:
             for (_, _, stamp, t_ns, truth), out in zip(frames, res):
                 self._doa(out, stamp, t_ns, truth)
 
-    def _infer(self, w):
+    def _infer(self, w, array_height: float):
         c0 = time.thread_time()
-        o = self.sonar.infer(w.audio, w.stamp)
+        o = self.sonar.infer(w.audio, w.stamp, array_height)
         self._charge("network", c0)
         return o, time.perf_counter()
 
@@ -783,6 +789,10 @@ class _Replay:
         stream["nonfinite_chunks"] = self.ingest.nonfinite_chunks if self.ingest is not None else 0
         real = self.audio_seconds / self.wall_s if self.wall_s > 0 else None
         pings = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.pings]
+        if self.height_missing:
+            self.notes.append(f"floor_frame {self.s.floor_frame}: no usable transform to {self.array.frame_id} for "
+                              f"{self.height_missing} window(s); they were given {self.s.array_height_m:g} m "
+                              "(0: unknown)")
         return {
             "bag": str(self.bag), "model": str(self.bundle.path), "backend": self.sonar.stats()["backend"],
             "classes": self.bundle.classes,
@@ -792,7 +802,8 @@ class _Replay:
             "settings": {"threads": self.s.threads, "workers": self.s.workers, "beam_batch": self.s.beam_batch,
                          "beamformer_every": self.s.beamformer_every,
                          "segment_s": self.s.segment_s, "match_samples": self.s.match_samples,
-                         "realtime": self.s.realtime, "array_height_m": self.s.array_height_m},
+                         "realtime": self.s.realtime, "array_height_m": self.s.array_height_m,
+                         "floor_frame": self.s.floor_frame},
             "overall": overall, "segments": segments, "pings": pings, "skipped": dict(sorted(self.skipped.items())),
             "unknown_topics": dict(sorted(self.unknown_topics.items())), "events": self.events, "stream": stream,
             "notes": self.notes, "doa_frames": self.frames_run, "beamformer_frames": self.frame_count,

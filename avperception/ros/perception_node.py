@@ -12,6 +12,8 @@ Publishes:
     /diagnostics             diagnostic_msgs/DiagnosticArray  rate, latency, drops, gaps, pings, backend
 Subscribes (``sonar.enabled``):
     sonar/pings (avperception_msgs/Ping)  each sweep's onset; without any, pings are found on their direct path
+Subscribes (``sonar.floor_frame`` set):
+    /tf, /tf_static (tf2_msgs/TFMessage)  the array's height above that frame, given to the model
 Parameters: every field of PipelineConfig (``array``, ``sample_rate``, ``frame.*``,
 ``stft.*``, ``grid.*``, ``beamformer.*``, ``sonar.*``) plus the node's own (see ``NODE_PARAMS``).
 Beamformer output stamps are the centre of the analysed audio frame; learned outputs are stamped with the
@@ -34,7 +36,7 @@ from visualization_msgs.msg import MarkerArray
 from ..audio.buffer import AudioBuffer
 from ..audio.ingest import DROP_KINDS, AudioIngest
 from ..audio.pcm import AudioChunk
-from ..config import PipelineConfig, load_array
+from ..config import ConfigError, PipelineConfig, load_array
 from ..constants import MAX_CHUNK_SECONDS
 from ..dsp.tracking import SourceTracker
 from ..pipeline import Pipeline
@@ -93,6 +95,7 @@ class PerceptionNode(Node):
         self._compute: list[float] = []
         self._last_diag = time.monotonic()
         self.sonar = None
+        self.tf_tree = None  # sonar.floor_frame: /tf and /tf_static, the array's height read from them
         self._onsets: deque[float] = deque(maxlen=8)  # recent refined ping onsets (s), blanked for the beamformer
         self._sonar_note = "off (sonar.enabled is false)"
         self._pings_published = 0
@@ -129,16 +132,41 @@ class PerceptionNode(Node):
         from avperception_msgs.msg import Ping
 
         self.create_subscription(Ping, ping_topic, self.on_ping, audio_qos())
+        if cfg.sonar.floor_frame:
+            self._follow_tf()
         b = self.sonar.bundle
         log.info(f"sonar: model {b.path} ({b.sweep_id}), backend {self.sonar.stats()['backend']}, "
                  f"{b.window_samples}-sample windows aligned on {self.resolve_topic_name(ping_topic)} "
                  f"{'or on the direct path when no ping arrives' if cfg.sonar.detect else '(no detection)'}"
-                 + (f"; the array {cfg.sonar.array_height_m:g} m above the floor" if cfg.sonar.array_height_m else ""))
+                 + (f"; the array {cfg.sonar.array_height_m:g} m above the floor" if cfg.sonar.array_height_m else "")
+                 + (f"; its height above {cfg.sonar.floor_frame} from TF" if cfg.sonar.floor_frame else ""))
+
+    def _follow_tf(self) -> None:
+        """Keep every transform of /tf and /tf_static (sonar.floor_frame: the array's height is read from them)."""
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        from ..eval.bagio import TransformTree
+
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            raise ConfigError("sonar.floor_frame needs tf2_msgs (install ros-<distro>-tf2-msgs or the tf2_msgs "
+                              "Python package), or leave it empty and set sonar.array_height_m") from None
+        self.tf_tree = TransformTree()
+        static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.create_subscription(TFMessage, "/tf", self.tf_tree.add, 100)
+        self.create_subscription(TFMessage, "/tf_static", self.tf_tree.add, static)
 
     def on_ping(self, msg) -> None:
         self.sonar.push_ping(conv.stamp_to_sec(msg.header.stamp), int(msg.sequence), bool(msg.onset_known))
 
     def run_sonar(self, t_received: float) -> None:
+        if self.tf_tree is not None:
+            why = self.sonar.height_from_tf(self.tf_tree)
+            if why:
+                self.get_logger().warning(f"sonar.floor_frame: {why}; the model is given "
+                                          f"{self.sonar.array_height_m:g} m (0: unknown)", throttle_duration_sec=10.0)
         try:
             results = self.sonar.pop()
         except Exception as e:  # every backend failed: keep the beamformer running, say why

@@ -59,6 +59,12 @@ class SonarPipeline:
             check_array_height(self.bundle, self.config.array_height_m)
         except ValueError as e:
             raise ConfigError(f"sonar.array_height_m: {e}") from None
+        if self.config.floor_frame and not self.bundle.takes_array_height:
+            raise ConfigError(f"sonar.floor_frame: the bundle {self.bundle.path} does not take the array's height "
+                              "(its graph has no array_height input); re-export it with `avperception-train "
+                              "export-bundle`, or leave sonar.floor_frame empty")
+        # the height the model is given (m; 0: unknown): sonar.array_height_m, or the one read from TF
+        self.array_height_m = float(self.config.array_height_m)
         self.array = array
         b = self.bundle
         self.direct = DirectPath.of_bundle(b)
@@ -83,8 +89,9 @@ class SonarPipeline:
         """A ping whose sweep left the speaker at ``stamp`` (the audio's clock)."""
         self.aligner.push_ping(stamp, sequence, onset_known)
 
-    def infer(self, audio: np.ndarray, stamp: float = 0.0):
-        """Run the bundle on one aligned window ``(mics, window_samples)`` (sample 0 = the sweep's onset)."""
+    def infer(self, audio: np.ndarray, stamp: float = 0.0, array_height: float | None = None):
+        """Run the bundle on one aligned window ``(mics, window_samples)`` (sample 0 = the sweep's onset), given the
+        array's height ``array_height`` (m; None: :attr:`array_height_m`, the configured or TF-read one)."""
         from ..inference.outputs import decode
 
         x = np.asarray(audio, dtype=np.float32)
@@ -92,12 +99,29 @@ class SonarPipeline:
         if x.shape != want:
             raise ValueError(f"expected a {want} window (mics, samples; sample 0 = the sweep's onset), got {x.shape}")
         t0 = time.perf_counter()
-        raw = self.backend.run(x, self.config.array_height_m)
+        raw = self.backend.run(x, self.array_height_m if array_height is None else array_height)
         out = decode(self.bundle, raw)
         out.stamp = float(stamp)
         out.infer_ms = (time.perf_counter() - t0) * 1e3
         self.infer_ms.append(out.infer_ms)
         return out
+
+    def height_from_tf(self, tree) -> str | None:
+        """With ``config.floor_frame``: the array's height above that frame, read from ``tree`` (an
+        :class:`~avperception.eval.bagio.TransformTree` fed with ``/tf`` and ``/tf_static``: the z of the array
+        frame's origin in the floor frame), becomes the height the model is given. Returns why it did not, when it
+        could not (no such transform yet, or a height outside (0, 10] m): the last one stands."""
+        floor = self.config.floor_frame
+        if not floor:
+            return None
+        got = tree.lookup(floor, self.array.frame_id)
+        if got is None:
+            return f"no transform from {floor} to {self.array.frame_id} yet"
+        z = float(got[1][2])
+        if not 0 < z <= 10:
+            return f"the array is {z:.3f} m above {floor}: not a height in (0, 10] m"
+        self.array_height_m = z
+        return None
 
     def pop(self, newest_only: bool = True) -> list:
         """Run the model on the windows that are ready: ``[(AlignedWindow, SonarOutputs), ...]``.
@@ -115,7 +139,7 @@ class SonarPipeline:
         """Counters for diagnostics: aligned / detected / skipped pings by reason, the backend in use."""
         a = self.aligner
         out = {"backend": getattr(self.backend, "active", None) or self.backend.name,
-               "pings_aligned": a.aligned, "pings_detected": a.detected}
+               "pings_aligned": a.aligned, "pings_detected": a.detected, "array_height_m": self.array_height_m}
         for reason, n in sorted(a.skipped.items()):
             out[f"pings_skipped_{reason}"] = n
         fb = getattr(self.backend, "fallbacks", None)

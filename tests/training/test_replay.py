@@ -394,3 +394,11 @@ def test_replay_gives_the_model_the_arrays_height(sim, report, tmp_path):
     assert any(abs(by_ping[k]["delta1"] - heard[k]) > 1e-4 for k in by_ping)
     with pytest.raises(Exception, match="array_height_m"):
         replay_eval(bag, tmp_path / "bad", threads=1, progress=False, array_height_m=-1.0)
+    # the same height read from the bag's TF (the simulator's base_link lies on the floor under the array)
+    tf = replay_eval(bag, tmp_path / "tf", threads=1, progress=False, floor_frame="base_link")
+    assert tf["settings"]["floor_frame"] == "base_link" and not any("floor_frame" in n for n in tf["notes"])
+    for p in tf["pings"]:
+        assert p["delta1"] == pytest.approx(by_ping[p["ping"]]["delta1"], abs=1e-5)
+    none = replay_eval(bag, tmp_path / "none", threads=1, progress=False, floor_frame="no_such_frame")
+    assert any("no usable transform" in n for n in none["notes"])
+    assert [p["delta1"] for p in none["pings"]] == [heard[p["ping"]] for p in none["pings"]]
