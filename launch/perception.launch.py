@@ -18,6 +18,7 @@ where the file has none, the node's own default):
   * device       capture device name or index, use_sim:=false (shipped file: '' = default input)    ['']
   * emit         use_sim:=false: capture_node plays the sweep and publishes pings (shipped: false)  ['']
   * array_height the array's height above the floor, m (sonar.array_height_m; shipped: 0 = unknown)  ['']
+  * floor_frame  a TF frame on the floor: the array's height read from /tf instead (sonar.floor_frame) ['']
 
 Without `ros2 launch` (e.g. a venv with the PyPI wheels) the same nodes run with
 the same parameter file as:  avperception-run sim_audio perception --ros-args --params-file FILE
@@ -35,6 +36,7 @@ NODE_ARGUMENTS = {
     "device": (("capture_node", "device"),),
     "emit": (("capture_node", "emit"),),
     "array_height": (("perception_node", "sonar.array_height_m"),),
+    "floor_frame": (("perception_node", "sonar.floor_frame"),),
 }
 BOOL_ARGUMENTS = ("emit",)
 FLOAT_ARGUMENTS = ("array_height",)
@@ -146,5 +148,8 @@ def generate_launch_description():
         DeclareLaunchArgument("array_height", default_value="",
                               description="the array's height above the floor in metres (sonar.array_height_m; 0: "
                                           "unknown)" + keep),
+        DeclareLaunchArgument("floor_frame", default_value="",
+                              description="a TF frame on the floor (base_footprint): the array's height read from "
+                                          "/tf (sonar.floor_frame)" + keep),
         OpaqueFunction(function=launch_setup),
     ])

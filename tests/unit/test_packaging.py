@@ -237,8 +237,9 @@ def test_given_launch_arguments_override_the_params_file(monkeypatch):
     with pytest.raises(ValueError, match="emit:='maybe': expected true or false"):
         run_launch(monkeypatch, use_sim="false", emit="maybe")
     # array_height is a number of metres, for perception_node's sonar.array_height_m
-    nodes = by_name(run_launch(monkeypatch, array_height="1.45"))
-    assert parameters(nodes["perception_node"]) == [PARAMS_FILE, {"sonar.array_height_m": (1.45, float)}]
+    nodes = by_name(run_launch(monkeypatch, array_height="1.45", floor_frame="base_footprint"))
+    assert parameters(nodes["perception_node"]) == [PARAMS_FILE, {"sonar.array_height_m": (1.45, float),
+                                                                  "sonar.floor_frame": ("base_footprint", str)}]
     for bad in ("high", "-1"):
         with pytest.raises(ValueError, match=f"array_height:='{bad}': expected a number of metres"):
             run_launch(monkeypatch, array_height=bad)
