@@ -76,16 +76,23 @@ def check_window(bundle: ModelBundle, audio: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)[None]
 
 
+def require_height_input(bundle: ModelBundle) -> None:
+    """``ValueError`` saying what to do unless ``bundle``'s graph takes the array's height (``array_height``): for
+    every setting that would give it one (a height, a TF floor frame, evaluation with the scenes' heights)."""
+    if not bundle.takes_array_height:
+        raise ValueError(f"the bundle {bundle.path} does not take the array's height (its graph has no array_height "
+                         "input: it was exported before the input existed, or its model has no layout head); "
+                         "re-export it with `avperception-train export-bundle`, or leave the height unknown")
+
+
 def check_array_height(bundle: ModelBundle, array_height: float) -> None:
     """``ValueError`` saying what to do when ``array_height`` (m) is not a height ``bundle`` can take: negative, not
-    finite, or given (above 0) to a bundle whose graph has no ``array_height`` input."""
+    finite, or given (above 0) to a bundle whose graph has no ``array_height`` input (:func:`require_height_input`)."""
     if not np.isfinite(array_height) or array_height < 0:
         raise ValueError(f"the array's height above the floor must be a finite number of metres >= 0 (0: unknown), "
                          f"got {array_height}")
-    if array_height > 0 and not bundle.takes_array_height:
-        raise ValueError(f"the bundle {bundle.path} does not take the array's height (its graph has no array_height "
-                         "input: it was exported before the input existed, or its model has no layout head); "
-                         "re-export it with `avperception-train export-bundle`, or leave the height at 0 (unknown)")
+    if array_height > 0:
+        require_height_input(bundle)
 
 
 class OnnxRuntimeBackend:

@@ -47,7 +47,7 @@ class SonarPipeline:
     def __init__(self, array: ArrayGeometry, config: SonarConfig | None = None, sample_rate: int = 16000,
                  speed_of_sound: float | None = None, capacity_s: float = 4.0, ping_period_s: float | None = None,
                  log: Callable[[str], None] | None = None, bundle=None) -> None:
-        from ..inference.backends import check_array_height, make_backend
+        from ..inference.backends import check_array_height, make_backend, require_height_input
         from ..inference.bundle import check_fits, load_bundle
         from .align import PingAligner
         from .onset import DirectPath
@@ -59,10 +59,11 @@ class SonarPipeline:
             check_array_height(self.bundle, self.config.array_height_m)
         except ValueError as e:
             raise ConfigError(f"sonar.array_height_m: {e}") from None
-        if self.config.floor_frame and not self.bundle.takes_array_height:
-            raise ConfigError(f"sonar.floor_frame: the bundle {self.bundle.path} does not take the array's height "
-                              "(its graph has no array_height input); re-export it with `avperception-train "
-                              "export-bundle`, or leave sonar.floor_frame empty")
+        if self.config.floor_frame:
+            try:
+                require_height_input(self.bundle)
+            except ValueError as e:
+                raise ConfigError(f"sonar.floor_frame: {e}") from None
         # the height the model is given (m; 0: unknown): sonar.array_height_m, or the one read from TF
         self.array_height_m = float(self.config.array_height_m)
         self.array = array

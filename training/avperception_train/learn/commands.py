@@ -66,15 +66,18 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu", known_height:
     if kind == "student":
         return torch_predictor(load_student(path, device), "student", device, known_height=known_height)
     if kind == "bundle":
+        from avperception.inference.backends import require_height_input
         from avperception.inference.bundle import check_fits, load_bundle
 
         from .engine import onnx_predictor
 
         bundle = load_bundle(path)
         check_fits(bundle, *dataset_contract(data_root))
-        if known_height and not bundle.takes_array_height:
-            raise ValueError(f"--known-height: the bundle {bundle.path} does not take the array's height (its graph "
-                             "has no array_height input); re-export it with `avperception-train export-bundle`")
+        if known_height:
+            try:
+                require_height_input(bundle)
+            except ValueError as e:
+                raise ValueError(f"--known-height: {e}") from None
         return onnx_predictor(bundle.onnx_path, threads=torch.get_num_threads(), known_height=known_height)
     if kind == "teacher":  # one trained on a camera's view sees only that view of the test rooms too
         fov = teacher_view(path)
