@@ -151,6 +151,13 @@ def student_contract(cfg):
         "sample_rate": int(cfg.sample_rate), "speed_of_sound": float(cfg.speed_of_sound)})
 
 
+def beam_speed(cfg, speed_of_sound: float | None) -> float | None:
+    """The speed of sound a student's fit to some audio depends on (for
+    :func:`~avperception.inference.bundle.fits`): ``speed_of_sound`` for one that beamforms (echo beams or a layout
+    head: its beams are steered with it), else None (it is not compared)."""
+    return speed_of_sound if (cfg.echo_beams or cfg.layout_beams) else None
+
+
 def bundle_meta(model, *, array, speaker_position, sweep_level_db: float, sweep_params: dict, emitted: np.ndarray,
                 voxel_center, voxel_extent, voxel_resolution, classes, class_colors, train_config: dict | None,
                 output_shapes: dict, speed_of_sound: float, opset: int, name: str = "") -> dict:
@@ -259,7 +266,7 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
     cfg = model.cfg
     array = array if array is not None else _array_of(cfg)
     c = float(speed_of_sound if speed_of_sound is not None else cfg.speed_of_sound)
-    diffs = fits(student_contract(cfg), array, cfg.sample_rate, c if (cfg.echo_beams or cfg.layout_beams) else None)
+    diffs = fits(student_contract(cfg), array, cfg.sample_rate, beam_speed(cfg, c))
     if diffs:
         raise BundleMismatch(f"the model ({cfg.array}) was not trained for array '{array.name}': "
                              + "; ".join(diffs) + ". Give the array, dataset or datagen config it was trained with",

@@ -267,7 +267,7 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
     rate, speed of sound or sweep."""
     from avperception.inference.bundle import BundleMismatch, fits
 
-    from .bundle_writer import student_contract, write_bundle
+    from .bundle_writer import beam_speed, student_contract, write_bundle
 
     weights_from = None
     if source == "default":
@@ -280,7 +280,7 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
     settings = bundle_settings(data, datagen_config, array=None if (data or datagen_config) else cfg.array)
     # the model's own contract against the data's, through the one fit test
     diffs = fits(student_contract(cfg), settings["array"], settings["sample_rate"],
-                 settings["speed_of_sound"] if (cfg.echo_beams or cfg.layout_beams) else None)
+                 beam_speed(cfg, settings["speed_of_sound"]))
     if cfg.num_samples != settings["cfg"].audio.num_samples:
         diffs.append(f"window: model {cfg.num_samples} samples vs data {settings['cfg'].audio.num_samples}")
     if diffs:
@@ -305,14 +305,14 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
     the ``.safetensors`` path. A dataset of another array is refused naming the difference."""
     from avperception.inference.bundle import check_fits
 
-    from .bundle_writer import student_contract
+    from .bundle_writer import beam_speed, student_contract
     from .calibrate import calibrate_uncertainty
     from .data import InMemoryScenes
 
     model = load_student(source, device)
     array, rate, c = dataset_contract(data)
     cfg = model.cfg
-    check_fits(student_contract(cfg), array, rate, c if (cfg.echo_beams or cfg.layout_beams) else None)
+    check_fits(student_contract(cfg), array, rate, beam_speed(cfg, c))
     scenes = InMemoryScenes(data, split)
     info = calibrate_uncertainty(model, scenes, quantile, device=device, progress=True)
     info.update(data=str(data), split=split)
