@@ -238,7 +238,7 @@ class _Replay:
         self.store = {k: _Store() for k in ("depth", "semantic", "occupancy", "sources", "camera")}
         self.ping_stamps: dict[int, float] = {}
         self.tf = TransformTree()
-        self.height_missing = 0  # floor_frame: windows given array_height_m for want of a transform
+        self.height_missing = 0  # floor_frame: windows without a usable transform (given the last height known)
         self.camera_info = None
         self.reproj: dict = {}
         self.epoch = 0
@@ -501,7 +501,7 @@ class _Replay:
         t0 = time.perf_counter()
         self.sonar.push_audio(block, stamp, chunk.sequence)
         for w in self.sonar.aligner.pop_windows():  # what SonarPipeline.pop does, the network maybe in a thread
-            if self.sonar_cfg.floor_frame and self.sonar.height_from_tf(self.tf):
+            if self.sonar.height_from_tf(self.tf):  # None without floor_frame or with a usable transform
                 self.height_missing += 1
             height = self.sonar.array_height_m  # fixed with the window: the network may run later, in a thread
             self.onsets.append(w.stamp)
@@ -791,8 +791,8 @@ class _Replay:
         pings = [{k: v for k, v in p.items() if not k.startswith("_")} for p in self.pings]
         if self.height_missing:
             self.notes.append(f"floor_frame {self.s.floor_frame}: no usable transform to {self.array.frame_id} for "
-                              f"{self.height_missing} window(s); they were given {self.s.array_height_m:g} m "
-                              "(0: unknown)")
+                              f"{self.height_missing} window(s); they were given the last height read, or "
+                              f"{self.s.array_height_m:g} m (0: unknown) before the first")
         return {
             "bag": str(self.bag), "model": str(self.bundle.path), "backend": self.sonar.stats()["backend"],
             "classes": self.bundle.classes,

@@ -169,9 +169,9 @@ class TorchBackend:
 
     def run(self, audio: np.ndarray, array_height: float = 0.0) -> dict[str, np.ndarray]:
         x = self.torch.from_numpy(check_window(self.bundle, audio)).to(self.device)
-        h = self.torch.tensor([float(array_height)], device=self.device)
+        h = self.torch.tensor([float(array_height)], device=self.device) if array_height > 0 else None
         with self.torch.inference_mode():
-            out = self.model(x, h if array_height > 0 else None)
+            out = self.model(x, h)
         return {k: out[k][0].detach().cpu().numpy() for k in self.names}
 
     def describe(self) -> str:

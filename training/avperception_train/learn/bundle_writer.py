@@ -286,12 +286,12 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
     if tuple(int(v) for v in voxel_resolution)[::-1] != (cfg.voxel_size,) * 3:
         raise ValueError(f"voxel_resolution {list(voxel_resolution)} is not the model's {cfg.voxel_size}^3")
     names = output_names(model)
+    takes_height = model.layout is not None  # the array's height as a second input: only a layout head renders it
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_onnx = Path(tmp) / ONNX_NAME
-        export_onnx(model, tmp_onnx, opset=opset, check=False, outputs=names, fixed=True,
-                    array_height=model.layout is not None)
+        export_onnx(model, tmp_onnx, opset=opset, check=False, outputs=names, fixed=True, array_height=takes_height)
         if compact:
             store_exact_half(tmp_onnx)
         shapes = verify_onnx(tmp_onnx, (1, cfg.num_mics, cfg.num_samples))
@@ -303,7 +303,7 @@ def write_bundle(model, out_dir: str | Path, *, speaker_position, sweep_level_db
                    "wall echo": echo_window(emitted, array.positions, speaker_position, cfg.sample_rate,
                                             cfg.num_samples, 2.0, 30.0, sweep_level_db, speed_of_sound=c)}
         windows.update({f"check audio {i}": a for i, a in enumerate(check_audio)})
-        heights = (0.0, 1.5) if model.layout is not None else (0.0,)  # unknown, and an array 1.5 m up
+        heights = (0.0, 1.5) if takes_height else (0.0,)  # unknown, and an array 1.5 m up
         for (what, audio), h in itertools.product(windows.items(), heights):
             errs = onnx_parity(model, tmp_onnx, audio, names, h)
             what = what + (f", array {h:g} m up" if h else "")
