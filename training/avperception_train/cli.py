@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except _Usage as e:
         ap.error(str(e))
-    except (DatagenConfigError, ConfigError, DatasetError, BagError, FileNotFoundError, IndexError, BundleError) as e:
+    except (DatagenConfigError, ConfigError, DatasetError, BagError, FileNotFoundError, IndexError, BundleError,
+            ValueError) as e:  # ValueError: inputs that do not fit (a model and its data, a part to train, ...)
         print(f"avperception-train {args.command}: error: {e}", file=sys.stderr)
         return 2
     except AnyReaderError as e:
