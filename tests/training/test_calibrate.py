@@ -62,3 +62,20 @@ def test_calibrate_uncertainty_scales_every_pixel_and_the_bundle_records_it(spli
     assert load_bundle(tmp_path / "bundle").meta["uncertainty_calibration"] == info
     assert main(["calibrate-uncertainty", src, "--data", str(split_scenes), "--split", "train", "--out",
                  str(tmp_path / "x")]) != 0  # no training rooms in this dataset: said, not a crash
+
+
+def test_calibrating_on_several_datasets_pools_their_rooms(split_scenes, ring_dataset, tmp_path):
+    """``--data A,B``: the scale is fitted on both datasets' validation rooms at once, so it lies between the scales
+    each one alone gives (the pooled quantile lies between theirs); a dataset named twice counts once."""
+    from avperception_train.learn.commands import calibrate_student, default_model_path
+
+    other = ring_dataset(13, 8, {"train": 0.0, "val": 0.5, "test": 0.5})
+    src = str(default_model_path().with_suffix(".safetensors"))
+    info = {}
+    for name, data in (("a", str(split_scenes)), ("b", str(other)), ("ab", f"{split_scenes},{other},{other}")):
+        out = calibrate_student(src, data, tmp_path / name, log=lambda *_: None)
+        info[name] = json.loads(out.with_suffix(".json").read_text())["uncertainty_calibration"]
+    assert info["ab"]["scenes"] == info["a"]["scenes"] + info["b"]["scenes"]
+    assert info["ab"]["pixels"] == info["a"]["pixels"] + info["b"]["pixels"]
+    lo, hi = sorted((info["a"]["scale"], info["b"]["scale"]))
+    assert lo < hi and lo <= info["ab"]["scale"] <= hi

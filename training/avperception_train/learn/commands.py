@@ -300,9 +300,12 @@ def export_bundle(source: str, out: str | Path, data: str | None = None, datagen
 def calibrate_student(source: str, data: str, out: str | Path, split: str = "val", quantile: float | None = None,
                       half: bool = False, device: str = "cpu", extra: dict | None = None, log=print) -> Path:
     """Calibrate the depth uncertainty of the student ``source`` (``.pt`` or ``.safetensors``) on the ``split`` rooms
-    of ``data`` (:func:`~avperception_train.learn.calibrate.calibrate_uncertainty`) and write it as
-    ``out.safetensors`` + ``out.json``, its metadata kept plus ``uncertainty_calibration`` (and ``extra``); returns
-    the ``.safetensors`` path. A dataset of another array is refused naming the difference."""
+    of ``data`` (one dataset, or several joined by commas as in ``train``: their rooms pooled;
+    :func:`~avperception_train.learn.calibrate.calibrate_uncertainty`) and write it as ``out.safetensors`` +
+    ``out.json``, its metadata kept plus ``uncertainty_calibration`` (and ``extra``); returns the ``.safetensors``
+    path. A dataset of another array is refused naming the difference."""
+    from torch.utils.data import ConcatDataset
+
     from avperception.inference.bundle import check_fits
 
     from .bundle_writer import beam_speed, student_contract
@@ -310,10 +313,15 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
     from .data import InMemoryScenes
 
     model = load_student(source, device)
-    array, rate, c = dataset_contract(data)
     cfg = model.cfg
-    check_fits(student_contract(cfg), array, rate, beam_speed(cfg, c))
-    scenes = InMemoryScenes(data, split)
+    roots = list(dict.fromkeys(d for d in str(data).split(",") if d))  # a dataset named twice counts once
+    if not roots:
+        raise ValueError("no dataset to calibrate on")
+    for root in roots:
+        array, rate, c = dataset_contract(root)
+        check_fits(student_contract(cfg), array, rate, beam_speed(cfg, c))
+    parts = [InMemoryScenes(root, split) for root in roots]
+    scenes = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     info = calibrate_uncertainty(model, scenes, quantile, device=device, progress=True)
     info.update(data=str(data), split=split)
     log(f"uncertainty scale x{info['scale']:.3f} from {info['pixels']} pixels of {info['scenes']} {split} scenes: the "
@@ -408,7 +416,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("calibrate-uncertainty",
                        help="scale a student's depth uncertainty so its near bound holds on rooms it did not train on")
     p.add_argument("source", help="best.pt of a student run or an exported .safetensors (with an uncertainty head)")
-    p.add_argument("--data", required=True, help="a dataset of the student's array (its --split rooms are used)")
+    p.add_argument("--data", required=True, help="a dataset of the student's array (its --split rooms are used); "
+                   "several joined by commas pool their rooms")
     p.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="the rooms to calibrate on (default val: the test rooms stay unseen)")
     p.add_argument("--quantile", type=float, default=None,
