@@ -137,4 +137,20 @@ def test_every_command_of_the_guide_runs_or_parses(tmp_path, monkeypatch):
                    log=logs.append)
     assert [line.split(":")[1].strip()[:4] for line in logs] == ["done"] * 4 and log.read_text() == before
     assert s["scores"]["student (this recipe)"]["delta1"] > 0
+    # a run finished before the calibration stage existed, resumed: calibrated, then scored and bundled again
+    import json
+    import shutil
+
+    summary = tmp_path / "work" / "quick" / "recipe.json"
+    old = json.loads(summary.read_text())
+    del old["times_s"]["calibrate"]
+    summary.write_text(json.dumps(old))
+    shutil.rmtree(tmp_path / "work" / "quick" / "calibrated")
+    (tmp_path / "work" / "quick" / "bundle" / "bundle.json").write_text(json.dumps({}))  # stale: must be redone
+    logs.clear()
+    run_recipe("my_array.yaml", [0, 0, -0.05], "work/quick", "quick", resume=True, workers=1, scenes=40,
+               log=logs.append)
+    assert any("calibrate:" in line for line in logs) and any("evaluate:" in line for line in logs)
+    assert load_bundle(tmp_path / "work" / "quick" / "bundle").meta["uncertainty_calibration"] == calibration
+    assert log.read_text() == before  # nothing retrained
 

@@ -209,6 +209,9 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
             calibrate_student(student, str(data), calibrated, device="cuda" if device == "cuda" else "cpu",
                               extra={"recipe": settings}, log=log)
             times["calibrate"] = time.time() - t
+            # a run resumed from before this stage existed scored and bundled the uncalibrated student: again
+            times.pop("evaluate", None)
+            times.pop("bundle", None)
         else:
             times["calibrate"] = 0.0
         save()
