@@ -310,13 +310,11 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
 
     from .bundle_writer import beam_speed, student_contract
     from .calibrate import calibrate_uncertainty
-    from .data import InMemoryScenes
+    from .data import InMemoryScenes, data_dirs
 
     model = load_student(source, device)
     cfg = model.cfg
-    roots = list(dict.fromkeys(d for d in str(data).split(",") if d))  # a dataset named twice counts once
-    if not roots:
-        raise ValueError("no dataset to calibrate on")
+    roots = list(dict.fromkeys(data_dirs(data)))  # a dataset named twice counts once
     for root in roots:
         array, rate, c = dataset_contract(root)
         check_fits(student_contract(cfg), array, rate, beam_speed(cfg, c))
