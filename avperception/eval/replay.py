@@ -224,7 +224,6 @@ class _Replay:
         self.fs = self.bundle.sample_rate
         self.sonar_cfg = SonarConfig(model=s.model, backend=s.backend, threads=int(s.threads), detect=s.detect,
                                      array_height_m=float(s.array_height_m), floor_frame=s.floor_frame)
-        self.sonar_cfg.validate()
         self.pipe_cfg = PipelineConfig(array=self.array.name, sample_rate=self.fs,
                                        speed_of_sound=self.bundle.speed_of_sound, sonar=self.sonar_cfg)
         self.skipped: dict[str, int] = {}

@@ -48,8 +48,7 @@ def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", thread
     from .pipeline import SonarPipeline
 
     cfg = SonarConfig(backend=backend, threads=threads, array_height_m=array_height_m)
-    cfg.validate()
-    sonar = SonarPipeline(array, cfg, fs, bundle=bundle, log=log)
+    sonar = SonarPipeline(array, cfg, fs, bundle=bundle, log=log)  # (which validates cfg)
     x = np.asarray(audio, dtype=np.float32)
     if x.shape[0] != array.num_mics:
         raise ValueError(f"expected ({array.num_mics}, samples) audio for {array.name}, got {x.shape}")

@@ -53,6 +53,7 @@ class SonarPipeline:
         from .onset import DirectPath
 
         self.config = config or SonarConfig()
+        self.config.validate()
         self.bundle = bundle if bundle is not None else load_bundle(self.config.model, array=array.name)
         check_fits(self.bundle, array, sample_rate=sample_rate, speed_of_sound=speed_of_sound)
         try:
