@@ -374,6 +374,10 @@ class BeamformerConfig:
 SONAR_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 
+# the highest array above the floor a height may say (m): sonar.array_height_m, or one read from TF
+MAX_ARRAY_HEIGHT_M = 10.0
+
+
 @dataclass(frozen=True)
 class SonarConfig:
     """Active echo sensing: the learned half (a model bundle run on each ping's echoes).
@@ -433,8 +437,9 @@ class SonarConfig:
             raise ConfigError("sonar: plan_z_min_m must not exceed plan_z_max_m")
         if not 0 <= self.near_bound_quantile <= 0.5:
             raise ConfigError(f"sonar.near_bound_quantile must be in [0, 0.5] (0: off), got {self.near_bound_quantile}")
-        if not 0 <= self.array_height_m <= 10:
-            raise ConfigError(f"sonar.array_height_m must be in [0, 10] m (0: unknown), got {self.array_height_m}")
+        if not 0 <= self.array_height_m <= MAX_ARRAY_HEIGHT_M:
+            raise ConfigError(f"sonar.array_height_m must be in [0, {MAX_ARRAY_HEIGHT_M:g}] m (0: unknown), got "
+                              f"{self.array_height_m}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..config import ArrayGeometry, ConfigError, SonarConfig
+from ..config import MAX_ARRAY_HEIGHT_M, ArrayGeometry, ConfigError, SonarConfig
 
 
 def blank_pings(block: np.ndarray, t_first: float, onsets, blank_s: float, fs: int) -> np.ndarray:
@@ -112,7 +112,7 @@ class SonarPipeline:
         """With ``config.floor_frame``: the array's height above that frame, read from ``tree`` (an
         :class:`~avperception.eval.bagio.TransformTree` fed with ``/tf`` and ``/tf_static``: the z of the array
         frame's origin in the floor frame), becomes the height the model is given. Returns why it did not, when it
-        could not (no such transform yet, or a height outside (0, 10] m): the last one stands."""
+        could not (no such transform yet, or a height outside (0, ``MAX_ARRAY_HEIGHT_M``] m): the last one stands."""
         floor = self.config.floor_frame
         if not floor:
             return None
@@ -120,8 +120,8 @@ class SonarPipeline:
         if got is None:
             return f"no transform from {floor} to {self.array.frame_id} yet"
         z = float(got[1][2])
-        if not 0 < z <= 10:
-            return f"the array is {z:.3f} m above {floor}: not a height in (0, 10] m"
+        if not 0 < z <= MAX_ARRAY_HEIGHT_M:
+            return f"the array is {z:.3f} m above {floor}: not a height in (0, {MAX_ARRAY_HEIGHT_M:g}] m"
         self.array_height_m = z
         return None
 
