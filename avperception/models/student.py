@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +115,10 @@ class StudentConfig:
     # the detached decoder features, depth, classes (and the layout head's spread) predicts each pixel's Laplace
     # scale of log depth; outputs depth_log_scale and depth_uncertainty (standard deviation, m)
     uncertainty: bool = False
+    # its calibration (empty: as trained): [[log c, k] with the array's height heard, [log c, k] with it given]; the
+    # log scale moves by log c + k log(depth / 1 m), fitted on validation rooms so that the near bound holds at its
+    # quantile (avperception_train.learn.calibrate)
+    uncertainty_calibration: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.voxel_decoder not in VOXEL_DECODERS:
@@ -136,6 +140,11 @@ class StudentConfig:
                 raise ValueError(f"obstacle_class {self.obstacle_class} is not one of {self.num_classes} classes")
         if self.layout_heights not in LAYOUT_HEIGHTS:
             raise ValueError(f"layout_heights {self.layout_heights!r} is not one of {', '.join(LAYOUT_HEIGHTS)}")
+        if self.uncertainty_calibration:
+            cal = np.asarray(self.uncertainty_calibration, dtype=float)
+            if not self.uncertainty or cal.shape != (2, 2) or not np.all(np.isfinite(cal)):
+                raise ValueError("uncertainty_calibration must be [[log c, k] heard, [log c, k] given] (finite) of a "
+                                 f"model with an uncertainty head, got {self.uncertainty_calibration!r}")
         if self.echo_hop:
             if not self.emitted:
                 raise ValueError("echo_hop > 0 needs the emitted sweep (StudentConfig.emitted)")
@@ -690,6 +699,9 @@ class UncertaintyHead(nn.Module):
     spread over its distance bins at each column (how sure each azimuth's wall is) and, with ordered heights,
     its doubt that the floor is the nearer of floor and ceiling (``1 - |2 p - 1|``). A 1x1 convolution, a 3x3
     one (circular padding, as the decoder's) and a 1x1 one; about 1.6 k parameters, 11 M multiply-adds.
+
+    A calibrated head (``cfg.uncertainty_calibration``, :meth:`calibrate`) adds ``log c + k log d`` to the log scale,
+    one ``(log c, k)`` where the array's height is heard and one where it is given.
     """
 
     def __init__(self, cfg: StudentConfig, features: int, width: int = 16) -> None:
@@ -708,13 +720,23 @@ class UncertaintyHead(nn.Module):
                              persistent=False)
         spread_cols = _circular_interp(cfg.layout_beams, cfg.pano_w) if self.layout else np.zeros((0, 0), np.float32)
         self.register_buffer("spread_columns", torch.from_numpy(spread_cols), persistent=False)
+        self.register_buffer("calibration", torch.zeros(2, 2), persistent=False)
+        self.calibrated = False
+        self.calibrate(cfg.uncertainty_calibration)
+
+    def calibrate(self, rows) -> None:
+        """Use ``rows`` ``[[log c, k] heard, [log c, k] given]`` (empty or None: none) from now on."""
+        self.calibrated = bool(rows)
+        with torch.no_grad():
+            self.calibration.copy_(torch.as_tensor(rows if rows else [[0.0, 0.0]] * 2, dtype=torch.float32))
 
     def forward(self, features: torch.Tensor, depth: torch.Tensor, semantic: torch.Tensor,
                 room: torch.Tensor | None = None, spread: torch.Tensor | None = None,
-                floor_nearer: torch.Tensor | None = None) -> torch.Tensor:
+                floor_nearer: torch.Tensor | None = None, array_height: torch.Tensor | None = None) -> torch.Tensor:
         """``features (B, F, H, W)``, ``depth (B, H, W)`` m, ``semantic (B, C, H, W)`` logits; with a layout head
-        ``room (B, H, W)`` m and ``spread (B, A)``, with ordered heights ``floor_nearer (B,)`` (logit) ->
-        ``(B, H, W)`` log scale, in [-6, 2]."""
+        ``room (B, H, W)`` m and ``spread (B, A)``, with ordered heights ``floor_nearer (B,)`` (logit);
+        ``array_height (B,)`` m, 0 or less: heard (which calibration row applies) -> ``(B, H, W)`` log scale,
+        in [-6, 2]."""
         log_d = torch.log(depth.detach().clamp_min(1e-3))[:, None]
         sem = semantic.detach()
         parts = [features.detach(), log_d, sem - torch.logsumexp(sem, dim=1, keepdim=True),
@@ -726,7 +748,15 @@ class UncertaintyHead(nn.Module):
         if self.order:
             doubt = 1.0 - torch.tanh(0.5 * floor_nearer.detach()).abs()  # 1 - |2 sigmoid - 1|
             parts.append(doubt[:, None, None, None].expand(-1, 1, depth.shape[1], depth.shape[2]))
-        return self.body(torch.cat(parts, dim=1))[:, 0].clamp(-6.0, 2.0)
+        s = self.body(torch.cat(parts, dim=1))[:, 0]
+        if self.calibrated:
+            cal = self.calibration.to(s.dtype)
+            row = cal[0].expand(s.shape[0], 2)
+            if array_height is not None:
+                given = (array_height.reshape(-1) > 0)[:, None]
+                row = torch.where(given, cal[1], row)
+            s = s + row[:, 0, None, None] + row[:, 1, None, None] * log_d[:, 0]
+        return s.clamp(-6.0, 2.0)
 
 
 def depth_std(depth: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -876,9 +906,19 @@ class AudioStudent(AudioEncoder):
                 out.update(height_pair=lay["height_pair"], floor_nearer=lay["floor_nearer"])
         if self.uncertainty is not None:
             s = self.uncertainty(out.pop("pano_features"), out["depth"], out["semantic"], out.get("layout"),
-                                 lay.get("spread"), lay.get("floor_nearer"))
+                                 lay.get("spread"), lay.get("floor_nearer"),
+                                 array_height if self.layout is not None else None)
             out.update(depth_log_scale=s, depth_uncertainty=depth_std(out["depth"].detach(), s))
         return out
+
+    def set_uncertainty_calibration(self, rows) -> None:
+        """Calibrate the depth uncertainty with ``rows`` (``StudentConfig.uncertainty_calibration``; empty or None:
+        as trained), in the config saved with the weights and in the head."""
+        if self.uncertainty is None:
+            raise ValueError("the student has no uncertainty head to calibrate")
+        rows = [[float(v) for v in row] for row in rows] if rows else []
+        self.cfg = replace(self.cfg, uncertainty_calibration=rows)  # validated there
+        self.uncertainty.calibrate(rows)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, extra: dict | None = None) -> None:
