@@ -33,7 +33,8 @@ def test_uncertainty_head_trains_alone_on_the_shipped_model(ring_data, tmp_path)
     from dataclasses import replace
 
     shipped = AudioStudent.load(default_model()).float()
-    bare = AudioStudent(replace(shipped.cfg, uncertainty=False))  # the network the shipped head was trained on
+    # the network the shipped head was trained on (without a head, no calibration of it)
+    bare = AudioStudent(replace(shipped.cfg, uncertainty=False, uncertainty_calibration=[]))
     bare.load_state_dict({k: v for k, v in shipped.state_dict().items() if not k.startswith("uncertainty.")})
     bare.save(tmp_path / "bare")
     cfg = load_train_config(CONFIG, data=str(ring_data), out=str(tmp_path / "run"),

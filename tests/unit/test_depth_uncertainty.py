@@ -20,7 +20,7 @@ def shipped():
     """The shipped student without its uncertainty head (the network the head was trained on)."""
     model = AudioStudent.load(default_model("robot_8mic")).float()
     assert model.cfg.uncertainty  # the shipped bundle has one
-    bare = AudioStudent(replace(model.cfg, uncertainty=False))
+    bare = AudioStudent(replace(model.cfg, uncertainty=False, uncertainty_calibration=[]))  # nor its calibration
     bare.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("uncertainty.")})
     return bare.eval()
 

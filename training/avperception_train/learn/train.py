@@ -129,7 +129,9 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     ``voxel_decoder`` kind other than the model's gives it a freshly initialised voxel decoder of that kind
     (train it with ``train_only: [voxels]``); empty keeps the model's. A data config whose ``layout_min_m`` is
     nearer than the model's extends its layout head's bins (:func:`extend_layout_bins`), and one with ordered
-    heights converts a layout head with direct ones (:func:`order_layout_heights`).
+    heights converts a layout head with direct ones (:func:`order_layout_heights`). A calibrated depth uncertainty
+    starts as trained: its calibration fits the network it was fitted on, not the one training makes
+    (``calibrate-uncertainty`` again afterwards).
     """
     from avperception.models import default_model
 
@@ -159,7 +161,7 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
         diffs.append("layout_beams: the model has no echogram (echo_hop 0), which a layout head needs")
     if diffs:
         raise ValueError(f"init {spec}: the model does not fit this dataset: " + "; ".join(diffs))
-    sc = replace(sc, dropout=data_sc.dropout)
+    sc = replace(sc, dropout=data_sc.dropout, uncertainty_calibration=[])
     if sc.layout_beams and data_sc.layout_beams:  # how the head's distances become walls has no weights of its own
         sc = replace(sc, layout_planes=data_sc.layout_planes)
     if add_layout:
@@ -242,8 +244,8 @@ def transfer_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | No
     the sweep ``emitted (N,)`` for the matched filter). Every tensor whose name and shape match is loaded; the
     others (for another microphone count: the input projections of both token streams and their
     normalisations) keep their fresh initialisation. A ``voxel_decoder`` kind other than the model's gives a
-    fresh one of that kind. Returns the model, its config and the names of the re-initialised tensors
-    (also printed through ``log``)."""
+    fresh one of that kind; a calibrated depth uncertainty starts as trained (as :func:`initial_student`). Returns
+    the model, its config and the names of the re-initialised tensors (also printed through ``log``)."""
     src = transfer_source(spec, data_sc.array)
     if str(src).endswith(".pt"):
         if not Path(src).exists():
@@ -251,7 +253,7 @@ def transfer_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | No
         model, _ = load_stage(src, "distill", torch.device("cpu"))
     else:
         model = AudioStudent.load(src)
-    sc = replace(model.cfg, **{k: getattr(data_sc, k) for k in _TRANSFER_FIELDS})
+    sc = replace(model.cfg, uncertainty_calibration=[], **{k: getattr(data_sc, k) for k in _TRANSFER_FIELDS})
     if data_sc.layout_beams:
         sc = replace(sc, layout_planes=data_sc.layout_planes)
     if sc.echo_hop or sc.echo_beams or sc.layout_beams:
