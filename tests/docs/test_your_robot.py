@@ -123,7 +123,7 @@ def test_every_command_of_the_guide_runs_or_parses(tmp_path, monkeypatch):
     assert "δ1" in (tmp_path / "work" / "quick" / "report.md").read_text()
     # the transferred uncertainty head was calibrated on the validation rooms, and the bundle says so
     calibration = quick.meta["uncertainty_calibration"]
-    assert calibration["split"] == "val" and calibration["scale"] > 0 and calibration["quantile"] == 0.02
+    assert calibration["split"] == "val" and calibration["heard"]["scale"] > 0 and calibration["quantile"] == 0.02
     assert (tmp_path / "work" / "real_bundle" / "model.onnx").exists()
     assert {"recipe", "evaluate", "export-bundle", "import-bag", "train", "replay-eval", "preview"} <= set(ran)
     assert {"calibrate-latency", "record", "launch"} <= set(parsed)

@@ -322,9 +322,13 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
     scenes = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     info = calibrate_uncertainty(model, scenes, quantile, device=device, progress=True)
     info.update(data=str(data), split=split)
-    log(f"uncertainty scale x{info['scale']:.3f} from {info['pixels']} pixels of {info['scenes']} {split} scenes: the "
-        f"truth below the {info['quantile']:g} near bound at {info['below_before']:.2%} of them before, "
-        f"{info['below_after']:.2%} after")
+    for mode in ("heard", "given"):
+        if mode in info:
+            m = info[mode]
+            log(f"uncertainty with the array's height {mode}: scale x{m['scale']:.3f} times depth^{m['depth_slope']:g} "
+                f"from {m['pixels']} pixels of {info['scenes']} {split} scenes: the truth below the "
+                f"{info['quantile']:g} near bound at {m['below_before']:.2%} of them before, {m['below_after']:.2%} "
+                "after")
     meta = {**model_extra(source), **(extra or {}), "uncertainty_calibration": info}
     model = model.cpu()
     (model.half() if half else model).save(out, meta)
@@ -333,9 +337,11 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
 
 def cmd_calibrate_uncertainty(a: argparse.Namespace) -> int:
     # no such split, no uncertainty head, a quantile out of range: ValueError, which main reports as an error
+    from .data import data_dirs
+
     path = calibrate_student(a.source, a.data, a.out, a.split, a.quantile, a.half, a.device)
     print(f"weights: {path} ({path.stat().st_size / 1e6:.1f} MB); export a bundle with `avperception-train "
-          f"export-bundle {path} --data {a.data} --out DIR`")
+          f"export-bundle {path} --data {data_dirs(a.data)[0]} --out DIR`")  # (one dataset gives the contract)
     return 0
 
 
@@ -408,7 +414,8 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("calibrate-uncertainty",
-                       help="scale a student's depth uncertainty so its near bound holds on rooms it did not train on")
+                       help="calibrate a student's depth uncertainty so its near bound holds on rooms it did not "
+                            "train on")
     p.add_argument("source", help="best.pt of a student run or an exported .safetensors (with an uncertainty head)")
     p.add_argument("--data", required=True, help="a dataset of the student's array (its --split rooms are used); "
                    "several joined by commas pool their rooms")

@@ -7,9 +7,9 @@ Stages, each skipped when its output exists (``--resume`` continues a stopped ru
    fits is loaded); only the re-initialised parts (the input projections) train, the rest frozen.
 3. ``whole``: the whole network (the shipped recipe's echo and layout steps).
 4. ``layout``: the layout head alone, relative error (the shipped recipe's last steps).
-5. ``calibrate``: the depth uncertainty (the shipped student's head, never trained on this array's echoes) scaled
-   on the validation rooms so its near bound holds (:mod:`.calibrate`); ``evaluate``: the student against the
-   baselines on the held-out test rooms (``results.md``).
+5. ``calibrate``: the depth uncertainty (the shipped student's head, never trained on this array's echoes)
+   calibrated on the validation rooms so its near bound holds (:mod:`.calibrate`); ``evaluate``: the student
+   against the baselines on the held-out test rooms (``results.md``).
 6. ``bundle``: model.onnx + bundle.json + weights, checked against torch; ``report.md`` in the work directory.
 
 Each stage's settings are ``training/configs/recipe_{adapt,whole,layout}.yaml``; a budget sets the scene count,
