@@ -33,7 +33,7 @@ def log_errors(model: torch.nn.Module, dataset, batch_size: int = 32, device: st
     ``d`` (m). ``known_height``: the student is given each scene's array height (as ``evaluate --known-height``)."""
     from torch.utils.data import DataLoader
 
-    from .evaluate import scene_array_heights
+    from .evaluate import run_student
 
     if getattr(model, "uncertainty", None) is None:
         raise ValueError("the student has no uncertainty head (model.uncertainty) to calibrate")
@@ -43,10 +43,7 @@ def log_errors(model: torch.nn.Module, dataset, batch_size: int = 32, device: st
     what = "calibration" + (" (height given)" if known_height else "")
     for i, batch in enumerate(loader):
         with torch.no_grad():
-            if known_height:
-                out = model(batch["audio"].to(device), torch.from_numpy(scene_array_heights(batch)).to(device))
-            else:
-                out = model(batch["audio"].to(device))
+            out = run_student(model, batch, device, known_height)
         d = out["depth"].float().cpu().numpy()
         b = np.exp(out["depth_log_scale"].float().cpu().numpy())
         g = batch["depth"].numpy()

@@ -29,6 +29,15 @@ Predictor = Callable[[dict], dict]
 ARRAY_HEIGHT_EDGES_M = (0.6, 1.2)  # bands of the array's height above the floor (the standard scenes: 0.3-1.2 m)
 
 
+def run_student(model: torch.nn.Module, batch: dict, device, known_height: bool = False) -> dict:
+    """A student's outputs on ``batch``'s audio; with ``known_height`` it is given each scene's array height
+    above the floor (:func:`scene_array_heights`)."""
+    audio = batch["audio"].to(device)
+    if known_height:
+        return model(audio, torch.from_numpy(scene_array_heights(batch)).to(device))
+    return model(audio)
+
+
 def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str = "cpu",
                     voxel_threshold: float = 0.5, view: np.ndarray | None = None,
                     known_height: bool = False) -> Predictor:
@@ -53,10 +62,8 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
             return {"depth": vqvae.decode(atnet(batch["audio"].to(dev))).float().cpu().numpy()}
         elif kind == "manifold-e2e":
             return {"depth": model(batch["audio"].to(dev)).float().cpu().numpy()}
-        elif known_height:
-            out = model(batch["audio"].to(dev), torch.from_numpy(scene_array_heights(batch)).to(dev))
         else:
-            out = model(batch["audio"].to(dev))
+            out = run_student(model, batch, dev, known_height)
         res = {"depth": out["depth"].float().cpu().numpy(),
                "semantic": out["semantic"].argmax(1).cpu().numpy().astype(np.uint8),
                "voxels": (torch.sigmoid(out["voxels"].float()) > voxel_threshold).cpu().numpy()}
