@@ -61,11 +61,16 @@ def log_errors(model: torch.nn.Module, dataset, batch_size: int = 32, device: st
     return r, b, d
 
 
+def check_quantile(quantile: float) -> None:
+    """``ValueError`` unless ``quantile`` is a near bound's probability that can be calibrated, in (0, 0.5)."""
+    if not 0 < quantile < 0.5:
+        raise ValueError(f"quantile must be in (0, 0.5), got {quantile}")
+
+
 def fit_scale(r: np.ndarray, b: np.ndarray, quantile: float) -> float:
     """The factor ``c`` on every scale ``b`` that puts the truth below the ``quantile`` bound at exactly that share of
     the pixels (``r < c b log 2q``)."""
-    if not 0 < quantile < 0.5:
-        raise ValueError(f"quantile must be in (0, 0.5), got {quantile}")
+    check_quantile(quantile)
     t = r / (b * np.log(2 * quantile))
     c = float(np.quantile(t, 1 - quantile))
     if not c > 0:
@@ -127,8 +132,7 @@ def calibrate_uncertainty(model: torch.nn.Module, dataset, quantile: float | Non
     from avperception.config import SonarConfig
 
     q = SonarConfig().near_bound_quantile if quantile is None else float(quantile)
-    if not 0 < q < 0.5:
-        raise ValueError(f"quantile must be in (0, 0.5), got {q}")
+    check_quantile(q)  # before the scenes are run
     model.set_uncertainty_calibration(None)  # fitted on the head as trained
     info = {"quantile": q, "scenes": len(dataset),
             "heard": _fit_mode(model, dataset, q, batch_size, device, progress, known_height=False)}
