@@ -345,6 +345,36 @@ def cmd_calibrate_uncertainty(a: argparse.Namespace) -> int:
     return 0
 
 
+def average_weights(sources: list[str], out: str | Path, weights: list[float] | None = None, half: bool = False,
+                    log=print) -> Path:
+    """Average the students ``sources`` (``.pt`` or ``.safetensors``, one config;
+    :func:`~avperception_train.learn.average.average_students`) and write ``out.safetensors`` + ``out.json``; the
+    training config of the result names each source, its weight and its own training config. Returns the
+    ``.safetensors`` path."""
+    from .average import average_students, check_weights
+
+    w = check_weights(weights, len(sources))
+    models = [load_student(s) for s in sources]
+    model = average_students(models, w)
+    for s, v, m in zip(sources, w, models):
+        log(f"{v:.3f} x {s}" + (" (its uncertainty calibration dropped)" if m.cfg.uncertainty_calibration else ""))
+    parts = [{"source": str(s), "weight": v, "config": model_extra(s).get("train_config")} for s, v in zip(sources, w)]
+    (model.half() if half else model).save(out, {"train_config": {"average_of": parts}})
+    return Path(out).with_suffix(".safetensors")
+
+
+def cmd_average_weights(a: argparse.Namespace) -> int:
+    # students of another config, weights that are not positive: ValueError, which main reports as an error
+    weights = [float(v) for v in a.weights.split(",")] if a.weights else None
+    path = average_weights(a.sources, a.out, weights, a.half)
+    has_head = json.loads(path.with_suffix(".json").read_text())["config"]["uncertainty"]
+    nxt = ("calibrate its depth uncertainty with `avperception-train calibrate-uncertainty "
+           f"{path} --data DIR --out DEST`" if has_head else
+           f"export a bundle with `avperception-train export-bundle {path} --data DIR --out BUNDLE`")
+    print(f"weights: {path} ({path.stat().st_size / 1e6:.1f} MB); {nxt}")
+    return 0
+
+
 def cmd_export_bundle(a: argparse.Namespace) -> int:
     out = export_bundle(a.source, a.out, a.data, a.datagen_config, with_weights=not a.no_weights)
     from avperception.inference.bundle import load_bundle
@@ -427,6 +457,17 @@ def add_commands(sub) -> None:
     p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_calibrate_uncertainty)
+
+    p = sub.add_parser("average-weights",
+                       help="one student with the weighted mean of several students' weights (a model soup)",
+                       description="Average students of one config, e.g. fine-tuned from one start on different "
+                                   "data. The result is one network of the same size; an uncertainty "
+                                   "calibration does not carry over, calibrate it again.")
+    p.add_argument("sources", nargs="+", help="two or more best.pt of student runs or exported .safetensors")
+    p.add_argument("--weights", help="comma-separated, one per source, positive, scaled to sum 1 (default: equal)")
+    p.add_argument("--out", required=True, help="destination without suffix (writes .safetensors and .json)")
+    p.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    p.set_defaults(func=cmd_average_weights)
 
     p = sub.add_parser("export-bundle", help="a student -> model bundle (model.onnx + bundle.json + weights) for "
                                              "the runtime")
