@@ -6,9 +6,12 @@ chunks (:func:`avperception.eval.live.score_stream`), and every ping's depth, cl
 against the truth rendered for it. ``--isolated`` also scores, for the same pings, the data engine's own
 independent scene at the same pose (no earlier ping, sources standing still: what the student was trained on),
 so the difference is what the stream costs. ``--known-height`` gives the node each room's array height
-(``sonar.array_height_m``), as a robot that knows where its array is mounted does.
+(``sonar.array_height_m``), as a robot that knows where its array is mounted does. ``--rooms test:N`` takes the
+first N rooms of the data engine's test split (rooms no training run of the default seed has used; rooms 0-9 are
+mostly training rooms).
 
-    avperception bench sonar-quality [--rooms 0,3,5] [--pings 40] [--isolated] [--detect] [--known-height] [--json]
+    avperception bench sonar-quality [--rooms 0,3,5|test:N] [--pings 40] [--isolated] [--detect] [--known-height]
+        [--json]
 """
 
 from __future__ import annotations
@@ -37,6 +40,32 @@ def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
         t = r["truth"]
         out.append(score_outputs(o, t.depth, t.semantic, t.occupancy))
     return out
+
+
+def parse_rooms(spec: str) -> tuple[int, ...]:
+    """Room ids from ``"0,3,5"``, or ``"test:N"`` / ``"val:N"`` / ``"train:N"``: the first N rooms of that split of
+    the default datagen config (:func:`avperception_train.datagen.scene.room_split`). ValueError otherwise."""
+    split, _, n = spec.partition(":")
+    if not n:
+        try:
+            rooms = tuple(int(x) for x in spec.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"--rooms {spec!r}: give room ids (0,3,5) or a split and a count (test:10)") from None
+        if not rooms or min(rooms) < 0:
+            raise ValueError(f"--rooms {spec!r}: give at least one room id, none negative")
+        return rooms
+    codes = {"train": 0, "val": 1, "test": 2}
+    if split not in codes or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"--rooms {spec!r}: a split is train, val or test and a count at least 1, e.g. test:10")
+    from avperception_train.datagen.config import load_config
+    from avperception_train.datagen.scene import room_split
+
+    cfg, want, out, room = load_config(None), codes[split], [], 0
+    while len(out) < int(n):
+        if room_split(cfg, room) == want:
+            out.append(room)
+        room += 1
+    return tuple(out)
 
 
 def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0,
@@ -68,7 +97,8 @@ def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool =
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--rooms", default="0,3,5", help="data-engine room ids (default 0,3,5)")
+    ap.add_argument("--rooms", default="0,3,5",
+                    help="data-engine room ids (default 0,3,5), or test:N, the first N rooms of the test split")
     ap.add_argument("--pings", type=int, default=40, help="pings per room (default 40)")
     ap.add_argument("--isolated", action="store_true", help="also score the same poses as independent scenes")
     ap.add_argument("--detect", action="store_true", help="no Ping messages: find every ping on its direct path")
@@ -79,7 +109,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run_cli(a: argparse.Namespace) -> int:
-    res = run(tuple(int(x) for x in a.rooms.split(",") if x), a.pings, a.isolated, a.detect, a.seed, a.known_height)
+    try:
+        rooms = parse_rooms(a.rooms)
+    except ValueError as e:
+        print(f"avperception bench sonar-quality: error: {e}", file=sys.stderr)
+        return 2
+    res = run(rooms, a.pings, a.isolated, a.detect, a.seed, a.known_height)
     if a.json:
         print(json.dumps(res))
         return 0
