@@ -67,5 +67,5 @@ def average_students(models: Sequence[torch.nn.Module], weights: Sequence[float]
     same_network([m.cfg for m in models])
     cfg = replace(models[0].cfg, uncertainty_calibration=[])
     out = AudioStudent(cfg)
-    out.load_state_dict(average_state_dicts([{k: v.float() for k, v in m.state_dict().items()} for m in models], w))
+    out.load_state_dict(average_state_dicts([m.state_dict() for m in models], w))
     return out.eval()
