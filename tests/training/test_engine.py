@@ -123,6 +123,39 @@ def test_reader_and_split_disjointness_on_generated_data(dataset, small_cfg):
         assert key in s
 
 
+def test_only_some_splits_are_the_full_datasets_scenes(dataset, small_cfg, tmp_path):
+    full = open_dataset(dataset)
+    want = {int(s["scene_index"]): s for s in full if s["split_name"] in ("val", "test")}
+    assert want and len(want) < len(full)
+    out = tmp_path / "held_out"
+    m = run_datagen(small_cfg, out, 8, show_progress=False, log=None, only_splits=["test", "val"])
+    assert m["only_splits"] == ["val", "test"] and m["num_scenes"] == 8
+    assert m["splits"]["train"] == {"rooms": [], "scenes": 0}
+    assert {s: m["splits"][s] for s in ("val", "test")} == {s: full.manifest["splits"][s] for s in ("val", "test")}
+    assert sum(sh["count"] for sh in m["shards"]) == len(want)
+    got = open_dataset(out)
+    assert sorted(int(s["scene_index"]) for s in got) == sorted(want)
+    for s in got:  # the same scenes, bit for bit
+        ref = want[int(s["scene_index"])]
+        for key in ("audio", "depth", "semantic", "voxels", "robot_pose", "room_id"):
+            np.testing.assert_array_equal(s[key], ref[key], err_msg=key)
+    assert len(open_dataset(out, "train")) == 0
+    # a held-out set resumes as itself, never into the full dataset or another selection
+    log = [json.loads(line) for line in (out / RUNS_LOG).read_text().splitlines()]
+    assert log[0]["scenes_generated"] == log[0]["scenes_total"] == len(want)
+    run_datagen(small_cfg, out, 8, show_progress=False, log=None, only_splits=["val", "test"])
+    assert json.loads((out / RUNS_LOG).read_text().splitlines()[-1])["scenes_generated"] == 0
+    with pytest.raises(DatagenConfigError, match="only_splits"):
+        run_datagen(small_cfg, out, 8, show_progress=False, log=None)
+    with pytest.raises(DatagenConfigError, match="only_splits"):
+        run_datagen(small_cfg, dataset, 8, show_progress=False, log=None, only_splits=["test"])
+    with pytest.raises(DatagenConfigError, match="unknown split 'tests'.*train, val, test"):
+        run_datagen(small_cfg, tmp_path / "bad", 8, show_progress=False, log=None, only_splits=["tests"])
+    with pytest.raises(DatagenConfigError, match="none of the 1 scenes"):
+        run_datagen(small_cfg, tmp_path / "none", 1, show_progress=False, log=None,
+                    only_splits=[s for s in SPLITS if s != full[0]["split_name"]])
+
+
 def test_depth_and_semantics_are_consistent(dataset):
     """Floor pixels lie below the horizon and ceiling pixels above; depth is finite inside a closed room."""
     from avperception.dsp.grid import equirectangular

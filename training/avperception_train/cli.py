@@ -53,7 +53,9 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     if args.out is None or args.num_scenes is None:
         raise _Usage("datagen needs --out DIR and --num-scenes N")
     workers = args.workers if args.workers is not None else max(1, os.cpu_count() or 1)
-    run_datagen(cfg, args.out, args.num_scenes, workers, overwrite=args.overwrite, show_progress=not args.quiet)
+    only = [x.strip() for x in args.splits.split(",") if x.strip()] if args.splits else None
+    run_datagen(cfg, args.out, args.num_scenes, workers, overwrite=args.overwrite, show_progress=not args.quiet,
+                only_splits=only)
     return 0
 
 
@@ -103,7 +105,10 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
     from .datagen.shards import read_manifest
 
     m = read_manifest(args.dir)
-    print(f"{args.dir}: {m['num_scenes']} scenes ({m.get('source', '?')}), {len(m['shards'])} shards, "
+    only = m.get("only_splits")
+    held = (f"{sum(v['scenes'] for v in m['splits'].values())} scenes ({', '.join(only)} only) of "
+            if only else "")
+    print(f"{args.dir}: {held}{m['num_scenes']} scenes ({m.get('source', '?')}), {len(m['shards'])} shards, "
           f"complete={m.get('complete')}")
     print(f"array {m['array']['name']} ({len(m['array']['positions'])} mics), seed {m.get('seed')}, "
           f"config {m.get('config_digest')}")
@@ -166,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes-per-shard", type=_positive, help="override the config's scenes_per_shard")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key, e.g. --set room.size_m=[3,5] (repeatable; values are YAML)")
+    p.add_argument("--splits", metavar="NAMES",
+                   help="only the scenes of these splits (comma-separated: train, val, test), exactly as the "
+                        "--num-scenes dataset holds them: e.g. --splits test gives its held-out rooms in a tenth "
+                        "of the time (default: all)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing dataset in --out first")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -28,8 +28,8 @@ from .shards import (CONSTANTS, FORMAT, FORMAT_VERSION, MANIFEST, RUNS_LOG, SCHE
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS")
 
-# identity of a dataset: a resumed run must agree on all of these
-_IDENTITY = ("format", "format_version", "source", "config", "array")
+# identity of a dataset: a resumed run must agree on all of these (``only_splits`` is absent from a full dataset)
+_IDENTITY = ("format", "format_version", "source", "config", "array", "only_splits")
 
 
 def dataset_constants(cfg: DatagenConfig, array) -> dict:
@@ -56,8 +56,34 @@ def pad_sizes(cfg: DatagenConfig) -> dict[str, int]:
     return {"K": int(cfg.passive.num_sources[1]), "P": MAX_FLOOR_VERTICES, "B": int(cfg.boxes.count[1])}
 
 
-def build_manifest(cfg: DatagenConfig, array, num_scenes: int) -> dict:
-    """The deterministic manifest of a synthetic dataset (shards filled in when they are written)."""
+def check_splits(only_splits) -> tuple[str, ...] | None:
+    """``only_splits`` (names of :data:`SPLITS`, or None / empty for all) in their canonical order; an unknown or
+    repeated name is an error naming the valid ones."""
+    if not only_splits:
+        return None
+    names = list(only_splits)
+    bad = [s for s in names if s not in SPLITS]
+    if bad:
+        raise DatagenConfigError(f"unknown split {', '.join(map(repr, bad))}: give some of {', '.join(SPLITS)}")
+    if len(set(names)) != len(names):
+        raise DatagenConfigError(f"a split is named twice in {names}")
+    return tuple(s for s in SPLITS if s in names)
+
+
+def scene_indices(cfg: DatagenConfig, num_scenes: int, only_splits=None) -> list[int]:
+    """Indices of the scenes among the first ``num_scenes`` whose room is in ``only_splits`` (None: all)."""
+    only = check_splits(only_splits)
+    if only is None:
+        return list(range(num_scenes))
+    codes = {SPLITS.index(s) for s in only}
+    return [i for i in range(num_scenes) if room_split(cfg, room_of(cfg, i)) in codes]
+
+
+def build_manifest(cfg: DatagenConfig, array, num_scenes: int, only_splits=None) -> dict:
+    """The deterministic manifest of a synthetic dataset (shards filled in when they are written). With
+    ``only_splits``, it holds only those splits' scenes of the ``num_scenes``-scene dataset (the other splits
+    list no rooms and no scenes) and records the names as ``only_splits``."""
+    only = check_splits(only_splits)
     pano, egrid, ph = grids(cfg)
     rooms = sorted({room_of(cfg, i) for i in range(num_scenes)})
     split_rooms = {s: [] for s in SPLITS}
@@ -66,6 +92,10 @@ def build_manifest(cfg: DatagenConfig, array, num_scenes: int) -> dict:
         split_rooms[SPLITS[room_split(cfg, r)]].append(r)
     for i in range(num_scenes):
         split_scenes[SPLITS[room_split(cfg, room_of(cfg, i))]] += 1
+    if only is not None:
+        for s in SPLITS:
+            if s not in only:
+                split_rooms[s], split_scenes[s] = [], 0
     grids_info = {
         "panorama": {"kind": "equirectangular", "shape": list(pano.shape), "resolution_deg": pano.resolution_deg,
                      "az_deg": [180.0, -180.0], "el_deg": [cfg.panorama.el_max_deg, cfg.panorama.el_min_deg],
@@ -102,6 +132,7 @@ def build_manifest(cfg: DatagenConfig, array, num_scenes: int) -> dict:
         "materials": material_table(cfg),
         "grids": grids_info,
         "splits": {s: {"rooms": split_rooms[s], "scenes": split_scenes[s]} for s in SPLITS},
+        **({"only_splits": list(only)} if only is not None else {}),
         "schema": {k: {"shape": v[0], "dtype": v[1], "meaning": v[2]} for k, v in SCHEMA.items()},
         "constants": {k: {"shape": v[0], "dtype": v[1], "meaning": v[2]} for k, v in CONSTANTS.items()},
         "libraries": library_versions(),
@@ -186,11 +217,13 @@ def _check_resume(out: Path, manifest: dict, overwrite: bool) -> None:
 
 def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: int = 1, *,
                 overwrite: bool = False, show_progress: bool = True, backend: str = "auto",
-                log: Callable[[str], None] | None = print) -> dict:
+                log: Callable[[str], None] | None = print, only_splits=None) -> dict:
     """Generate ``num_scenes`` scenes into ``out``; returns the final manifest.
 
     Resumes an interrupted run in the same directory (same config and seed);
-    ``overwrite`` deletes an existing dataset there first.
+    ``overwrite`` deletes an existing dataset there first. ``only_splits`` (e.g. ``["test"]``) generates only
+    the scenes of those splits, byte for byte as the full dataset holds them, in the shards that would hold them
+    (a shard without one is not written): a dataset's held-out rooms in a tenth of the time.
     """
     if num_scenes < 1:
         raise DatagenConfigError("num_scenes must be >= 1")
@@ -202,22 +235,29 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
     if out.exists() and not out.is_dir():
         raise DatagenConfigError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(cfg, array, num_scenes)
+    manifest = build_manifest(cfg, array, num_scenes, only_splits)
     _check_resume(out, manifest, overwrite)
     write_json(out / MANIFEST, manifest)
 
-    ranges = shard_ranges(num_scenes, cfg.scenes_per_shard)
-    wanted = {shard_name(a, b) for a, b in ranges}
+    selected = set(scene_indices(cfg, num_scenes, only_splits))
+    ranges = [(a, b, [i for i in range(a, b + 1) if i in selected])
+              for a, b in shard_ranges(num_scenes, cfg.scenes_per_shard)]
+    ranges = [r for r in ranges if r[2]]
+    if not ranges:
+        raise DatagenConfigError(f"none of the {num_scenes} scenes is in split {', '.join(manifest['only_splits'])}"
+                                 "; give more scenes")
+    wanted = {shard_name(a, b) for a, b, _ in ranges}
     for p in out.glob(SHARD_GLOB):  # shards of another num_scenes / left-over temporaries
         if p.name not in wanted:
             p.unlink()
     for p in out.glob("*.tmp"):
         p.unlink()
-    todo = [(a, b) for a, b in ranges if not (out / shard_name(a, b)).exists()]
-    indices = [i for a, b in todo for i in range(a, b + 1)]
-    done_before = num_scenes - len(indices)
+    todo = [r for r in ranges if not (out / shard_name(r[0], r[1])).exists()]
+    indices = [i for _, _, idx in todo for i in idx]
+    total = len(selected)
+    done_before = total - len(indices)
     if log and done_before:
-        log(f"resuming: {done_before} of {num_scenes} scenes already in {out}")
+        log(f"resuming: {done_before} of {total} scenes already in {out}")
 
     if log and array.sample_rate is not None and int(array.sample_rate) != cfg.audio.sample_rate:
         log(f"note: array '{array.name}' runs at {array.sample_rate} Hz but the data is made at "
@@ -253,11 +293,11 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
     elapsed = time.perf_counter() - t0
 
     manifest["shards"] = []
-    for a, b in ranges:
+    for a, b, idx in ranges:
         name = shard_name(a, b)
         with np.load(out / name, allow_pickle=False) as z:
             sp = z["split"]
-        manifest["shards"].append({"file": name, "first": a, "last": b, "count": b - a + 1,
+        manifest["shards"].append({"file": name, "first": a, "last": b, "count": len(idx),
                                    "splits": {s: int(np.sum(sp == k)) for k, s in enumerate(SPLITS)},
                                    "sha256": sha256_file(out / name)})
     manifest["complete"] = True
@@ -266,10 +306,11 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
     with open(out / RUNS_LOG, "a") as f:
         f.write(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                             "seconds": round(elapsed, 3), "scenes_generated": len(indices),
-                            "scenes_total": num_scenes, "workers": workers, "scenes_per_second": round(rate, 3),
+                            "scenes_total": total, "workers": workers, "scenes_per_second": round(rate, 3),
                             "cpu_count": os.cpu_count(), "config_digest": manifest["config_digest"]}) + "\n")
     if log:
-        log(f"{num_scenes} scenes in {len(ranges)} shards in {out} "
+        of = f" (the {', '.join(manifest['only_splits'])} scenes of {num_scenes})" if total < num_scenes else ""
+        log(f"{total} scenes{of} in {len(ranges)} shards in {out} "
             f"({len(indices)} generated in {elapsed:.1f} s, {rate:.2f} scenes/s with {workers} worker(s)); "
             f"splits: " + ", ".join(f"{s} {manifest['splits'][s]['scenes']}" for s in SPLITS))
     return manifest
@@ -277,9 +318,9 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
 
 def _collect(results, todo, out: Path, constants: dict, pads: dict, bar) -> None:
     it = iter(results)
-    for a, b in todo:
+    for a, b, idx in todo:
         scenes = []
-        for _ in range(a, b + 1):
+        for _ in idx:
             scenes.append(next(it))
             bar.update(1)
         write_npz(out / shard_name(a, b), stack_scenes(scenes, pads, constants))
