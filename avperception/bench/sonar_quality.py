@@ -6,11 +6,11 @@ chunks (:func:`avperception.eval.live.score_stream`), and every ping's depth, cl
 against the truth rendered for it. ``--isolated`` also scores, for the same pings, the data engine's own
 independent scene at the same pose (no earlier ping, sources standing still: what the student was trained on),
 so the difference is what the stream costs. ``--known-height`` gives the node each room's array height
-(``sonar.array_height_m``), as a robot that knows where its array is mounted does. ``--rooms test:N`` takes the
-first N rooms of the data engine's test split (rooms no training run of the default seed has used; rooms 0-9 are
-mostly training rooms).
+(``sonar.array_height_m``), as a robot that knows where its array is mounted does. ``--rooms test:N`` (the default
+``test:3``) takes the first N rooms of the data engine's test split (rooms no training run of the default seed has
+used; rooms 0-9 are mostly training rooms).
 
-    avperception bench sonar-quality [--rooms 0,3,5|test:N] [--pings 40] [--isolated] [--detect] [--known-height]
+    avperception bench sonar-quality [--rooms test:N|0,3,5] [--pings 40] [--isolated] [--detect] [--known-height]
         [--json]
 """
 
@@ -42,6 +42,9 @@ def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
     return out
 
 
+DEFAULT_ROOMS = "test:3"
+
+
 def parse_rooms(spec: str) -> tuple[int, ...]:
     """Room ids from ``"0,3,5"``, or ``"test:N"`` / ``"val:N"`` / ``"train:N"``: the first N rooms of that split of
     the default datagen config (:func:`avperception_train.datagen.scene.room_split`). ValueError otherwise."""
@@ -68,8 +71,9 @@ def parse_rooms(spec: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0,
+def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0,
         known_height: bool = False) -> dict:
+    """Score ``pings`` pings in each of ``rooms`` (room ids; None: :data:`DEFAULT_ROOMS`)."""
     from ..config import SonarConfig
     from ..demo import active_room
     from ..eval.live import score_stream, summarize_scores
@@ -77,7 +81,7 @@ def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool =
 
     pin_threads(1)
     rows = []
-    for room in rooms:
+    for room in parse_rooms(DEFAULT_ROOMS) if rooms is None else rooms:
         traj = active_room(int(room), 4.0, seed)
         cfg = SonarConfig(array_height_m=traj.array_height if known_height else 0.0)
         records, sonar = score_stream(traj, pings, cfg, announce=not detect)
@@ -97,8 +101,9 @@ def run(rooms=(0, 3, 5), pings: int = 40, isolated: bool = False, detect: bool =
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--rooms", default="0,3,5",
-                    help="data-engine room ids (default 0,3,5), or test:N, the first N rooms of the test split")
+    ap.add_argument("--rooms", default=DEFAULT_ROOMS,
+                    help=f"test:N, the first N rooms of the data engine's test split (default {DEFAULT_ROOMS}: rooms "
+                         "no training used), or room ids (0,3,5)")
     ap.add_argument("--pings", type=int, default=40, help="pings per room (default 40)")
     ap.add_argument("--isolated", action="store_true", help="also score the same poses as independent scenes")
     ap.add_argument("--detect", action="store_true", help="no Ping messages: find every ping on its direct path")

@@ -17,6 +17,9 @@ def test_test_rooms_are_the_first_rooms_of_the_test_split():
     assert rooms == tuple(r for r in range(rooms[-1] + 1) if room_split(cfg, r) == 2)  # every one, none skipped
     assert not set(parse_rooms("train:20")) & set(rooms)
     assert parse_rooms("0, 3,5") == (0, 3, 5)
+    from avperception.bench.sonar_quality import DEFAULT_ROOMS
+
+    assert parse_rooms(DEFAULT_ROOMS) == rooms[:3]  # by default, held-out rooms
 
 
 @pytest.mark.parametrize("spec, says", [("test:0", "count at least 1"), ("valid:3", "train, val or test"),
