@@ -65,6 +65,28 @@ def test_resume_refuses_a_different_config(tmp_path):
     assert json.loads((out / MANIFEST).read_text())["seed"] == 99
 
 
+def test_an_older_dataset_resumes_and_a_moving_one_records_its_velocities(tmp_path):
+    out = tmp_path / "ds"
+    run_datagen(config_from_dict(CFG), out, 3, show_progress=False, log=None)
+    m = json.loads((out / MANIFEST).read_text())
+    for key in ("speed_mps", "motion_step_m"):  # written before the robot could move
+        del m["config"]["robot"][key]
+    (out / MANIFEST).write_text(json.dumps(m))
+    grown = run_datagen(config_from_dict(CFG), out, 6, show_progress=False, log=None)
+    assert grown["complete"] and len(open_dataset(out)) == 6
+    moving = run_datagen(config_from_dict({**CFG, "robot": {"speed_mps": [0.3, 0.6]}}), tmp_path / "mv", 3,
+                         show_progress=False, log=None)
+    ds = open_dataset(tmp_path / "mv")
+    speeds = [float(np.linalg.norm(s["robot_velocity"])) for s in ds]
+    assert all(0.3 <= v <= 0.6 for v in speeds) and len(set(speeds)) == 3, speeds
+    assert moving["config"]["robot"]["speed_mps"] == [0.3, 0.6]
+    ref = open_dataset(out)
+    for a, b in zip(ds, ref):  # the same rooms and poses as standing still; other sound
+        np.testing.assert_array_equal(a["robot_pose"], b["robot_pose"])
+        np.testing.assert_array_equal(a["depth"], b["depth"])
+        assert not np.array_equal(a["audio"], b["audio"])
+
+
 def test_incomplete_dataset_is_reported(tmp_path):
     out = tmp_path / "ds"
     run_datagen(config_from_dict(CFG), out, 3, show_progress=False, log=None)
@@ -120,7 +142,7 @@ def test_reader_and_split_disjointness_on_generated_data(dataset, small_cfg):
     for key in SCHEMA:
         if key.startswith("pinhole"):
             continue
-        assert key in s
+        assert (key in s) == (key != "robot_velocity")  # a dataset of standing robots has no velocities
 
 
 def test_only_some_splits_are_the_full_datasets_scenes(dataset, small_cfg, tmp_path):

@@ -216,6 +216,8 @@ class RobotConfig:
     clearance_m: float = 0.35  # from walls and boxes (robot footprint radius)
     near_probability: float = 0.0  # share of scenes placed close to a wall or box ...
     near_max_m: float = 0.6  # ... at most this far from the nearest one (and at least clearance_m)
+    speed_mps: tuple[float, float] = (0.0, 0.0)  # the robot moving straight during the window (0: standing)
+    motion_step_m: float = 0.01  # a moving robot's recording is simulated at poses this far apart
 
     def validate(self) -> None:
         _range("robot.array_height_m", self.array_height_m, 0.05)
@@ -225,6 +227,9 @@ class RobotConfig:
             raise DatagenConfigError("robot.near_probability must be in [0, 1]")
         if self.near_max_m <= self.clearance_m:
             raise DatagenConfigError("robot.near_max_m must be greater than robot.clearance_m")
+        _range("robot.speed_mps", self.speed_mps, 0.0, 5.0)
+        if not 0.001 <= self.motion_step_m <= 0.1:
+            raise DatagenConfigError(f"robot.motion_step_m must be in [0.001, 0.1], got {self.motion_step_m}")
 
 
 @dataclass(frozen=True)

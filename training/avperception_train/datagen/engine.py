@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import DatagenConfig, DatagenConfigError
+from .config import DatagenConfig, DatagenConfigError, config_from_dict
 from .progress import progress
 from .scene import MAX_FLOOR_VERTICES, generate_scene, material_table, room_of, room_split, grids
 from .shards import (CONSTANTS, FORMAT, FORMAT_VERSION, MANIFEST, RUNS_LOG, SCHEMA, SHARD_GLOB, SPLITS,
@@ -203,6 +203,7 @@ def _check_resume(out: Path, manifest: dict, overwrite: bool) -> None:
         old = json.loads(old_path.read_text())
     except json.JSONDecodeError:
         raise DatagenConfigError(f"{old_path} is not valid JSON; use --overwrite to start again") from None
+    old["config"] = _with_defaults(old.get("config"))
     diff = [k for k in _IDENTITY if old.get(k) != manifest.get(k)]
     if diff:
         detail = ""
@@ -213,6 +214,17 @@ def _check_resume(out: Path, manifest: dict, overwrite: bool) -> None:
         raise DatagenConfigError(
             f"{out} already holds a dataset made with a different {', '.join(diff)}{detail}; "
             "resume with the same config and seed, pick another --out, or pass --overwrite")
+
+
+def _with_defaults(config):
+    """A manifest's config with the keys added since it was written at their defaults (which leave the scenes as
+    they were), so that an older dataset resumes and grows; as it is where it no longer loads."""
+    if not isinstance(config, dict):
+        return config
+    try:
+        return config_from_dict(config).to_dict()
+    except (DatagenConfigError, TypeError, ValueError):
+        return config
 
 
 def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: int = 1, *,

@@ -67,6 +67,7 @@ class SceneSpec:
     noise_db: float
     sources: list[SourceSpec] = field(default_factory=list)
     seed: int = 0  # 63-bit seed for the simulators' own generators (signals, noise, ray tracer)
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(3))  # world m/s during the window (horizontal)
 
     @property
     def origin(self) -> np.ndarray:
@@ -153,6 +154,7 @@ def sample_scene(cfg: DatagenConfig, index: int, mic_positions: np.ndarray) -> S
     noise_db = float(rng.uniform(*cfg.noise.level_db))
     spec = SceneSpec(index, room_id, room_split(cfg, room_id), room, p[:2].copy(), float(p[2]), yaw, active,
                      gain_db, noise_db, seed=sim_seed)
+    spec.velocity = sample_velocity(cfg, spec, mic_positions)
     pc = cfg.passive
     k = int(rng.integers(pc.num_sources[0], pc.num_sources[1] + 1))
     for _ in range(k):
@@ -162,6 +164,47 @@ def sample_scene(cfg: DatagenConfig, index: int, mic_positions: np.ndarray) -> S
             continue
         spec.sources.append(SourceSpec(q, _choice(rng, pc.signals), float(rng.uniform(*pc.level_db))))
     return spec
+
+
+def sample_velocity(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray, tries: int = 16) -> np.ndarray:
+    """The robot's velocity ``(3,)`` (world, m/s, horizontal) during scene ``spec``'s window: a speed uniform in
+    ``robot.speed_mps`` in a uniform direction, the first of ``tries`` directions that keeps the microphones and
+    the speaker in the air (5 cm from walls and boxes) to the window's end; zero if none does. Drawn on a stream
+    of its own, so that every other draw of the scene stays as it is without motion."""
+    lo, hi = cfg.robot.speed_mps
+    if hi <= 0:
+        return np.zeros(3)
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(6, int(spec.index))))
+    speed = float(rng.uniform(lo, hi))
+    pts = np.vstack([mic_positions, np.asarray(cfg.active.speaker_position, dtype=np.float64)[None]])
+    span = cfg.audio.num_samples / cfg.audio.sample_rate
+    for a in rng.uniform(-np.pi, np.pi, size=tries):
+        v = speed * np.array([np.cos(a), np.sin(a), 0.0])
+        path = [spec.to_world(pts) + v * t for t in np.linspace(0.0, span, 5)]
+        ends = np.vstack(path)
+        if np.all(spec.room.contains(ends)) and np.all(spec.room.clearance_2d(ends[:, :2]) >= 0.05):
+            return v
+    return np.zeros(3)
+
+
+def motion_poses(cfg: DatagenConfig, spec: SceneSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Where the moving robot's recording is simulated: ``times (K,)`` (samples, from 0 to the window's last)
+    and ``offsets (K, 3)`` (world m from the pose at sample 0), K poses at most ``robot.motion_step_m`` apart
+    (one, at sample 0, for a robot standing still)."""
+    fs, n = cfg.audio.sample_rate, cfg.audio.num_samples
+    travel = float(np.linalg.norm(spec.velocity)) * (n - 1) / fs
+    k = 1 + int(np.ceil(travel / cfg.robot.motion_step_m - 1e-9)) if travel > 0 else 1
+    times = np.linspace(0.0, n - 1, k) if k > 1 else np.zeros(1)
+    return times, times[:, None] / fs * np.asarray(spec.velocity, dtype=np.float64)[None]
+
+
+def crossfade_weights(times: np.ndarray, num_samples: int) -> np.ndarray:
+    """``(K, num_samples)`` weights that interpolate linearly in time between recordings made at ``times``
+    (samples, increasing, the first 0 and the last ``num_samples - 1``); each sample's weights sum to 1."""
+    t = np.arange(num_samples, dtype=np.float64)
+    if len(times) == 1:
+        return np.ones((1, num_samples))
+    return np.stack([np.interp(t, times, np.eye(len(times))[k]) for k in range(len(times))])
 
 
 # --------------------------------------------------------------------------- rendering
@@ -187,6 +230,11 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
 
     ``noise``/``sources`` switch off sensor noise / ambient sources (for tests);
     ``max_order`` overrides the image order (0 = direct path only).
+
+    A moving robot (``spec.velocity``) is heard from each of :func:`motion_poses`' poses with the same signals
+    (the sweep from where the speaker was at its onset, the microphones where they are at that pose's time), and
+    the recordings are cross-faded in time (:func:`crossfade_weights`): each echo comes in as the array hears
+    it where it is when the echo arrives. The Doppler shift within one pose (0.3 % at 1 m/s) is not modelled.
     """
     from avperception.sim.room import make_signal
 
@@ -196,7 +244,7 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
     n = cfg.audio.num_samples
     ac = cfg.acoustics
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(7,)))
-    mics_w = spec.to_world(mic_positions)
+    times, offsets = motion_poses(cfg, spec)
     pts = []
     if spec.active:
         pts.append(spec.to_world(np.asarray(cfg.active.speaker_position, dtype=np.float64)))
@@ -205,26 +253,37 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
     out = np.zeros((len(mic_positions), n))
     if pts:
         orders = {} if max_order is None else {"max_order_shoebox": max_order, "max_order": max_order}
-        sim = RoomAcoustics(spec.room, mics_w, np.array(pts), fs, ac.speed_of_sound,
-                            orders.get("max_order_shoebox", ac.max_order_shoebox),
-                            orders.get("max_order", ac.max_order), ac.air_absorption, ac.ray_tracing,
-                            ac.rt_num_rays, ac.rt_receiver_radius_m, cfg.room.materials.scattering, spec.seed,
-                            duration_s=n / fs + 0.05)
-        hs = sim.rirs()
+        poses = []  # per pose, per source: (M, L) impulse responses
+        for off in offsets:
+            sim = RoomAcoustics(spec.room, spec.to_world(mic_positions) + off, np.array(pts), fs, ac.speed_of_sound,
+                                orders.get("max_order_shoebox", ac.max_order_shoebox),
+                                orders.get("max_order", ac.max_order), ac.air_absorption, ac.ray_tracing,
+                                ac.rt_num_rays, ac.rt_receiver_radius_m, cfg.room.materials.scattering, spec.seed,
+                                duration_s=n / fs + 0.05)
+            poses.append(sim.rirs())
+        # one length per source over the poses, so that every pose hears the same stretch of each signal
+        lengths = [max(hs[j].shape[1] for hs in poses) for j in range(len(pts))]
+        poses = [[np.pad(h, ((0, 0), (0, L - h.shape[1]))) for h, L in zip(hs, lengths)] for hs in poses]
         k0 = distance_gain(fs, ac.speed_of_sound)
         j = 0
+        emitted = signals = None
         if spec.active:
             a = cfg.active
-            x = sweep(fs, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade)
-            out += render_active(hs[0], x * 10 ** (a.level_db / 20) / k0, n)
+            emitted = sweep(fs, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade) * 10 ** (a.level_db / 20) / k0
             j = 1
-        for s, h in zip(amb, hs[j:]):
+        signals = []
+        for s, L in zip(amb, lengths[j:]):
             extra = int(0.25 * fs)
-            sig = make_signal(s.kind, n + h.shape[1] + extra, fs, rng)
+            sig = make_signal(s.kind, n + L + extra, fs, rng)
             off = int(rng.integers(0, extra + 1))
             sig = sig[off:]
-            sig = sig / (np.sqrt(np.mean(sig**2)) + 1e-12) * 10 ** (s.level_db / 20) / k0
-            out += render_passive(h, sig, n)
+            signals.append(sig / (np.sqrt(np.mean(sig**2)) + 1e-12) * 10 ** (s.level_db / 20) / k0)
+        weights = crossfade_weights(times, n)
+        for w, hs in zip(weights, poses):
+            rec = render_active(hs[0], emitted, n) if emitted is not None else np.zeros_like(out)
+            for sig, h in zip(signals, hs[j:]):
+                rec += render_passive(h, sig, n)
+            out += rec if len(poses) == 1 else w[None] * rec
     out *= 10 ** (spec.gain_db / 20)
     if noise:
         out += rng.standard_normal(out.shape) * 10 ** (spec.noise_db / 20)
@@ -317,6 +376,8 @@ def render_scene(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray,
         "has_voxels": np.bool_(True),
         "has_energy": np.bool_(True),
     }
+    if cfg.robot.speed_mps[1] > 0:
+        out["robot_velocity"] = np.asarray(spec.velocity, dtype=np.float32)
     if ph is not None:
         rng_d, lab = render_view(caster, spec.origin, spec.rotation, ph.vectors, ph.shape)
         axis = ph.meta["R_cam_to_array"][:, 2]

@@ -72,6 +72,8 @@ SCHEMA: dict[str, tuple[str, str, str]] = OrderedDict([
     ("has_semantic", ("(S,)", "bool", "semantic holds ground truth")),
     ("has_voxels", ("(S,)", "bool", "voxels hold ground truth")),
     ("has_energy", ("(S,)", "bool", "energy holds ground truth")),
+    ("robot_velocity", ("(S, 3)", "float32", "optional: the robot's velocity during the window, world m/s "
+                                             "(datasets with robot.speed_mps)")),
     ("pinhole_depth", ("(S, h, w)", "float32", "optional pinhole front view, z-depth in metres (REP 118), NaN unknown")),
     ("pinhole_semantic", ("(S, h, w)", "uint8", "optional pinhole front view labels")),
 ])
@@ -112,6 +114,10 @@ def shard_ranges(num_scenes: int, per_shard: int) -> list[tuple[int, int]]:
     return [(s, min(s + per_shard, num_scenes) - 1) for s in range(0, num_scenes, per_shard)]
 
 
+# keys a shard holds only where its dataset has them
+OPTIONAL = ("robot_velocity", "pinhole_depth", "pinhole_semantic")
+
+
 def stack_scenes(scenes: list[dict], pads: dict[str, int], constants: dict[str, Any]) -> "OrderedDict[str, np.ndarray]":
     """Stack per-scene dicts into shard arrays (fixed key order, padded variable-length fields).
 
@@ -128,7 +134,7 @@ def stack_scenes(scenes: list[dict], pads: dict[str, int], constants: dict[str, 
         s.setdefault("num_boxes", np.int64(len(s["boxes"])))
     for key, (_, dt, _) in SCHEMA.items():
         if key not in scenes[0]:
-            if key.startswith("pinhole_"):
+            if key in OPTIONAL:
                 continue
             raise KeyError(f"scene is missing key {key!r}")
         dt = dt.split("|")[0] if key != "audio" else np.asarray(scenes[0][key]).dtype.name
