@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +169,18 @@ class StudentConfig:
     def num_echo_tokens(self) -> int:
         """Echogram tokens: one per ``echo_patch`` samples, none when ``echo_hop`` is 0."""
         return self.num_samples // self.echo_patch if self.echo_hop else 0
+
+
+def config_from_saved(saved: dict, source) -> StudentConfig:
+    """The :class:`StudentConfig` saved with a model (``source`` names it in errors). Fields this version does not
+    know are refused by name (a model from a newer version, whose network this one cannot build); fields it
+    added since take their defaults."""
+    known = {f.name for f in fields(StudentConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(f"{source}: its config has fields this version of avperception does not know "
+                         f"({', '.join(unknown)}): it was saved by a newer one; update avperception to load it")
+    return StudentConfig(**saved)
 
 
 def small_config(**kw) -> StudentConfig:
@@ -944,6 +956,6 @@ class AudioStudent(AudioEncoder):
             meta = f.metadata() or {}
         if "config" not in meta:
             raise ValueError(f"{path} carries no model config; it was not written by AudioStudent.save")
-        model = cls(StudentConfig(**json.loads(meta["config"])))
+        model = cls(config_from_saved(json.loads(meta["config"]), path))
         model.load_state_dict(load_file(str(path), device=map_location))
         return model.eval()

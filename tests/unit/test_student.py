@@ -241,6 +241,23 @@ def test_save_load_round_trip_keeps_config_and_outputs(tmp_path):
         torch.testing.assert_close(m2(x)["depth"], m(x)["depth"])
     with pytest.raises(FileNotFoundError):
         AudioStudent.load(tmp_path / "missing")
+    # a model saved by a newer version (a config field this one does not know) is refused by name
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["config"])
+    save_file(load_file(str(path)), str(tmp_path / "newer.safetensors"),
+              {**meta, "config": json.dumps({**config, "head_from_the_future": True})})
+    with pytest.raises(ValueError, match="does not know .head_from_the_future.*newer"):
+        AudioStudent.load(tmp_path / "newer")
+    older = {k: v for k, v in config.items() if k != "uncertainty_calibration"}  # saved before a field existed
+    save_file(load_file(str(path)), str(tmp_path / "older.safetensors"), {**meta, "config": json.dumps(older)})
+    assert AudioStudent.load(tmp_path / "older").cfg == m.cfg
 
 
 def test_student_learns_direction_dependent_depth():

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avperception.models.student import AudioStudent, StudentConfig, large_config, small_config
+from avperception.models.student import AudioStudent, StudentConfig, config_from_saved, large_config, small_config
 
 from ..datagen.geometry import IGNORE, OBSTACLE
 from .config import TrainConfig, dump
@@ -301,7 +301,7 @@ def _train_mode(model: nn.Module, only: tuple[str, ...]) -> None:
 def load_stage(path: str | Path, mode: str, device: torch.device) -> tuple[nn.Module, StudentConfig]:
     """A trained teacher / VQ-VAE / student from its checkpoint, frozen, in eval mode."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    sc = StudentConfig(**ck["student_config"])
+    sc = config_from_saved(ck["student_config"], path)
     model = build_model(mode, sc)
     model.load_state_dict(ck["model"])
     model.to(device).eval()
