@@ -162,6 +162,11 @@ def test_only_some_splits_are_the_full_datasets_scenes(dataset, small_cfg, tmp_p
         for key in ("audio", "depth", "semantic", "voxels", "robot_pose", "room_id"):
             np.testing.assert_array_equal(s[key], ref[key], err_msg=key)
     assert len(open_dataset(out, "train")) == 0
+    from avperception_train.learn.data import InMemoryScenes
+
+    with pytest.raises(ValueError, match="no 'train' scenes .it holds only the val, test scenes, made with datagen "
+                                         "--splits"):
+        InMemoryScenes(out, "train")
     # a held-out set resumes as itself, never into the full dataset or another selection
     log = [json.loads(line) for line in (out / RUNS_LOG).read_text().splitlines()]
     assert log[0]["scenes_generated"] == log[0]["scenes_total"] == len(want)

@@ -230,7 +230,10 @@ class InMemoryScenes(torch.utils.data.Dataset):
                 break
         if consts is None:
             skip = f" after the first {skip_samples}" if skip_samples else ""
-            raise ValueError(f"{root}: no '{split}' scenes{skip} (splits are by room; generate more scenes?)")
+            only = ds.manifest.get("only_splits")
+            why = (f"it holds only the {', '.join(only)} scenes, made with datagen --splits"
+                   if only and split not in only else "splits are by room; generate more scenes?")
+            raise ValueError(f"{root}: no '{split}' scenes{skip} ({why})")
         self.data = {k: np.concatenate(v) for k, v in parts.items()}
         self.voxel_shape = tuple(int(s) for s in consts["voxel_shape"])
         pano = self.data["depth"].shape[1:]
