@@ -266,7 +266,7 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
         poses = [[np.pad(h, ((0, 0), (0, L - h.shape[1]))) for h, L in zip(hs, lengths)] for hs in poses]
         k0 = distance_gain(fs, ac.speed_of_sound)
         j = 0
-        emitted = signals = None
+        emitted = None
         if spec.active:
             a = cfg.active
             emitted = sweep(fs, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade) * 10 ** (a.level_db / 20) / k0
