@@ -181,6 +181,7 @@ def test_only_some_splits_are_the_full_datasets_scenes(dataset, small_cfg, tmp_p
     with pytest.raises(DatagenConfigError, match="none of the 1 scenes"):
         run_datagen(small_cfg, tmp_path / "none", 1, show_progress=False, log=None,
                     only_splits=[s for s in SPLITS if s != full[0]["split_name"]])
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "none").exists()  # nothing written
 
 
 def test_depth_and_semantics_are_consistent(dataset):

@@ -246,18 +246,18 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatagenConfigError(f"--out {out} exists and is not a directory")
+    selected = set(scene_indices(cfg, num_scenes, only_splits))  # checks the split names
+    ranges = [(a, b, [i for i in range(a, b + 1) if i in selected])
+              for a, b in shard_ranges(num_scenes, cfg.scenes_per_shard)]
+    ranges = [r for r in ranges if r[2]]
+    if not ranges:
+        raise DatagenConfigError(f"none of the {num_scenes} scenes is in split {', '.join(check_splits(only_splits))}"
+                                 "; give more scenes")
     out.mkdir(parents=True, exist_ok=True)
     manifest = build_manifest(cfg, array, num_scenes, only_splits)
     _check_resume(out, manifest, overwrite)
     write_json(out / MANIFEST, manifest)
 
-    selected = set(scene_indices(cfg, num_scenes, only_splits))
-    ranges = [(a, b, [i for i in range(a, b + 1) if i in selected])
-              for a, b in shard_ranges(num_scenes, cfg.scenes_per_shard)]
-    ranges = [r for r in ranges if r[2]]
-    if not ranges:
-        raise DatagenConfigError(f"none of the {num_scenes} scenes is in split {', '.join(manifest['only_splits'])}"
-                                 "; give more scenes")
     wanted = {shard_name(a, b) for a, b, _ in ranges}
     for p in out.glob(SHARD_GLOB):  # shards of another num_scenes / left-over temporaries
         if p.name not in wanted:
