@@ -77,6 +77,10 @@ def test_parse_set_builds_nested_overrides():
     assert cfg.room.size_m == (3.0, 5.0) and cfg.pinhole.enabled
     with pytest.raises(DatagenConfigError, match="KEY=VALUE"):
         parse_set(["nonsense"])
+    # a bad value set on the command line is named as such, with the preset it overrides
+    with pytest.raises(DatagenConfigError, match=r"datagen_wide\.yaml with --set robot\.speed_mps, seed: "
+                                                 r"robot\.speed_mps must be <= 5"):
+        load_config(None, parse_set(["robot.speed_mps=[1, 9]", "seed=4"]), distribution="wide")
 
 
 def test_digest_is_stable_and_sensitive():

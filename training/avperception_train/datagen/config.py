@@ -500,5 +500,16 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     try:
         return config_from_dict(data)
     except DatagenConfigError as e:
-        src = str(path) if path is not None else str(DEFAULT_CONFIG_PATH)
+        src = str(path) if path is not None else str(preset)
+        if overrides:  # the value may be one of them
+            src += " with --set " + ", ".join(sorted(_flat_keys(overrides)))
         raise DatagenConfigError(f"{src}: {e}") from None
+
+
+def _flat_keys(tree: Mapping, prefix: str = "") -> list[str]:
+    """Dotted keys of a nested mapping's leaves."""
+    out = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out += _flat_keys(v, key + ".") if isinstance(v, Mapping) and v else [key]
+    return out
