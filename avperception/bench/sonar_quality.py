@@ -57,13 +57,14 @@ def parse_rooms(spec: str) -> tuple[int, ...]:
         if not rooms or min(rooms) < 0:
             raise ValueError(f"--rooms {spec!r}: give at least one room id, none negative")
         return rooms
-    codes = {"train": 0, "val": 1, "test": 2}
-    if split not in codes or not n.isdigit() or int(n) < 1:
-        raise ValueError(f"--rooms {spec!r}: a split is train, val or test and a count at least 1, e.g. test:10")
     from avperception_train.datagen.config import load_config
     from avperception_train.datagen.scene import room_split
+    from avperception_train.datagen.shards import SPLITS
 
-    cfg, want, out, room = load_config(None), codes[split], [], 0
+    if split not in SPLITS or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"--rooms {spec!r}: a split is {', '.join(SPLITS[:-1])} or {SPLITS[-1]} and a count at "
+                         "least 1, e.g. test:10")
+    cfg, want, out, room = load_config(None), SPLITS.index(split), [], 0
     while len(out) < int(n):
         if room_split(cfg, room) == want:
             out.append(room)
