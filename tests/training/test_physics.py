@@ -182,15 +182,13 @@ def test_a_moving_robot_hears_each_wall_echo_where_it_is_when_the_echo_arrives()
     room = RoomGeometry(np.array([[0, 0], [6, 0], [6, 20], [0, 20]], float), 20.0)
     a = cfg.active
     emitted = sweep(fs, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade)
-    t1 = (len(emitted) - 1) / fs
+    ts = np.arange(len(emitted)) / fs
     taper = tukey(len(emitted), a.fade)
+    peak = np.max(np.abs(chirp(ts, f0=a.f_start_hz, t1=ts[-1], f1=a.f_end_hz) * taper))  # sweep() scales by it
 
     def exact(t):  # the sweep at any instant (0 outside it), as sweep() samples it
-        on = (t >= 0) & (t <= t1)
-        x = chirp(np.clip(t, 0, t1), f0=a.f_start_hz, t1=t1, f1=a.f_end_hz) * np.interp(t, np.arange(len(emitted)) / fs,
-                                                                                        taper)
-        return np.where(on, x, 0.0) / np.max(np.abs(chirp(np.arange(len(emitted)) / fs, f0=a.f_start_hz, t1=t1,
-                                                             f1=a.f_end_hz) * taper))
+        x = chirp(np.clip(t, 0, ts[-1]), f0=a.f_start_hz, t1=ts[-1], f1=a.f_end_hz) * np.interp(t, ts, taper)
+        return np.where((t >= 0) & (t <= ts[-1]), x, 0.0) / peak
 
     def lags(v):
         spec = _spec(room, (2.5, 10.0), 10.0, 0.0)

@@ -246,15 +246,15 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatagenConfigError(f"--out {out} exists and is not a directory")
-    selected = set(scene_indices(cfg, num_scenes, only_splits))  # checks the split names
+    only = check_splits(only_splits)
+    selected = set(scene_indices(cfg, num_scenes, only))
     ranges = [(a, b, [i for i in range(a, b + 1) if i in selected])
               for a, b in shard_ranges(num_scenes, cfg.scenes_per_shard)]
     ranges = [r for r in ranges if r[2]]
     if not ranges:
-        raise DatagenConfigError(f"none of the {num_scenes} scenes is in split {', '.join(check_splits(only_splits))}"
-                                 "; give more scenes")
+        raise DatagenConfigError(f"none of the {num_scenes} scenes is in split {', '.join(only)}; give more scenes")
     out.mkdir(parents=True, exist_ok=True)
-    manifest = build_manifest(cfg, array, num_scenes, only_splits)
+    manifest = build_manifest(cfg, array, num_scenes, only)
     _check_resume(out, manifest, overwrite)
     write_json(out / MANIFEST, manifest)
 
@@ -321,7 +321,7 @@ def run_datagen(cfg: DatagenConfig, out: str | Path, num_scenes: int, workers: i
                             "scenes_total": total, "workers": workers, "scenes_per_second": round(rate, 3),
                             "cpu_count": os.cpu_count(), "config_digest": manifest["config_digest"]}) + "\n")
     if log:
-        of = f" (the {', '.join(manifest['only_splits'])} scenes of {num_scenes})" if total < num_scenes else ""
+        of = f" (the {', '.join(only)} scenes of {num_scenes})" if total < num_scenes else ""
         log(f"{total} scenes{of} in {len(ranges)} shards in {out} "
             f"({len(indices)} generated in {elapsed:.1f} s, {rate:.2f} scenes/s with {workers} worker(s)); "
             f"splits: " + ", ".join(f"{s} {manifest['splits'][s]['scenes']}" for s in SPLITS))

@@ -202,8 +202,6 @@ def crossfade_weights(times: np.ndarray, num_samples: int) -> np.ndarray:
     """``(K, num_samples)`` weights that interpolate linearly in time between recordings made at ``times``
     (samples, increasing, the first 0 and the last ``num_samples - 1``); each sample's weights sum to 1."""
     t = np.arange(num_samples, dtype=np.float64)
-    if len(times) == 1:
-        return np.ones((1, num_samples))
     return np.stack([np.interp(t, times, np.eye(len(times))[k]) for k in range(len(times))])
 
 
@@ -283,7 +281,7 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
             rec = render_active(hs[0], emitted, n) if emitted is not None else np.zeros_like(out)
             for sig, h in zip(signals, hs[j:]):
                 rec += render_passive(h, sig, n)
-            out += rec if len(poses) == 1 else w[None] * rec
+            out += w[None] * rec  # a weight of exactly 1 for a robot standing still
     out *= 10 ** (spec.gain_db / 20)
     if noise:
         out += rng.standard_normal(out.shape) * 10 ** (spec.noise_db / 20)
