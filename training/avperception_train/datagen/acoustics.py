@@ -50,6 +50,27 @@ def distance_gain(fs: int, c: float) -> float:
     return float(np.sum(h[max(0, k - lat): k + lat + 1]))
 
 
+# a surface that absorbs at least this share of the energy in every octave band of the sweep reflects at most a
+# tenth of its amplitude (-20 dB): pyroomacoustics' fabric-covered panel absorbs all of it (1.0 from 500 Hz up)
+ECHO_FREE_ABSORPTION = 0.99
+
+
+@functools.lru_cache(maxsize=256)
+def band_absorption(material: str, f_lo: float, f_hi: float, fs: int) -> float:
+    """The least energy absorption of a pyroomacoustics material over the octave bands that ``[f_lo, f_hi]`` Hz
+    reaches, as the simulator resamples it at ``fs``: how much of a sweep in that band the surface can return."""
+    pra = _pra()
+    bands = pra.acoustics.AntoniOctaveFilterBank(fs=fs, n_fft=pra.constants.get("octave_bands_n_fft"),
+                                                 base_frequency=pra.constants.get("octave_bands_base_freq"))
+    m = pra.Material(material)
+    m.resample(bands)
+    edges = np.asarray(bands.bands, dtype=np.float64)
+    hit = (edges[:, 1] > f_lo) & (edges[:, 0] < f_hi)
+    if not hit.any():
+        raise ValueError(f"the band {f_lo:g}-{f_hi:g} Hz reaches no octave band of the simulator at {fs} Hz")
+    return float(np.min(np.asarray(m.absorption_coeffs, dtype=np.float64)[hit]))
+
+
 class RoomAcoustics:
     """Impulse responses from sources to microphones in one room.
 

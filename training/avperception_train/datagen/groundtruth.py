@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
@@ -124,6 +125,18 @@ def render_view(caster: RayCaster, origin: np.ndarray, rotation: np.ndarray, gri
     depth = np.where(miss, np.nan, t).astype(np.float32).reshape(shape)
     lab = np.where(miss, IGNORE, lab).astype(np.uint8).reshape(shape)
     return depth, lab
+
+
+def surface_view(room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray, grid_vectors: np.ndarray,
+                 shape: tuple[int, int], backend: str = "auto") -> np.ndarray:
+    """``(H, W)`` int16: which of ``room.surfaces(box_bottoms=True)`` each pixel's ray first hits (-1: none), cast
+    as :func:`render_view` casts the depth."""
+    surfaces = room.surfaces(box_bottoms=True)
+    if len(surfaces) >= IGNORE:
+        raise ValueError(f"{len(surfaces)} surfaces: at most {IGNORE - 1} can be told apart")
+    caster = RayCaster(*surface_triangles([replace(s, label=k) for k, s in enumerate(surfaces)]), backend)
+    _, lab = render_view(caster, origin, rotation, grid_vectors, shape)
+    return np.where(lab == IGNORE, -1, lab.astype(np.int16)).astype(np.int16)
 
 
 def occupancy(room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray, center, extent, resolution) -> np.ndarray:

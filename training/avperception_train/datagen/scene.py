@@ -313,6 +313,56 @@ def material_table(cfg: DatagenConfig) -> list[str]:
     return sorted(set(m.floor) | set(m.wall) | set(m.ceiling) | set(m.obstacle))
 
 
+def scene_room(arrays: dict, i: int, materials: list[str]) -> tuple[RoomGeometry, np.ndarray, np.ndarray] | None:
+    """Scene ``i`` of a shard's ``arrays`` rebuilt from what it stores: ``(room, origin, rotation)`` (the array's
+    frame at the sweep's onset, as its depth was cast), with the names of ``materials`` (:func:`material_table` of
+    the dataset's config); None for a scene that stores no room (an imported recording)."""
+    n = int(arrays["num_floor_vertices"][i])
+    if n < 3 or int(arrays["wall_materials"][i][0]) < 0:
+        return None
+    boxes = [Box((float(b[0]), float(b[1])), (float(b[2]), float(b[3])), float(b[4]), float(b[5]), materials[int(m)])
+             for b, m in zip(arrays["boxes"][i][: int(arrays["num_boxes"][i])], arrays["box_materials"][i])]
+    room = RoomGeometry(np.asarray(arrays["floor_polygon"][i][:n], dtype=np.float64), float(arrays["room_height"][i]),
+                        SHAPES[int(arrays["room_shape"][i])], materials[int(arrays["floor_material"][i])],
+                        materials[int(arrays["ceiling_material"][i])],
+                        [materials[int(m)] for m in arrays["wall_materials"][i][:n]], boxes)
+    x, y, z, yaw = (float(v) for v in arrays["robot_pose"][i])
+    return room, np.array([x, y, z]), yaw_matrix(yaw)
+
+
+def echo_free_materials(cfg: DatagenConfig) -> set[str]:
+    """The materials of ``cfg`` that return no echo of its sweep: at least
+    :data:`~.acoustics.ECHO_FREE_ABSORPTION` of the energy absorbed in every octave band the sweep reaches."""
+    from .acoustics import ECHO_FREE_ABSORPTION, band_absorption
+
+    lo, hi = sorted((cfg.active.f_start_hz, cfg.active.f_end_hz))
+    return {m for m in material_table(cfg)
+            if band_absorption(m, lo, hi, cfg.audio.sample_rate) >= ECHO_FREE_ABSORPTION}
+
+
+def echo_free_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "auto") -> np.ndarray:
+    """``(K, H, W)`` bool: the panorama pixels of the scenes ``keep`` of a shard's ``arrays`` whose surface returns
+    no echo of the sweep (:func:`echo_free_materials`); all False for a scene that stores no room. A sonar cannot
+    hear such a surface at all: its depth there is a guess."""
+    from .groundtruth import surface_view
+
+    pano = grids(cfg)[0]
+    silent = echo_free_materials(cfg)
+    names = material_table(cfg)
+    out = np.zeros((len(keep), *pano.shape), dtype=bool)
+    if not silent:
+        return out
+    for k, i in enumerate(keep):
+        scene = scene_room(arrays, int(i), names)
+        if scene is None:
+            continue
+        room, origin, rotation = scene
+        surfaces = room.surfaces(box_bottoms=True)
+        quiet = np.array([s.material in silent for s in surfaces] + [False])  # index -1: nothing hit
+        out[k] = quiet[surface_view(room, origin, rotation, pano.vectors, pano.shape, backend)]
+    return out
+
+
 def render_scene(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray, backend: str = "auto") -> dict:
     """Simulate and annotate one scene: a dict of per-scene arrays (see :mod:`.shards` for the schema)."""
     from .groundtruth import RayCaster, energy_target, occupancy, render_view

@@ -118,7 +118,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if a.default:
         check_default_fits(a.data, default_model_path())
-    test = InMemoryScenes(a.data, a.split)
+    test = InMemoryScenes(a.data, a.split, echo_free=True)
     shipped = ["student:" + str(default_model_path())] if a.default else []
     specs = shipped + list(a.model)
     if a.baselines:

@@ -197,14 +197,25 @@ class InMemoryScenes(torch.utils.data.Dataset):
     (:class:`CameraLabels`) and adds its view ``view (H, W)`` bool, rotated with the scene by the
     augmentation; with ``full_labels`` the labels stay whole and only ``view`` is added (a teacher that
     sees the camera's view and learns the whole room).
+    ``echo_free`` adds ``echo_free (H, W)`` bool: the pixels whose surface returns no echo of the sweep
+    (:func:`~avperception_train.datagen.scene.echo_free_pixels`, cast again from the rooms the shards store; all
+    False for an imported recording), for scoring what can be heard apart from what cannot; not with ``augment``.
     """
 
     def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False,
-                 skip_samples: int = 0, camera_fov_deg=(), full_labels: bool = False) -> None:
+                 skip_samples: int = 0, camera_fov_deg=(), full_labels: bool = False, echo_free: bool = False) -> None:
+        if echo_free and augment:
+            raise ValueError("echo_free masks are for evaluation: they are not turned with the augmentation")
         ds = SceneDataset(root, None)
+        cfg = None
+        if echo_free:
+            from ..datagen.config import config_from_dict
+            from ..datagen.scene import echo_free_pixels
+
+            cfg = config_from_dict(ds.manifest["config"])
         self.root = Path(root)
         want = SPLITS.index(split)
-        parts: dict[str, list] = {k: [] for k in KEYS}
+        parts: dict[str, list] = {k: [] for k in KEYS + (("echo_free",) if echo_free else ())}
         consts = None
         n, skipped = 0, 0
         for arrays in ds.iter_shards():
@@ -225,6 +236,8 @@ class InMemoryScenes(torch.utils.data.Dataset):
             parts["voxel_known"].append(arrays["voxel_known"][keep])
             parts["energy"].append(arrays["energy"][keep])
             parts["has_energy"].append(arrays["has_energy"][keep])
+            if cfg is not None:
+                parts["echo_free"].append(echo_free_pixels(cfg, arrays, keep))
             n += len(keep)
             if max_samples and n >= max_samples:
                 break
@@ -267,6 +280,8 @@ class InMemoryScenes(torch.utils.data.Dataset):
         energy = d["energy"][i] if d["has_energy"][i] else np.full_like(d["energy"][i], np.nan)
         item = {"audio": d["audio"][i], "depth": d["depth"][i], "semantic": d["semantic"][i].astype(np.int64),
                 "voxels": voxels, "energy": energy}
+        if "echo_free" in d:
+            item["echo_free"] = d["echo_free"][i]
         if self.camera is not None:
             if not self.full_labels:
                 item = self.camera.apply(item)

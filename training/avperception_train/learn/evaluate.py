@@ -22,6 +22,7 @@ from avperception.eval.metrics import confusion, depth_metrics, segmentation_met
 from avperception.eval.safety import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
 from avperception.sonar.products import depth_near_bound
 
+from ..datagen.acoustics import ECHO_FREE_ABSORPTION
 from ..datagen.geometry import CEILING, FLOOR
 from .metrics import depth_error_by_label, energy_map_metrics, voxel_metrics
 
@@ -151,7 +152,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
     pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
     cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
-    that costs.
+    that costs. With the items' ``echo_free`` (``InMemoryScenes(..., echo_free=True)``: pixels whose surface returns no
+    echo of the sweep), ``heard`` scores the depth again without those pixels (AbsRel and delta_1 per scene, then
+    averaged; the safety rates pooled), with their share of the known pixels and the delta_1 pooled on them.
     """
     from torch.utils.data import DataLoader
 
@@ -160,6 +163,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     if near_bound_quantile is None:
         near_bound_quantile = SonarConfig().near_bound_quantile
     bound_safety, bound_below = None, np.zeros(2)  # the near bound: safety counts; pixels below it, known pixels
+    heard_rows, heard_safety, quiet = [], None, np.zeros(3)  # echo-free pixels: count, within 1.25x; known pixels
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
     by_height = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, num_classes + 1, 3))  # band, class (last: all), counts
@@ -190,6 +194,13 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                             ok = np.maximum(p / h, h / p) < 1.25
                             height_heads[band] += (1, ok[0], ok[1], (p[0] <= p[1]) == (h[0] <= h[1]))
                     safety = merge_counts(safety, safety_counts(pred["depth"][i], gt_depth[i], labels))
+                    if "echo_free" in batch:
+                        silent = batch["echo_free"][i].numpy() & np.isfinite(gt_depth[i])
+                        heard = np.where(silent, np.nan, gt_depth[i])
+                        heard_rows.append(depth_metrics(pred["depth"][i], heard))
+                        heard_safety = merge_counts(heard_safety, safety_counts(pred["depth"][i], heard, labels))
+                        p, g = pred["depth"][i][silent], gt_depth[i][silent]
+                        quiet += (silent.sum(), (np.maximum(p / g, g / p) < 1.25).sum(), np.isfinite(gt_depth[i]).sum())
                     if "depth_uncertainty" in pred:
                         u, d = pred["depth_uncertainty"][i], pred["depth"][i]
                         for metric, rank in (("abs_rel", u / np.maximum(d, 1e-3)), ("rmse", u)):
@@ -217,6 +228,13 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         out["depth"]["scenes"] = int(np.isfinite([r["abs_rel"] for r in depth_rows]).sum())
     if safety is not None:
         out["safety"] = safety_metrics(safety)
+    if heard_safety is not None:
+        hs = safety_metrics(heard_safety)
+        out["heard"] = {"scenes": int(np.isfinite([r["abs_rel"] for r in heard_rows]).sum()),
+                        "echo_free_share": float(quiet[0] / quiet[2]) if quiet[2] else float("nan"),
+                        "echo_free_delta1": float(quiet[1] / quiet[0]) if quiet[0] else float("nan"),
+                        **{k: _mean_defined([r[k] for r in heard_rows]) for k in ("abs_rel", "rmse", "delta1")},
+                        **{k: hs[k] for k in ("false_far_rate", "near_recall", "obstacle_delta1")}}
     if sparse["abs_rel"]:
         out["uncertainty"] = {"scenes": len(sparse["abs_rel"])}
         for metric, rows in sparse.items():
@@ -320,6 +338,20 @@ def safety_table(results: dict[str, dict]) -> str:
             v = s["by_range"].get(b)
             row += [_cell(v["abs_rel"]), _cell(v["delta1"])] if v else ["–", "–"]
         body.append(row)
+    return _table(head, body)
+
+
+def heard_table(results: dict[str, dict]) -> str:
+    """The depth on the surfaces that return an echo (``heard`` of :func:`evaluate`), one row per method, beside
+    the share of pixels that return none and the delta_1 there; '' if none has it."""
+    rows = {n: r["heard"] for n, r in results.items() if r.get("heard")}
+    if not rows:
+        return ""
+    head = ["method", "echo-free pixels", "AbsRel ↓", "RMSE m ↓", "δ1 ↑", "false far ↓", "near recall ↑",
+            "obstacle δ1 ↑", "δ1 on the echo-free pixels"]
+    body = [[name, _cell(h["echo_free_share"]), *(_cell(h[k]) for k in ("abs_rel", "rmse", "delta1", "false_far_rate",
+                                                                      "near_recall", "obstacle_delta1")),
+             _cell(h["echo_free_delta1"])] for name, h in rows.items()]
     return _table(head, body)
 
 
@@ -442,7 +474,8 @@ def results_tables(results: dict[str, dict]) -> str:
 
 def report_text(results: dict[str, dict], title: str = "Results", notes: str = "") -> str:
     """The markdown report: title, notes, :func:`results_tables`, the IoU of each class, depth by ground-truth
-    class, the safety table (:func:`safety_table`), depth by the array's height (:func:`array_height_table`) and,
+    class, the safety table (:func:`safety_table`), the depth on the surfaces that return an echo
+    (:func:`heard_table`), depth by the array's height (:func:`array_height_table`) and,
     for methods with a depth uncertainty, :func:`uncertainty_table`."""
     text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
     iou = iou_by_class_table(results)
@@ -457,6 +490,12 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
         text += ("\nSafety (pooled over the test pixels): false far = the share of pixels within 0.5 m predicted "
                  "beyond 1 m; near recall = the share of pixels within 1 m predicted within 1.5 m; then depth by "
                  "band of true range (the share of pixels in brackets):\n\n" + safety + "\n")
+    heard = heard_table(results)
+    if heard:
+        text += ("\nDepth on the surfaces that return an echo: the same, without the pixels whose surface absorbs "
+                 f"the whole sweep (at least {ECHO_FREE_ABSORPTION:.0%} of its energy in every octave band it "
+                 "reaches, a fabric-covered absorber panel): no sonar hears those, and their depth is a guess:\n\n"
+                 + heard + "\n")
     heights = array_height_table(results)
     if heights:
         text += ("\nDepth by the array's height above the floor (pooled over pixels; a flat array cannot tell the "
