@@ -612,7 +612,7 @@ def cmd_paper_recipe(a: argparse.Namespace) -> int:
         vq = stage("vqvae", mode="vqvae", lr=2e-4)
         manifold = (stage("student_manifold", mode="manifold", teacher=str(vq), lr=2e-4), vq)
         manifold_e2e = stage("student_manifold_e2e", mode="manifold-e2e", lr=2e-4)  # its control: no VQ-VAE
-    test = InMemoryScenes(data, "test")
+    test = InMemoryScenes(data, "test", echo_free=True)
     dev = "cuda" if torch.cuda.is_available() and a.device != "cpu" else "cpu"
     specs = {"student (SAM distillation)": f"student:{distill}", "student (end-to-end, no teacher)": f"student:{e2e}"}
     if manifold:

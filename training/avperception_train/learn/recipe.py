@@ -226,7 +226,7 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
 
         log("[5/6] evaluate: the student and the baselines on the held-out test rooms")
         t = time.time()
-        test = InMemoryScenes(data, "test")
+        test = InMemoryScenes(data, "test", echo_free=True)
         dev = "cuda" if device == "cuda" else "cpu"
         specs = {"student (this recipe)": f"student:{student}", **BASELINES}
         results = {n: evaluate(load_predictor(s, str(data), dev), test, voxel_size_m=test.info.voxel_size_m,
