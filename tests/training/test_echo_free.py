@@ -128,3 +128,16 @@ def test_evaluate_scores_the_heard_surfaces_apart(panel_rooms):
     assert 0.0 < h["echo_free_share"] < 0.5 and r["depth"]["delta1"] < 1.0
     assert "| wrong | " in report_text({"wrong": r}) and "return an echo" in report_text({"wrong": r})
     assert "heard" not in evaluate(lambda batch: {"depth": batch["depth"].numpy()}, InMemoryScenes(out, "test"))
+
+
+def test_an_imported_recording_gets_no_echo_free_mask(dataset, tmp_path, small_cfg):
+    """A recording stores no room, so what its surfaces return is unknown: no mask, and no such table."""
+    from avperception_train.datagen.rosbag_io import export_bag, import_bag
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate
+
+    export_bag(dataset, tmp_path / "bag", [0, 1], storage="sqlite3", encoding="F32LE")
+    import_bag(tmp_path / "bag", tmp_path / "imported", array=small_cfg.array, show_progress=False)
+    ds = InMemoryScenes(tmp_path / "imported", "train", echo_free=True)
+    assert "echo_free" not in ds[0] and "echo_free" in InMemoryScenes(dataset, "train", echo_free=True)[0]
+    assert "heard" not in evaluate(lambda batch: {"depth": batch["depth"].numpy()}, ds)

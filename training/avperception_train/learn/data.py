@@ -198,8 +198,9 @@ class InMemoryScenes(torch.utils.data.Dataset):
     augmentation; with ``full_labels`` the labels stay whole and only ``view`` is added (a teacher that
     sees the camera's view and learns the whole room).
     ``echo_free`` adds ``echo_free (H, W)`` bool: the pixels whose surface returns no echo of the sweep
-    (:func:`~avperception_train.datagen.scene.echo_free_pixels`, cast again from the rooms the shards store; all
-    False for an imported recording), for scoring what can be heard apart from what cannot; not with ``augment``.
+    (:func:`~avperception_train.datagen.scene.echo_free_pixels`, cast again from the rooms the shards store), for
+    scoring what can be heard apart from what cannot; not with ``augment``. An imported recording stores no room
+    and gets no mask: what its surfaces return is not known.
     """
 
     def __init__(self, root: str | Path, split: str, max_samples: int = 0, augment: bool = False,
@@ -208,14 +209,14 @@ class InMemoryScenes(torch.utils.data.Dataset):
             raise ValueError("echo_free masks are for evaluation: they are not turned with the augmentation")
         ds = SceneDataset(root, None)
         cfg = None
-        if echo_free:
+        if echo_free and ds.manifest.get("source") == "synthetic":
             from ..datagen.config import config_from_dict
             from ..datagen.scene import echo_free_pixels
 
             cfg = config_from_dict(ds.manifest["config"])
         self.root = Path(root)
         want = SPLITS.index(split)
-        parts: dict[str, list] = {k: [] for k in KEYS + (("echo_free",) if echo_free else ())}
+        parts: dict[str, list] = {k: [] for k in KEYS + (("echo_free",) if cfg is not None else ())}
         consts = None
         n, skipped = 0, 0
         for arrays in ds.iter_shards():
