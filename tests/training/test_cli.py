@@ -17,7 +17,10 @@ def test_datagen_and_preview_smoke(tmp_path, capsys):
     pngs = sorted((tmp_path / "png").glob("*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20000 for p in pngs)
     assert main(["dataset-info", str(out)]) == 0
-    assert "4 scenes" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "4 scenes" in info
+    quiet = "return no echo of the sweep: panel_fabric_covered_6pcf (of the materials drawn: floor 0 of 7, wall 1 of 10"
+    assert quiet in info
 
 
 def test_print_config_is_valid_yaml(capsys):

@@ -116,6 +116,16 @@ def cmd_dataset_info(args: argparse.Namespace) -> int:
         print(f"  {s:5s}: {v['scenes']} scenes in {len(v['rooms'])} rooms")
     g = m["grids"]
     print(f"panorama {g['panorama']['shape']}, energy {g['energy']['shape']}, voxels {g['voxels']['shape_dhw']}")
+    if m.get("source") == "synthetic":  # a recording's surfaces are unknown
+        from .datagen.config import config_from_dict
+        from .datagen.scene import echo_free_materials
+
+        cfg = config_from_dict(m["config"])
+        quiet, mats = echo_free_materials(cfg), cfg.room.materials
+        drawn = [f"{k} {sum(x in quiet for x in getattr(mats, k))} of {len(getattr(mats, k))}"
+                 for k in ("floor", "wall", "ceiling", "obstacle")]
+        print(f"materials that return no echo of the sweep: {', '.join(sorted(quiet)) or 'none'} "
+              f"(of the materials drawn: {', '.join(drawn)})")
     print("libraries:", ", ".join(f"{k} {v}" for k, v in m["libraries"].items()))
     return 0
 
