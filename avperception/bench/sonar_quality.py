@@ -3,7 +3,8 @@
 For each room (data-engine rooms, ``--rooms``) the robot drives its loop pinging at 4 Hz with moving ambient
 sources; the continuous stream (earlier pings' tails included) goes through the node's sonar code in 1024-sample
 chunks (:func:`avperception.eval.live.score_stream`), and every ping's depth, classes and voxels are scored
-against the truth rendered for it. ``--isolated`` also scores, for the same pings, the data engine's own
+against the truth rendered for it, the depth again on the surfaces that return an echo (not on a wall that
+absorbs the whole sweep, which no sonar hears). ``--isolated`` also scores, for the same pings, the data engine's own
 independent scene at the same pose (no earlier ping, sources standing still: what the student was trained on),
 so the difference is what the stream costs. ``--known-height`` gives the node each room's array height
 (``sonar.array_height_m``), as a robot that knows where its array is mounted does. ``--rooms test:N`` (the default
@@ -23,6 +24,26 @@ import sys
 import numpy as np
 
 from .common import machine
+
+
+def heard_scores(traj, records: list[dict]) -> dict:
+    """Depth delta_1 (each ping's and the mean) and AbsRel (mean) over the pings without the pixels whose surface
+    returns no echo of the sweep (:func:`avperception_train.datagen.scene.echo_free_view`: a wall no sonar hears),
+    and those pixels' share of the known ones."""
+    from avperception_train.datagen.scene import echo_free_view
+
+    from ..eval.metrics import depth_metrics
+
+    rows, quiet, known = [], 0, 0
+    for r in records:
+        spec, t = traj.scene_spec(r["ping"], sources=False), r["truth"]
+        mask = echo_free_view(traj.cfg, traj.room, spec.origin, spec.rotation) & np.isfinite(t.depth)
+        rows.append(depth_metrics(r["out"].depth, np.where(mask, np.nan, t.depth)))
+        quiet, known = quiet + int(mask.sum()), known + int(np.isfinite(t.depth).sum())
+    return {"heard_depth_delta1_mean": float(np.nanmean([x["delta1"] for x in rows])),
+            "heard_depth_abs_rel_mean": float(np.nanmean([x["abs_rel"] for x in rows])),
+            "echo_free_share": quiet / known if known else float("nan"),
+            "heard_delta1_per_ping": [round(float(x["delta1"]), 4) for x in rows]}
 
 
 def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
@@ -89,6 +110,7 @@ def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = Fals
         row = {"room": int(room), "scene": traj.describe(), **summarize_scores(records),
                "pings_skipped": {k: v for k, v in sonar.aligner.skipped.items() if v}}
         row["delta1_per_ping"] = [round(float(r["delta1"]), 4) for r in records]
+        row.update(heard_scores(traj, records))
         if isolated:
             iso = isolated_scores(traj, records, sonar)
             row["isolated_depth_delta1_mean"] = float(np.nanmean([s["delta1"] for s in iso]))
@@ -96,7 +118,9 @@ def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = Fals
             row["isolated_class_accuracy_mean"] = float(np.nanmean([s["class_acc"] for s in iso]))
         rows.append(row)
     d1 = np.concatenate([r["delta1_per_ping"] for r in rows])
+    heard = np.concatenate([r["heard_delta1_per_ping"] for r in rows])
     return {"rows": rows, "pings_scored": int(d1.size), "depth_delta1_mean": float(np.nanmean(d1)),
+            "heard_depth_delta1_mean": float(np.nanmean(heard)),
             "depth_delta1_p10": float(np.nanpercentile(d1, 10)), "detect": detect, "known_height": known_height,
             "machine": machine()}
 
@@ -130,10 +154,14 @@ def run_cli(a: argparse.Namespace) -> int:
                if "isolated_depth_delta1_mean" in r else "")
         print(f"{r['scene']}\n  stream: {r['scored']} pings, depth delta1 {r['depth_delta1_mean']:.3f}, AbsRel "
               f"{r['depth_abs_rel_mean']:.3f}, class acc {r['class_accuracy_mean']:.3f}, voxel IoU "
-              f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}")
+              f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}\n"
+              f"  on the surfaces that return an echo ({1 - r['echo_free_share']:.1%} of the pixels): depth delta1 "
+              f"{r['heard_depth_delta1_mean']:.3f}, AbsRel {r['heard_depth_abs_rel_mean']:.3f}")
+    how = (" (pings found on the direct path)" if res["detect"] else "") + (
+        " (the array height given)" if res["known_height"] else "")
     print(f"all rooms: {res['pings_scored']} pings, depth delta1 mean {res['depth_delta1_mean']:.3f} "
-          f"(10th percentile {res['depth_delta1_p10']:.3f}){' (pings found on the direct path)' if res['detect'] else ''}"
-          f"{' (the array height given)' if res['known_height'] else ''}")
+          f"(10th percentile {res['depth_delta1_p10']:.3f}){how}; on the surfaces that return an echo "
+          f"{res['heard_depth_delta1_mean']:.3f}")
     return 0
 
 

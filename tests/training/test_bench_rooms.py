@@ -31,3 +31,30 @@ def test_bad_room_specs_are_refused(spec, says, capsys):
         parse_rooms(spec)
     assert main(["--rooms", spec]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_live_bench_scores_the_surfaces_that_return_an_echo_apart():
+    """Room 1 (a held-out room) has an absorber-panel wall: a depth right everywhere but there scores delta_1 1 on
+    the surfaces that return an echo, and less on all of them."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from avperception.bench.sonar_quality import heard_scores
+    from avperception.demo import active_room
+    from avperception.eval.metrics import depth_metrics
+    from avperception_train.datagen.groundtruth import RayCaster, render_view
+    from avperception_train.datagen.scene import echo_free_view, grids
+
+    traj = active_room(1, 4.0, 0)
+    assert "panel_fabric_covered_6pcf" in traj.room.wall_materials
+    pano, caster, records, full = grids(traj.cfg)[0], RayCaster.for_room(traj.room), [], []
+    for k in range(0, 40, 10):
+        spec = traj.scene_spec(k, sources=False)
+        depth, _ = render_view(caster, spec.origin, spec.rotation, pano.vectors, pano.shape)
+        wrong = np.where(echo_free_view(traj.cfg, traj.room, spec.origin, spec.rotation), 3 * depth, depth)
+        records.append({"ping": k, "truth": SimpleNamespace(depth=depth), "out": SimpleNamespace(depth=wrong)})
+        full.append(depth_metrics(wrong, depth)["delta1"])
+    h = heard_scores(traj, records)
+    assert h["heard_depth_delta1_mean"] == 1.0 and h["heard_depth_abs_rel_mean"] == 0.0
+    assert 0.0 < h["echo_free_share"] < 0.5 and min(full) < 1.0 and h["heard_delta1_per_ping"] == [1.0] * 4

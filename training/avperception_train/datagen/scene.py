@@ -340,26 +340,29 @@ def echo_free_materials(cfg: DatagenConfig) -> set[str]:
             if band_absorption(m, lo, hi, cfg.audio.sample_rate) >= ECHO_FREE_ABSORPTION}
 
 
-def echo_free_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "auto") -> np.ndarray:
-    """``(K, H, W)`` bool: the panorama pixels of the scenes ``keep`` of a shard's ``arrays`` whose surface returns
-    no echo of the sweep (:func:`echo_free_materials`); all False for a scene that stores no room. A sonar cannot
-    hear such a surface at all: its depth there is a guess."""
+def echo_free_view(cfg: DatagenConfig, room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray,
+                   backend: str = "auto") -> np.ndarray:
+    """``(H, W)`` bool: the panorama pixels (``cfg``'s grid) seen from ``origin`` / ``rotation`` whose surface returns
+    no echo of the sweep (:func:`echo_free_materials`). A sonar cannot hear such a surface: its depth is a guess."""
     from .groundtruth import surface_view
 
     pano = grids(cfg)[0]
     silent = echo_free_materials(cfg)
-    names = material_table(cfg)
-    out = np.zeros((len(keep), *pano.shape), dtype=bool)
     if not silent:
-        return out
+        return np.zeros(pano.shape, dtype=bool)
+    quiet = np.array([s.material in silent for s in room.surfaces(box_bottoms=True)] + [False])  # -1: nothing hit
+    return quiet[surface_view(room, origin, rotation, pano.vectors, pano.shape, backend)]
+
+
+def echo_free_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "auto") -> np.ndarray:
+    """``(K, H, W)`` bool: :func:`echo_free_view` of the scenes ``keep`` of a shard's ``arrays``, rebuilt from what
+    they store (:func:`scene_room`); all False for a scene that stores no room."""
+    names = material_table(cfg)
+    out = np.zeros((len(keep), *grids(cfg)[0].shape), dtype=bool)
     for k, i in enumerate(keep):
         scene = scene_room(arrays, int(i), names)
-        if scene is None:
-            continue
-        room, origin, rotation = scene
-        surfaces = room.surfaces(box_bottoms=True)
-        quiet = np.array([s.material in silent for s in surfaces] + [False])  # index -1: nothing hit
-        out[k] = quiet[surface_view(room, origin, rotation, pano.vectors, pano.shape, backend)]
+        if scene is not None:
+            out[k] = echo_free_view(cfg, *scene, backend=backend)
     return out
 
 
