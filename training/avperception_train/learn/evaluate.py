@@ -163,7 +163,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     if near_bound_quantile is None:
         near_bound_quantile = SonarConfig().near_bound_quantile
     bound_safety, bound_below = None, np.zeros(2)  # the near bound: safety counts; pixels below it, known pixels
-    heard_rows, heard_safety, quiet = [], None, np.zeros(3)  # echo-free pixels: count, within 1.25x; known pixels
+    heard_rows, heard_safety, quiet = [], None, np.zeros(3)  # echo-free pixels, those within 1.25x; known pixels
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
     by_height = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, num_classes + 1, 3))  # band, class (last: all), counts
@@ -199,8 +199,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                         heard = np.where(silent, np.nan, gt_depth[i])
                         heard_rows.append(depth_metrics(pred["depth"][i], heard))
                         heard_safety = merge_counts(heard_safety, safety_counts(pred["depth"][i], heard, labels))
-                        p, g = pred["depth"][i][silent], gt_depth[i][silent]
-                        quiet += (silent.sum(), (np.maximum(p / g, g / p) < 1.25).sum(), np.isfinite(gt_depth[i]).sum())
+                        counts = depth_error_by_label(pred["depth"][i], gt_depth[i], silent.astype(np.int64), 2)
+                        quiet += (counts[1, 0], counts[1, 2], counts[:, 0].sum())
                     if "depth_uncertainty" in pred:
                         u, d = pred["depth_uncertainty"][i], pred["depth"][i]
                         for metric, rank in (("abs_rel", u / np.maximum(d, 1e-3)), ("rmse", u)):
