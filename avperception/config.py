@@ -376,6 +376,8 @@ SONAR_BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
 # the highest array above the floor a height may say (m): sonar.array_height_m, or one read from TF
 MAX_ARRAY_HEIGHT_M = 10.0
+# the most pings' windows sonar.average_pings may average
+MAX_AVERAGE_PINGS = 16
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,12 @@ class SonarConfig:
     images; 0: unknown. ``floor_frame``: a TF frame on the floor under the array (``base_footprint`` by REP 120);
     when set, the height is read from ``/tf`` and ``/tf_static`` instead (the z of the array frame's origin in
     it, before each window: a lift or a torso may move the array), ``array_height_m`` standing until it is known.
+    ``average_pings``: run the network on the mean of up to this many consecutive pings' windows taken while the
+    array stands still (:class:`avperception.sonar.stack.PingStack`: the echoes repeat, ambient sound and noise do
+    not, so four pings hear the room 6 dB above them); 1: each ping alone. ``still_frame``: a fixed TF frame
+    (``odom``, ``map``) in which the array must stay within ``still_motion_m`` and ``still_turn_deg`` of the newest
+    window's pose for a window to be averaged; "": the array never moves (a fixed installation).
+    ``average_max_age_s``: older windows are left out.
     """
 
     enabled: bool = True
@@ -417,6 +425,11 @@ class SonarConfig:
     near_bound_quantile: float = 0.02
     array_height_m: float = 0.0
     floor_frame: str = ""
+    average_pings: int = 1
+    still_frame: str = "odom"
+    still_motion_m: float = 0.005
+    still_turn_deg: float = 1.0
+    average_max_age_s: float = 2.0
     engine_cache_dir: str = ""          # TensorRT engines ("": ~/.cache/avperception/engines)
     force_engine_update: bool = False   # rebuild the TensorRT engine even when one is cached
 
@@ -440,6 +453,16 @@ class SonarConfig:
         if not 0 <= self.array_height_m <= MAX_ARRAY_HEIGHT_M:
             raise ConfigError(f"sonar.array_height_m must be in [0, {MAX_ARRAY_HEIGHT_M:g}] m (0: unknown), got "
                               f"{self.array_height_m}")
+        if not 1 <= self.average_pings <= MAX_AVERAGE_PINGS:
+            raise ConfigError(f"sonar.average_pings must be in [1, {MAX_AVERAGE_PINGS}] (1: each ping alone), got "
+                              f"{self.average_pings}")
+        if not 0 <= self.still_motion_m <= 0.1:
+            raise ConfigError(f"sonar.still_motion_m must be in [0, 0.1] m (echoes blur beyond a few mm), got "
+                              f"{self.still_motion_m}")
+        if not 0 <= self.still_turn_deg <= 10:
+            raise ConfigError(f"sonar.still_turn_deg must be in [0, 10] degrees, got {self.still_turn_deg}")
+        if not 0 < self.average_max_age_s <= 60:
+            raise ConfigError(f"sonar.average_max_age_s must be in (0, 60] s, got {self.average_max_age_s}")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ class SonarOutputs:
     layout: ``(H, W)`` float32 metres, the room without obstacles, or None (no layout head).
     depth_uncertainty: ``(H, W)`` float32 metres, the depth's standard deviation at each pixel (NaN where the depth
         is unknown), or None (a bundle without an uncertainty head).
-    stamp: seconds (the window's onset); infer_ms: the network's time.
+    stamp: seconds (the window's onset); infer_ms: the network's time; pings_averaged: how many pings' windows
+        the network heard averaged (``sonar.average_pings``; 1: this ping alone).
     """
 
     depth: np.ndarray
@@ -33,6 +34,7 @@ class SonarOutputs:
     depth_uncertainty: np.ndarray | None = None
     stamp: float = 0.0
     infer_ms: float = 0.0
+    pings_averaged: int = 1
 
 
 def _squeeze(a: np.ndarray, ndim: int, name: str) -> np.ndarray:

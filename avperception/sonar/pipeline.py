@@ -51,6 +51,7 @@ class SonarPipeline:
         from ..inference.bundle import check_fits, load_bundle
         from .align import PingAligner
         from .onset import DirectPath
+        from .stack import PingStack
 
         self.config = config or SonarConfig()
         self.config.validate()
@@ -78,6 +79,11 @@ class SonarPipeline:
                                     engine_cache_dir=self.config.engine_cache_dir or None,
                                     force_engine_update=self.config.force_engine_update)
         self.infer_ms: list[float] = []
+        c = self.config
+        # sonar.average_pings: the windows of consecutive pings averaged while the array stands still in still_frame
+        self.stack = PingStack(c.average_pings, c.average_max_age_s, c.still_motion_m, c.still_turn_deg,
+                               needs_pose=bool(c.still_frame))
+        self.pose: tuple[np.ndarray, np.ndarray] | None = None  # the array in still_frame, read from TF
 
     @property
     def window_samples(self) -> int:
@@ -125,17 +131,39 @@ class SonarPipeline:
         self.array_height_m = z
         return None
 
+    def pose_from_tf(self, tree) -> str | None:
+        """With ``config.average_pings`` above 1 and ``config.still_frame``: the array's pose in that frame, read
+        from ``tree`` (a :class:`~avperception.eval.bagio.TransformTree`), becomes the pose the next windows are
+        taken at (:meth:`stack_window`). Returns why there is none, when there is none (the window is then taken
+        alone)."""
+        frame = self.config.still_frame
+        if self.config.average_pings == 1 or not frame:
+            return None
+        self.pose = tree.lookup(frame, self.array.frame_id)
+        return None if self.pose is not None else f"no transform from {frame} to {self.array.frame_id} yet"
+
+    def stack_window(self, window) -> tuple[np.ndarray, int]:
+        """The audio to run for an :class:`~avperception.sonar.align.AlignedWindow`: the mean of it and the
+        windows before it taken at the same pose (``config.average_pings``; :attr:`pose`), and how many."""
+        return self.stack.push(window.audio, window.stamp, self.pose)
+
     def pop(self, newest_only: bool = True) -> list:
         """Run the model on the windows that are ready: ``[(AlignedWindow, SonarOutputs), ...]``.
 
         With ``newest_only`` (a node behind real time) only the newest ready window is run and the older ones
-        are counted as ``skipped['behind']``.
+        are counted as ``skipped['behind']`` (they still enter the mean of ``config.average_pings``).
         """
         windows = self.aligner.pop_windows()
+        stacked = [self.stack_window(w) for w in windows]
         if newest_only and len(windows) > 1:
             self.aligner.skipped["behind"] = self.aligner.skipped.get("behind", 0) + len(windows) - 1
-            windows = windows[-1:]
-        return [(w, self.infer(w.audio, w.stamp)) for w in windows]
+            windows, stacked = windows[-1:], stacked[-1:]
+        out = []
+        for w, (audio, n) in zip(windows, stacked):
+            o = self.infer(audio, w.stamp)
+            o.pings_averaged = n
+            out.append((w, o))
+        return out
 
     def stats(self) -> dict:
         """Counters for diagnostics: aligned / detected / skipped pings by reason, the backend in use."""
@@ -144,6 +172,10 @@ class SonarPipeline:
                "pings_aligned": a.aligned, "pings_detected": a.detected, "array_height_m": self.array_height_m}
         for reason, n in sorted(a.skipped.items()):
             out[f"pings_skipped_{reason}"] = n
+        if self.config.average_pings > 1:
+            out["pings_averaged"] = self.stack.last_count
+            for reason, n in self.stack.resets.items():
+                out[f"average_resets_{reason}"] = n
         fb = getattr(self.backend, "fallbacks", None)
         if fb:
             out["backend_fallbacks"] = len(fb)
