@@ -82,7 +82,7 @@ def cmd_infer(a: argparse.Namespace) -> int:
     x = array.select_channels(x)
     onsets = None if a.onset is None else [a.onset]
     results = infer.run(x, fs, bundle, array, a.backend, a.threads, onsets, log=print if a.verbose else None,
-                        array_height_m=a.array_height)
+                        array_height_m=a.array_height, average_pings=a.average_pings)
     if not results:
         print(f"{a.audio}: no complete ping window found ({x.shape[1] / fs:.2f} s, {x.shape[0]} mics); is the "
               "sweep in it? (pass --onset N when sample N is the onset)", file=sys.stderr)
@@ -135,7 +135,7 @@ def cmd_replay_eval(a: argparse.Namespace) -> int:
                        ping_topic=a.ping_topic, depth_topic=a.depth_topic, info_topic=a.info_topic,
                        realtime=a.realtime, beamformer_every=a.beamformer_every, detect=not a.no_detect,
                        workers=a.workers, beam_batch=a.beam_batch, array_height_m=a.array_height,
-                       floor_frame=a.floor_frame)
+                       floor_frame=a.floor_frame, average_pings=a.average_pings, still_frame=a.still_frame)
     m = replay_eval(a.bag, a.out, s)
     o, sp = m["overall"], m["speed"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--array-height", dest="array_height", type=float, default=0.0, metavar="M",
                    help="the array's height above the floor (m), as the node's sonar.array_height_m; 0: unknown "
                         "(default)")
+    p.add_argument("--average-pings", dest="average_pings", type=int, default=1, metavar="K",
+                   help="hear each ping as the mean of its window and up to K-1 windows before it, as the node's "
+                        "sonar.average_pings (a recording made standing still; default 1: each ping alone)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     p.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     p.add_argument("--verbose", action="store_true", help="say which backend runs and why")
@@ -304,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--floor-frame", dest="floor_frame", default="", metavar="FRAME",
                    help="read the array's height above FRAME from the bag's /tf and /tf_static, as the node's "
                         "sonar.floor_frame (the simulator's: base_link)")
+    p.add_argument("--average-pings", dest="average_pings", type=int, default=1, metavar="K",
+                   help="hear each ping as the mean of up to K pings' windows taken where the array stood still, as "
+                        "the node's sonar.average_pings (default 1: each ping alone)")
+    p.add_argument("--still-frame", dest="still_frame", default=ReplaySettings.still_frame, metavar="FRAME",
+                   help="with --average-pings: the fixed frame of the bag's TF the array must stand still in, as the "
+                        f"node's sonar.still_frame (default {ReplaySettings.still_frame}; '': the array never moves)")
     p.set_defaults(func=cmd_replay_eval)
 
     p = sub.add_parser("record", help="record topics of the running graph into a rosbag2 (default: the node's outputs)",

@@ -4,6 +4,7 @@
     ros2 launch avperception perception.launch.py use_sim:=false array:=respeaker_4mic device:=ReSpeaker
     ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard   # the robot pings
     ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard array_height:=1.45
+    ros2 launch avperception perception.launch.py sim_speed:=0 average_pings:=4   # a robot standing still
     ros2 launch avperception perception.launch.py params_file:=/path/to/my.yaml rviz:=true
 
 Launch arguments (those marked * set node parameters: left empty, the params file's value stands, and
@@ -19,6 +20,9 @@ where the file has none, the node's own default):
   * emit         use_sim:=false: capture_node plays the sweep and publishes pings (shipped: false)  ['']
   * array_height the array's height above the floor, m (sonar.array_height_m; shipped: 0 = unknown)  ['']
   * floor_frame  a TF frame on the floor: the array's height read from /tf instead (sonar.floor_frame) ['']
+  * average_pings  hear up to N pings averaged while the array stands still in odom (sonar.average_pings;
+                 shipped: 1 = each ping alone)                                                      ['']
+  * sim_speed    the simulated robot's speed, m/s (sim_audio_node speed_m_s; shipped: 0.15; 0 stands) ['']
 
 Without `ros2 launch` (e.g. a venv with the PyPI wheels) the same nodes run with
 the same parameter file as:  avperception-run sim_audio perception --ros-args --params-file FILE
@@ -37,9 +41,12 @@ NODE_ARGUMENTS = {
     "emit": (("capture_node", "emit"),),
     "array_height": (("perception_node", "sonar.array_height_m"),),
     "floor_frame": (("perception_node", "sonar.floor_frame"),),
+    "average_pings": (("perception_node", "sonar.average_pings"),),
+    "sim_speed": (("sim_audio_node", "speed_m_s"),),
 }
 BOOL_ARGUMENTS = ("emit",)
-FLOAT_ARGUMENTS = ("array_height",)
+FLOAT_ARGUMENTS = {"array_height": "metres", "sim_speed": "m/s"}  # argument -> its unit
+INT_ARGUMENTS = ("average_pings",)
 
 
 def flag(name: str, value: str) -> bool:
@@ -52,33 +59,48 @@ def flag(name: str, value: str) -> bool:
     raise ValueError(f"launch argument {name}:={value!r}: expected true or false")
 
 
-def number(name: str, value: str) -> float:
-    """A launch argument in metres, >= 0."""
+def number(name: str, value: str, unit: str = "metres") -> float:
+    """A launch argument in ``unit``, >= 0."""
     try:
         x = float(value)
     except ValueError:
-        raise ValueError(f"launch argument {name}:={value!r}: expected a number of metres") from None
+        raise ValueError(f"launch argument {name}:={value!r}: expected a number of {unit}") from None
     if not x >= 0:
-        raise ValueError(f"launch argument {name}:={value!r}: expected a number of metres >= 0")
+        raise ValueError(f"launch argument {name}:={value!r}: expected a number of {unit} >= 0")
     return x
 
 
-def node_overrides(args: Mapping[str, str]) -> dict[str, dict[str, str | bool | float]]:
+def count(name: str, value: str) -> int:
+    """A launch argument that counts, >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"launch argument {name}:={value!r}: expected a whole number >= 1") from None
+    if n < 1:
+        raise ValueError(f"launch argument {name}:={value!r}: expected a whole number >= 1")
+    return n
+
+
+def node_overrides(args: Mapping[str, str]) -> dict[str, dict[str, str | bool | float | int]]:
     """The parameters the launch arguments set, per node: only arguments given (non-empty) appear.
 
     Values stay text (``device:=2`` is the device named "2", not an integer) except the booleans
-    (``emit``) and the numbers (``array_height``). Arguments absent from ``args`` count as not given.
+    (``emit``) and the numbers (``array_height``, ``sim_speed``, ``average_pings``). Arguments absent from ``args``
+    count as not given.
     """
-    out: dict[str, dict[str, str | bool | float]] = {node: {} for pairs in NODE_ARGUMENTS.values() for node, _ in pairs}
+    out: dict[str, dict[str, str | bool | float | int]] = {
+        node: {} for pairs in NODE_ARGUMENTS.values() for node, _ in pairs}
     for arg, pairs in NODE_ARGUMENTS.items():
         value = args.get(arg, "")
         if value == "":
             continue
-        typed: str | bool | float = value
+        typed: str | bool | float | int = value
         if arg in BOOL_ARGUMENTS:
             typed = flag(arg, value)
         elif arg in FLOAT_ARGUMENTS:
-            typed = number(arg, value)
+            typed = number(arg, value, FLOAT_ARGUMENTS[arg])
+        elif arg in INT_ARGUMENTS:
+            typed = count(arg, value)
         for node, param in pairs:
             out[node][param] = typed
     return out
@@ -151,5 +173,11 @@ def generate_launch_description():
         DeclareLaunchArgument("floor_frame", default_value="",
                               description="a TF frame on the floor (base_footprint): the array's height read from "
                                           "/tf (sonar.floor_frame)" + keep),
+        DeclareLaunchArgument("average_pings", default_value="",
+                              description="hear up to N pings averaged while the array stands still in odom "
+                                          "(sonar.average_pings; 1: each ping alone)" + keep),
+        DeclareLaunchArgument("sim_speed", default_value="",
+                              description="the simulated robot's speed in m/s (sim_audio_node speed_m_s; 0: it "
+                                          "stands still)" + keep),
         OpaqueFunction(function=launch_setup),
     ])

@@ -83,7 +83,8 @@ class ReplaySettings:
     samples of its stamp; ``camera_tolerance_s``: a camera frame within this of a ping's stamp scores it.
     ``workers=0, beam_batch=1`` replays exactly the node's order and code. ``array_height_m``: the array's height
     above the floor given to the model, as the node's ``sonar.array_height_m`` (0: unknown); ``floor_frame``: read
-    it from the bag's TF instead, as the node's ``sonar.floor_frame``.
+    it from the bag's TF instead, as the node's ``sonar.floor_frame``. ``average_pings``, ``still_frame``: as the
+    node's ``sonar.average_pings`` and ``sonar.still_frame`` (the array's pose read from the bag's TF).
     """
 
     model: str = "default"
@@ -102,6 +103,8 @@ class ReplaySettings:
     detect: bool = True
     array_height_m: float = 0.0
     floor_frame: str = ""
+    average_pings: int = 1
+    still_frame: str = "odom"
     workers: int = 2
     beam_batch: int = 16
 
@@ -223,7 +226,8 @@ class _Replay:
         self.array = self.bundle.array
         self.fs = self.bundle.sample_rate
         self.sonar_cfg = SonarConfig(model=s.model, backend=s.backend, threads=int(s.threads), detect=s.detect,
-                                     array_height_m=float(s.array_height_m), floor_frame=s.floor_frame)
+                                     array_height_m=float(s.array_height_m), floor_frame=s.floor_frame,
+                                     average_pings=int(s.average_pings), still_frame=s.still_frame)
         self.pipe_cfg = PipelineConfig(array=self.array.name, sample_rate=self.fs,
                                        speed_of_sound=self.bundle.speed_of_sound, sonar=self.sonar_cfg)
         self.skipped: dict[str, int] = {}
@@ -238,6 +242,7 @@ class _Replay:
         self.ping_stamps: dict[int, float] = {}
         self.tf = TransformTree()
         self.height_missing = 0  # floor_frame: windows without a usable transform (given the last height known)
+        self.pose_missing = 0  # average_pings with still_frame: windows without a pose (heard alone)
         self.camera_info = None
         self.reproj: dict = {}
         self.epoch = 0
@@ -503,6 +508,9 @@ class _Replay:
             if self.sonar.height_from_tf(self.tf):  # None without floor_frame or with a usable transform
                 self.height_missing += 1
             height = self.sonar.array_height_m  # fixed with the window: the network may run later, in a thread
+            if self.sonar.pose_from_tf(self.tf):  # None unless averaging in still_frame without a transform yet
+                self.pose_missing += 1
+            audio, averaged = self.sonar.stack_window(w)
             self.onsets.append(w.stamp)
             nominal = self.ping_stamps.get(w.sequence, w.stamp) if not w.detected else w.stamp
             p = {"w": w, "nominal": nominal, "t": self._t(t_ns), "segment": self._segment(w.stamp, self._t(t_ns)),
@@ -511,9 +519,9 @@ class _Replay:
                 ahead = 2 * int(self.s.workers)
                 if len(self.inflight) >= ahead:  # the network sets the pace: read ahead a few windows at most
                     self._collect(wait=True, keep=ahead - 1)
-                p["future"] = self.executor.submit(self._infer, w, height)
+                p["future"] = self.executor.submit(self._infer, w, audio, averaged, height)
             else:
-                p["o"], p["done"] = self._infer(w, height)
+                p["o"], p["done"] = self._infer(w, audio, averaged, height)
             self.inflight.append(p)
         self._collect(wait=False)
         self.onsets = self.onsets[-8:]
@@ -581,9 +589,10 @@ class _Replay:
             for (_, _, stamp, t_ns, truth), out in zip(frames, res):
                 self._doa(out, stamp, t_ns, truth)
 
-    def _infer(self, w, array_height: float):
+    def _infer(self, w, audio: np.ndarray, averaged: int, array_height: float):
         c0 = time.thread_time()
-        o = self.sonar.infer(w.audio, w.stamp, array_height)
+        o = self.sonar.infer(audio, w.stamp, array_height)
+        o.pings_averaged = averaged
         self._charge("network", c0)
         return o, time.perf_counter()
 
@@ -660,7 +669,8 @@ class _Replay:
         occ = self.store["occupancy"].nearest(t, tol)
         rec = {"ping": int(w.sequence), "stamp": float(w.stamp), "t": p["t"], "epoch": p["epoch"],
                "segment": p["segment"],
-               "detected": bool(w.detected), "correction": int(w.correction), "infer_ms": float(o.infer_ms),
+               "detected": bool(w.detected), "correction": int(w.correction), "pings_averaged": int(o.pings_averaged),
+               "infer_ms": float(o.infer_ms),
                "latency_ms": float(p["latency_ms"]), "truth": None, "delta1": None, "abs_rel": None, "rmse": None,
                "class_acc": None, "voxel_iou": None, "ause": None, "ause_random": None, "_confusion": None,
                "_safety": None, "_bound_safety": None}
@@ -792,6 +802,9 @@ class _Replay:
             self.notes.append(f"floor_frame {self.s.floor_frame}: no usable transform to {self.array.frame_id} for "
                               f"{self.height_missing} window(s); they were given the last height read, or "
                               f"{self.s.array_height_m:g} m (0: unknown) before the first")
+        if self.pose_missing:
+            self.notes.append(f"still_frame {self.s.still_frame}: no transform to {self.array.frame_id} for "
+                              f"{self.pose_missing} window(s); they were heard alone")
         return {
             "bag": str(self.bag), "model": str(self.bundle.path), "backend": self.sonar.stats()["backend"],
             "classes": self.bundle.classes,
@@ -802,7 +815,8 @@ class _Replay:
                          "beamformer_every": self.s.beamformer_every,
                          "segment_s": self.s.segment_s, "match_samples": self.s.match_samples,
                          "realtime": self.s.realtime, "array_height_m": self.s.array_height_m,
-                         "floor_frame": self.s.floor_frame},
+                         "floor_frame": self.s.floor_frame, "average_pings": self.s.average_pings,
+                         "still_frame": self.s.still_frame},
             "overall": overall, "segments": segments, "pings": pings, "skipped": dict(sorted(self.skipped.items())),
             "unknown_topics": dict(sorted(self.unknown_topics.items())), "events": self.events, "stream": stream,
             "notes": self.notes, "doa_frames": self.frames_run, "beamformer_frames": self.frame_count,

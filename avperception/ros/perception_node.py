@@ -12,8 +12,9 @@ Publishes:
     /diagnostics             diagnostic_msgs/DiagnosticArray  rate, latency, drops, gaps, pings, backend
 Subscribes (``sonar.enabled``):
     sonar/pings (avperception_msgs/Ping)  each sweep's onset; without any, pings are found on their direct path
-Subscribes (``sonar.floor_frame`` set):
-    /tf, /tf_static (tf2_msgs/TFMessage)  the array's height above that frame, given to the model
+Subscribes (``sonar.floor_frame`` set, or ``sonar.average_pings`` above 1 with ``sonar.still_frame``):
+    /tf, /tf_static (tf2_msgs/TFMessage)  the array's height above that frame, given to the model; whether the
+                                          array stood still in still_frame between the pings it averages
 Parameters: every field of PipelineConfig (``array``, ``sample_rate``, ``frame.*``,
 ``stft.*``, ``grid.*``, ``beamformer.*``, ``sonar.*``) plus the node's own (see ``NODE_PARAMS``).
 Beamformer output stamps are the centre of the analysed audio frame; learned outputs are stamped with the
@@ -95,7 +96,7 @@ class PerceptionNode(Node):
         self._compute: list[float] = []
         self._last_diag = time.monotonic()
         self.sonar = None
-        self.tf_tree = None  # sonar.floor_frame: /tf and /tf_static, the array's height read from them
+        self.tf_tree = None  # /tf and /tf_static: the array's height (sonar.floor_frame), its pose (still_frame)
         self._onsets: deque[float] = deque(maxlen=8)  # recent refined ping onsets (s), blanked for the beamformer
         self._sonar_note = "off (sonar.enabled is false)"
         self._pings_published = 0
@@ -132,17 +133,22 @@ class PerceptionNode(Node):
         from avperception_msgs.msg import Ping
 
         self.create_subscription(Ping, ping_topic, self.on_ping, audio_qos())
-        if cfg.sonar.floor_frame:
+        averaging = cfg.sonar.average_pings > 1
+        if cfg.sonar.floor_frame or (averaging and cfg.sonar.still_frame):
             self._follow_tf()
         b = self.sonar.bundle
         log.info(f"sonar: model {b.path} ({b.sweep_id}), backend {self.sonar.stats()['backend']}, "
                  f"{b.window_samples}-sample windows aligned on {self.resolve_topic_name(ping_topic)} "
                  f"{'or on the direct path when no ping arrives' if cfg.sonar.detect else '(no detection)'}"
                  + (f"; the array {cfg.sonar.array_height_m:g} m above the floor" if cfg.sonar.array_height_m else "")
-                 + (f"; its height above {cfg.sonar.floor_frame} from TF" if cfg.sonar.floor_frame else ""))
+                 + (f"; its height above {cfg.sonar.floor_frame} from TF" if cfg.sonar.floor_frame else "")
+                 + (f"; up to {cfg.sonar.average_pings} pings averaged while the array stands still"
+                    + (f" in {cfg.sonar.still_frame}" if cfg.sonar.still_frame else " (a fixed array)")
+                    if averaging else ""))
 
     def _follow_tf(self) -> None:
-        """Keep every transform of /tf and /tf_static (sonar.floor_frame: the array's height is read from them)."""
+        """Keep every transform of /tf and /tf_static (the array's height above sonar.floor_frame, its pose in
+        sonar.still_frame)."""
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         from ..eval.bagio import TransformTree
@@ -150,8 +156,9 @@ class PerceptionNode(Node):
         try:
             from tf2_msgs.msg import TFMessage
         except ImportError:
-            raise ConfigError("sonar.floor_frame needs tf2_msgs (install ros-<distro>-tf2-msgs or the tf2_msgs "
-                              "Python package), or leave it empty and set sonar.array_height_m") from None
+            raise ConfigError("sonar.floor_frame and sonar.still_frame need tf2_msgs (install ros-<distro>-tf2-msgs "
+                              "or the tf2_msgs Python package), or leave them empty (sonar.array_height_m gives the "
+                              "height; an empty still_frame says the array never moves)") from None
         self.tf_tree = TransformTree()
         static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -167,6 +174,10 @@ class PerceptionNode(Node):
             if why:
                 self.get_logger().warning(f"sonar.floor_frame: {why}; the model is given "
                                           f"{self.sonar.array_height_m:g} m (0: unknown)", throttle_duration_sec=10.0)
+            why = self.sonar.pose_from_tf(self.tf_tree)
+            if why:
+                self.get_logger().warning(f"sonar.still_frame: {why}; each ping is heard alone",
+                                          throttle_duration_sec=10.0)
         try:
             results = self.sonar.pop()
         except Exception as e:  # every backend failed: keep the beamformer running, say why

@@ -41,20 +41,30 @@ def find_windows(audio: np.ndarray, bundle, min_spacing_s: float = 0.1, threshol
 
 
 def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", threads: int = 1,
-        onsets: list[int] | None = None, log=None, array_height_m: float = 0.0) -> list[tuple[int, object]]:
+        onsets: list[int] | None = None, log=None, array_height_m: float = 0.0,
+        average_pings: int = 1) -> list[tuple[int, object]]:
     """Run ``bundle`` on every ping of ``audio (mics, n)`` (channel-mapped): ``[(onset_index, SonarOutputs)]``;
-    ``array_height_m``: the array's height above the floor where known (the node's ``sonar.array_height_m``)."""
+    ``array_height_m``: the array's height above the floor where known (the node's ``sonar.array_height_m``);
+    ``average_pings``: each ping heard as the mean of its window and up to ``average_pings - 1`` windows before it
+    (the node's ``sonar.average_pings``, for a recording made standing still: no pose is checked)."""
     from ..config import SonarConfig
     from .pipeline import SonarPipeline
 
-    cfg = SonarConfig(backend=backend, threads=threads, array_height_m=array_height_m)
+    cfg = SonarConfig(backend=backend, threads=threads, array_height_m=array_height_m, average_pings=average_pings,
+                      still_frame="")
     sonar = SonarPipeline(array, cfg, fs, bundle=bundle, log=log)  # (which validates cfg)
     x = np.asarray(audio, dtype=np.float32)
     if x.shape[0] != array.num_mics:
         raise ValueError(f"expected ({array.num_mics}, samples) audio for {array.name}, got {x.shape}")
     starts = find_windows(x, bundle, direct=sonar.direct) if onsets is None else list(onsets)
     n = bundle.window_samples
-    return [(k, sonar.infer(x[:, k: k + n], k / fs)) for k in starts]
+    out = []
+    for k in starts:
+        audio, count = sonar.stack.push(x[:, k: k + n], k / fs)
+        o = sonar.infer(audio, k / fs)
+        o.pings_averaged = count
+        out.append((k, o))
+    return out
 
 
 def write(out_dir: str | Path, results: list, bundle, source: str = "",
@@ -82,7 +92,8 @@ def write(out_dir: str | Path, results: list, bundle, source: str = "",
         _preview(out / f"preview{tag}.png", o, bundle, depth_colors, label_colors)
         files.append({"onset_sample": int(onset), "onset_s": float(o.stamp), "depth": f"depth{tag}.npy",
                       "semantic": f"semantic{tag}.npy", "occupancy": f"occupancy{tag}.npy",
-                      "preview": f"preview{tag}.png", "infer_ms": round(float(o.infer_ms), 3)})
+                      "preview": f"preview{tag}.png", "pings_averaged": int(o.pings_averaged),
+                      "infer_ms": round(float(o.infer_ms), 3)})
         if o.depth_uncertainty is not None:
             np.save(out / f"depth_uncertainty{tag}.npy", o.depth_uncertainty.astype(np.float32))
             files[-1]["depth_uncertainty"] = f"depth_uncertainty{tag}.npy"

@@ -402,3 +402,30 @@ def test_replay_gives_the_model_the_arrays_height(sim, report, tmp_path):
     none = replay_eval(bag, tmp_path / "none", threads=1, progress=False, floor_frame="no_such_frame")
     assert any("no usable transform" in n for n in none["notes"])
     assert [p["delta1"] for p in none["pings"]] == [heard[p["ping"]] for p in none["pings"]]
+
+
+def test_replay_averages_pings_only_where_the_bag_says_the_array_stood_still(sim, report, tmp_path):
+    """``--average-pings``: the simulated robot drives, so with the bag's odom frame every ping is heard alone (the
+    report's scores to the last digit); told the array never moves (``still_frame ''``), up to four pings are
+    averaged, exactly as the same stream through SonarPipeline with the node's sonar.average_pings."""
+    from avperception.config import SonarConfig
+    from avperception.eval.live import score_stream
+    from avperception.eval.replay import replay_eval
+
+    bag, traj, _ = sim
+    alone = {p["ping"]: p["delta1"] for p in report[1]["pings"]}
+    moving = replay_eval(bag, tmp_path / "odom", threads=1, progress=False, average_pings=4)
+    assert moving["settings"]["average_pings"] == 4 and moving["settings"]["still_frame"] == "odom"
+    assert not any("still_frame" in n for n in moving["notes"])  # the bag's TF gave every window a pose
+    assert [p["pings_averaged"] for p in moving["pings"]] == [1] * len(alone)
+    assert {p["ping"]: p["delta1"] for p in moving["pings"]} == alone
+    fixed = replay_eval(bag, tmp_path / "fixed", threads=1, progress=False, average_pings=4, still_frame="")
+    assert [p["pings_averaged"] for p in fixed["pings"]] == [min(i + 1, 4) for i in range(len(alone))]
+    records, _ = score_stream(traj, PINGS, SonarConfig(threads=1, average_pings=4, still_frame=""))
+    by_ping = {p["ping"]: p["delta1"] for p in fixed["pings"]}
+    for r in records:
+        assert by_ping[r["ping"]] == pytest.approx(r["delta1"], abs=1e-6)
+    assert any(abs(by_ping[k] - alone[k]) > 1e-4 for k in by_ping)
+    lost = replay_eval(bag, tmp_path / "lost", threads=1, progress=False, average_pings=4, still_frame="map")
+    assert any("still_frame map: no transform" in n for n in lost["notes"])
+    assert [p["pings_averaged"] for p in lost["pings"]] == [1] * len(alone)

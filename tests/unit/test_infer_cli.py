@@ -93,3 +93,27 @@ def test_the_array_height_reaches_the_model(tmp_path, bundle, capsys):
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["array_height_m"] == 1.3
     assert main(["infer", str(wav), "--array-height", "-2", "--out", str(tmp_path / "bad")]) != 0
     assert "array_height_m must be in [0, 10]" in capsys.readouterr().err
+
+
+def test_pings_of_a_recording_made_standing_still_can_be_averaged(tmp_path, bundle, capsys):
+    """``--average-pings 3``: each ping is heard as the mean of its window and up to two before it (the node's
+    sonar.average_pings), so the third ping's depth is the network's on the mean of the three windows."""
+    from avperception.inference import OnnxRuntimeBackend
+
+    n, fs = bundle.window_samples, bundle.sample_rate
+    onsets = [1000, 5000, 9000, 13000]
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((bundle.num_mics, 13000 + n + 500)) * 10 ** (-40 / 20)).astype(np.float32)  # loud noise
+    for k in onsets:
+        x[:, k: k + n] += bundle_echo_window(bundle, wall_distance_m=1.8, noise_db=-200)
+    wav = tmp_path / "still.wav"
+    write_wav(wav, bundle.array.to_device_layout(x), fs)
+    assert main(["infer", str(wav), "--average-pings", "3", "--out", str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    found = [w["onset_sample"] for w in meta["windows"]]
+    assert [w["pings_averaged"] for w in meta["windows"]] == [1, 2, 3, 3]
+    windows = [x[:, k: k + n] for k in found[:3]]
+    want = OnnxRuntimeBackend(bundle).run(np.mean(windows, axis=0).astype(np.float32))["depth"]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "depth_002.npy"), want, atol=1e-5)
+    assert main(["infer", str(wav), "--average-pings", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "average_pings must be in [1, 16]" in capsys.readouterr().err

@@ -243,6 +243,15 @@ def test_given_launch_arguments_override_the_params_file(monkeypatch):
     for bad in ("high", "-1"):
         with pytest.raises(ValueError, match=f"array_height:='{bad}': expected a number of metres"):
             run_launch(monkeypatch, array_height=bad)
+    # average_pings counts pings (an integer >= 1); sim_speed is the simulated robot's m/s (0: standing still)
+    nodes = by_name(run_launch(monkeypatch, average_pings="4", sim_speed="0"))
+    assert parameters(nodes["perception_node"]) == [PARAMS_FILE, {"sonar.average_pings": (4, int)}]
+    assert parameters(nodes["sim_audio_node"]) == [PARAMS_FILE, {"speed_m_s": (0.0, float)}]
+    for bad in ("0", "2.5", "many"):
+        with pytest.raises(ValueError, match=f"average_pings:='{bad}': expected a whole number >= 1"):
+            run_launch(monkeypatch, average_pings=bad)
+    with pytest.raises(ValueError, match="sim_speed:='-1': expected a number of m/s >= 0"):
+        run_launch(monkeypatch, sim_speed="-1")
 
 
 def test_rviz_without_rviz2_starts_nothing(monkeypatch):
@@ -262,7 +271,8 @@ def test_launch_file_sets_only_declared_parameters_of_installed_nodes(monkeypatc
     for argument, pairs in launch.NODE_ARGUMENTS.items():
         for node, param in pairs:
             assert param in declared[node], f"launch argument {argument} sets {node}.{param}, which it does not declare"
-    every = {argument: "x" for argument in launch.NODE_ARGUMENTS} | {"emit": "false", "array_height": "1.2"}
+    every = {argument: "x" for argument in launch.NODE_ARGUMENTS} | {"emit": "false", "array_height": "1.2",
+                                                                     "average_pings": "4", "sim_speed": "0.2"}
     for use_sim in ("true", "false"):
         for node in run_launch(monkeypatch, use_sim=use_sim, **every):
             assert node.kwargs["executable"] in console_scripts()
