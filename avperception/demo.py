@@ -126,14 +126,19 @@ def _plots(out: Path, records: list, pipe: Pipeline, scene: RoomScene) -> None:
 # ----------------------------------------------------------------------------- learned outputs
 
 
-def active_room(room_id: int, ping_rate_hz: float, seed: int, num_sources: int = 2):
-    """The simulator's active stream (needs the training package's data engine)."""
+def active_room(room_id: int, ping_rate_hz: float, seed: int, num_sources: int = 2, speed_m_s: float = 0.15,
+                level_db: tuple[float, float] | None = None):
+    """The simulator's active stream (needs the training package's data engine): the robot at ``speed_m_s`` (0:
+    standing still), its ambient sources drawn at ``level_db`` (RMS dBFS at 1 m; None: the data engine's range)."""
     try:
+        from avperception_train.datagen.config import load_config
         from avperception_train.datagen.trajectory import ActiveTrajectory
     except ImportError as e:
         raise RuntimeError("the simulated active room needs the training package (pip install -e training): "
                            f"{e}") from None
-    return ActiveTrajectory(room_id=room_id, ping_rate_hz=ping_rate_hz, seed=seed, num_sources=num_sources)
+    cfg = None if level_db is None else load_config(None, {"passive": {"level_db": list(level_db)}})
+    return ActiveTrajectory(cfg, room_id=room_id, ping_rate_hz=ping_rate_hz, seed=seed, num_sources=num_sources,
+                            speed_m_s=speed_m_s)
 
 
 def run_sonar(out_dir: str | Path = "demo_out", pings: int = 24, room_id: int = 0, seed: int = 0,

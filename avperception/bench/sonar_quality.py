@@ -9,10 +9,13 @@ independent scene at the same pose (no earlier ping, sources standing still: wha
 so the difference is what the stream costs. ``--known-height`` gives the node each room's array height
 (``sonar.array_height_m``), as a robot that knows where its array is mounted does. ``--rooms test:N`` (the default
 ``test:3``) takes the first N rooms of the data engine's test split (rooms no training run of the default seed has
-used; rooms 0-9 are mostly training rooms).
+used; rooms 0-9 are mostly training rooms). ``--average-pings K`` scores the same stream a second time with the
+node's ``sonar.average_pings K`` (the array's pose from the trajectory, as the node reads it from TF): where the robot
+stands still (``--speed 0``), each ping is heard as the mean of up to K pings; where it drives, the node hears each
+ping alone. ``--loud`` makes the ambient sources as loud as the loud test set's (-30 to -18 dBFS at 1 m).
 
     avperception bench sonar-quality [--rooms test:N|0,3,5] [--pings 40] [--isolated] [--detect] [--known-height]
-        [--json]
+        [--average-pings K] [--speed M_S] [--loud] [--json]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 
 import numpy as np
 
+from ..config import MAX_AVERAGE_PINGS
 from .common import machine
 
 
@@ -93,9 +97,18 @@ def parse_rooms(spec: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+# the loud test set's ambient levels (RMS dBFS at 1 m; docs/training.md)
+LOUD_LEVEL_DB = (-30.0, -18.0)
+DEFAULT_SPEED_M_S = 0.15
+
+
 def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = False, seed: int = 0,
-        known_height: bool = False) -> dict:
-    """Score ``pings`` pings in each of ``rooms`` (room ids; None: :data:`DEFAULT_ROOMS`)."""
+        known_height: bool = False, average_pings: int = 1, speed_m_s: float = DEFAULT_SPEED_M_S,
+        loud: bool = False) -> dict:
+    """Score ``pings`` pings in each of ``rooms`` (room ids; None: :data:`DEFAULT_ROOMS`); with ``average_pings``
+    above 1 the same stream again with the node's ``sonar.average_pings``."""
+    import dataclasses
+
     from ..config import SonarConfig
     from ..demo import active_room
     from ..eval.live import score_stream, summarize_scores
@@ -104,13 +117,21 @@ def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = Fals
     pin_threads(1)
     rows = []
     for room in parse_rooms(DEFAULT_ROOMS) if rooms is None else rooms:
-        traj = active_room(int(room), 4.0, seed)
+        traj = active_room(int(room), 4.0, seed, speed_m_s=speed_m_s,
+                           level_db=LOUD_LEVEL_DB if loud else None)
         cfg = SonarConfig(array_height_m=traj.array_height if known_height else 0.0)
         records, sonar = score_stream(traj, pings, cfg, announce=not detect)
         row = {"room": int(room), "scene": traj.describe(), **summarize_scores(records),
                "pings_skipped": {k: v for k, v in sonar.aligner.skipped.items() if v}}
         row["delta1_per_ping"] = [round(float(r["delta1"]), 4) for r in records]
         row.update(heard_scores(traj, records))
+        if average_pings > 1:
+            avg, _ = score_stream(traj, pings, dataclasses.replace(cfg, average_pings=int(average_pings)),
+                                  announce=not detect)
+            heard = heard_scores(traj, avg)
+            row["averaged"] = {**summarize_scores(avg), "heard_depth_delta1_mean": heard["heard_depth_delta1_mean"],
+                               "delta1_per_ping": [round(float(r["delta1"]), 4) for r in avg],
+                               "pings_averaged_mean": float(np.mean([r["out"].pings_averaged for r in avg]))}
         if isolated:
             iso = isolated_scores(traj, records, sonar)
             row["isolated_depth_delta1_mean"] = float(np.nanmean([s["delta1"] for s in iso]))
@@ -119,10 +140,17 @@ def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = Fals
         rows.append(row)
     d1 = np.concatenate([r["delta1_per_ping"] for r in rows])
     heard = np.concatenate([r["heard_delta1_per_ping"] for r in rows])
-    return {"rows": rows, "pings_scored": int(d1.size), "depth_delta1_mean": float(np.nanmean(d1)),
-            "heard_depth_delta1_mean": float(np.nanmean(heard)),
-            "depth_delta1_p10": float(np.nanpercentile(d1, 10)), "detect": detect, "known_height": known_height,
-            "machine": machine()}
+    out = {"rows": rows, "pings_scored": int(d1.size), "depth_delta1_mean": float(np.nanmean(d1)),
+           "heard_depth_delta1_mean": float(np.nanmean(heard)),
+           "depth_delta1_p10": float(np.nanpercentile(d1, 10)), "detect": detect, "known_height": known_height,
+           "average_pings": int(average_pings), "speed_m_s": float(speed_m_s), "loud": bool(loud),
+           "machine": machine()}
+    if average_pings > 1:
+        a1 = np.concatenate([r["averaged"]["delta1_per_ping"] for r in rows])
+        out["averaged"] = {"depth_delta1_mean": float(np.nanmean(a1)),
+                           "depth_delta1_p10": float(np.nanpercentile(a1, 10)),
+                           "pings_averaged_mean": float(np.mean([r["averaged"]["pings_averaged_mean"] for r in rows]))}
+    return out
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -135,16 +163,26 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--known-height", dest="known_height", action="store_true",
                     help="give the node each room's array height (sonar.array_height_m); default: unknown")
+    ap.add_argument("--average-pings", dest="average_pings", type=int, default=1, metavar="K",
+                    help="also score the stream with the node's sonar.average_pings K (default 1: not)")
+    ap.add_argument("--speed", type=float, default=DEFAULT_SPEED_M_S, metavar="M_S",
+                    help=f"the robot's speed along its loop (default {DEFAULT_SPEED_M_S}; 0: it stands still)")
+    ap.add_argument("--loud", action="store_true",
+                    help="ambient sources at %g to %g dBFS at 1 m, as the loud test set's" % LOUD_LEVEL_DB)
     ap.add_argument("--json", action="store_true")
 
 
 def run_cli(a: argparse.Namespace) -> int:
     try:
         rooms = parse_rooms(a.rooms)
+        if not 1 <= a.average_pings <= MAX_AVERAGE_PINGS:
+            raise ValueError(f"--average-pings must be in [1, {MAX_AVERAGE_PINGS}], got {a.average_pings}")
+        if not a.speed >= 0:
+            raise ValueError(f"--speed must be a speed in m/s >= 0, got {a.speed}")
     except ValueError as e:
         print(f"avperception bench sonar-quality: error: {e}", file=sys.stderr)
         return 2
-    res = run(rooms, a.pings, a.isolated, a.detect, a.seed, a.known_height)
+    res = run(rooms, a.pings, a.isolated, a.detect, a.seed, a.known_height, a.average_pings, a.speed, a.loud)
     if a.json:
         print(json.dumps(res))
         return 0
@@ -157,11 +195,22 @@ def run_cli(a: argparse.Namespace) -> int:
               f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}\n"
               f"  on the surfaces that return an echo ({1 - r['echo_free_share']:.1%} of the pixels): depth delta1 "
               f"{r['heard_depth_delta1_mean']:.3f}, AbsRel {r['heard_depth_abs_rel_mean']:.3f}")
+        if "averaged" in r:
+            v = r["averaged"]
+            print(f"  up to {res['average_pings']} pings averaged ({v['pings_averaged_mean']:.2f} on average): depth "
+                  f"delta1 {v['depth_delta1_mean']:.3f}, AbsRel {v['depth_abs_rel_mean']:.3f}, class acc "
+                  f"{v['class_accuracy_mean']:.3f}, voxel IoU {v['voxel_iou_mean']:.3f}; on the surfaces that return "
+                  f"an echo {v['heard_depth_delta1_mean']:.3f}")
     how = (" (pings found on the direct path)" if res["detect"] else "") + (
         " (the array height given)" if res["known_height"] else "")
     print(f"all rooms: {res['pings_scored']} pings, depth delta1 mean {res['depth_delta1_mean']:.3f} "
           f"(10th percentile {res['depth_delta1_p10']:.3f}){how}; on the surfaces that return an echo "
           f"{res['heard_depth_delta1_mean']:.3f}")
+    if "averaged" in res:
+        v = res["averaged"]
+        print(f"  with up to {res['average_pings']} pings averaged ({v['pings_averaged_mean']:.2f} on average; the "
+              f"robot at {res['speed_m_s']:g} m/s): depth delta1 mean {v['depth_delta1_mean']:.3f} (10th percentile "
+              f"{v['depth_delta1_p10']:.3f}), {v['depth_delta1_mean'] / res['depth_delta1_mean']:.3f}x each ping alone")
     return 0
 
 

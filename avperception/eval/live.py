@@ -20,13 +20,22 @@ def score_outputs(out, depth: np.ndarray, semantic: np.ndarray, occupancy: np.nd
             "class_acc": class_accuracy(out.labels, semantic), "voxel_iou": voxel_iou(out.occupancy, occupancy)}
 
 
+def array_pose(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(R, t)`` of the array in the room (odom) frame from a trajectory pose ``(4,)``: x, y, height, yaw."""
+    from ..dsp.grid import rpy_matrix
+
+    x, y, z, yaw = (float(v) for v in pose)
+    return rpy_matrix(0.0, 0.0, np.degrees(yaw)), np.array([x, y, z])
+
+
 def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int = 1024, announce: bool = True,
                  progress: bool = False, bundle=None) -> tuple[list[dict], object]:
     """Stream ``pings`` pings of ``traj`` through a :class:`SonarPipeline`; returns ``(records, pipeline)``.
 
     Each record holds the ping index, its scores (:func:`score_outputs`), the onset correction the alignment made,
     and the outputs and truth (``out``, ``truth``). ``announce``: a Ping per onset (else the pipeline must find
-    them on the direct path).
+    them on the direct path). With ``config.average_pings`` above 1 the pipeline is told the array's pose at each
+    ping, as the node reads it from TF in ``sonar.still_frame``.
     """
     from ..sonar.pipeline import SonarPipeline
 
@@ -38,6 +47,8 @@ def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int 
     sent = start_ping * traj.period
     for seg in traj.segments(start_ping, pings):
         truth[seg.onset_sample] = seg
+        if sonar.config.average_pings > 1 and sonar.config.still_frame:
+            sonar.pose = array_pose(seg.pose)
         if announce:
             sonar.push_ping(seg.onset_sample / fs, seg.index, True)
         pending = np.concatenate([pending, seg.audio], axis=1)

@@ -3,6 +3,7 @@ scores can come from rooms no training run has used."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 
@@ -58,3 +59,20 @@ def test_the_live_bench_scores_the_surfaces_that_return_an_echo_apart():
     h = heard_scores(traj, records)
     assert h["heard_depth_delta1_mean"] == 1.0 and h["heard_depth_abs_rel_mean"] == 0.0
     assert 0.0 < h["echo_free_share"] < 0.5 and min(full) < 1.0 and h["heard_delta1_per_ping"] == [1.0] * 4
+
+
+def test_the_live_bench_averages_pings_only_where_the_robot_stands():
+    """``--average-pings 4``: the node's code told the array's pose at each ping (as TF tells the node) averages
+    1, 2, 3, then 4 windows of a robot standing still, and none of one driving its loop (3.75 cm a ping)."""
+    from avperception.bench.sonar_quality import run
+
+    still = run(rooms=(1,), pings=6, average_pings=4, speed_m_s=0.0, loud=True)
+    row = still["rows"][0]
+    assert still["speed_m_s"] == 0.0 and still["loud"] and row["scored"] == row["averaged"]["scored"]
+    n = row["scored"]
+    assert row["averaged"]["pings_averaged_mean"] == pytest.approx(np.mean([min(i + 1, 4) for i in range(n)]))
+    assert row["averaged"]["delta1_per_ping"][0] == row["delta1_per_ping"][0]  # the first ping is alone either way
+    assert row["averaged"]["delta1_per_ping"][1:] != row["delta1_per_ping"][1:]
+    driving = run(rooms=(1,), pings=6, average_pings=4)
+    assert driving["averaged"]["pings_averaged_mean"] == 1.0
+    assert driving["rows"][0]["averaged"]["delta1_per_ping"] == driving["rows"][0]["delta1_per_ping"]
