@@ -63,3 +63,36 @@ def test_published_depth_matches_the_simulated_room(ros_env, pings):
     assert status["sonar"] == "on" and int(status["pings_aligned"]) > 0
     if pings == "detected":
         assert int(status["pings_detected"]) > 0
+
+
+def test_a_robot_standing_still_is_heard_over_averaged_pings(ros_env):
+    """``sonar.average_pings: 4`` with the simulated robot standing (``speed_m_s: 0``): the node reads the array's
+    pose in odom from the simulator's /tf, averages up to four pings, and the depth it publishes still matches the
+    room; no window is left out for moving."""
+    start, node, ctx, tmp = ros_env
+    common = ["-p", "array:=robot_8mic"]
+    start(sys.executable, "-m", "avperception.ros.runner", "perception", "--ros-args", *common,
+          "-p", "sonar.average_pings:=4", "-p", "diagnostics_period_s:=0.5")
+    start(sys.executable, "-m", "avperception.ros.runner", "sim_audio", "--ros-args", *common, "-p", "mode:=active",
+          "-p", "room_seed:=3", "-p", "speed_m_s:=0.0")
+    depth, truth, diags = {}, {}, []
+    node.create_subscription(Image, "sonar/depth", lambda m: depth.__setitem__(stamp_to_sec(m.header.stamp), m),
+                             qos_profile_sensor_data)
+    node.create_subscription(Image, "sim/depth", lambda m: truth.__setitem__(stamp_to_sec(m.header.stamp), m),
+                             qos_profile_sensor_data)
+    node.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
+
+    def averaged() -> dict | None:
+        for d in reversed(diags):
+            status = {kv.key: kv.value for kv in d.status[0].values}
+            if status.get("pings_averaged") == "4":
+                return status
+        return None
+
+    ok = spin_until(node, ctx, lambda: averaged() is not None and len(depth) >= 6, 120)
+    assert ok, f"{len(depth)} depth images, {len(diags)} diagnostics\n" + logs(tmp)
+    status = averaged()
+    assert status["average_resets_moved"] == "0" and int(status["pings_aligned"]) >= 4
+    pairs = [(m, truth[s]) for t, m in depth.items() for s in truth if abs(s - t) <= 1.5 / 16000]
+    d1 = [depth_metrics(image_to_array(p), image_to_array(t))["delta1"] for p, t in pairs]
+    assert len(d1) >= 4 and np.mean(d1) > 0.7, d1
