@@ -1,7 +1,7 @@
 """Averaging the pings of a robot standing still (``sonar.average_pings``) against loud ambient sound: four pings of
 the same data-engine scene, each with its own stretch of the ambient signals and its own sensor noise, averaged by
 the node's :class:`~avperception.sonar.stack.PingStack`. The echoes stay, a quarter of the ambient power is left,
-and the shipped model hears the room better."""
+and the shipped model hears the room better. The data engine's ``audio.average_pings`` makes such scenes."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_four_pings_averaged_leave_a_quarter_of_the_ambient_sound_and_hear_a_lou
     from avperception.sonar.stack import PingStack
     from avperception_train.datagen.config import load_config
     from avperception_train.datagen.groundtruth import RayCaster, render_view
-    from avperception_train.datagen.scene import grids, sample_scene, simulate_audio
+    from avperception_train.datagen.scene import grids, sample_scene, scene_audio, simulate_audio
 
     # the loud test set's sources: 1-3 at -30 to -18 dBFS at 1 m
     cfg = load_config(None, {"passive": {"level_db": [-30.0, -18.0], "num_sources": [1, 3]}, "seed": 5})
@@ -35,12 +35,15 @@ def test_four_pings_averaged_leave_a_quarter_of_the_ambient_sound_and_hear_a_lou
     for index in range(SCENES):
         spec = sample_scene(cfg, index, mics)
         echoes = simulate_audio(cfg, spec, mics, sources=False, noise=False)
-        pings = [np.clip(simulate_audio(cfg, dataclasses.replace(spec, seed=spec.seed + k), mics), -1, 1)
-                 for k in range(4)]
+        pings = [np.clip(simulate_audio(cfg, spec, mics, ping=k), -1, 1) for k in range(4)]
         stack.clear()
         for k, x in enumerate(pings):
             mean, n = stack.push(x, 0.25 * k)
         assert n == 4
+        if index < 2:  # the data engine's scenes heard over four pings are these means
+            four = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, average_pings=4))
+            np.testing.assert_array_equal(scene_audio(four, spec, mics), mean)
+            np.testing.assert_array_equal(scene_audio(cfg, spec, mics), pings[0])
         ambient_one += float(np.mean((pings[-1] - echoes) ** 2))
         ambient_mean += float(np.mean((mean - echoes) ** 2))
         truth, _ = render_view(RayCaster.for_room(spec.room), spec.origin, spec.rotation, pano.vectors, pano.shape)
@@ -48,3 +51,13 @@ def test_four_pings_averaged_leave_a_quarter_of_the_ambient_sound_and_hear_a_lou
         averaged.append(depth_metrics(net.run(mean)["depth"], truth)["delta1"])
     assert 0.2 < ambient_mean / ambient_one < 0.35  # 1/4 for sound that does not repeat from ping to ping
     assert np.mean(averaged) > np.mean(alone) + 0.02
+
+
+def test_averaged_pings_are_refused_for_a_moving_robot_or_out_of_range():
+    from avperception_train.datagen.config import DatagenConfigError, load_config
+
+    assert load_config(None, {"audio": {"average_pings": 16}}).audio.average_pings == 16
+    with pytest.raises(DatagenConfigError, match="audio.average_pings must be in"):
+        load_config(None, {"audio": {"average_pings": 0}})
+    with pytest.raises(DatagenConfigError, match="a robot standing still"):
+        load_config(None, {"audio": {"average_pings": 4}, "robot": {"speed_mps": [0.0, 1.0]}})

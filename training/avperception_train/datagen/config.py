@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from avperception.config import DEFAULT_ARRAY, from_dict
+from avperception.config import DEFAULT_ARRAY, MAX_AVERAGE_PINGS, from_dict
 from avperception.constants import SPEED_OF_SOUND
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "datagen.yaml"
@@ -58,6 +58,8 @@ class AudioConfig:
     dtype: str = "float32"  # float32 | int16 (full scale = 1.0)
     gain_db: tuple[float, float] = (-3.0, 3.0)  # random overall level per scene
     clip: bool = True  # clip to [-1, 1] like a real ADC
+    # each scene heard as the mean of this many pings of it (a robot standing still with sonar.average_pings)
+    average_pings: int = 1
 
     def validate(self) -> None:
         if not 4000 <= self.sample_rate <= 192000:
@@ -67,6 +69,9 @@ class AudioConfig:
         if self.dtype not in ("float32", "int16"):
             raise DatagenConfigError(f"audio.dtype must be float32 or int16, got {self.dtype!r}")
         _range("audio.gain_db", self.gain_db)
+        if not 1 <= self.average_pings <= MAX_AVERAGE_PINGS:
+            raise DatagenConfigError(f"audio.average_pings must be in [1, {MAX_AVERAGE_PINGS}], got "
+                                     f"{self.average_pings}")
 
 
 @dataclass(frozen=True)
@@ -381,6 +386,9 @@ class DatagenConfig:
                                      "(room.height_m)")
         if self.active.duration_s * self.audio.sample_rate >= self.audio.num_samples:
             raise DatagenConfigError("active.duration_s is longer than the recording (audio.num_samples)")
+        if self.audio.average_pings > 1 and self.robot.speed_mps[1] > 0:
+            raise DatagenConfigError("audio.average_pings averages the pings of a robot standing still: set "
+                                     "robot.speed_mps to [0, 0]")
         return self
 
     def array_geometry(self):

@@ -223,11 +223,12 @@ def grids(cfg: DatagenConfig):
 
 
 def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray, *, noise: bool = True,
-                   sources: bool = True, max_order: int | None = None) -> np.ndarray:
+                   sources: bool = True, max_order: int | None = None, ping: int = 0) -> np.ndarray:
     """``(M, num_samples)`` float64 recording of the scene (before clipping and dtype conversion).
 
     ``noise``/``sources`` switch off sensor noise / ambient sources (for tests);
-    ``max_order`` overrides the image order (0 = direct path only).
+    ``max_order`` overrides the image order (0 = direct path only). ``ping``: another ping of the same scene (the
+    same room, pose, sweep and sources' places; its own stretch of each ambient signal and its own sensor noise).
 
     A moving robot (``spec.velocity``) is heard from each of :func:`motion_poses`' poses with the same signals
     (the sweep from where the speaker was at its onset, the microphones where they are at that pose's time), and
@@ -241,7 +242,7 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
     fs = cfg.audio.sample_rate
     n = cfg.audio.num_samples
     ac = cfg.acoustics
-    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(7,)))
+    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(7,) + ((int(ping),) if ping else ())))
     times, offsets = motion_poses(cfg, spec)
     pts = []
     if spec.active:
@@ -366,13 +367,30 @@ def echo_free_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "aut
     return out
 
 
+def scene_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray) -> np.ndarray:
+    """``(M, num_samples)`` float64 recording of the scene as the array delivers it (clipped per ``audio.clip``);
+    with ``audio.average_pings`` above 1 the mean of that many pings of it (:func:`simulate_audio`'s ``ping``),
+    taken by the node's :class:`~avperception.sonar.stack.PingStack` as a robot standing still."""
+    from avperception.sonar.stack import PingStack
+
+    def one(ping: int) -> np.ndarray:
+        x = simulate_audio(cfg, spec, mic_positions, ping=ping)
+        return np.clip(x, -1.0, 1.0) if cfg.audio.clip else x
+
+    k = cfg.audio.average_pings
+    if k == 1:
+        return one(0)
+    stack = PingStack(k, max_age_s=float(k), max_motion_m=0.0, max_turn_deg=0.0, needs_pose=False)
+    for ping in range(k):
+        mean, _ = stack.push(one(ping), stamp=float(ping))
+    return mean.astype(np.float64)
+
+
 def render_scene(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray, backend: str = "auto") -> dict:
     """Simulate and annotate one scene: a dict of per-scene arrays (see :mod:`.shards` for the schema)."""
     from .groundtruth import RayCaster, energy_target, occupancy, render_view
 
-    audio = simulate_audio(cfg, spec, mic_positions)
-    if cfg.audio.clip:
-        audio = np.clip(audio, -1.0, 1.0)
+    audio = scene_audio(cfg, spec, mic_positions)
     if cfg.audio.dtype == "int16":
         audio = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
     else:
