@@ -204,42 +204,80 @@ def matrix_quat(R: np.ndarray) -> tuple[float, float, float, float]:
 
 class TransformTree:
     """The latest transform of every parent -> child edge seen on ``/tf`` and ``/tf_static``; looks up the
-    rotation of one frame in another along the tree (either direction)."""
+    rotation of one frame in another along the tree (either direction), and says whether the moving edges between
+    two frames have been published again since an earlier look (:meth:`version`)."""
 
     def __init__(self) -> None:
         self.edges: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self.updates: dict[tuple[str, str], int] = {}  # moving edges (/tf): how many times each was published
+        self.static: set[tuple[str, str]] = set()  # edges from /tf_static
 
-    def add(self, msg) -> None:
-        """A ``tf2_msgs/TFMessage``."""
+    def add(self, msg, static: bool = False) -> None:
+        """A ``tf2_msgs/TFMessage`` (``static``: from ``/tf_static``)."""
         for t in msg.transforms:
             tr = t.transform
-            self.edges[(t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"))] = (
-                quat_matrix(tr.rotation), np.array([tr.translation.x, tr.translation.y, tr.translation.z]))
+            edge = (t.header.frame_id.lstrip("/"), t.child_frame_id.lstrip("/"))
+            self.edges[edge] = (quat_matrix(tr.rotation), np.array([tr.translation.x, tr.translation.y,
+                                                                     tr.translation.z]))
+            if static:
+                self.static.add(edge)
+            else:
+                self.updates[edge] = self.updates.get(edge, 0) + 1
+
+    def add_static(self, msg) -> None:
+        """A ``tf2_msgs/TFMessage`` from ``/tf_static``."""
+        self.add(msg, static=True)
+
+    def version(self, target: str, source: str) -> tuple | None:
+        """How many times each moving edge between ``target`` and ``source`` has been published (``()``: all
+        static), or None when they are not connected: equal versions mean nothing moved the chain in between."""
+        path = self._path(target, source)
+        if path is None:
+            return None
+        return tuple(self.updates.get(e, 0) for e in path if e not in self.static)
 
     def lookup(self, target: str, source: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``(R, t)`` mapping points of ``source`` into ``target`` (``p_target = R @ p_source + t``), or None
         when the two frames are not connected."""
+        path = self._path(target, source)
+        if path is None:
+            return None
+        R, t = np.eye(3), np.zeros(3)
+        frame = target.lstrip("/")
+        for p, c in path:  # compose from target outwards
+            if p == frame:  # p is the parent: p_p = R p_c + t
+                Re, te = self.edges[(p, c)]
+                frame = c
+            else:  # the current frame is c, the next its parent p: p_p = R0 p_c + t0, so p_c = R0^T (p_p - t0)
+                R0, t0 = self.edges[(p, c)]
+                Re, te = R0.T, -R0.T @ t0
+                frame = p
+            R, t = R @ Re, R @ te + t
+        return R, t
+
+    def _path(self, target: str, source: str) -> list[tuple[str, str]] | None:
+        """The edges from ``target`` to ``source``, in order, or None when they are not connected."""
         target, source = target.lstrip("/"), source.lstrip("/")
         neighbours: dict[str, list[str]] = {}
         for p, c in self.edges:
             neighbours.setdefault(p, []).append(c)
             neighbours.setdefault(c, []).append(p)
-        reached = {target: (np.eye(3), np.zeros(3))}  # frame -> its transform into target
+        came: dict[str, tuple[str, str] | None] = {target: None}  # frame -> the edge it was reached by
         queue = [target]
-        while queue and source not in reached:
+        while queue and source not in came:
             f = queue.pop(0)
-            Rf, tf = reached[f]
             for g in neighbours.get(f, []):
-                if g in reached:
-                    continue
-                if (f, g) in self.edges:  # f is g's parent: p_f = R p_g + t
-                    R, t = self.edges[(f, g)]
-                else:  # g is f's parent: p_g = R0 p_f + t0
-                    R0, t0 = self.edges[(g, f)]
-                    R, t = R0.T, -R0.T @ t0
-                reached[g] = (Rf @ R, Rf @ t + tf)
-                queue.append(g)
-        return reached.get(source)
+                if g not in came:
+                    came[g] = (f, g) if (f, g) in self.edges else (g, f)
+                    queue.append(g)
+        if source not in came:
+            return None
+        path, frame = [], source
+        while came[frame] is not None:
+            edge = came[frame]
+            path.append(edge)
+            frame = edge[0] if edge[1] == frame else edge[1]
+        return path[::-1]
 
 
 __all__ = ["AUDIO_FRAME", "PING", "AUDIO_DECODERS", "BagError", "msg_text", "typestore", "storage_plugin",

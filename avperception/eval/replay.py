@@ -464,7 +464,7 @@ class _Replay:
                 elif topic == self.camera_info_topic:
                     self.camera_info = msg
                 elif topic in self.tf_topics:
-                    self.tf.add(msg)
+                    self.tf.add(msg, static=topic.rstrip("/").endswith("tf_static"))
             if bar is not None:
                 bar.close()
         self._collect(wait=True)

@@ -163,7 +163,7 @@ class PerceptionNode(Node):
         static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(TFMessage, "/tf", self.tf_tree.add, 100)
-        self.create_subscription(TFMessage, "/tf_static", self.tf_tree.add, static)
+        self.create_subscription(TFMessage, "/tf_static", self.tf_tree.add_static, static)
 
     def on_ping(self, msg) -> None:
         self.sonar.push_ping(conv.stamp_to_sec(msg.header.stamp), int(msg.sequence), bool(msg.onset_known))

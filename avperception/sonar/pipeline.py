@@ -84,6 +84,9 @@ class SonarPipeline:
         self.stack = PingStack(c.average_pings, c.average_max_age_s, c.still_motion_m, c.still_turn_deg,
                                needs_pose=bool(c.still_frame))
         self.pose: tuple[np.ndarray, np.ndarray] | None = None  # the array in still_frame, read from TF
+        self._pose_version: tuple | None = None  # the TF chain's version behind self.pose (None: not from TF)
+        self._window_version: tuple | None = None  # ... when the last window took it
+        self.stale_poses = 0  # windows heard alone because no transform had come since the window before
 
     @property
     def window_samples(self) -> int:
@@ -140,12 +143,20 @@ class SonarPipeline:
         if self.config.average_pings == 1 or not frame:
             return None
         self.pose = tree.lookup(frame, self.array.frame_id)
+        self._pose_version = tree.version(frame, self.array.frame_id)
         return None if self.pose is not None else f"no transform from {frame} to {self.array.frame_id} yet"
 
     def stack_window(self, window) -> tuple[np.ndarray, int]:
         """The audio to run for an :class:`~avperception.sonar.align.AlignedWindow`: the mean of it and the
-        windows before it taken at the same pose (``config.average_pings``; :attr:`pose`), and how many."""
-        return self.stack.push(window.audio, window.stamp, self.pose)
+        windows before it taken at the same pose (``config.average_pings``; :attr:`pose`), and how many. A pose
+        read from TF counts only when a moving transform of its chain was published again since the window before
+        (an odometry that stopped would say the robot stands wherever it went); else the window is heard alone."""
+        pose, version = self.pose, self._pose_version
+        if version and version == self._window_version:  # () : a chain of static transforms, never stale
+            pose = None
+            self.stale_poses += 1
+        self._window_version = version
+        return self.stack.push(window.audio, window.stamp, pose)
 
     def pop(self, newest_only: bool = True) -> list:
         """Run the model on the windows that are ready: ``[(AlignedWindow, SonarOutputs), ...]``.
@@ -174,6 +185,7 @@ class SonarPipeline:
             out[f"pings_skipped_{reason}"] = n
         if self.config.average_pings > 1:
             out["pings_averaged"] = self.stack.last_count
+            out["average_stale_poses"] = self.stale_poses
             for reason, n in self.stack.resets.items():
                 out[f"average_resets_{reason}"] = n
         fb = getattr(self.backend, "fallbacks", None)

@@ -89,3 +89,33 @@ def test_pose_change_is_the_distance_and_the_angle_between_two_poses():
     assert moved == pytest.approx(0.05) and turned == pytest.approx(30.0)
     tilt = (rpy_matrix(0.0, 4.0, 0.0), np.zeros(3))
     assert pose_change(tilt, (np.eye(3), np.zeros(3))) == pytest.approx((0.0, 4.0))
+
+
+def tf(parent, child, xyz, yaw_deg=0.0):
+    """A one-transform TFMessage as TransformTree reads it."""
+    from types import SimpleNamespace as N
+
+    h = np.radians(yaw_deg) / 2
+    return N(transforms=[N(header=N(frame_id=parent), child_frame_id=child,
+                           transform=N(translation=N(x=xyz[0], y=xyz[1], z=xyz[2]),
+                                       rotation=N(x=0.0, y=0.0, z=np.sin(h), w=np.cos(h))))])
+
+
+def test_the_transform_tree_composes_a_chain_and_says_when_its_moving_part_was_published_again():
+    from avperception.eval.bagio import TransformTree
+
+    tree = TransformTree()
+    assert tree.lookup("odom", "mic_array") is None and tree.version("odom", "mic_array") is None
+    tree.add(tf("odom", "base_link", (2.0, 1.0, 0.0), 90.0))
+    tree.add_static(tf("base_link", "mic_array", (0.1, 0.0, 0.6)))
+    R, t = tree.lookup("odom", "mic_array")
+    np.testing.assert_allclose(t, [2.0, 1.1, 0.6], atol=1e-12)  # 0.1 m forward of a base turned to +y
+    np.testing.assert_allclose(R, rpy_matrix(0, 0, 90), atol=1e-12)
+    Ri, ti = tree.lookup("mic_array", "odom")  # the other way: the inverse
+    np.testing.assert_allclose(Ri @ t + ti, 0.0, atol=1e-12)
+    v = tree.version("odom", "mic_array")
+    tree.add_static(tf("base_link", "mic_array", (0.1, 0.0, 0.6)))
+    assert tree.version("odom", "mic_array") == v  # static edges do not count
+    tree.add(tf("odom", "base_link", (2.0, 1.0, 0.0), 90.0))
+    assert tree.version("odom", "mic_array") != v
+    assert tree.version("base_link", "mic_array") == ()  # a static chain: never stale
