@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from ..config import MAX_AVERAGE_PINGS
+from ..config import ConfigError, SonarConfig
 from .common import machine
 
 
@@ -109,7 +109,6 @@ def run(rooms=None, pings: int = 40, isolated: bool = False, detect: bool = Fals
     above 1 the same stream again with the node's ``sonar.average_pings``."""
     import dataclasses
 
-    from ..config import SonarConfig
     from ..demo import active_room
     from ..eval.live import score_stream, summarize_scores
     from ..inference.backends import pin_threads
@@ -175,11 +174,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 def run_cli(a: argparse.Namespace) -> int:
     try:
         rooms = parse_rooms(a.rooms)
-        if not 1 <= a.average_pings <= MAX_AVERAGE_PINGS:
-            raise ValueError(f"--average-pings must be in [1, {MAX_AVERAGE_PINGS}], got {a.average_pings}")
+        SonarConfig(average_pings=a.average_pings).validate()  # the node's own bounds
         if not a.speed >= 0:
             raise ValueError(f"--speed must be a speed in m/s >= 0, got {a.speed}")
-    except ValueError as e:
+    except (ValueError, ConfigError) as e:
         print(f"avperception bench sonar-quality: error: {e}", file=sys.stderr)
         return 2
     res = run(rooms, a.pings, a.isolated, a.detect, a.seed, a.known_height, a.average_pings, a.speed, a.loud)

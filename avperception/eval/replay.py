@@ -591,8 +591,7 @@ class _Replay:
 
     def _infer(self, w, audio: np.ndarray, averaged: int, array_height: float):
         c0 = time.thread_time()
-        o = self.sonar.infer(audio, w.stamp, array_height)
-        o.pings_averaged = averaged
+        o = self.sonar.infer(audio, w.stamp, array_height, pings_averaged=averaged)
         self._charge("network", c0)
         return o, time.perf_counter()
 

@@ -61,9 +61,7 @@ def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", thread
     out = []
     for k in starts:
         audio, count = sonar.stack.push(x[:, k: k + n], k / fs)
-        o = sonar.infer(audio, k / fs)
-        o.pings_averaged = count
-        out.append((k, o))
+        out.append((k, sonar.infer(audio, k / fs, pings_averaged=count)))
     return out
 
 

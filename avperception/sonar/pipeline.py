@@ -100,9 +100,12 @@ class SonarPipeline:
         """A ping whose sweep left the speaker at ``stamp`` (the audio's clock)."""
         self.aligner.push_ping(stamp, sequence, onset_known)
 
-    def infer(self, audio: np.ndarray, stamp: float = 0.0, array_height: float | None = None):
+    def infer(self, audio: np.ndarray, stamp: float = 0.0, array_height: float | None = None,
+              pings_averaged: int = 1):
         """Run the bundle on one aligned window ``(mics, window_samples)`` (sample 0 = the sweep's onset), given the
-        array's height ``array_height`` (m; None: :attr:`array_height_m`, the configured or TF-read one)."""
+        array's height ``array_height`` (m; None: :attr:`array_height_m`, the configured or TF-read one);
+        ``pings_averaged``: how many pings' windows ``audio`` is the mean of (:meth:`stack_window`), recorded on
+        the outputs."""
         from ..inference.outputs import decode
 
         x = np.asarray(audio, dtype=np.float32)
@@ -113,6 +116,7 @@ class SonarPipeline:
         raw = self.backend.run(x, self.array_height_m if array_height is None else array_height)
         out = decode(self.bundle, raw)
         out.stamp = float(stamp)
+        out.pings_averaged = int(pings_averaged)
         out.infer_ms = (time.perf_counter() - t0) * 1e3
         self.infer_ms.append(out.infer_ms)
         return out
@@ -169,12 +173,7 @@ class SonarPipeline:
         if newest_only and len(windows) > 1:
             self.aligner.skipped["behind"] = self.aligner.skipped.get("behind", 0) + len(windows) - 1
             windows, stacked = windows[-1:], stacked[-1:]
-        out = []
-        for w, (audio, n) in zip(windows, stacked):
-            o = self.infer(audio, w.stamp)
-            o.pings_averaged = n
-            out.append((w, o))
-        return out
+        return [(w, self.infer(audio, w.stamp, pings_averaged=n)) for w, (audio, n) in zip(windows, stacked)]
 
     def stats(self) -> dict:
         """Counters for diagnostics: aligned / detected / skipped pings by reason, the backend in use."""

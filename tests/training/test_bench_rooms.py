@@ -73,6 +73,9 @@ def test_the_live_bench_averages_pings_only_where_the_robot_stands():
     assert row["averaged"]["pings_averaged_mean"] == pytest.approx(np.mean([min(i + 1, 4) for i in range(n)]))
     assert row["averaged"]["delta1_per_ping"][0] == row["delta1_per_ping"][0]  # the first ping is alone either way
     assert row["averaged"]["delta1_per_ping"][1:] != row["delta1_per_ping"][1:]
+    from avperception.bench.sonar_quality import main
+
+    assert main(["--average-pings", "17"]) == 2  # refused by the node's own bound, before any room is rendered
     driving = run(rooms=(1,), pings=6, average_pings=4)
     assert driving["averaged"]["pings_averaged_mean"] == 1.0
     assert driving["rows"][0]["averaged"]["delta1_per_ping"] == driving["rows"][0]["delta1_per_ping"]
