@@ -235,6 +235,13 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
     the recordings are cross-faded in time (:func:`crossfade_weights`): each echo comes in as the array hears
     it where it is when the echo arrives. The Doppler shift within one pose (0.3 % at 1 m/s) is not modelled.
     """
+    return simulate_pings(cfg, spec, mic_positions, (ping,), noise=noise, sources=sources, max_order=max_order)[0]
+
+
+def simulate_pings(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray, pings, *, noise: bool = True,
+                   sources: bool = True, max_order: int | None = None) -> list[np.ndarray]:
+    """:func:`simulate_audio` of each ping in ``pings`` of the scene, the impulse responses computed once for all
+    (each ping draws its ambient stretches and noise from ``SeedSequence(spec.seed, spawn_key=(7[, ping]))``)."""
     from avperception.sim.room import make_signal
 
     from .acoustics import RoomAcoustics, distance_gain, render_active, render_passive, sweep
@@ -242,14 +249,12 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
     fs = cfg.audio.sample_rate
     n = cfg.audio.num_samples
     ac = cfg.acoustics
-    rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(7,) + ((int(ping),) if ping else ())))
     times, offsets = motion_poses(cfg, spec)
     pts = []
     if spec.active:
         pts.append(spec.to_world(np.asarray(cfg.active.speaker_position, dtype=np.float64)))
     amb = spec.sources if sources else []
     pts += [s.position for s in amb]
-    out = np.zeros((len(mic_positions), n))
     if pts:
         orders = {} if max_order is None else {"max_order_shoebox": max_order, "max_order": max_order}
         poses = []  # per pose, per source: (M, L) impulse responses
@@ -270,23 +275,29 @@ def simulate_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
             a = cfg.active
             emitted = sweep(fs, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade) * 10 ** (a.level_db / 20) / k0
             j = 1
-        signals = []
-        for s, L in zip(amb, lengths[j:]):
-            extra = int(0.25 * fs)
-            sig = make_signal(s.kind, n + L + extra, fs, rng)
-            off = int(rng.integers(0, extra + 1))
-            sig = sig[off:]
-            signals.append(sig / (np.sqrt(np.mean(sig**2)) + 1e-12) * 10 ** (s.level_db / 20) / k0)
         weights = crossfade_weights(times, n)
-        for w, hs in zip(weights, poses):
-            rec = render_active(hs[0], emitted, n) if emitted is not None else np.zeros_like(out)
-            for sig, h in zip(signals, hs[j:]):
-                rec += render_passive(h, sig, n)
-            out += w[None] * rec  # a weight of exactly 1 for a robot standing still
-    out *= 10 ** (spec.gain_db / 20)
-    if noise:
-        out += rng.standard_normal(out.shape) * 10 ** (spec.noise_db / 20)
-    return out
+    recordings = []
+    for ping in pings:
+        rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(7,) + ((int(ping),) if ping else ())))
+        out = np.zeros((len(mic_positions), n))
+        if pts:
+            signals = []
+            for s, L in zip(amb, lengths[j:]):
+                extra = int(0.25 * fs)
+                sig = make_signal(s.kind, n + L + extra, fs, rng)
+                off = int(rng.integers(0, extra + 1))
+                sig = sig[off:]
+                signals.append(sig / (np.sqrt(np.mean(sig**2)) + 1e-12) * 10 ** (s.level_db / 20) / k0)
+            for w, hs in zip(weights, poses):
+                rec = render_active(hs[0], emitted, n) if emitted is not None else np.zeros_like(out)
+                for sig, h in zip(signals, hs[j:]):
+                    rec += render_passive(h, sig, n)
+                out += w[None] * rec  # a weight of exactly 1 for a robot standing still
+        out *= 10 ** (spec.gain_db / 20)
+        if noise:
+            out += rng.standard_normal(out.shape) * 10 ** (spec.noise_db / 20)
+        recordings.append(out)
+    return recordings
 
 
 def source_table(spec: SceneSpec) -> dict[str, np.ndarray]:
@@ -369,20 +380,17 @@ def echo_free_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "aut
 
 def scene_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray) -> np.ndarray:
     """``(M, num_samples)`` float64 recording of the scene as the array delivers it (clipped per ``audio.clip``);
-    with ``audio.average_pings`` above 1 the mean of that many pings of it (:func:`simulate_audio`'s ``ping``),
+    with ``audio.average_pings`` above 1 the mean of that many pings of it (:func:`simulate_pings`),
     taken by the node's :class:`~avperception.sonar.stack.PingStack` as a robot standing still."""
     from avperception.sonar.stack import PingStack
 
-    def one(ping: int) -> np.ndarray:
-        x = simulate_audio(cfg, spec, mic_positions, ping=ping)
-        return np.clip(x, -1.0, 1.0) if cfg.audio.clip else x
-
     k = cfg.audio.average_pings
+    pings = [np.clip(x, -1.0, 1.0) if cfg.audio.clip else x for x in simulate_pings(cfg, spec, mic_positions, range(k))]
     if k == 1:
-        return one(0)
+        return pings[0]
     stack = PingStack(k, max_age_s=float(k), max_motion_m=0.0, max_turn_deg=0.0, needs_pose=False)
-    for ping in range(k):
-        mean, _ = stack.push(one(ping), stamp=float(ping))
+    for ping, x in enumerate(pings):
+        mean, _ = stack.push(x, stamp=float(ping))
     return mean.astype(np.float64)
 
 
