@@ -137,12 +137,13 @@ def launch_setup(context, *_, **__):
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
                             arguments=["-d", PathJoinSubstitution([FindPackageShare("avperception"), "config",
                                                                    "avperception.rviz"])]))
-    # without its audio source the graph has nothing to do: its exit ends the launch
+    # the audio source and perception_node need each other: the exit of either (a node that cannot start as
+    # configured prints why and exits with 2) ends the launch
     source = "sim_audio_node" if flag("use_sim", args["use_sim"]) else "capture_node"
     actions.append(Node(package="avperception", executable=source, name=source, output="screen",
                         parameters=parameters(source), on_exit=Shutdown()))
     actions.append(Node(package="avperception", executable="perception_node", name="perception_node",
-                        output="screen", parameters=parameters("perception_node")))
+                        output="screen", parameters=parameters("perception_node"), on_exit=Shutdown()))
     return actions
 
 

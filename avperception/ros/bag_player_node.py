@@ -25,7 +25,6 @@ framing). Parameters: see ``NODE_PARAMS``.
 from __future__ import annotations
 
 import importlib
-import sys
 import threading
 import time
 from pathlib import Path
@@ -158,9 +157,9 @@ class BagPlayerNode(Node):
             self.declare_parameter(name, default, ParameterDescriptor(description=description, dynamic_typing=True))
         return self.get_parameter(name).value
 
-    def _fail(self, text: str) -> BagError:
-        self.get_logger().fatal(text)
-        return BagError(f"bag_player_node: {text}")
+    @staticmethod
+    def _fail(text: str) -> BagError:
+        return BagError(text)  # the runner reports it: "bag_player_node cannot start: ..."
 
     # ------------------------------------------------------------------ playing
     def _wait_ready(self) -> bool:
@@ -219,13 +218,9 @@ class BagPlayerNode(Node):
 
 
 def main(args=None) -> None:
-    from .runner import run_nodes
+    from .runner import console_main
 
-    try:
-        run_nodes([BagPlayerNode], args)
-    except BagError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    console_main([BagPlayerNode], args)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ def open_output_stream(device: str, channels: int, sample_rate: int, chunk: int,
 
 
 class CaptureNode(Node):
+    stream = out_stream = None  # the sound card's streams (destroy_node closes them, even after a failed start)
+
     def __init__(self, **kwargs) -> None:
         super().__init__("capture_node", **kwargs)
         p = {k: declare(self, k, v, d) for k, (v, d) in NODE_PARAMS.items()}
@@ -236,9 +238,9 @@ class CaptureNode(Node):
 
 
 def main(args=None) -> None:
-    from .runner import run_nodes
+    from .runner import console_main
 
-    run_nodes([CaptureNode], args)
+    console_main([CaptureNode], args)
 
 
 if __name__ == "__main__":

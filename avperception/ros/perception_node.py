@@ -311,9 +311,9 @@ class PerceptionNode(Node):
 
 
 def main(args=None) -> None:
-    from .runner import run_nodes
+    from .runner import console_main
 
-    run_nodes([PerceptionNode], args)
+    console_main([PerceptionNode], args)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 import time
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
 NODES = {
@@ -26,6 +27,27 @@ NODES = {
     "perception": ("avperception.ros.perception_node", "PerceptionNode"),
     "bag_player": ("avperception.ros.bag_player_node", "BagPlayerNode"),
 }
+
+
+# what a node's constructor raises for parameters, devices, files or packages it cannot use (the message says what
+# to change); anything else is a bug and keeps its traceback
+STARTUP_ERRORS = (ValueError, RuntimeError, ImportError, OSError, ParameterException)
+
+
+class NodeStartError(RuntimeError):
+    """A node that cannot start as configured: ``node`` its ROS name, the cause chained."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        super().__init__(f"{node} cannot start: {error}")
+        self.node = node
+
+
+def node_name(cls) -> str:
+    """The ROS name of one of :data:`NODES`' classes (``SimAudioNode`` -> ``sim_audio_node``)."""
+    for key, (_, name) in NODES.items():
+        if cls.__name__ == name:
+            return f"{key}_node"
+    return cls.__name__
 
 
 def _prepare_env() -> None:
@@ -50,7 +72,10 @@ def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -
     nodes = []
     try:
         for cls in classes:
-            nodes.append(cls())
+            try:
+                nodes.append(cls())
+            except STARTUP_ERRORS as e:
+                raise NodeStartError(node_name(cls), e) from e
         executor = SingleThreadedExecutor()
         for n in nodes:
             executor.add_node(n)
@@ -74,6 +99,19 @@ def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -
             rclpy.shutdown()
 
 
+def console_main(classes, args=None, duration: float | None = None) -> None:
+    """:func:`run_nodes` for a console script: a node that cannot start, or a bag that cannot be played, ends the
+    process with one line on stderr and exit status 2 instead of a traceback (``ros2 launch`` shows the line under
+    the node's name)."""
+    from ..eval.bagio import BagError
+
+    try:
+        run_nodes(classes, args, duration)
+    except (NodeStartError, BagError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args = []
@@ -88,13 +126,7 @@ def main(argv=None) -> None:
     import importlib
 
     classes = [getattr(importlib.import_module(NODES[n][0]), NODES[n][1]) for n in a.nodes]
-    from ..eval.bagio import BagError
-
-    try:
-        run_nodes(classes, [sys.argv[0]] + ros_args, a.duration)
-    except BagError as e:  # bag_player: a bag that cannot be played
-        print(f"avperception-run: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    console_main(classes, [sys.argv[0]] + ros_args, a.duration)
 
 
 if __name__ == "__main__":

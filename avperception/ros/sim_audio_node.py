@@ -113,6 +113,8 @@ def _sweep_id(active, fs: int) -> str:
 
 
 class SimAudioNode(Node):
+    renderer = None  # the active mode's background renderer (destroy_node closes it, even after a failed start)
+
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_audio_node", **kwargs)
         p = {k: declare(self, k, v, d) for k, (v, d) in NODE_PARAMS.items()}
@@ -125,7 +127,6 @@ class SimAudioNode(Node):
         self.pub_poses = self.create_publisher(PoseArray, "sim/true_source_poses", 10)
         self.sent = 0
         self.t_start: float | None = None
-        self.renderer = None
         if p["mode"] == "passive":
             self._init_passive(p)
             tick = self.tick
@@ -342,9 +343,9 @@ class SimAudioNode(Node):
 
 
 def main(args=None) -> None:
-    from .runner import run_nodes
+    from .runner import console_main
 
-    run_nodes([SimAudioNode], args)
+    console_main([SimAudioNode], args)
 
 
 if __name__ == "__main__":

@@ -233,7 +233,8 @@ def test_given_launch_arguments_override_the_params_file(monkeypatch):
     nodes = by_name(run_launch(monkeypatch, use_sim="False", device="2", emit="true"))
     assert parameters(nodes["capture_node"]) == [PARAMS_FILE, {"device": ("2", str), "emit": True}]
     assert parameters(nodes["perception_node"]) == [PARAMS_FILE]
-    assert "on_exit" in nodes["capture_node"].kwargs  # the audio source ending ends the launch
+    # the audio source or perception_node ending ends the launch
+    assert "on_exit" in nodes["capture_node"].kwargs and "on_exit" in nodes["perception_node"].kwargs
     with pytest.raises(ValueError, match="emit:='maybe': expected true or false"):
         run_launch(monkeypatch, use_sim="false", emit="maybe")
     # array_height is a number of metres, for perception_node's sonar.array_height_m
