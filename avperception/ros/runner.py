@@ -92,6 +92,11 @@ def run_nodes(classes, args=None, duration: float | None = None, on_spin=None) -
                 break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C (or ros2 launch's SIGINT) shuts the context down from the signal handler, possibly while a
+        # callback runs: its next publish then fails. That is a clean stop, not an error.
+        if rclpy.ok():
+            raise
     finally:
         for n in nodes:
             n.destroy_node()

@@ -44,3 +44,32 @@ def test_a_node_started_after_one_that_failed_is_not_left_running():
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "error: perception_node cannot start: sonar.average_pings must be in [1, 16]" in r.stderr
+
+
+def test_a_shutdown_during_a_callback_is_a_clean_stop():
+    """Ctrl-C shuts the context down from the signal handler, possibly while a callback runs; its next publish
+    then fails. run_nodes returns as for any stop (and destroys the node) instead of raising."""
+    import rclpy
+    from rclpy.node import Node
+    from std_msgs.msg import String
+
+    from avperception.ros.runner import run_nodes
+
+    class Talker(Node):
+        destroyed = False
+
+        def __init__(self):
+            super().__init__("talker")
+            self.pub = self.create_publisher(String, "chatter", 10)
+            self.create_timer(0.01, self.tick)
+
+        def tick(self):
+            rclpy.try_shutdown()  # what the SIGINT handler does
+            self.pub.publish(String(data="after shutdown"))
+
+        def destroy_node(self):
+            Talker.destroyed = True
+            return super().destroy_node()
+
+    run_nodes([Talker], ["talker"], duration=10.0)
+    assert Talker.destroyed and not rclpy.ok()
