@@ -392,8 +392,9 @@ class SonarConfig:
     arrives. ``plan_z_min_m`` / ``plan_z_max_m``: the height band (array frame) collapsed into
     the occupancy grid for Nav2. ``pinhole``: also publish the depth reprojected on the ``grid.width`` x
     ``grid.height`` camera (``grid.fx`` ... ``grid.camera_rpy_deg``) with its CameraInfo. ``blank_ms``: the
-    beamformer leaves out this long after each ping's onset (the sweep's direct path and first echoes are 20 dB
-    louder than the room's sources and would pull every map toward the speaker); 0 keeps it.
+    beamformer leaves out each ping's sweep and this long after it (the sweep's direct path and first echoes are
+    louder than the room's sources and would pull every map toward the speaker; 22 ms after the sweep's end they
+    are 11 dB below them); 0 keeps it all.
     ``near_bound_quantile``: for a bundle with a depth uncertainty, also publish the range each pixel's surface is
     nearer than with this probability (:func:`avperception.sonar.products.depth_near_bound`); 0: not published.
     ``array_height_m``: the array's height above the floor where the robot knows it (its mount, from the URDF); a
@@ -421,7 +422,7 @@ class SonarConfig:
     plan_z_min_m: float = -0.25
     plan_z_max_m: float = 0.5
     pinhole: bool = True
-    blank_ms: float = 30.0
+    blank_ms: float = 22.0
     near_bound_quantile: float = 0.02
     array_height_m: float = 0.0
     floor_frame: str = ""

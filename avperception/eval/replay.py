@@ -377,7 +377,7 @@ class _Replay:
         f = self.pipe_cfg.frame
         buf = AudioBuffer(self.array.num_mics, self.fs, f.frame_samples, f.hop_samples, f.buffer_seconds,
                           max_pending_frames=1 << 20) if self.beam is not None else None
-        blank_s = self.sonar_cfg.blank_ms * 1e-3
+        blank_s = self.sonar.blank_s
         if int(self.s.workers) < 0 or int(self.s.beam_batch) < 1:
             raise ValueError(f"workers must be >= 0 and beam_batch >= 1, got {self.s.workers} and {self.s.beam_batch}")
         self.executor = None

@@ -215,9 +215,9 @@ class PerceptionNode(Node):
         if newest is None:
             return
         t_first, block = newest
-        if self.sonar is not None and cfg.sonar.blank_ms > 0:
+        if self.sonar is not None and self.sonar.blank_s > 0:
             onsets = list(self._onsets) + self.sonar.aligner.pending_onsets()
-            block = blank_pings(block, t_first, onsets, cfg.sonar.blank_ms * 1e-3, cfg.sample_rate)
+            block = blank_pings(block, t_first, onsets, self.sonar.blank_s, cfg.sample_rate)
         self.process(t_first, block)
 
     def process(self, t_first: float, block: np.ndarray) -> None:

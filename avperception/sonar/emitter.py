@@ -101,7 +101,7 @@ def onset_stamp(onset_index: int, first_index: int, first_stamp: float, fs: floa
 
 
 # the data engine's default sweep (training/avperception_train/datagen DatagenConfig.active)
-DEFAULT_SWEEP = dict(kind="linear", f0_hz=1000.0, f1_hz=7000.0, duration_s=0.008, fade=0.25)
+DEFAULT_SWEEP = dict(kind="linear", f0_hz=1000.0, f1_hz=7000.0, duration_s=0.032, fade=0.25)
 DEFAULT_SPEAKER = (0.0, 0.0, -0.05)
 
 

@@ -89,6 +89,13 @@ class SonarPipeline:
         self.stale_poses = 0  # windows heard alone because no transform had come since the window before
 
     @property
+    def blank_s(self) -> float:
+        """Seconds the beamformer leaves out after each onset: the sweep and ``config.blank_ms`` after it (0: none)."""
+        if self.config.blank_ms <= 0:
+            return 0.0
+        return len(self.bundle.emitted) / self.bundle.sample_rate + self.config.blank_ms * 1e-3
+
+    @property
     def window_samples(self) -> int:
         return self.bundle.window_samples
 

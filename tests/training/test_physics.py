@@ -176,7 +176,9 @@ def test_a_moving_robot_hears_each_wall_echo_where_it_is_when_the_echo_arrives()
     from scipy.signal import chirp
     from scipy.signal.windows import tukey
 
-    cfg = _cfg(robot={"motion_step_m": 0.005})
+    # an 8 ms sweep: the reference keeps the speaker's image where the speaker was at the onset, which holds
+    # while the sweep is short (4 cm of travel at 5 m/s)
+    cfg = _cfg(robot={"motion_step_m": 0.005}, active={"duration_s": 0.008})
     arr = cfg.array_geometry()
     fs, c, n = cfg.audio.sample_rate, cfg.acoustics.speed_of_sound, cfg.audio.num_samples
     room = RoomGeometry(np.array([[0, 0], [6, 0], [6, 20], [0, 20]], float), 20.0)

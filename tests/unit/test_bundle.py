@@ -55,8 +55,8 @@ def _set_meta(path, **kw):
 def test_shipped_bundle_says_what_the_runtime_needs(bundle):
     assert bundle.array.num_mics == 8 and np.allclose(bundle.array.positions, load_array("robot_8mic").positions)
     assert (bundle.sample_rate, bundle.window_samples, bundle.speed_of_sound) == (16000, 2048, 343.0)
-    np.testing.assert_allclose(bundle.emitted, sweep(16000, 1000, 7000, 0.008, "linear", 0.25), atol=1e-6)
-    assert bundle.sweep_id == "linear-1000-7000Hz-8ms-16k"
+    np.testing.assert_allclose(bundle.emitted, sweep(16000, 1000, 7000, 0.032, "linear", 0.25), atol=1e-6)
+    assert bundle.sweep_id == "linear-1000-7000Hz-32ms-16k"
     assert bundle.sweep_level_db == -30.0
     np.testing.assert_array_equal(bundle.speaker_position, [0.0, 0.0, -0.05])
     assert bundle.classes == ["floor", "ceiling", "wall", "obstacle"]

@@ -82,7 +82,7 @@ class ActiveConfig:
     sweep: str = "linear"  # linear | exponential
     f_start_hz: float = 1000.0
     f_end_hz: float = 7000.0
-    duration_s: float = 0.008
+    duration_s: float = 0.032  # 32 ms: four times the 8 ms sweep's energy at the same peak level (6 dB over ambient)
     fade: float = 0.25  # Tukey window taper fraction
     level_db: float = -30.0  # peak level in dBFS at 1 m from the speaker
     speaker_position: tuple[float, float, float] = (0.0, 0.0, -0.05)  # array frame, metres
