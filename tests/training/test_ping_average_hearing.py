@@ -23,8 +23,9 @@ def test_four_pings_averaged_leave_a_quarter_of_the_ambient_sound_and_hear_a_lou
     from avperception_train.datagen.groundtruth import RayCaster, render_view
     from avperception_train.datagen.scene import grids, sample_scene, scene_audio, simulate_audio
 
-    # the loud test set's sources: 1-3 at -30 to -18 dBFS at 1 m
-    cfg = load_config(None, {"passive": {"level_db": [-30.0, -18.0], "num_sources": [1, 3]}, "seed": 5})
+    # 1-3 sources at -24 to -12 dBFS at 1 m, 6 dB louder than the loud test set's (which the shipped 32 ms sweep
+    # already hears well ping by ping; there four pings gain 0.00 to 0.09 in δ1 on 16 scenes)
+    cfg = load_config(None, {"passive": {"level_db": [-24.0, -12.0], "num_sources": [1, 3]}, "seed": 5})
     mics = cfg.array_geometry().positions
     bundle = load_bundle("default")
     net = OnnxRuntimeBackend(bundle, threads=1)
@@ -50,7 +51,7 @@ def test_four_pings_averaged_leave_a_quarter_of_the_ambient_sound_and_hear_a_lou
         alone.append(depth_metrics(net.run(pings[-1].astype(np.float32))["depth"], truth)["delta1"])
         averaged.append(depth_metrics(net.run(mean)["depth"], truth)["delta1"])
     assert 0.2 < ambient_mean / ambient_one < 0.35  # 1/4 for sound that does not repeat from ping to ping
-    assert np.mean(averaged) > np.mean(alone) + 0.02
+    assert np.mean(averaged) > np.mean(alone) + 0.05  # 0.669 -> 0.808
 
 
 def test_averaged_pings_are_refused_for_a_moving_robot_or_out_of_range():
