@@ -97,13 +97,13 @@ class BagPlayerNode(Node):
         self.loop = bool(p["loop"])
         self.offset_ns = int(round(float(p["start_offset_s"]) * 1e9))
         if not self.rate > 0:
-            raise self._fail(f"rate must be positive (1.0 = real time), got {p['rate']}")
+            raise BagError(f"rate must be positive (1.0 = real time), got {p['rate']}")
         if self.offset_ns < 0:
-            raise self._fail(f"start_offset_s must be >= 0, got {p['start_offset_s']}")
+            raise BagError(f"start_offset_s must be >= 0, got {p['start_offset_s']}")
         bag = str(p["bag"] or "").strip()
         if not bag:
-            raise self._fail("parameter 'bag' is required: the rosbag2 directory to play "
-                             "(--ros-args -p bag:=path/to/bag)")
+            raise BagError("parameter 'bag' is required: the rosbag2 directory to play "
+                           "(--ros-args -p bag:=path/to/bag)")
         self.bag = Path(bag).expanduser()
         topics = p["topics"]
         if isinstance(topics, str):
@@ -115,14 +115,11 @@ class BagPlayerNode(Node):
         self.wait_for = sorted({_norm(t) for t in (wait_for or []) if str(t).strip()})
         self.delay_s = max(0.0, float(p["delay_s"]))
 
-        try:
-            with open_rosbag2(self.bag) as reader:
-                conns = {}
-                for c in reader.connections:
-                    conns.setdefault(c.topic, c.msgtype)
-                self.start_ns, self.end_ns = int(reader.start_time), int(reader.end_time)
-        except BagError as e:
-            raise self._fail(str(e)) from None
+        with open_rosbag2(self.bag) as reader:  # a bag it cannot open raises BagError, which the runner reports
+            conns = {}
+            for c in reader.connections:
+                conns.setdefault(c.topic, c.msgtype)
+            self.start_ns, self.end_ns = int(reader.start_time), int(reader.end_time)
         missing = sorted(wanted - set(conns))
         if missing:
             log.warning(f"not in the bag: {', '.join(missing)} (it has {', '.join(sorted(conns))})")
@@ -140,10 +137,10 @@ class BagPlayerNode(Node):
             log.warning(f"skipped, message types not importable here: {', '.join(skipped)}")
         not_played = [t for t in self.wait_for if t not in self.pubs]
         if not_played:
-            raise self._fail(f"wait_for_topics names topics this bag does not play: {', '.join(not_played)}")
+            raise BagError(f"wait_for_topics names topics this bag does not play: {', '.join(not_played)}")
         if not self.pubs:
-            raise self._fail(f"nothing to play from {self.bag}: topics {sorted(conns)}"
-                             + (f", asked for {sorted(wanted)}" if wanted else ""))
+            raise BagError(f"nothing to play from {self.bag}: topics {sorted(conns)}"
+                           + (f", asked for {sorted(wanted)}" if wanted else ""))
         duration = (self.end_ns - self.start_ns) * 1e-9
         log.info(f"playing {self.bag} ({duration:.1f} s, from {self.offset_ns * 1e-9:g} s) at {self.rate:g}x"
                  f"{', looping' if self.loop else ''}: {', '.join(f'{t} ({conns[t]})' for t in self.pubs)}")
@@ -156,10 +153,6 @@ class BagPlayerNode(Node):
         if not self.has_parameter(name):  # dynamic typing: -p rate:=2 (an int) is as good as 2.0
             self.declare_parameter(name, default, ParameterDescriptor(description=description, dynamic_typing=True))
         return self.get_parameter(name).value
-
-    @staticmethod
-    def _fail(text: str) -> BagError:
-        return BagError(text)  # the runner reports it: "bag_player_node cannot start: ..."
 
     # ------------------------------------------------------------------ playing
     def _wait_ready(self) -> bool:
