@@ -4,17 +4,19 @@ and no traceback: what `ros2 launch` shows under the node's name when a paramete
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def start(module, *params, timeout=90):
+def start(module, *params, nodes=(), timeout=90):
+    """``python -m avperception.ros.MODULE [NODES...] --ros-args -p PARAM ...`` on a domain of its own."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 50), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     args = [a for p in params for a in ("-p", p)]
-    return subprocess.run([sys.executable, "-m", f"avperception.ros.{module}", "--ros-args", *args], env=env,
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", f"avperception.ros.{module}", *nodes, "--ros-args", *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("module, params, says", [
@@ -38,10 +40,7 @@ def test_a_node_that_cannot_start_says_why_in_one_line(module, params, says):
 def test_a_node_started_after_one_that_failed_is_not_left_running():
     """`avperception-run` builds the nodes in order: when the second cannot start, the first is destroyed and the
     process ends (no node keeps publishing without its partner)."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(150 + os.getpid() % 50), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    r = subprocess.run([sys.executable, "-m", "avperception.ros.runner", "sim_audio", "perception", "--ros-args",
-                        "-p", "mode:=passive", "-p", "sonar.average_pings:=17"], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=90)
+    r = start("runner", "mode:=passive", "sonar.average_pings:=17", nodes=("sim_audio", "perception"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "error: perception_node cannot start: sonar.average_pings must be in [1, 16]" in r.stderr
 
