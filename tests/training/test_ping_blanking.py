@@ -4,6 +4,7 @@ and echoes) is well below the room's own sources, for the shipped bundle's sweep
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -15,22 +16,31 @@ from avperception_train.datagen import config_from_dict
 from avperception_train.datagen.scene import sample_scene, simulate_audio
 
 
-def ping_over_ambient_db(duration_s: float, after_s: float, until_s: float | None = None, scenes: int = 12) -> float:
-    """Median over scenes with ambient sources of the ping's power from ``after_s`` after its onset until ``until_s``
-    (None: the window's end), over the ambient sources' power (dB)."""
+@functools.lru_cache(maxsize=None)
+def pings_and_ambient(duration_s: float, scenes: int = 12) -> tuple[list, list, int]:
+    """The ping alone (direct path and echoes) and the ambient sources alone, ``(M, N)`` each, in ``scenes``
+    data-engine scenes with 1-3 ambient sources, for a sweep of ``duration_s``; and the sample rate."""
     cfg = config_from_dict({"seed": 5, "array": "robot_8mic", "active": {"duration_s": duration_s},
                             "passive": {"num_sources": [1, 3]}})
     pos = cfg.array_geometry().positions
-    a = int(round(after_s * cfg.audio.sample_rate))
-    b = None if until_s is None else int(round(until_s * cfg.audio.sample_rate))
-    ratios = []
+    pings, ambients = [], []
     for i in range(scenes):
         spec = sample_scene(cfg, i, pos)
         both = simulate_audio(cfg, spec, pos, noise=False)
         ambient = simulate_audio(cfg, dataclasses.replace(spec, active=False), pos, noise=False)
-        ping = both - ambient
-        ratios.append(10 * np.log10(np.mean(ping[:, a:b] ** 2) / np.mean(ambient ** 2)))
-    return float(np.median(ratios))
+        pings.append(both - ambient)
+        ambients.append(ambient)
+    return pings, ambients, cfg.audio.sample_rate
+
+
+def ping_over_ambient_db(duration_s: float, after_s: float, until_s: float | None = None) -> float:
+    """Median over the scenes of the ping's power from ``after_s`` after its onset until ``until_s`` (None: the
+    window's end), over the ambient sources' power (dB)."""
+    pings, ambients, fs = pings_and_ambient(duration_s)
+    a = int(round(after_s * fs))
+    b = None if until_s is None else int(round(until_s * fs))
+    return float(np.median([10 * np.log10(np.mean(p[:, a:b] ** 2) / np.mean(q ** 2))
+                            for p, q in zip(pings, ambients)]))
 
 
 def test_the_blanked_span_covers_the_sweep_and_its_loudest_echoes():
