@@ -260,7 +260,8 @@ def load_array(spec: str | Path | Mapping | ArrayGeometry) -> ArrayGeometry:
     if not p.suffix and not p.exists():
         p = config_dir() / "arrays" / f"{spec}.yaml"
         if not p.exists():
-            raise ConfigError(f"unknown array preset '{spec}'; presets: {', '.join(array_presets())}, or give a YAML path")
+            raise ConfigError(f"unknown array preset '{spec}'; presets: {', '.join(array_presets())}, "
+                              "or give a YAML path")
     if not p.exists():
         raise ConfigError(f"array file not found: {p}")
     try:
