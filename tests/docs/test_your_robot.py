@@ -54,6 +54,9 @@ def shrink(argv: list[str]) -> list[str]:
         return argv + ["--scenes", "40", "--workers", "1"]
     if sub == "train":
         return argv + ["--batch-size", "4"]
+    if sub == "datagen" and "--num-scenes" in argv:  # 24 scenes: each split gets some
+        i = argv.index("--num-scenes") + 1
+        argv[i] = str(min(int(argv[i]), 24))
     return argv
 
 
@@ -125,6 +128,17 @@ def test_every_command_of_the_guide_runs_or_parses(tmp_path, monkeypatch):
     calibration = quick.meta["uncertainty_calibration"]
     assert calibration["split"] == "val" and calibration["heard"]["scale"] > 0 and calibration["quantile"] == 0.02
     assert (tmp_path / "work" / "real_bundle" / "model.onnx").exists()
+    # the bundle fine-tuned on rooms heard driving: the driving rooms' robots moved
+    import numpy as np
+
+    from avperception_train.datagen.shards import read_manifest
+
+    assert read_manifest("work/driving")["config"]["robot"]["speed_mps"] == [0.0, 2.0]
+    speeds = np.concatenate([np.linalg.norm(np.load(f)["robot_velocity"], axis=1)
+                             for f in sorted(Path("work/driving").glob("shard-*.npz"))])
+    assert len(speeds) == 24 and speeds.max() > 0.5
+    driving = load_bundle(tmp_path / "work" / "driving_bundle")
+    assert driving.array.num_mics == 4 and driving.meta["uncertainty_calibration"]["split"] == "val"
     assert {"recipe", "evaluate", "export-bundle", "import-bag", "train", "replay-eval", "preview"} <= set(ran)
     assert {"calibrate-latency", "record", "launch"} <= set(parsed)
 
