@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,8 +130,6 @@ def test_every_command_of_the_guide_runs_or_parses(tmp_path, monkeypatch):
     assert calibration["split"] == "val" and calibration["heard"]["scale"] > 0 and calibration["quantile"] == 0.02
     assert (tmp_path / "work" / "real_bundle" / "model.onnx").exists()
     # the bundle fine-tuned on rooms heard driving: the driving rooms' robots moved
-    import numpy as np
-
     from avperception_train.datagen.shards import read_manifest
 
     assert read_manifest("work/driving")["config"]["robot"]["speed_mps"] == [0.0, 2.0]
