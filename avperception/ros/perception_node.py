@@ -215,9 +215,10 @@ class PerceptionNode(Node):
         if newest is None:
             return
         t_first, block = newest
-        if self.sonar is not None and self.sonar.blank_s > 0:
+        blank_s = self.sonar.blank_s if self.sonar is not None else 0.0
+        if blank_s > 0:
             onsets = list(self._onsets) + self.sonar.aligner.pending_onsets()
-            block = blank_pings(block, t_first, onsets, self.sonar.blank_s, cfg.sample_rate)
+            block = blank_pings(block, t_first, onsets, blank_s, cfg.sample_rate)
         self.process(t_first, block)
 
     def process(self, t_first: float, block: np.ndarray) -> None:

@@ -93,7 +93,7 @@ class SonarPipeline:
         """Seconds the beamformer leaves out after each onset: the sweep and ``config.blank_ms`` after it (0: none)."""
         if self.config.blank_ms <= 0:
             return 0.0
-        return len(self.bundle.emitted) / self.bundle.sample_rate + self.config.blank_ms * 1e-3
+        return len(self.direct.emitted) / self.direct.fs + self.config.blank_ms * 1e-3
 
     @property
     def window_samples(self) -> int:
