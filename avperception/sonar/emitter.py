@@ -100,7 +100,7 @@ def onset_stamp(onset_index: int, first_index: int, first_stamp: float, fs: floa
     return float(first_stamp) + (int(onset_index) - int(first_index)) / float(fs)
 
 
-# the data engine's default sweep (training/avperception_train/datagen DatagenConfig.active)
+# the default sweep and speaker position: the data engine's ActiveConfig takes its defaults from these
 DEFAULT_SWEEP = dict(kind="linear", f0_hz=1000.0, f1_hz=7000.0, duration_s=0.032, fade=0.25)
 DEFAULT_SPEAKER = (0.0, 0.0, -0.05)
 

@@ -22,6 +22,7 @@ import yaml
 
 from avperception.config import DEFAULT_ARRAY, MAX_AVERAGE_PINGS, from_dict
 from avperception.constants import SPEED_OF_SOUND
+from avperception.sonar.emitter import DEFAULT_SPEAKER, DEFAULT_SWEEP
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "datagen.yaml"
 # named distributions of scenes: standard is the shipped datagen.yaml (the dataclass defaults); any other is a
@@ -79,13 +80,15 @@ class ActiveConfig:
     """The robot's own sweep, emitted by a speaker next to the array."""
 
     probability: float = 1.0  # fraction of scenes with the chirp on
-    sweep: str = "linear"  # linear | exponential
-    f_start_hz: float = 1000.0
-    f_end_hz: float = 7000.0
-    duration_s: float = 0.032  # 32 ms: four times the 8 ms sweep's energy at the same peak level (6 dB over ambient)
-    fade: float = 0.25  # Tukey window taper fraction
+    # the sweep's defaults are the runtime's (avperception.sonar.emitter.DEFAULT_SWEEP): 1-7 kHz linear in 32 ms,
+    # four times the 8 ms sweep's energy at the same peak level (6 dB over ambient)
+    sweep: str = DEFAULT_SWEEP["kind"]  # linear | exponential
+    f_start_hz: float = DEFAULT_SWEEP["f0_hz"]
+    f_end_hz: float = DEFAULT_SWEEP["f1_hz"]
+    duration_s: float = DEFAULT_SWEEP["duration_s"]
+    fade: float = DEFAULT_SWEEP["fade"]  # Tukey window taper fraction
     level_db: float = -30.0  # peak level in dBFS at 1 m from the speaker
-    speaker_position: tuple[float, float, float] = (0.0, 0.0, -0.05)  # array frame, metres
+    speaker_position: tuple[float, float, float] = DEFAULT_SPEAKER  # array frame, metres
 
     def validate(self, fs: int) -> None:
         if not 0 <= self.probability <= 1:
