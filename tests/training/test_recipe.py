@@ -1,5 +1,5 @@
-"""The recipe's pieces: moving the shipped student to another array, and the command's refusals.
-(The whole recipe runs, end to end and resumed, in tests/docs/test_your_robot.py.)"""
+"""The recipe's pieces: moving the shipped student to another array, the command's refusals, and a run with a
+share of its rooms heard driving. (The whole recipe runs, end to end and resumed, in tests/docs/test_your_robot.py.)"""
 
 from __future__ import annotations
 
@@ -78,6 +78,12 @@ def test_recipe_refusals_say_what_to_do(tmp_path):
         run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="huge")
     with pytest.raises(ConfigError, match="--stage-epochs"):
         run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", stage_epochs=(0, 0, 0))
+    with pytest.raises(ConfigError, match="--driving: the share"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving=1.0)
+    with pytest.raises(ConfigError, match="--driving-speed"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving=0.2, driving_speed=0.0)
+    with pytest.raises(ConfigError, match="leaves no driving scenes"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving=0.001)
     with pytest.raises(ConfigError):  # an unknown array fails before anything runs
         run_recipe("no_such_array", [0, 0, -0.05], tmp_path / "w", budget="quick")
     assert not (tmp_path / "w").exists()
@@ -87,12 +93,54 @@ def test_recipe_refusals_say_what_to_do(tmp_path):
         run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick")
 
 
+def test_recipe_with_rooms_heard_driving(tmp_path):
+    """A quick run with half of its 48 scenes heard driving: the driving rooms are other rooms than the standing
+    ones, their robots move, every training stage and the calibration take both datasets, and the student is
+    scored on the driving rooms apart."""
+    import json
+
+    from avperception.inference.bundle import load_bundle
+
+    from avperception_train.datagen.shards import read_manifest
+    from avperception_train.learn.recipe import DRIVING_ROW, run_recipe
+
+    logs: list[str] = []
+    s = run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", workers=1, scenes=48,
+                   driving=0.5, driving_speed=1.5, log=logs.append)
+    w = tmp_path / "w"
+    standing, driving = read_manifest(w / "data"), read_manifest(w / "data_driving")
+    assert standing["num_scenes"] == 24 and driving["num_scenes"] == 24
+    assert driving["config"]["robot"]["speed_mps"] == [0.0, 1.5] and driving["config"]["seed"] != standing["config"]["seed"]
+    speeds = np.concatenate([np.linalg.norm(np.load(f)["robot_velocity"], axis=1)
+                             for f in sorted((w / "data_driving").glob("shard-*.npz"))])
+    assert len(speeds) == 24 and 0.1 < speeds.max() <= 1.5 + 1e-6
+    for stage in ("whole", "layout"):
+        data = json.loads((w / stage / "config.json").read_text())["train"]["data"]
+        assert data == f"{w / 'data'},{w / 'data_driving'}"
+    # calibrated on the validation rooms of both, or of the standing ones where the driving rooms have none, said
+    with_val = [str(w / d) for d, m in (("data", standing), ("data_driving", driving)) if m["splits"]["val"]["scenes"]]
+    assert load_bundle(w / "bundle").meta["uncertainty_calibration"]["data"] == ",".join(with_val)
+    assert (len(with_val) == 1) == any("has no validation rooms" in line for line in logs)
+    assert s["settings"]["driving"] == 0.5 and s["settings"]["driving_speed_mps"] == 1.5
+    assert s["times_s"]["data_driving"] > 0
+    report = (w / "report.md").read_text()
+    assert "heard with the robot driving at 0-1.5 m/s" in report
+    # scored apart on the driving rooms' own test split (as a row of the results beside the baselines)
+    assert 0 < s["scores"][DRIVING_ROW]["delta1"] <= 1 and "with the robot driving δ1" in report
+    assert DRIVING_ROW in (w / "results.md").read_text()
+
+
 def test_recipe_command_line_keeps_the_papers_flags_apart(tmp_path, capsys):
     from avperception_train.cli import main
 
     assert main(["recipe", "--array", "respeaker_4mic", "--speaker", "0,0,-0.05", "--out", str(tmp_path / "w"),
                  "--epochs", "3"]) == 2
     assert "add --paper" in capsys.readouterr().err
+    assert main(["recipe", "--paper", "--driving", "0.2", "--out", str(tmp_path / "w")]) == 2
+    assert "--driving is for a bundle for your array" in capsys.readouterr().err
+    assert main(["recipe", "--array", "respeaker_4mic", "--speaker", "0,0,-0.05", "--driving", "1.5", "--out",
+                 str(tmp_path / "w")]) == 2
+    assert "--driving: the share" in capsys.readouterr().err
     assert main(["recipe", "--array", "respeaker_4mic", "--out", str(tmp_path / "w")]) == 2
     assert "--speaker X,Y,Z" in capsys.readouterr().err
     assert main(["recipe", "--array", "respeaker_4mic", "--speaker", "0,0", "--out", str(tmp_path / "w")]) == 2

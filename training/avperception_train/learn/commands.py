@@ -512,6 +512,12 @@ def add_commands(sub) -> None:
                    help="weights to start from: default (the shipped student), a student .pt or .safetensors")
     p.add_argument("--stage-epochs", dest="stage_epochs", metavar="ADAPT,WHOLE,LAYOUT",
                    help="epochs of the three training stages instead of the budget's, e.g. 1,5,2 (0 skips a stage)")
+    p.add_argument("--driving", type=float, default=0.0, metavar="SHARE",
+                   help="the share of the scenes heard with the robot driving through the window (e.g. 0.2; each "
+                        "takes about ten times a standing scene's data time), trained on with the rest and scored "
+                        "apart (default 0: all standing)")
+    p.add_argument("--driving-speed", dest="driving_speed", type=float, default=2.0, metavar="M_PER_S",
+                   help="with --driving: speeds uniform from 0 to this, m/s (default 2.0, as the shipped model's)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("--paper", "the papers' pipeline: teacher, distilled and end-to-end students, the "
                                         "manifold student and its control, baselines (WORK/results.md)")
@@ -534,6 +540,9 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     from avperception.config import DEFAULT_ARRAY, ConfigError
 
     if a.paper:
+        if a.driving:
+            raise ConfigError("recipe --paper: --driving is for a bundle for your array; for the papers' pipeline "
+                              "give --set 'robot.speed_mps=[0.0, 2.0]' (every scene driving)")
         a.array = a.array or DEFAULT_ARRAY
         a.device = a.device or "auto"
         a.scenes = a.scenes if a.scenes is not None else 2000
@@ -546,7 +555,7 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     if not a.array or not a.speaker:
         raise ConfigError("recipe needs --array (a preset in config/arrays/ or your array's YAML) and --speaker X,Y,Z "
                           "(where the speaker sits in the array frame, metres); see docs/your_robot.md")
-    from .recipe import parse_speaker, run_recipe
+    from .recipe import DRIVING_ROW, parse_speaker, run_recipe
 
     try:
         speaker = parse_speaker(a.speaker)
@@ -557,12 +566,15 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--stage-epochs: three whole numbers ADAPT,WHOLE,LAYOUT, got {a.stage_epochs!r}") from None
     s = run_recipe(a.array, speaker, a.out, a.budget, "" if a.device in (None, "auto") else a.device, a.resume,
-                   a.workers, a.seed, a.scenes, a.init, epochs)
+                   a.workers, a.seed, a.scenes, a.init, epochs, a.driving, a.driving_speed)
     student = s["scores"]["student (this recipe)"]
     print(f"\nbundle: {s['bundle']}")
     print(f"test depth: delta1 {student['delta1']:.3f}, AbsRel {student['abs_rel']:.3f}, RMSE {student['rmse']:.3f} m "
           f"(baselines: " + ", ".join(f"{n} delta1 {v['delta1']:.3f}" for n, v in s["scores"].items()
-                                     if n != "student (this recipe)" and "delta1" in v) + ")")
+                                     if n not in ("student (this recipe)", DRIVING_ROW) and "delta1" in v) + ")")
+    if DRIVING_ROW in s["scores"]:
+        d = s["scores"][DRIVING_ROW]
+        print(f"robot driving: delta1 {d['delta1']:.3f}, AbsRel {d['abs_rel']:.3f}")
     print(f"report: {s['report']}")
     return 0
 

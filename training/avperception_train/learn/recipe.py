@@ -2,7 +2,9 @@
 
 Stages, each skipped when its output exists (``--resume`` continues a stopped run):
 
-1. ``data``: synthetic scenes for the array and the speaker position (``datagen``).
+1. ``data``: synthetic scenes for the array and the speaker position (``datagen``); with ``driving``, a share of
+   them in ``data_driving`` heard with the robot driving through the window (``robot.speed_mps``), which every
+   later stage takes with the rest.
 2. ``adapt``: the shipped student moved to the array (:func:`~.train.transfer_student`: every tensor whose shape
    fits is loaded); only the re-initialised parts (the input projections) train, the rest frozen.
 3. ``whole``: the whole network (the shipped recipe's echo and layout steps).
@@ -27,6 +29,7 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("adapt", "whole", "layout")
+DRIVING_SEED_OFFSET = 1  # the driving rooms' datagen seed: the recipe's plus this (other rooms than the standing ones)
 BASELINES = {"mean layout of the training rooms": "mean-layout", "echo time of flight": "echo-tof",
              "echo planes (classical)": "echo-planes"}
 
@@ -58,7 +61,7 @@ def parse_speaker(text: str) -> list[float]:
     return parse_xyz(text, "--speaker X,Y,Z in metres in the array frame (x forward, y left, z up), e.g. 0,0,-0.05")
 
 
-def stage_config(name: str, data: Path, out: Path, epochs: int, budget: Budget, device: str, seed: int, **kw):
+def stage_config(name: str, data: str | Path, out: Path, epochs: int, budget: Budget, device: str, seed: int, **kw):
     """The training config of one recipe stage: ``training/configs/recipe_{name}.yaml`` with the budget's
     epochs, batch size and loader workers, a warmup of at most a tenth of the stage, and ``kw``."""
     from .config import TrainConfig, load_train_config
@@ -75,10 +78,20 @@ def stage_config(name: str, data: Path, out: Path, epochs: int, budget: Budget, 
                    workers=budget.loader_workers, device=device, seed=seed, warmup_steps=warmup, **kw).validate()
 
 
-def _train_scenes(data: Path) -> int:
+def _train_scenes(data: str | Path) -> int:
+    """Training scenes of a dataset, or of several joined by commas."""
     from ..datagen.shards import read_manifest
+    from .data import data_dirs
 
-    return int(read_manifest(data)["splits"]["train"]["scenes"])
+    return sum(int(read_manifest(d)["splits"]["train"]["scenes"]) for d in data_dirs(str(data)))
+
+
+def _with_split(data: str | Path, split: str) -> list[Path]:
+    """The datasets of ``data`` (one, or several joined by commas) that hold scenes of ``split``."""
+    from ..datagen.shards import read_manifest
+    from .data import data_dirs
+
+    return [d for d in data_dirs(str(data)) if int(read_manifest(d)["splits"].get(split, {}).get("scenes", 0))]
 
 
 def _done(path: Path) -> dict | None:
@@ -91,14 +104,17 @@ def _stamp(path: Path, **info) -> None:
 
 def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = "cpu", device: str = "",
                resume: bool = False, workers: int | None = None, seed: int = 0, scenes: int | None = None,
-               init: str = "default", stage_epochs: tuple[int, int, int] | None = None, log=print) -> dict:
+               init: str = "default", stage_epochs: tuple[int, int, int] | None = None, driving: float = 0.0,
+               driving_speed: float = 2.0, log=print) -> dict:
     """Run the recipe (module docstring) into ``out``; returns the summary written to ``out/recipe.json``:
     the bundle's path, the student's and the baselines' test scores, the stage times.
 
     ``array``: preset name or array YAML; ``speaker``: the speaker's position (m, array frame);
     ``device``: "" = the budget's; ``workers``: datagen processes (None = one per CPU); ``scenes``: overrides the
     budget's scene count; ``init``: the weights to start from (default: the shipped student); ``stage_epochs``:
-    overrides the budget's epochs of the three training stages."""
+    overrides the budget's epochs of the three training stages; ``driving``: the share of the scenes heard with the
+    robot driving straight through the window at a speed uniform in 0 to ``driving_speed`` m/s (each about ten times
+    a standing scene's data time), trained on with the rest and scored on their own test rooms besides."""
     import torch
 
     from avperception.config import ConfigError, load_array
@@ -111,6 +127,12 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
             raise ConfigError(f"--stage-epochs: three epoch counts (adapt, whole, layout; 0 skips one), got "
                               f"{list(stage_epochs)}")
         b = replace(b, epochs=tuple(int(e) for e in stage_epochs))
+    if not 0.0 <= driving < 1.0:
+        raise ConfigError(f"--driving: the share of the scenes heard with the robot driving, at least 0 and below 1, "
+                          f"got {driving}")
+    if driving and not 0.0 < driving_speed <= 10.0:
+        raise ConfigError(f"--driving-speed: the fastest the robot drives while it pings, m/s (above 0, at most 10), "
+                          f"got {driving_speed}")
     device = device or b.device
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device here; use --device cpu (and --budget cpu)")
@@ -119,6 +141,12 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
     settings = {"array": array, "array_name": geometry.name, "speaker": [float(v) for v in speaker],
                 "budget": budget, "scenes": int(scenes or b.scenes), "seed": seed, "init": init,
                 "epochs": list(b.epochs)}
+    n_driving = round(settings["scenes"] * driving)
+    if driving:
+        if not 0 < n_driving < settings["scenes"]:
+            raise ConfigError(f"--driving {driving} of {settings['scenes']} scenes leaves "
+                              f"{'no driving' if n_driving == 0 else 'no standing'} scenes: give another share")
+        settings.update(driving=float(driving), driving_speed_mps=float(driving_speed))  # absent: a run without
     summary_path = work / "recipe.json"
     if work.exists() and any(work.iterdir()):
         before = _done(summary_path)
@@ -141,18 +169,35 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
 
     save()
     data = work / "data"
+    driving_data = work / "data_driving"
     t = time.time()
     if "data" not in times:
         from ..datagen.config import load_config
         from ..datagen.engine import run_datagen
 
         cfg = load_config(None, {"array": array, "seed": seed, "active": {"speaker_position": settings["speaker"]}})
-        log(f"[1/6] data: {settings['scenes']} scenes for {geometry.name}, speaker at {settings['speaker']} m")
-        run_datagen(cfg, data, settings["scenes"], workers or max(1, os.cpu_count() or 1))
+        log(f"[1/6] data: {settings['scenes'] - n_driving} scenes for {geometry.name}, speaker at "
+            f"{settings['speaker']} m")
+        run_datagen(cfg, data, settings["scenes"] - n_driving, workers or max(1, os.cpu_count() or 1))
         times["data"] = time.time() - t
         save()
     else:
         log(f"[1/6] data: done ({data})")
+    if driving and "data_driving" not in times:
+        from ..datagen.config import load_config
+        from ..datagen.engine import run_datagen
+
+        t = time.time()
+        cfg = load_config(None, {"array": array, "seed": seed + DRIVING_SEED_OFFSET,
+                                 "active": {"speaker_position": settings["speaker"]},
+                                 "robot": {"speed_mps": [0.0, float(driving_speed)]}})
+        log(f"[1/6] data: {n_driving} scenes heard driving at 0-{driving_speed:g} m/s")
+        run_datagen(cfg, driving_data, n_driving, workers or max(1, os.cpu_count() or 1))
+        times["data_driving"] = time.time() - t
+        save()
+    elif driving:
+        log(f"[1/6] data: done ({driving_data})")
+    train_data = f"{data},{driving_data}" if driving else str(data)
 
     from .train import train, transfer_student, student_config
 
@@ -187,7 +232,7 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
             kw = {"init": init, "transfer": True, "train_only": parts}
         else:
             kw = {"init": previous, "transfer": previous == init}
-        cfg = stage_config(name, data, run, epochs, b, device, seed, **kw)
+        cfg = stage_config(name, train_data, run, epochs, b, device, seed, **kw)
         log(f"[{i + 2}/6] {name}: {epochs} epoch(s), batch {cfg.batch_size}, lr {cfg.lr:g}, "
             f"training {', '.join(cfg.train_only) if cfg.train_only else 'everything'} on {device}")
         if run.exists() and not (run / "last.pt").exists():
@@ -206,7 +251,10 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
         if load_student(student).uncertainty is not None:
             log("[5/6] calibrate: the depth uncertainty on the validation rooms")
             t = time.time()
-            calibrate_student(student, str(data), calibrated, device="cuda" if device == "cuda" else "cpu",
+            calibration_data = ",".join(str(d) for d in _with_split(train_data, "val"))
+            if calibration_data != train_data:
+                log(f"[5/6] calibrate: {driving_data} has no validation rooms (too few scenes); on {data}'s alone")
+            calibrate_student(student, calibration_data, calibrated, device="cuda" if device == "cuda" else "cpu",
                               extra={"recipe": settings}, log=log)
             times["calibrate"] = time.time() - t
             # a run resumed from before this stage existed scored and bundled the uncalibrated student: again
@@ -233,6 +281,16 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
                                progress=True) for n, s in specs.items()}
         notes = (f"{len(test)} test scenes of {test.info.array} from rooms never seen in training; speaker at "
                  f"{settings['speaker']} m; budget {budget} ({settings['scenes']} scenes generated).")
+        if driving:
+            try:
+                moving = InMemoryScenes(driving_data, "test", echo_free=True)
+            except ValueError:  # too few driving rooms for a test split
+                log("[5/6] evaluate: the driving rooms have no test split (too few scenes); not scored apart")
+            else:
+                results[DRIVING_ROW] = evaluate(load_predictor(f"student:{student}", str(data), dev), moving,
+                                                voxel_size_m=test.info.voxel_size_m, progress=True)
+                notes += (f" The last row: the student on {len(moving)} other test scenes, the robot driving at "
+                          f"0-{driving_speed:g} m/s through the window.")
         write_report(results, results_md, f"Recipe for {geometry.name}: student against the baselines", notes)
         times["evaluate"] = time.time() - t
         save()
@@ -266,6 +324,9 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
     return summary
 
 
+DRIVING_ROW = "student (this recipe), robot driving"
+
+
 def _scores(results: dict) -> dict:
     """``{row: {abs_rel, delta1, rmse, layout_iou, voxel_iou}}`` of an evaluation (what the summary shows)."""
     out = {}
@@ -285,11 +346,16 @@ def report_markdown(summary: dict, results_text: str) -> str:
     student = summary["scores"].get("student (this recipe)", {})
     lines = [f"# Model bundle for {s['array_name']}", "",
              f"- array: `{s['array']}`; speaker at {s['speaker']} m (array frame); budget `{s['budget']}`, "
-             f"{s['scenes']} scenes, seed {s['seed']}, started from `{s['init']}`",
+             f"{s['scenes']} scenes, seed {s['seed']}, started from `{s['init']}`"
+             + (f"; {s['driving']:.0%} of the scenes heard with the robot driving at 0-{s['driving_speed_mps']:g} m/s"
+                if s.get("driving") else ""),
              f"- bundle: `{summary['bundle']}` (model.onnx + bundle.json + weights; the bundle records the speaker "
              "position and the sweep)",
              f"- test depth: δ1 {student.get('delta1', float('nan')):.3f}, AbsRel "
-             f"{student.get('abs_rel', float('nan')):.3f}, RMSE {student.get('rmse', float('nan')):.3f} m",
+             f"{student.get('abs_rel', float('nan')):.3f}, RMSE {student.get('rmse', float('nan')):.3f} m"
+             + ("" if DRIVING_ROW not in summary["scores"] else
+                f"; with the robot driving δ1 {summary['scores'][DRIVING_ROW].get('delta1', float('nan')):.3f}, "
+                f"AbsRel {summary['scores'][DRIVING_ROW].get('abs_rel', float('nan')):.3f}"),
              "- wall time per stage: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
              + f" (total {sum(times.values()) / 60:.1f} min)", "",
              "Launch it:", "", "```bash",
