@@ -170,33 +170,26 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
     save()
     data = work / "data"
     driving_data = work / "data_driving"
-    t = time.time()
-    if "data" not in times:
-        from ..datagen.config import load_config
-        from ..datagen.engine import run_datagen
-
-        cfg = load_config(None, {"array": array, "seed": seed, "active": {"speaker_position": settings["speaker"]}})
-        log(f"[1/6] data: {settings['scenes'] - n_driving} scenes for {geometry.name}, speaker at "
-            f"{settings['speaker']} m")
-        run_datagen(cfg, data, settings["scenes"] - n_driving, workers or max(1, os.cpu_count() or 1))
-        times["data"] = time.time() - t
-        save()
-    else:
-        log(f"[1/6] data: done ({data})")
-    if driving and "data_driving" not in times:
+    # (stage key, directory, scenes, datagen settings beside the array and speaker, what the log says they are)
+    datasets = [("data", data, settings["scenes"] - n_driving, {"seed": seed},
+                 f"scenes for {geometry.name}, speaker at {settings['speaker']} m")]
+    if driving:
+        datasets.append(("data_driving", driving_data, n_driving,
+                         {"seed": seed + DRIVING_SEED_OFFSET, "robot": {"speed_mps": [0.0, float(driving_speed)]}},
+                         f"scenes heard driving at 0-{driving_speed:g} m/s"))
+    for key, where, count, extra, what in datasets:
+        if key in times:
+            log(f"[1/6] data: done ({where})")
+            continue
         from ..datagen.config import load_config
         from ..datagen.engine import run_datagen
 
         t = time.time()
-        cfg = load_config(None, {"array": array, "seed": seed + DRIVING_SEED_OFFSET,
-                                 "active": {"speaker_position": settings["speaker"]},
-                                 "robot": {"speed_mps": [0.0, float(driving_speed)]}})
-        log(f"[1/6] data: {n_driving} scenes heard driving at 0-{driving_speed:g} m/s")
-        run_datagen(cfg, driving_data, n_driving, workers or max(1, os.cpu_count() or 1))
-        times["data_driving"] = time.time() - t
+        cfg = load_config(None, {"array": array, "active": {"speaker_position": settings["speaker"]}, **extra})
+        log(f"[1/6] data: {count} {what}")
+        run_datagen(cfg, where, count, workers or max(1, os.cpu_count() or 1))
+        times[key] = time.time() - t
         save()
-    elif driving:
-        log(f"[1/6] data: done ({driving_data})")
     train_data = f"{data},{driving_data}" if driving else str(data)
 
     from .train import train, transfer_student, student_config
