@@ -82,6 +82,8 @@ def test_recipe_refusals_say_what_to_do(tmp_path):
         run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving=1.0)
     with pytest.raises(ConfigError, match="--driving-speed"):
         run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving=0.2, driving_speed=0.0)
+    with pytest.raises(ConfigError, match="needs --driving SHARE"):
+        run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving_speed=1.0)
     with pytest.raises(ConfigError, match="leaves no driving scenes"):
         run_recipe("respeaker_4mic", [0, 0, -0.05], tmp_path / "w", budget="quick", driving=0.001)
     with pytest.raises(ConfigError):  # an unknown array fails before anything runs

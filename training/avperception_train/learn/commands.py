@@ -487,7 +487,7 @@ def add_commands(sub) -> None:
 
     add_build_engine(sub)  # build-engine
 
-    from .recipe import BUDGETS
+    from .recipe import BUDGETS, DEFAULT_DRIVING_SPEED
 
     p = sub.add_parser(
         "recipe", help="a model bundle for your array: data, training from the shipped student, evaluation against "
@@ -516,8 +516,9 @@ def add_commands(sub) -> None:
                    help="the share of the scenes heard with the robot driving through the window (e.g. 0.2; each "
                         "takes about ten times a standing scene's data time), trained on with the rest and scored "
                         "apart (default 0: all standing)")
-    p.add_argument("--driving-speed", dest="driving_speed", type=float, default=2.0, metavar="M_PER_S",
-                   help="with --driving: speeds uniform from 0 to this, m/s (default 2.0, as the shipped model's)")
+    p.add_argument("--driving-speed", dest="driving_speed", type=float, default=DEFAULT_DRIVING_SPEED,
+                   metavar="M_PER_S", help=f"with --driving: speeds uniform from 0 to this, m/s (default "
+                                           f"{DEFAULT_DRIVING_SPEED:g}, as the shipped model's)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("--paper", "the papers' pipeline: teacher, distilled and end-to-end students, the "
                                         "manifold student and its control, baselines (WORK/results.md)")
@@ -539,8 +540,10 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     """``recipe``: :func:`.recipe.run_recipe` (a bundle for an array), or with ``--paper`` :func:`cmd_paper_recipe`."""
     from avperception.config import DEFAULT_ARRAY, ConfigError
 
+    from .recipe import DEFAULT_DRIVING_SPEED, DRIVING_ROW, parse_speaker, run_recipe
+
     if a.paper:
-        if a.driving:
+        if a.driving or a.driving_speed != DEFAULT_DRIVING_SPEED:
             raise ConfigError("recipe --paper: --driving is for a bundle for your array; for the papers' pipeline "
                               "give --set 'robot.speed_mps=[0.0, 2.0]' (every scene driving)")
         a.array = a.array or DEFAULT_ARRAY
@@ -555,8 +558,6 @@ def cmd_recipe(a: argparse.Namespace) -> int:
     if not a.array or not a.speaker:
         raise ConfigError("recipe needs --array (a preset in config/arrays/ or your array's YAML) and --speaker X,Y,Z "
                           "(where the speaker sits in the array frame, metres); see docs/your_robot.md")
-    from .recipe import DRIVING_ROW, parse_speaker, run_recipe
-
     try:
         speaker = parse_speaker(a.speaker)
     except ValueError as e:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("adapt", "whole", "layout")
+DEFAULT_DRIVING_SPEED = 2.0  # m/s: the fastest a recipe's driving rooms go by default (the shipped model's range)
 DRIVING_SEED_OFFSET = 1  # the driving rooms' datagen seed: the recipe's plus this (other rooms than the standing ones)
 BASELINES = {"mean layout of the training rooms": "mean-layout", "echo time of flight": "echo-tof",
              "echo planes (classical)": "echo-planes"}
@@ -105,7 +106,7 @@ def _stamp(path: Path, **info) -> None:
 def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = "cpu", device: str = "",
                resume: bool = False, workers: int | None = None, seed: int = 0, scenes: int | None = None,
                init: str = "default", stage_epochs: tuple[int, int, int] | None = None, driving: float = 0.0,
-               driving_speed: float = 2.0, log=print) -> dict:
+               driving_speed: float = DEFAULT_DRIVING_SPEED, log=print) -> dict:
     """Run the recipe (module docstring) into ``out``; returns the summary written to ``out/recipe.json``:
     the bundle's path, the student's and the baselines' test scores, the stage times.
 
@@ -130,6 +131,9 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
     if not 0.0 <= driving < 1.0:
         raise ConfigError(f"--driving: the share of the scenes heard with the robot driving, at least 0 and below 1, "
                           f"got {driving}")
+    if not driving and driving_speed != DEFAULT_DRIVING_SPEED:
+        raise ConfigError(f"--driving-speed {driving_speed:g} needs --driving SHARE (the share of the scenes heard "
+                          "driving); without it every scene is heard standing")
     if driving and not 0.0 < driving_speed <= 10.0:
         raise ConfigError(f"--driving-speed: the fastest the robot drives while it pings, m/s (above 0, at most 10), "
                           f"got {driving_speed}")
