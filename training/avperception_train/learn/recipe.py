@@ -79,20 +79,17 @@ def stage_config(name: str, data: str | Path, out: Path, epochs: int, budget: Bu
                    workers=budget.loader_workers, device=device, seed=seed, warmup_steps=warmup, **kw).validate()
 
 
+def _split_scenes(data: str | Path, split: str) -> list[tuple[Path, int]]:
+    """``(dataset, scenes of split)`` for a dataset, or for each of several joined by commas (their manifests)."""
+    from ..datagen.shards import read_manifest
+    from .data import data_dirs
+
+    return [(d, int(read_manifest(d)["splits"][split]["scenes"])) for d in data_dirs(str(data))]
+
+
 def _train_scenes(data: str | Path) -> int:
     """Training scenes of a dataset, or of several joined by commas."""
-    from ..datagen.shards import read_manifest
-    from .data import data_dirs
-
-    return sum(int(read_manifest(d)["splits"]["train"]["scenes"]) for d in data_dirs(str(data)))
-
-
-def _with_split(data: str | Path, split: str) -> list[Path]:
-    """The datasets of ``data`` (one, or several joined by commas) that hold scenes of ``split``."""
-    from ..datagen.shards import read_manifest
-    from .data import data_dirs
-
-    return [d for d in data_dirs(str(data)) if int(read_manifest(d)["splits"].get(split, {}).get("scenes", 0))]
+    return sum(n for _, n in _split_scenes(data, "train"))
 
 
 def _done(path: Path) -> dict | None:
@@ -248,7 +245,7 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
         if load_student(student).uncertainty is not None:
             log("[5/6] calibrate: the depth uncertainty on the validation rooms")
             t = time.time()
-            calibration_data = ",".join(str(d) for d in _with_split(train_data, "val"))
+            calibration_data = ",".join(str(d) for d, n in _split_scenes(train_data, "val") if n)
             if calibration_data != train_data:
                 log(f"[5/6] calibrate: {driving_data} has no validation rooms (too few scenes); on {data}'s alone")
             calibrate_student(student, calibration_data, calibrated, device="cuda" if device == "cuda" else "cpu",
