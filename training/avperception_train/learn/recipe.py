@@ -271,8 +271,9 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
         test = InMemoryScenes(data, "test", echo_free=True)
         dev = "cuda" if device == "cuda" else "cpu"
         specs = {"student (this recipe)": f"student:{student}", **BASELINES}
-        results = {n: evaluate(load_predictor(s, str(data), dev), test, voxel_size_m=test.info.voxel_size_m,
-                               progress=True) for n, s in specs.items()}
+        predictors = {n: load_predictor(s, str(data), dev) for n, s in specs.items()}
+        results = {n: evaluate(p, test, voxel_size_m=test.info.voxel_size_m, progress=True)
+                   for n, p in predictors.items()}
         notes = (f"{len(test)} test scenes of {test.info.array} from rooms never seen in training; speaker at "
                  f"{settings['speaker']} m; budget {budget} ({settings['scenes']} scenes generated).")
         if driving:
@@ -281,7 +282,7 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
             except ValueError:  # too few driving rooms for a test split
                 log("[5/6] evaluate: the driving rooms have no test split (too few scenes); not scored apart")
             else:
-                results[DRIVING_ROW] = evaluate(load_predictor(f"student:{student}", str(data), dev), moving,
+                results[DRIVING_ROW] = evaluate(predictors["student (this recipe)"], moving,
                                                 voxel_size_m=test.info.voxel_size_m, progress=True)
                 notes += (f" The last row: the student on {len(moving)} other test scenes, the robot driving at "
                           f"0-{driving_speed:g} m/s through the window.")
