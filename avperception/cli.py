@@ -92,7 +92,8 @@ def cmd_infer(a: argparse.Namespace) -> int:
         d = o.depth[np.isfinite(o.depth)]
         print(f"ping at sample {k} ({k / fs:.3f} s): depth {np.min(d):.2f}-{np.max(d):.2f} m, "
               f"{int(o.occupancy.sum())} occupied voxels, {o.infer_ms:.1f} ms")
-    extra = ", depth_uncertainty*.npy, depth_near_bound*.npy" if bundle.has_depth_uncertainty else ""
+    extra = (", depth_uncertainty*.npy, depth_near_bound*.npy, depth_confident*.npy" if bundle.has_depth_uncertainty
+             else "")
     print(f"wrote {len(results)} window(s) to {a.out} (depth*.npy, semantic*.npy, occupancy*.npy{extra}, "
           "preview*.png, meta.json)")
     return 0

@@ -398,6 +398,9 @@ class SonarConfig:
     are 11 dB below them); 0 keeps it all.
     ``near_bound_quantile``: for a bundle with a depth uncertainty, also publish the range each pixel's surface is
     nearer than with this probability (:func:`avperception.sonar.products.depth_near_bound`); 0: not published.
+    ``confident_max_rel_std``: for such a bundle, also publish the depth only where its standard deviation is at
+    most this share of its range (:func:`avperception.sonar.products.confident_depth`), NaN elsewhere; 0: not
+    published.
     ``array_height_m``: the array's height above the floor where the robot knows it (its mount, from the URDF); a
     bundle that takes it (:attr:`~avperception.inference.bundle.ModelBundle.takes_array_height`) renders the floor
     that far below instead of telling the floor's echo from the ceiling's, which a planar ring hears as mirror
@@ -425,6 +428,7 @@ class SonarConfig:
     pinhole: bool = True
     blank_ms: float = 22.0
     near_bound_quantile: float = 0.02
+    confident_max_rel_std: float = 0.3
     array_height_m: float = 0.0
     floor_frame: str = ""
     average_pings: int = 1
@@ -452,6 +456,9 @@ class SonarConfig:
             raise ConfigError("sonar: plan_z_min_m must not exceed plan_z_max_m")
         if not 0 <= self.near_bound_quantile <= 0.5:
             raise ConfigError(f"sonar.near_bound_quantile must be in [0, 0.5] (0: off), got {self.near_bound_quantile}")
+        if not 0 <= self.confident_max_rel_std <= 10:
+            raise ConfigError(f"sonar.confident_max_rel_std must be in [0, 10] (0: off), got "
+                              f"{self.confident_max_rel_std}")
         if not 0 <= self.array_height_m <= MAX_ARRAY_HEIGHT_M:
             raise ConfigError(f"sonar.array_height_m must be in [0, {MAX_ARRAY_HEIGHT_M:g}] m (0: unknown), got "
                               f"{self.array_height_m}")

@@ -37,7 +37,7 @@ from ..constants import MAX_CHUNK_SECONDS
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
 from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou
-from .safety import merge_counts, safety_counts, safety_metrics, sparsification
+from .safety import kept_counts, kept_metrics, merge_counts, safety_counts, safety_metrics, sparsification
 
 AUDIO_COMMON = "audio_common_msgs/msg/AudioDataStamped"
 AUDIO_INFO = "audio_common_msgs/msg/AudioInfo"
@@ -164,7 +164,8 @@ def _rpy_from_matrix(R: np.ndarray) -> tuple[float, float, float]:
 def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     """Means over the scored pings (NaN-free: pings without that truth are left out), pooled class IoU, the safety
     metrics pooled over the depth pixels (:mod:`.safety`: false-far rate, near-obstacle recall, obstacle delta_1;
-    None without such pixels; the false-far rate and near recall of the near bound too, ``near_bound_*``), the
+    None without such pixels; the false-far rate and near recall of the near bound too, ``near_bound_*``, and the
+    confident depth's :func:`~.safety.kept_metrics`, ``confident_*``), the
     depth uncertainty's AUSE (AbsRel) and a random order's, latency and inference
     percentiles, DOA error percentiles."""
     def mean(key):
@@ -191,6 +192,13 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     out["near_pixels"] = sm.get("near_pixels", 0)
     for key in ("false_far_rate", "near_recall"):
         out["near_bound_" + key] = finite(bound.get(key))
+    kept = None
+    for p in pings:
+        if p.get("_kept") is not None:
+            kept = merge_counts(kept, p["_kept"])
+    km = kept_metrics(kept) if kept is not None else {}
+    for key in ("kept", "delta1", "abs_rel", "false_far_rate"):
+        out["confident_" + key] = finite(km.get(key))
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for p in pings:
         if p.get("_confusion") is not None:
@@ -672,7 +680,7 @@ class _Replay:
                "infer_ms": float(o.infer_ms),
                "latency_ms": float(p["latency_ms"]), "truth": None, "delta1": None, "abs_rel": None, "rmse": None,
                "class_acc": None, "voxel_iou": None, "ause": None, "ause_random": None, "_confusion": None,
-               "_safety": None, "_bound_safety": None}
+               "_safety": None, "_bound_safety": None, "_kept": None}
         cam = None
         if depth is None and self.camera_topic is not None:
             cam = self._camera_depth(o, t)
@@ -717,8 +725,9 @@ class _Replay:
     def _score_safety(self, rec: dict, pred: np.ndarray, truth: np.ndarray, uncertainty, labels) -> None:
         """The ping's safety pixel counts (pooled by :func:`summarize`) and, when the model gives a depth
         uncertainty, its AUSE for AbsRel against the truth, a random order's, and the safety counts of the near
-        bound the node publishes (``sonar.near_bound_quantile``)."""
-        from ..sonar.products import depth_near_bound
+        bound the node publishes (``sonar.near_bound_quantile``) and the pixel counts of its confident depth
+        (``sonar.confident_max_rel_std``)."""
+        from ..sonar.products import confident_depth, depth_near_bound
 
         labels = labels if self.obstacle >= 0 else None
         rec["_safety"] = safety_counts(pred, truth, labels, obstacle=self.obstacle)
@@ -729,6 +738,9 @@ class _Replay:
             if q > 0:
                 rec["_bound_safety"] = safety_counts(depth_near_bound(pred, uncertainty, q), truth, labels,
                                                      obstacle=self.obstacle)
+            r = self.sonar_cfg.confident_max_rel_std
+            if r > 0:
+                rec["_kept"] = kept_counts(confident_depth(pred, uncertainty, r), truth)
 
     def _camera_depth(self, o, t: float):
         """Scores of the panorama reprojected into the camera frame nearest in time, where the camera sees."""

@@ -104,6 +104,38 @@ def safety_metrics(counts: dict, edges=RANGE_EDGES_M) -> dict:
             "obstacle_pixels": int(counts["obstacle_n"]), "by_range": by_range}
 
 
+def kept_counts(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3) -> dict[str, np.ndarray]:
+    """Pixel counts behind :func:`kept_metrics`, for a depth that leaves out the pixels it is unsure of (NaN: not
+    reported, as :func:`avperception.sonar.products.confident_depth` does), to add up over images
+    (``merge_counts``). ``pred``, ``gt``: ``(..., H, W)`` metres; gt NaN / <= min_depth is unknown and left out.
+    Returns ``known``, ``kept`` (of those, predicted), ``kept_delta1`` (of those, within 1.25x), ``kept_abs_rel``
+    (their sum of ``|p - g| / g``), ``near`` (true < NEAR_M), ``near_kept`` and ``near_kept_far`` (of those kept,
+    predicted > FAR_M)."""
+    g = np.asarray(gt, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    if p.shape != g.shape:
+        raise ValueError(f"prediction has {p.size} pixels, the ground truth {g.size}: give the same panorama")
+    valid = np.isfinite(g) & (g > min_depth)
+    g, p = g[valid], p[valid]
+    kept = np.isfinite(p)
+    gk, pk = g[kept], np.maximum(p[kept], min_depth)
+    near = g < NEAR_M
+    return {"known": np.float64(g.size), "kept": np.float64(kept.sum()),
+            "kept_delta1": np.float64((np.maximum(pk / gk, gk / pk) < 1.25).sum()),
+            "kept_abs_rel": np.float64((np.abs(pk - gk) / gk).sum()), "near": np.float64(near.sum()),
+            "near_kept": np.float64((near & kept).sum()), "near_kept_far": np.float64((near & kept & (p > FAR_M)).sum())}
+
+
+def kept_metrics(counts: dict) -> dict:
+    """Rates from pooled :func:`kept_counts`: ``kept`` (the share of the known pixels reported), ``delta1`` and
+    ``abs_rel`` over those, ``false_far_rate`` (of the near pixels reported, the share beyond FAR_M) and
+    ``near_kept`` (the share of the near pixels reported); NaN where no pixel qualifies."""
+    return {"kept": _ratio(counts["kept"], counts["known"]), "delta1": _ratio(counts["kept_delta1"], counts["kept"]),
+            "abs_rel": _ratio(counts["kept_abs_rel"], counts["kept"]),
+            "false_far_rate": _ratio(counts["near_kept_far"], counts["near_kept"]),
+            "near_kept": _ratio(counts["near_kept"], counts["near"])}
+
+
 # ----------------------------------------------------------------------------- sparsification
 
 

@@ -7,6 +7,9 @@ Topics (all stamped with the ping's onset, frame = the array frame unless said):
                                                       (only for a bundle whose model has an uncertainty head)
     sonar/depth_near_bound  sensor_msgs/Image 32FC1   the range each pixel's surface is nearer than with probability
                                                       ``sonar.near_bound_quantile`` (same bundles; 0: not published)
+    sonar/depth_confident   sensor_msgs/Image 32FC1   the depth where its standard deviation is at most
+                                                      ``sonar.confident_max_rel_std`` of it, NaN elsewhere (same
+                                                      bundles; 0: not published)
     sonar/semantic          sensor_msgs/Image mono8   class per pixel (bundle's class list)
     sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
     sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
@@ -62,6 +65,8 @@ class SonarPublishers:
                                   if bundle.has_depth_uncertainty else None)
         self.depth_near_bound = (node.create_publisher(Image, "sonar/depth_near_bound", q)
                                  if bundle.has_depth_uncertainty and sonar.near_bound_quantile > 0 else None)
+        self.depth_confident = (node.create_publisher(Image, "sonar/depth_confident", q)
+                                if bundle.has_depth_uncertainty and sonar.confident_max_rel_std > 0 else None)
         self.semantic = node.create_publisher(Image, "sonar/semantic", q)
         self.semantic_color = node.create_publisher(Image, "sonar/semantic_color", q)
         self.points = node.create_publisher(PointCloud2, "sonar/points", q)
@@ -120,6 +125,11 @@ class SonarPublishers:
                 and wanted(self.depth_near_bound)):
             self.depth_near_bound.publish(conv.array_to_image(products.depth_near_bound(
                 out.depth, out.depth_uncertainty, self.cfg.near_bound_quantile), t, f))
+            sent += 1
+        if (self.depth_confident is not None and out.depth_uncertainty is not None
+                and wanted(self.depth_confident)):
+            self.depth_confident.publish(conv.array_to_image(products.confident_depth(
+                out.depth, out.depth_uncertainty, self.cfg.confident_max_rel_std), t, f))
             sent += 1
         if wanted(self.occupancy):
             self.occupancy.publish(conv.points_to_cloud(

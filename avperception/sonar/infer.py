@@ -66,17 +66,21 @@ def run(audio: np.ndarray, fs: int, bundle, array, backend: str = "auto", thread
 
 
 def write(out_dir: str | Path, results: list, bundle, source: str = "",
-          near_bound_quantile: float | None = None, array_height_m: float = 0.0) -> dict:
+          near_bound_quantile: float | None = None, array_height_m: float = 0.0,
+          confident_max_rel_std: float | None = None) -> dict:
     """Write ``depth.npy`` (H x W float32 m), ``semantic.npy`` (H x W uint8), ``occupancy.npy`` (D x H x W bool),
     PNG previews and ``meta.json``; numbered (``depth_000.npy`` ...) when there are several windows. For a bundle
     with a depth uncertainty also ``depth_uncertainty.npy`` (H x W float32 m, the standard deviation) and
     ``depth_near_bound.npy`` (:func:`~avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``,
-    None: the node's ``sonar.near_bound_quantile``; 0: not written). ``meta.json`` records ``array_height_m``, the
-    array's height the model was given (0: unknown)."""
+    None: the node's ``sonar.near_bound_quantile``; 0: not written) and ``depth_confident.npy``
+    (:func:`~avperception.sonar.products.confident_depth` at ``confident_max_rel_std``, None: the node's
+    ``sonar.confident_max_rel_std``; 0: not written). ``meta.json`` records ``array_height_m``, the array's height
+    the model was given (0: unknown)."""
     from ..config import SonarConfig
-    from .products import depth_colors, depth_near_bound, label_colors
+    from .products import confident_depth, depth_colors, depth_near_bound, label_colors
 
     q = SonarConfig().near_bound_quantile if near_bound_quantile is None else near_bound_quantile
+    r = SonarConfig().confident_max_rel_std if confident_max_rel_std is None else confident_max_rel_std
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +102,9 @@ def write(out_dir: str | Path, results: list, bundle, source: str = "",
             if q > 0:
                 np.save(out / f"depth_near_bound{tag}.npy", depth_near_bound(o.depth, o.depth_uncertainty, q))
                 files[-1]["depth_near_bound"] = f"depth_near_bound{tag}.npy"
+            if r > 0:
+                np.save(out / f"depth_confident{tag}.npy", confident_depth(o.depth, o.depth_uncertainty, r))
+                files[-1]["depth_confident"] = f"depth_confident{tag}.npy"
     h, w = bundle.pano_shape
     meta = {
         "source": source,
@@ -114,6 +121,9 @@ def write(out_dir: str | Path, results: list, bundle, source: str = "",
         **({"depth_near_bound": {"units": "m, the range each pixel's surface is nearer than with probability "
                                           "quantile", "quantile": q}}
            if bundle.has_depth_uncertainty and q > 0 else {}),
+        **({"depth_confident": {"units": "m, the depth where its standard deviation is at most max_rel_std of it, "
+                                         "NaN elsewhere", "max_rel_std": r}}
+           if bundle.has_depth_uncertainty and r > 0 else {}),
         "occupancy": {"index": "[z, y, x]", "shape": list(np.asarray(results[0][1].occupancy).shape) if results else [],
                       "center_m_xyz": np.asarray(bundle.voxel_center).tolist(),
                       "extent_m_xyz": np.asarray(bundle.voxel_extent).tolist()},

@@ -150,6 +150,24 @@ def depth_near_bound(depth: np.ndarray, uncertainty: np.ndarray, quantile: float
     return out.astype(np.float32, copy=False)
 
 
+def confident_depth(depth: np.ndarray, uncertainty: np.ndarray, max_rel_std: float) -> np.ndarray:
+    """The depth where the uncertainty head is sure of it: each pixel whose standard deviation is at most
+    ``max_rel_std`` times its range (``uncertainty <= max_rel_std * depth``), NaN elsewhere and where either is
+    unknown. ``(H, W)`` metres -> ``(H, W)`` float32 metres. The pixels it keeps are the ones a map can take: on the
+    standard test rooms, at 0.3, seven in ten of them, within 1.25x of the truth 95 % of the time
+    (``docs/sonar.md``, "The confident depth")."""
+    if not max_rel_std > 0.0:
+        raise ValueError(f"the confident depth's largest relative standard deviation must be positive, got "
+                         f"{max_rel_std}")
+    d = np.asarray(depth, dtype=np.float32)
+    u = np.asarray(uncertainty, dtype=np.float32)
+    if d.shape != u.shape:
+        raise ValueError(f"depth {d.shape} and uncertainty {u.shape} differ in shape")
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(d) & np.isfinite(u) & (d > 0) & (u >= 0) & (u <= np.float32(max_rel_std) * d)
+    return np.where(keep, d, np.float32(np.nan)).astype(np.float32, copy=False)
+
+
 def label_colors(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
     """``(H, W)`` class indices -> ``(H, W, 3)`` uint8 with ``colors (C, 3)``; unknown classes black."""
     lut = np.zeros((256, 3), dtype=np.uint8)

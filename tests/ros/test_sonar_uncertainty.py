@@ -1,6 +1,6 @@
-"""perception_node publishes sonar/depth_uncertainty (32FC1, metres) and the near bound it gives beside sonar/depth
-when its bundle's model has an uncertainty head, and neither topic when it has none; the bound's quantile is a
-parameter (0: no bound)."""
+"""perception_node publishes sonar/depth_uncertainty (32FC1, metres), the near bound and the confident depth it gives
+beside sonar/depth when its bundle's model has an uncertainty head, and none of them when it has none; the bound's
+quantile and the confident depth's largest relative standard deviation are parameters (0: not published)."""
 
 import json
 
@@ -15,7 +15,7 @@ from avperception.inference import OnnxRuntimeBackend, decode, load_bundle
 from avperception.inference.synthetic import bundle_echo_window
 from avperception.ros.conversions import image_to_array
 from avperception.ros.perception_node import PerceptionNode
-from avperception.sonar.products import depth_near_bound
+from avperception.sonar.products import confident_depth, depth_near_bound
 
 from dds import spin_until  # noqa: E402  (tests/ros)
 
@@ -65,7 +65,8 @@ def test_no_uncertainty_topic_for_a_bundle_without_one(ctx, tmp_path):
     try:
         assert not node.sonar.bundle.has_depth_uncertainty and node.sonar_pub.depth_uncertainty is None
         topics = {name for name, _ in node.get_topic_names_and_types()}
-        assert "/sonar/depth" in topics and not {"/sonar/depth_uncertainty", "/sonar/depth_near_bound"} & topics
+        assert "/sonar/depth" in topics
+        assert not {"/sonar/depth_uncertainty", "/sonar/depth_near_bound", "/sonar/depth_confident"} & topics
     finally:
         node.destroy_node()
 
@@ -73,10 +74,44 @@ def test_no_uncertainty_topic_for_a_bundle_without_one(ctx, tmp_path):
 def test_no_near_bound_when_its_quantile_is_zero(ctx, uncertainty_bundle):
     node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
                                                             Parameter("sonar.model", value=str(uncertainty_bundle)),
-                                                            Parameter("sonar.near_bound_quantile", value=0.0)])
+                                                            Parameter("sonar.near_bound_quantile", value=0.0),
+                                                            Parameter("sonar.confident_max_rel_std", value=0.0)])
     try:
         assert node.sonar_pub.depth_uncertainty is not None and node.sonar_pub.depth_near_bound is None
+        assert node.sonar_pub.depth_confident is None
         topics = {name for name, _ in node.get_topic_names_and_types()}
-        assert "/sonar/depth_uncertainty" in topics and "/sonar/depth_near_bound" not in topics
+        assert "/sonar/depth_uncertainty" in topics
+        assert not {"/sonar/depth_near_bound", "/sonar/depth_confident"} & topics
     finally:
+        node.destroy_node()
+
+
+def test_confident_depth_is_the_depth_where_the_head_is_sure(ctx, uncertainty_bundle):
+    """sonar/depth_confident: the depth where its standard deviation is at most sonar.confident_max_rel_std of it,
+    NaN elsewhere; the parameter set at the median relative uncertainty of the ping keeps about half the pixels."""
+    b = load_bundle(uncertainty_bundle)
+    out = decode(b, OnnxRuntimeBackend(b).run(bundle_echo_window(b, wall_distance_m=1.5, seed=3)), stamp=3.0)
+    known = np.isfinite(out.depth)
+    r = float(np.median(out.depth_uncertainty[known] / out.depth[known]))
+    node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
+                                                            Parameter("sonar.model", value=str(uncertainty_bundle)),
+                                                            Parameter("sonar.confident_max_rel_std", value=r)])
+    listener = Node("listener", context=ctx)
+    got: dict[str, Image] = {}
+    listener.create_subscription(Image, "sonar/depth_confident", lambda m: got.__setitem__("c", m),
+                                 qos_profile_sensor_data)
+    try:
+        def published() -> bool:
+            node.sonar_pub.publish(out, everything=True)
+            return "c" in got
+
+        assert spin_until(listener, ctx, published, 10.0)
+        msg = got["c"]
+        assert msg.encoding == "32FC1" and (msg.height, msg.width) == b.pano_shape
+        conf = image_to_array(msg)
+        np.testing.assert_array_equal(conf, confident_depth(out.depth, out.depth_uncertainty, r))
+        kept = np.isfinite(conf)
+        assert 0.3 < kept.sum() / known.sum() < 0.7 and (conf[kept] == out.depth[kept]).all()
+    finally:
+        listener.destroy_node()
         node.destroy_node()

@@ -76,10 +76,11 @@ def test_replay_metrics_equal_direct_scores(sim, report):
     assert o["doa_errors"] > 0 and 0 <= o["doa_error_deg_median"] <= 180
     assert len(saved["segments"]) == 1 and saved["segments"][0]["pings"] == len(records)
     # the safety metrics pooled over every ping's pixels, and the uncertainty's AUSE per ping, as computed directly
-    from avperception.eval.safety import merge_counts, safety_counts, safety_metrics, sparsification
-    from avperception.sonar.products import depth_near_bound
+    from avperception.eval.safety import kept_counts, kept_metrics, merge_counts, safety_counts, safety_metrics, \
+        sparsification
+    from avperception.sonar.products import confident_depth, depth_near_bound
 
-    pooled = pooled_bound = None
+    pooled = pooled_bound = pooled_kept = None
     for r in records:
         out_r, truth = r["out"], r["truth"]
         assert out_r.depth_uncertainty is not None  # the shipped bundle has an uncertainty head
@@ -90,6 +91,8 @@ def test_replay_metrics_equal_direct_scores(sim, report):
         bound = depth_near_bound(out_r.depth, out_r.depth_uncertainty, SonarConfig().near_bound_quantile)
         assert (bound <= out_r.depth + 1e-6)[np.isfinite(out_r.depth)].all()
         pooled_bound = merge_counts(pooled_bound, safety_counts(bound, truth.depth, truth.semantic))
+        conf = confident_depth(out_r.depth, out_r.depth_uncertainty, SonarConfig().confident_max_rel_std)
+        pooled_kept = merge_counts(pooled_kept, kept_counts(conf, truth.depth))
     direct, direct_bound = safety_metrics(pooled), safety_metrics(pooled_bound)
     assert o["near_pixels"] == direct["near_pixels"]
     for k in ("false_far_rate", "near_recall", "obstacle_delta1", "near_bound_false_far_rate",
@@ -98,6 +101,12 @@ def test_replay_metrics_equal_direct_scores(sim, report):
         assert (o[k] is None) == (not np.isfinite(want)), k
         if o[k] is not None:
             assert o[k] == pytest.approx(want, abs=1e-12), k
+    kept = kept_metrics(pooled_kept)
+    for k in ("kept", "delta1", "abs_rel", "false_far_rate"):
+        assert (o["confident_" + k] is None) == (not np.isfinite(kept[k])), k
+        if o["confident_" + k] is not None:
+            assert o["confident_" + k] == pytest.approx(kept[k], abs=1e-12), k
+    assert 0 < o["confident_kept"] < 1 and o["confident_delta1"] >= o["delta1_mean"] - 0.05
     assert o["ause_mean"] == pytest.approx(np.mean([p["ause"] for p in saved["pings"]]), abs=1e-12)
     # the uncertainty ranks this room's errors far better than a random order does
     assert o["ause_mean"] < 0.5 * o["ause_random_mean"]

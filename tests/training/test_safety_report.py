@@ -38,6 +38,17 @@ def test_evaluate_reports_safety_and_the_uncertaintys_ause(dataset):
     assert exact["uncertainty"]["near_bound"] == {"quantile": 0.1, "false_far_rate": 0.0, "near_recall": 1.0,
                                                   "below": 0.0}
     assert "near_bound" not in evaluate(far_when_near, test, near_bound_quantile=0.0)["uncertainty"]
+    # the confident depth (sigma within 0.3 of the range: the node's default) drops the 3 m reports, whose
+    # uncertainty is most of their range, and keeps the others, 10 % far with 9 % uncertainty
+    c = u["confident"]
+    g = np.stack([test[i]["depth"].numpy() for i in range(len(test))])
+    known = np.isfinite(g) & (g > 1e-3)
+    assert c["max_rel_std"] == 0.3 and c["kept"] == pytest.approx((known & (g >= 1.0)).sum() / known.sum())
+    assert c["delta1"] == 1.0 and c["abs_rel"] == pytest.approx(0.1) and c["near_kept"] == 0.0
+    assert np.isnan(c["false_far_rate"]) and "confident depth: kept" in text
+    loose = evaluate(far_when_near, test, confident_max_rel_std=1.0)["uncertainty"]["confident"]
+    assert loose["kept"] > c["kept"] and loose["near_kept"] > 0.5 and loose["false_far_rate"] == 1.0
+    assert "confident" not in evaluate(far_when_near, test, confident_max_rel_std=0.0)["uncertainty"]
 
 
 def test_evaluate_reports_depth_by_the_arrays_height(dataset):

@@ -114,3 +114,22 @@ def test_near_bound_is_the_quantile_of_the_laplace_the_head_predicts():
             depth_near_bound(p, sigma, bad)
     with pytest.raises(ValueError, match="shape"):
         depth_near_bound(p, sigma[:, :2], 0.02)
+
+
+def test_confident_depth_keeps_the_pixels_the_head_is_sure_of():
+    """confident_depth keeps a pixel whose standard deviation is at most the given share of its range, exactly at
+    the edge too, and gives NaN elsewhere and where the depth or the uncertainty is unknown."""
+    from avperception.sonar.products import confident_depth
+
+    d = np.array([[1.0, 2.0, 4.0, np.nan, 3.0, 0.5]], dtype=np.float32)
+    u = np.array([[0.1, 0.75, 1.2, 0.1, np.nan, 0.1]], dtype=np.float32)  # relative: 0.1, 0.375, 0.3, -, -, 0.2
+    c = confident_depth(d, u, 0.3)
+    assert c.dtype == np.float32 and c.shape == d.shape
+    np.testing.assert_array_equal(c, [[1.0, np.nan, 4.0, np.nan, np.nan, 0.5]])
+    np.testing.assert_array_equal(confident_depth(d, u, 0.15), [[1.0] + [np.nan] * 5])
+    np.testing.assert_array_equal(confident_depth(d, u, 10.0)[0, :3], d[0, :3])
+    for bad in (0.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            confident_depth(d, u, bad)
+    with pytest.raises(ValueError, match="shape"):
+        confident_depth(d, u[:, :2], 0.3)

@@ -28,9 +28,9 @@ def test_one_window_gives_every_output(tmp_path, bundle, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["semantic"]["classes"] == list(bundle.classes) and meta["windows"][0]["onset_sample"] == 0
     assert (out / "preview.png").stat().st_size > 10_000
-    # the shipped bundle has a depth uncertainty: it and the node's near bound are written too
+    # the shipped bundle has a depth uncertainty: it, the node's near bound and confident depth are written too
     from avperception.config import SonarConfig
-    from avperception.sonar.products import depth_near_bound
+    from avperception.sonar.products import confident_depth, depth_near_bound
 
     unc, bound = np.load(out / "depth_uncertainty.npy"), np.load(out / "depth_near_bound.npy")
     known = np.isfinite(depth)
@@ -39,7 +39,11 @@ def test_one_window_gives_every_output(tmp_path, bundle, capsys):
     np.testing.assert_array_equal(bound, depth_near_bound(depth, unc, q))
     assert (bound[known] < depth[known]).all() and meta["depth_near_bound"]["quantile"] == q
     assert meta["windows"][0]["depth_near_bound"] == "depth_near_bound.npy"
-    assert "depth_near_bound*.npy" in capsys.readouterr().out
+    r = SonarConfig().confident_max_rel_std
+    conf = np.load(out / "depth_confident.npy")
+    np.testing.assert_array_equal(conf, confident_depth(depth, unc, r))
+    assert meta["depth_confident"]["max_rel_std"] == r and meta["windows"][0]["depth_confident"] == "depth_confident.npy"
+    assert "depth_near_bound*.npy, depth_confident*.npy" in capsys.readouterr().out
 
 
 def test_pings_in_a_longer_recording_are_found_at_their_onsets(tmp_path, bundle):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from avperception.eval.safety import (merge_counts, range_band_names, safety_counts, safety_metrics, sparsification,
-                                      sparsification_curve)
+from avperception.eval.safety import (kept_counts, kept_metrics, merge_counts, range_band_names, safety_counts,
+                                      safety_metrics, sparsification, sparsification_curve)
 
 
 def test_false_far_and_near_recall_count_what_a_robot_would_hit():
@@ -19,6 +19,23 @@ def test_false_far_and_near_recall_count_what_a_robot_would_hit():
     assert m["near_pixels"] == 4 and m["false_far_rate"] == pytest.approx(2 / 4)
     assert m["close_pixels"] == 6 and m["near_recall"] == pytest.approx(3 / 6)  # 0.9, 0.45, 1.4
     assert np.isnan(m["obstacle_delta1"]) and m["obstacle_pixels"] == 0
+
+
+def test_a_depth_with_gaps_is_scored_on_what_it_keeps():
+    """kept_counts / kept_metrics: a NaN prediction is a pixel left out, not one reported far; delta_1, AbsRel and
+    the false far are over the kept pixels, with the shares kept; unknown truths are left out; counts pool."""
+    gt = np.array([0.3, 0.4, 0.2, 2.0, 2.0, 4.0, np.nan])
+    pred = np.array([2.0, np.nan, 0.2, 2.2, np.nan, 8.0, 1.0])  # kept: 0.3->2.0 (far), 0.2, 2.0->2.2, 4.0->8.0
+    m = kept_metrics(kept_counts(pred, gt))
+    assert m["kept"] == pytest.approx(4 / 6) and m["delta1"] == pytest.approx(2 / 4)
+    assert m["abs_rel"] == pytest.approx((1.7 / 0.3 + 0.0 + 0.1 + 1.0) / 4)
+    assert m["false_far_rate"] == pytest.approx(1 / 2) and m["near_kept"] == pytest.approx(2 / 3)
+    twice = kept_metrics(merge_counts(kept_counts(pred, gt), kept_counts(gt, gt)))
+    assert twice["kept"] == pytest.approx(10 / 12) and twice["false_far_rate"] == pytest.approx(1 / 5)
+    none = kept_metrics(kept_counts(np.full(3, np.nan), np.array([0.3, 1.0, 2.0])))
+    assert none["kept"] == 0.0 and np.isnan(none["delta1"]) and np.isnan(none["false_far_rate"])
+    with pytest.raises(ValueError, match="pixels"):
+        kept_counts(pred[:3], gt)
 
 
 def test_range_bands_pool_abs_rel_and_delta1_by_true_range():

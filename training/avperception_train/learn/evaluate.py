@@ -19,8 +19,9 @@ import torch
 from avperception.bench.common import markdown_table as _table
 from avperception.config import SonarConfig
 from avperception.eval.metrics import confusion, depth_metrics, segmentation_metrics
-from avperception.eval.safety import merge_counts, range_band_names, safety_counts, safety_metrics, sparsification
-from avperception.sonar.products import depth_near_bound
+from avperception.eval.safety import (kept_counts, kept_metrics, merge_counts, range_band_names, safety_counts,
+                                      safety_metrics, sparsification)
+from avperception.sonar.products import confident_depth, depth_near_bound
 
 from ..datagen.acoustics import ECHO_FREE_ABSORPTION
 from ..datagen.geometry import CEILING, FLOOR
@@ -138,7 +139,7 @@ def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int
 
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
              batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20,
-             near_bound_quantile: float | None = None) -> dict:
+             near_bound_quantile: float | None = None, confident_max_rel_std: float | None = None) -> dict:
     """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields).
 
     With depth, ``safety`` pools :func:`avperception.eval.safety.safety_counts` over the scenes that have depth scores;
@@ -148,7 +149,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     oracle, and a random order's for reference; and ``uncertainty["near_bound"]`` scores the near bound the node
     publishes (:func:`avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``, None: the node's
     default) as a depth: its false-far rate and near recall, and ``below``, the share of known pixels whose truth
-    is nearer than it (the quantile, if the uncertainty is calibrated). With the items' ``heights`` (floor below
+    is nearer than it (the quantile, if the uncertainty is calibrated); ``uncertainty["confident"]`` scores the
+    depth the node publishes where it is sure (:func:`avperception.sonar.products.confident_depth` at
+    ``confident_max_rel_std``, None: the node's default; :func:`avperception.eval.safety.kept_metrics`): the share of
+    the known pixels it keeps, their delta_1, AbsRel and false-far rate. With the items' ``heights`` (floor below
     and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
     pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
     cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
@@ -163,6 +167,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     if near_bound_quantile is None:
         near_bound_quantile = SonarConfig().near_bound_quantile
     bound_safety, bound_below = None, np.zeros(2)  # the near bound: safety counts; pixels below it, known pixels
+    if confident_max_rel_std is None:
+        confident_max_rel_std = SonarConfig().confident_max_rel_std
+    kept = None  # the confident depth's pixel counts
     heard_rows, heard_safety, quiet = [], None, np.zeros(3)  # echo-free pixels, those within 1.25x; known pixels
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
@@ -211,6 +218,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                             bound_safety = merge_counts(bound_safety, safety_counts(bound, gt_depth[i], labels))
                             known = np.isfinite(gt_depth[i]) & np.isfinite(bound)
                             bound_below += ((gt_depth[i][known] < bound[known]).sum(), known.sum())
+                        if confident_max_rel_std > 0:
+                            kept = merge_counts(kept, kept_counts(confident_depth(d, u, confident_max_rel_std),
+                                                                  gt_depth[i]))
             if "semantic" in pred:
                 conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
             if "voxels" in pred:
@@ -249,6 +259,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 "quantile": float(near_bound_quantile), "false_far_rate": b["false_far_rate"],
                 "near_recall": b["near_recall"],
                 "below": float(bound_below[0] / bound_below[1]) if bound_below[1] else float("nan")}
+        if kept is not None:
+            out["uncertainty"]["confident"] = {"max_rel_std": float(confident_max_rel_std), **kept_metrics(kept)}
     if by_class[:, 0].sum():
         # pooled over all test pixels of each ground-truth class: where the depth error comes from
         names = class_names(num_classes)
@@ -315,6 +327,8 @@ UNCERTAINTY_COLUMNS = [
     ("rmse", "ause", "AUSE RMSE m ↓"), ("rmse", "ause_random", "random RMSE m"),
     ("near_bound", "false_far_rate", "near bound: false far ↓"), ("near_bound", "near_recall", "near recall ↑"),
     ("near_bound", "below", "truth below it"),
+    ("confident", "kept", "confident depth: kept"), ("confident", "delta1", "its δ1 ↑"),
+    ("confident", "abs_rel", "its AbsRel ↓"), ("confident", "false_far_rate", "its false far ↓"),
 ]
 
 
