@@ -400,7 +400,8 @@ class SonarConfig:
     nearer than with this probability (:func:`avperception.sonar.products.depth_near_bound`); 0: not published.
     ``confident_max_rel_std``: for such a bundle, also publish the depth only where its standard deviation is at
     most this share of its range (:func:`avperception.sonar.products.confident_depth`), NaN elsewhere; 0: not
-    published.
+    published. ``points_confident``: ``sonar/points`` carries the confident depth's pixels only (such bundles, with
+    ``confident_max_rel_std`` above 0), not every pixel's best guess.
     ``array_height_m``: the array's height above the floor where the robot knows it (its mount, from the URDF); a
     bundle that takes it (:attr:`~avperception.inference.bundle.ModelBundle.takes_array_height`) renders the floor
     that far below instead of telling the floor's echo from the ceiling's, which a planar ring hears as mirror
@@ -429,6 +430,7 @@ class SonarConfig:
     blank_ms: float = 22.0
     near_bound_quantile: float = 0.02
     confident_max_rel_std: float = 0.3
+    points_confident: bool = False
     array_height_m: float = 0.0
     floor_frame: str = ""
     average_pings: int = 1
@@ -459,6 +461,9 @@ class SonarConfig:
         if not 0 <= self.confident_max_rel_std <= 10:
             raise ConfigError(f"sonar.confident_max_rel_std must be in [0, 10] (0: off), got "
                               f"{self.confident_max_rel_std}")
+        if self.points_confident and self.confident_max_rel_std == 0:
+            raise ConfigError("sonar.points_confident takes the confident depth's pixels, which "
+                              "sonar.confident_max_rel_std 0 turns off: set it above 0 (0.3) or points_confident false")
         if not 0 <= self.array_height_m <= MAX_ARRAY_HEIGHT_M:
             raise ConfigError(f"sonar.array_height_m must be in [0, {MAX_ARRAY_HEIGHT_M:g}] m (0: unknown), got "
                               f"{self.array_height_m}")

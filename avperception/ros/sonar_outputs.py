@@ -13,6 +13,7 @@ Topics (all stamped with the ping's onset, frame = the array frame unless said):
     sonar/semantic          sensor_msgs/Image mono8   class per pixel (bundle's class list)
     sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
     sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
+                                                      (``sonar.points_confident``: the confident depth's pixels only)
     sonar/occupancy         sensor_msgs/PointCloud2   centres of the occupied voxels
     sonar/occupancy_markers visualization_msgs/MarkerArray  the occupied voxels one can see (a free face) as cubes
     sonar/occupancy_grid    nav_msgs/OccupancyGrid    the voxels of a height band collapsed to a floor plan (Nav2)
@@ -67,6 +68,9 @@ class SonarPublishers:
                                  if bundle.has_depth_uncertainty and sonar.near_bound_quantile > 0 else None)
         self.depth_confident = (node.create_publisher(Image, "sonar/depth_confident", q)
                                 if bundle.has_depth_uncertainty and sonar.confident_max_rel_std > 0 else None)
+        if sonar.points_confident and not bundle.has_depth_uncertainty:
+            node.get_logger().warning("sonar.points_confident: the bundle's model has no depth uncertainty, so "
+                                      "sonar/points carries every pixel's depth")
         self.semantic = node.create_publisher(Image, "sonar/semantic", q)
         self.semantic_color = node.create_publisher(Image, "sonar/semantic_color", q)
         self.points = node.create_publisher(PointCloud2, "sonar/points", q)
@@ -148,7 +152,10 @@ class SonarPublishers:
         return sent
 
     def _points(self, out):
-        pts, lab = products.depth_points(out.depth, self.rays, out.labels, self.cfg.points_max_range_m)
+        depth = out.depth
+        if self.cfg.points_confident and self.cfg.confident_max_rel_std > 0 and out.depth_uncertainty is not None:
+            depth = products.confident_depth(depth, out.depth_uncertainty, self.cfg.confident_max_rel_std)
+        pts, lab = products.depth_points(depth, self.rays, out.labels, self.cfg.points_max_range_m)
         rgb = pack_rgb(self.colors[np.minimum(lab, len(self.colors) - 1)]) if len(pts) else np.zeros(0, np.float32)
         return conv.points_to_cloud(pts, out.stamp, self.frame_id, {"label": lab.astype(np.uint8), "rgb": rgb})
 

@@ -9,11 +9,11 @@ import rclpy  # noqa: F401
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, PointCloud2
 
 from avperception.inference import OnnxRuntimeBackend, decode, load_bundle
 from avperception.inference.synthetic import bundle_echo_window
-from avperception.ros.conversions import image_to_array
+from avperception.ros.conversions import cloud_to_arrays, image_to_array
 from avperception.ros.perception_node import PerceptionNode
 from avperception.sonar.products import confident_depth, depth_near_bound
 
@@ -88,22 +88,26 @@ def test_no_near_bound_when_its_quantile_is_zero(ctx, uncertainty_bundle):
 
 def test_confident_depth_is_the_depth_where_the_head_is_sure(ctx, uncertainty_bundle):
     """sonar/depth_confident: the depth where its standard deviation is at most sonar.confident_max_rel_std of it,
-    NaN elsewhere; the parameter set at the median relative uncertainty of the ping keeps about half the pixels."""
+    NaN elsewhere; the parameter set at the median relative uncertainty of the ping keeps about half the pixels.
+    With sonar.points_confident, sonar/points carries those pixels only."""
     b = load_bundle(uncertainty_bundle)
     out = decode(b, OnnxRuntimeBackend(b).run(bundle_echo_window(b, wall_distance_m=1.5, seed=3)), stamp=3.0)
     known = np.isfinite(out.depth)
     r = float(np.median(out.depth_uncertainty[known] / out.depth[known]))
     node = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic"),
                                                             Parameter("sonar.model", value=str(uncertainty_bundle)),
-                                                            Parameter("sonar.confident_max_rel_std", value=r)])
+                                                            Parameter("sonar.confident_max_rel_std", value=r),
+                                                            Parameter("sonar.points_confident", value=True)])
     listener = Node("listener", context=ctx)
-    got: dict[str, Image] = {}
+    got: dict = {}
     listener.create_subscription(Image, "sonar/depth_confident", lambda m: got.__setitem__("c", m),
+                                 qos_profile_sensor_data)
+    listener.create_subscription(PointCloud2, "sonar/points", lambda m: got.__setitem__("p", m),
                                  qos_profile_sensor_data)
     try:
         def published() -> bool:
             node.sonar_pub.publish(out, everything=True)
-            return "c" in got
+            return len(got) == 2
 
         assert spin_until(listener, ctx, published, 10.0)
         msg = got["c"]
@@ -112,6 +116,11 @@ def test_confident_depth_is_the_depth_where_the_head_is_sure(ctx, uncertainty_bu
         np.testing.assert_array_equal(conf, confident_depth(out.depth, out.depth_uncertainty, r))
         kept = np.isfinite(conf)
         assert 0.3 < kept.sum() / known.sum() < 0.7 and (conf[kept] == out.depth[kept]).all()
+        cloud = cloud_to_arrays(got["p"])
+        ranges = np.sqrt(cloud["x"] ** 2 + cloud["y"] ** 2 + cloud["z"] ** 2)
+        in_range = kept & (conf <= node.sonar_pub.cfg.points_max_range_m)
+        assert len(ranges) == in_range.sum() > 0
+        np.testing.assert_allclose(np.sort(ranges), np.sort(conf[in_range]), rtol=1e-5)
     finally:
         listener.destroy_node()
         node.destroy_node()

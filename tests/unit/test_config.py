@@ -89,6 +89,8 @@ def test_pipeline_config_yaml_and_errors(tmp_path):
         with pytest.raises(ConfigError, match="confident_max_rel_std"):
             load_pipeline_config({"sonar": {"confident_max_rel_std": r}})
     assert load_pipeline_config({"sonar": {"confident_max_rel_std": 0.0}}).sonar.confident_max_rel_std == 0.0
+    with pytest.raises(ConfigError, match="points_confident"):
+        load_pipeline_config({"sonar": {"confident_max_rel_std": 0.0, "points_confident": True}})
     for h in (-0.5, 12.0):
         with pytest.raises(ConfigError, match="array_height_m"):
             load_pipeline_config({"sonar": {"array_height_m": h}})
