@@ -128,6 +128,23 @@ def test_calibrating_on_several_datasets_pools_their_rooms(split_scenes, ring_da
         assert info["ab"][mode]["below_after"] == pytest.approx(0.02, abs=0.002)
 
 
+def test_a_dataset_without_validation_rooms_is_left_out_and_said(split_scenes, ring_dataset, tmp_path):
+    """``--data A,B`` where B has no validation rooms (too few scenes: splits are by room): the calibration is A's
+    alone, its record names A only, and the log says why; with no validation rooms anywhere it is refused."""
+    from avperception_train.learn.commands import calibrate_student, default_model_path
+
+    train_only = ring_dataset(17, 6, {"train": 1.0, "val": 0.0, "test": 0.0})
+    src = str(default_model_path().with_suffix(".safetensors"))
+    logs = []
+    alone = calibrate_student(src, str(split_scenes), tmp_path / "a", log=lambda *_: None)
+    both = calibrate_student(src, f"{split_scenes},{train_only}", tmp_path / "ab", log=logs.append)
+    a, ab = (json.loads(p.with_suffix(".json").read_text())["uncertainty_calibration"] for p in (alone, both))
+    assert ab["data"] == str(split_scenes) and ab["scenes"] == a["scenes"] and ab["heard"] == a["heard"]
+    assert any(f"{train_only} has no validation rooms" in line for line in logs)
+    with pytest.raises(ValueError, match="no validation rooms"):
+        calibrate_student(src, str(train_only), tmp_path / "b", log=lambda *_: None)
+
+
 def test_training_from_a_calibrated_student_starts_from_the_head_as_trained(split_scenes):
     """The calibration fits the network it was fitted on: ``train --init`` (the same array) and ``--transfer`` give
     a student whose uncertainty is the head's own, to be calibrated again after training."""

@@ -302,26 +302,36 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
     """Calibrate the depth uncertainty of the student ``source`` (``.pt`` or ``.safetensors``) on the ``split`` rooms
     of ``data`` (one dataset, or several joined by commas as in ``train``: their rooms pooled;
     :func:`~avperception_train.learn.calibrate.calibrate_uncertainty`) and write it as ``out.safetensors`` +
-    ``out.json``, its metadata kept plus ``uncertainty_calibration`` (and ``extra``); returns the ``.safetensors``
-    path. A dataset of another array is refused naming the difference."""
+    ``out.json``, its metadata kept plus ``uncertainty_calibration`` (and ``extra``: its ``data`` names the datasets
+    used); returns the ``.safetensors`` path. A dataset of another array is refused naming the difference; one
+    without ``split`` rooms (too few scenes: splits are by room) is left out, said through ``log``, unless none has
+    any."""
     from torch.utils.data import ConcatDataset
 
     from avperception.inference.bundle import check_fits
 
     from .bundle_writer import beam_speed, student_contract
     from .calibrate import calibrate_uncertainty
-    from .data import InMemoryScenes, data_dirs
+    from .data import InMemoryScenes, split_scenes
 
     model = load_student(source, device)
     cfg = model.cfg
-    roots = list(dict.fromkeys(data_dirs(data)))  # a dataset named twice counts once
-    for root in roots:
+    counts = dict(split_scenes(data, split))  # a dataset named twice counts once
+    for root in counts:
         array, rate, c = dataset_contract(root)
         check_fits(student_contract(cfg), array, rate, beam_speed(cfg, c))
+    roots = [root for root, n in counts.items() if n]
+    what = {"val": "validation"}.get(split, split)
+    if not roots:
+        raise ValueError(f"calibrate: no {what} rooms in {data} (too few scenes: the splits are by room); give a "
+                         "dataset with more scenes or another --split")
+    for root in counts:
+        if root not in roots:
+            log(f"calibrate: {root} has no {what} rooms (too few scenes); on the others alone")
     parts = [InMemoryScenes(root, split) for root in roots]
     scenes = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     info = calibrate_uncertainty(model, scenes, quantile, device=device, progress=True)
-    info.update(data=str(data), split=split)
+    info.update(data=",".join(str(r) for r in roots), split=split)
     for mode in ("heard", "given"):
         if mode in info:
             m = info[mode]

@@ -305,6 +305,13 @@ def data_dirs(root: str | Path) -> list[Path]:
     return [Path(p) for p in parts]
 
 
+def split_scenes(data: str | Path, split: str) -> list[tuple[Path, int]]:
+    """``(dataset, scenes of split)`` for each dataset a ``--data`` value names (from their manifests)."""
+    from ..datagen.shards import read_manifest
+
+    return [(d, int(read_manifest(d)["splits"][split]["scenes"])) for d in data_dirs(str(data))]
+
+
 def _info_differences(a: DataInfo, b: DataInfo) -> list[str]:
     """The fields in which two datasets' contracts differ (what one network cannot fit at once)."""
     out = []

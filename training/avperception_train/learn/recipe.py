@@ -79,17 +79,11 @@ def stage_config(name: str, data: str | Path, out: Path, epochs: int, budget: Bu
                    workers=budget.loader_workers, device=device, seed=seed, warmup_steps=warmup, **kw).validate()
 
 
-def _split_scenes(data: str | Path, split: str) -> list[tuple[Path, int]]:
-    """``(dataset, scenes of split)`` for a dataset, or for each of several joined by commas (their manifests)."""
-    from ..datagen.shards import read_manifest
-    from .data import data_dirs
-
-    return [(d, int(read_manifest(d)["splits"][split]["scenes"])) for d in data_dirs(str(data))]
-
-
 def _train_scenes(data: str | Path) -> int:
     """Training scenes of a dataset, or of several joined by commas."""
-    return sum(n for _, n in _split_scenes(data, "train"))
+    from .data import split_scenes
+
+    return sum(n for _, n in split_scenes(data, "train"))
 
 
 def _done(path: Path) -> dict | None:
@@ -245,10 +239,7 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
         if load_student(student).uncertainty is not None:
             log("[5/6] calibrate: the depth uncertainty on the validation rooms")
             t = time.time()
-            calibration_data = ",".join(str(d) for d, n in _split_scenes(train_data, "val") if n)
-            if calibration_data != train_data:
-                log(f"[5/6] calibrate: {driving_data} has no validation rooms (too few scenes); on {data}'s alone")
-            calibrate_student(student, calibration_data, calibrated, device="cuda" if device == "cuda" else "cpu",
+            calibrate_student(student, train_data, calibrated, device="cuda" if device == "cuda" else "cpu",
                               extra={"recipe": settings}, log=log)
             times["calibrate"] = time.time() - t
             # a run resumed from before this stage existed scored and bundled the uncalibrated student: again
