@@ -113,9 +113,12 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
             pin = cam(out.depth)
             dcol = products.depth_colors(out.depth)
             scol = products.label_colors(out.labels, b.class_colors)
-            # the uncertainty and the near bound, as the node publishes them (bundles with an uncertainty head)
-            extra = () if out.depth_uncertainty is None else (out.depth_uncertainty, products.depth_near_bound(
-                out.depth, out.depth_uncertainty, SonarConfig().near_bound_quantile))
+            # the uncertainty, the near bound and the confident depth, as the node publishes them (bundles with an
+            # uncertainty head)
+            extra = () if out.depth_uncertainty is None else (
+                out.depth_uncertainty,
+                products.depth_near_bound(out.depth, out.depth_uncertainty, SonarConfig().near_bound_quantile),
+                products.confident_depth(out.depth, out.depth_uncertainty, SonarConfig().confident_max_rel_std))
             t3 = time.perf_counter()
             if conv is not None:
                 f = array.frame_id
