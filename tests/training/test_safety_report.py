@@ -170,3 +170,33 @@ def test_evaluate_gives_students_and_bundles_the_scenes_array_height(ring_scenes
     (old / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="does not take the array's height"):
         load_predictor(f"bundle:{old}", ring_scenes, known_height=True)
+
+
+def test_the_confident_depth_is_scored_at_each_threshold_asked(dataset):
+    """``confident_max_rel_std`` with several thresholds: ``confident`` is the first's, ``confident_by_threshold``
+    lists each, the share kept grows with the threshold, and the report has a table of them; ``evaluate
+    --confident`` takes the list and refuses what the node would."""
+    import argparse
+
+    from avperception_train.learn.commands import _thresholds
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate, report_text
+
+    test = InMemoryScenes(dataset, "train")
+
+    def far_when_near(batch):  # as above: relative uncertainty 0.09 where right, (3 - g) / 3 where reported at 3 m
+        g = batch["depth"].numpy()
+        d = np.where(g < 1.0, 3.0, g * 1.1)
+        return {"depth": d, "depth_uncertainty": np.abs(d - g)}
+
+    r = evaluate(far_when_near, test, confident_max_rel_std=[0.05, 0.3, 1.0])["uncertainty"]
+    rows = r["confident_by_threshold"]
+    assert [c["max_rel_std"] for c in rows] == [0.05, 0.3, 1.0] and r["confident"] == rows[0]
+    assert rows[0]["kept"] == 0.0 and rows[1]["delta1"] == 1.0 and rows[1]["kept"] < rows[2]["kept"]
+    text = report_text({"far when near": {"uncertainty": r}})
+    assert "The confident depth by threshold" in text and "| far when near | 0.3 |" in text
+    assert "confident_by_threshold" not in evaluate(far_when_near, test)["uncertainty"]
+    assert _thresholds("0.2,0.3") == [0.2, 0.3]
+    for bad in ("0,0.3", "11", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _thresholds(bad)

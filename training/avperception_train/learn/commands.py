@@ -129,7 +129,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     for spec, name in zip(specs, row_names(specs)):
         t = time.time()
         results[name] = evaluate(load_predictor(spec, a.data, a.device, a.known_height), test,
-                                 voxel_size_m=test.info.voxel_size_m, progress=True)
+                                 voxel_size_m=test.info.voxel_size_m, progress=True,
+                                 confident_max_rel_std=a.confident)
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
     title = f"Evaluation on the {a.split} split of {a.data}" + (", the array's height known" if a.known_height else "")
     notes = f"{len(test)} scenes from rooms never seen in training."
@@ -396,6 +397,18 @@ def cmd_export_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def _thresholds(text: str) -> list[float]:
+    """``--confident 0.1,0.2,0.3``: positive numbers up to 10 (as ``sonar.confident_max_rel_std`` takes)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers joined by commas, e.g. 0.2,0.3") from None
+    bad = [v for v in values if not 0 < v <= 10]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad}: each must be in (0, 10] (a standard deviation as a share of the range)")
+    return values
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a teacher, VQ-VAE or student (see configs/)")
     p.add_argument("--config", help="training YAML (examples: training/configs/*.yaml); options given here override it")
@@ -430,6 +443,10 @@ def add_commands(sub) -> None:
     p.add_argument("--baselines", action="store_true",
                    help="add the mean-layout, echo time-of-flight and echo-planes baselines")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--confident", type=_thresholds, metavar="R[,R2,...]",
+                   help="score the confident depth (sonar/depth_confident) keeping the pixels whose standard deviation "
+                        "is at most R of their range, at each R given (default: the node's sonar.confident_max_rel_std, "
+                        "0.3); several give a table to choose the node's from")
     p.add_argument("--known-height", dest="known_height", action="store_true",
                    help="give the students and bundles each scene's true array height above the floor, as a robot "
                         "that knows where its array is mounted gives the node (sonar.array_height_m)")

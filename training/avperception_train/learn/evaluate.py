@@ -11,7 +11,7 @@ recall, range bands, obstacle delta_1) and, for an uncertainty, its sparsificati
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -139,7 +139,8 @@ def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int
 
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
              batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20,
-             near_bound_quantile: float | None = None, confident_max_rel_std: float | None = None) -> dict:
+             near_bound_quantile: float | None = None,
+             confident_max_rel_std: float | Sequence[float] | None = None) -> dict:
     """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields).
 
     With depth, ``safety`` pools :func:`avperception.eval.safety.safety_counts` over the scenes that have depth scores;
@@ -152,7 +153,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     is nearer than it (the quantile, if the uncertainty is calibrated); ``uncertainty["confident"]`` scores the
     depth the node publishes where it is sure (:func:`avperception.sonar.products.confident_depth` at
     ``confident_max_rel_std``, None: the node's default; :func:`avperception.eval.safety.kept_metrics`): the share of
-    the known pixels it keeps, their delta_1, AbsRel and false-far rate. With the items' ``heights`` (floor below
+    the known pixels it keeps, their delta_1, AbsRel and false-far rate; given several thresholds, ``confident`` is
+    the first's and ``confident_by_threshold`` lists each one's. With the items' ``heights`` (floor below
     and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
     pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
     cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
@@ -169,7 +171,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     bound_safety, bound_below = None, np.zeros(2)  # the near bound: safety counts; pixels below it, known pixels
     if confident_max_rel_std is None:
         confident_max_rel_std = SonarConfig().confident_max_rel_std
-    kept = None  # the confident depth's pixel counts
+    thresholds = [float(r) for r in np.atleast_1d(confident_max_rel_std) if r > 0]
+    kept: dict[float, dict | None] = dict.fromkeys(thresholds)  # the confident depth's pixel counts per threshold
     heard_rows, heard_safety, quiet = [], None, np.zeros(3)  # echo-free pixels, those within 1.25x; known pixels
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
@@ -218,9 +221,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                             bound_safety = merge_counts(bound_safety, safety_counts(bound, gt_depth[i], labels))
                             known = np.isfinite(gt_depth[i]) & np.isfinite(bound)
                             bound_below += ((gt_depth[i][known] < bound[known]).sum(), known.sum())
-                        if confident_max_rel_std > 0:
-                            kept = merge_counts(kept, kept_counts(confident_depth(d, u, confident_max_rel_std),
-                                                                  gt_depth[i]))
+                        for r in thresholds:
+                            kept[r] = merge_counts(kept[r], kept_counts(confident_depth(d, u, r), gt_depth[i]))
             if "semantic" in pred:
                 conf += confusion(pred["semantic"][i], batch["semantic"][i].numpy(), num_classes)
             if "voxels" in pred:
@@ -259,8 +261,11 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 "quantile": float(near_bound_quantile), "false_far_rate": b["false_far_rate"],
                 "near_recall": b["near_recall"],
                 "below": float(bound_below[0] / bound_below[1]) if bound_below[1] else float("nan")}
-        if kept is not None:
-            out["uncertainty"]["confident"] = {"max_rel_std": float(confident_max_rel_std), **kept_metrics(kept)}
+        if thresholds:
+            rows = [{"max_rel_std": r, **kept_metrics(kept[r])} for r in thresholds]
+            out["uncertainty"]["confident"] = rows[0]
+            if len(rows) > 1:
+                out["uncertainty"]["confident_by_threshold"] = rows
     if by_class[:, 0].sum():
         # pooled over all test pixels of each ground-truth class: where the depth error comes from
         names = class_names(num_classes)
@@ -412,6 +417,21 @@ def uncertainty_table(results: dict[str, dict]) -> str:
     return _table(["method"] + [c[2] for c in UNCERTAINTY_COLUMNS] + ["scenes"], body)
 
 
+def confident_table(results: dict[str, dict]) -> str:
+    """The confident depth at each threshold ``evaluate`` was given (``confident_by_threshold``): the share of the
+    known pixels it keeps, delta_1 and AbsRel over them, the false far over the near pixels it keeps and the share
+    of the near pixels it keeps, one row per method and threshold; '' if no method has several."""
+    rows = {n: r["uncertainty"]["confident_by_threshold"] for n, r in results.items()
+            if r.get("uncertainty", {}).get("confident_by_threshold")}
+    if not rows:
+        return ""
+    body = [[name, f"{c['max_rel_std']:g}"] + [_cell(c[k]) for k in ("kept", "delta1", "abs_rel", "false_far_rate",
+                                                                      "near_kept")]
+            for name, cs in rows.items() for c in cs]
+    return _table(["method", "σ at most (of the range)", "kept", "δ1 ↑", "AbsRel ↓", "false far ↓",
+                   "near pixels kept"], body)
+
+
 def _cell(v) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
@@ -521,7 +541,13 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
                  "by step, minus the same by the true error; 0 = it ranks the errors perfectly, the random column "
                  "is a random order's; mean over scenes). The near bound is the range each pixel's surface is "
                  "nearer than with the node's probability (`sonar.near_bound_quantile`, in `near_bound.quantile` "
-                 "of the results), scored as a depth; 'truth below it' should be that probability:\n\n" + unc + "\n")
+                 "of the results), scored as a depth; 'truth below it' should be that probability. The confident depth "
+                 "keeps the pixels whose standard deviation is at most the node's share of their range "
+                 "(`sonar.confident_max_rel_std`, in `confident.max_rel_std`): kept = the share of the known pixels "
+                 "it keeps, scored over those; its false far over the near pixels it keeps:\n\n" + unc + "\n")
+    conf = confident_table(results)
+    if conf:
+        text += "\nThe confident depth by threshold:\n\n" + conf + "\n"
     return text
 
 
