@@ -34,6 +34,17 @@ def range_band_names(edges=RANGE_EDGES_M) -> list[str]:
     return [f"<{e[0]} m"] + [f"{a}-{b} m" for a, b in zip(e, e[1:])] + [f">{e[-1]} m"]
 
 
+def _known_pixels(pred: np.ndarray, gt: np.ndarray, min_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(prediction, truth)`` float64, flat, at the pixels whose truth is known (finite, beyond ``min_depth``), and
+    which those are (a flat mask)."""
+    g = np.asarray(gt, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    if p.shape != g.shape:
+        raise ValueError(f"prediction has {p.size} pixels, the ground truth {g.size}: give the same panorama")
+    valid = np.isfinite(g) & (g > min_depth)
+    return p[valid], g[valid], valid
+
+
 def safety_counts(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray | None = None, obstacle: int = OBSTACLE,
                   edges=RANGE_EDGES_M, min_depth: float = 1e-3) -> dict[str, np.ndarray]:
     """Pixel counts behind :func:`safety_metrics`, to add up over images (``merge_counts``).
@@ -49,12 +60,7 @@ def safety_counts(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray | None = 
         (``(K + 1,)``: pixels, sum of ``|p - g| / g``, pixels within 1.25x, per band of true range),
         ``obstacle_n`` and ``obstacle_delta1``; all float64 arrays.
     """
-    g = np.asarray(gt, dtype=np.float64).ravel()
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    if p.shape != g.shape:
-        raise ValueError(f"prediction has {p.size} pixels, the ground truth {g.size}: give the same panorama")
-    valid = np.isfinite(g) & (g > min_depth)
-    g, p = g[valid], p[valid]
+    p, g, valid = _known_pixels(pred, gt, min_depth)
     p = np.where(np.isfinite(p), np.maximum(p, min_depth), np.inf)
     ok = np.maximum(p / g, g / p) < 1.25
     band = np.searchsorted(np.asarray(edges, dtype=np.float64), g, side="right")  # 0 .. K
@@ -111,12 +117,7 @@ def kept_counts(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3) -> di
     Returns ``known``, ``kept`` (of those, predicted), ``kept_delta1`` (of those, within 1.25x), ``kept_abs_rel``
     (their sum of ``|p - g| / g``), ``near`` (true < NEAR_M), ``near_kept`` and ``near_kept_far`` (of those kept,
     predicted > FAR_M)."""
-    g = np.asarray(gt, dtype=np.float64).ravel()
-    p = np.asarray(pred, dtype=np.float64).ravel()
-    if p.shape != g.shape:
-        raise ValueError(f"prediction has {p.size} pixels, the ground truth {g.size}: give the same panorama")
-    valid = np.isfinite(g) & (g > min_depth)
-    g, p = g[valid], p[valid]
+    p, g, _ = _known_pixels(pred, gt, min_depth)
     kept = np.isfinite(p)
     gk, pk = g[kept], np.maximum(p[kept], min_depth)
     near = g < NEAR_M
