@@ -36,7 +36,7 @@ ARRAY_HEIGHT_INPUT = "array_height"
 POSITION_TOL_M = 1e-3
 SPEED_TOL_MS = 1.0
 
-FIT_HINT = ("use a bundle trained for this array and sample rate (train one with `avperception-train recipe "
+FIT_HINT = ("use a bundle trained for this array, sample rate and sweep (train one with `avperception-train recipe "
             "--array NAME`, then `avperception-train export-bundle`), or fix the array file")
 
 
@@ -307,12 +307,14 @@ def graph_feed(input_names, audio: np.ndarray, array_height: float = 0.0) -> dic
 
 
 def fits(bundle: ModelBundle, array: ArrayGeometry | str | Path, sample_rate: int | None = None,
-         speed_of_sound: float | None = None) -> list[str]:
+         speed_of_sound: float | None = None, sweep: str | None = None, speaker_position=None) -> list[str]:
     """Every difference between what ``bundle`` was trained for and ``array`` / ``sample_rate`` /
-    ``speed_of_sound`` (empty: it fits).
+    ``speed_of_sound`` and, for audio already recorded (a dataset, a bag), the ``sweep`` it was made with (its
+    :func:`sweep_id`) and the speaker's ``speaker_position`` (array frame, m) (empty: it fits).
 
-    The microphones must be the same in number and order, each within 1 mm; ``sample_rate`` defaults to the
-    array's own (when it has one); speeds of sound may differ by up to 1 m/s.
+    The microphones must be the same in number and order, each within 1 mm, and so must the speaker; ``sample_rate``
+    defaults to the array's own (when it has one); speeds of sound may differ by up to 1 m/s. The sweep and the
+    speaker are compared where both are known (a bundle carries them; a student's own contract does not).
     """
     if not isinstance(array, ArrayGeometry):
         array = load_array(array)
@@ -336,13 +338,23 @@ def fits(bundle: ModelBundle, array: ArrayGeometry | str | Path, sample_rate: in
     if speed_of_sound is not None and abs(float(speed_of_sound) - bundle.speed_of_sound) > SPEED_TOL_MS:
         diffs.append(f"speed of sound: bundle {bundle.speed_of_sound:g} m/s vs {float(speed_of_sound):g} m/s "
                      f"(more than {SPEED_TOL_MS:g} m/s apart)")
+    if "sweep" in bundle.meta:
+        if sweep is not None and sweep != bundle.sweep_id:
+            diffs.append(f"sweep: the bundle's model hears {bundle.sweep_id}, the audio was made with {sweep} (make it "
+                         f"with the bundle's sweep, e.g. datagen --set active.duration_s=..., or use a bundle "
+                         f"trained on this one)")
+        if speaker_position is not None:
+            s = np.asarray(speaker_position, dtype=np.float64)
+            if s.shape != (3,) or np.linalg.norm(s - bundle.speaker_position) > POSITION_TOL_M:
+                diffs.append(f"speaker position: bundle {np.round(bundle.speaker_position, 4).tolist()} vs "
+                             f"{np.round(s, 4).tolist()} m")
     return diffs
 
 
 def check_fits(bundle: ModelBundle, array: ArrayGeometry | str | Path, sample_rate: int | None = None,
-               speed_of_sound: float | None = None) -> None:
+               speed_of_sound: float | None = None, sweep: str | None = None, speaker_position=None) -> None:
     """Raise :class:`BundleMismatch` naming every difference (see :func:`fits`) and what to do; None when it fits."""
-    diffs = fits(bundle, array, sample_rate, speed_of_sound)
+    diffs = fits(bundle, array, sample_rate, speed_of_sound, sweep, speaker_position)
     if diffs:
         name = array.name if isinstance(array, ArrayGeometry) else str(array)
         raise BundleMismatch(f"the model bundle {bundle.path} does not fit array '{name}': " + "; ".join(diffs)

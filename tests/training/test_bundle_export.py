@@ -42,11 +42,23 @@ def test_fine_tuning_the_default_on_another_array_says_how_to_start(dataset, tmp
     import avperception.inference.bundle as bundle_mod
     import avperception.models as models_mod
 
-    # the shipped bundle for the data's array has no torch weights (ONNX only): say where weights come from
-    assert (bundle_mod.BUNDLES_DIR / "respeaker_4mic" / "bundle.json").is_file()
-    assert not (bundle_mod.BUNDLES_DIR / "respeaker_4mic" / "model.safetensors").exists()
+    # the shipped bundle for the data's array hears another sweep (8 ms; the data engine's default is 32 ms): named,
+    # with --transfer as the way to start from it anyway
     assert main(["train", "--mode", "e2e", "--data", str(dataset), "--out", str(tmp_path / "run"),
                  "--init", "default", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "sweep: the bundle's model hears linear-1000-7000Hz-8ms-16k" in err and "add --transfer" in err
+    # rooms made with its sweep: it fits, but has no torch weights (ONNX only): say where weights come from
+    from avperception_train.datagen.config import config_from_dict
+    from avperception_train.datagen.engine import run_datagen
+
+    short = tmp_path / "short_sweep"
+    run_datagen(config_from_dict({"seed": 6, "array": "respeaker_4mic", "active": {"duration_s": 0.008}}), short, 4,
+                workers=1, show_progress=False, log=None)
+    assert (bundle_mod.BUNDLES_DIR / "respeaker_4mic" / "bundle.json").is_file()
+    assert not (bundle_mod.BUNDLES_DIR / "respeaker_4mic" / "model.safetensors").exists()
+    assert main(["train", "--mode", "e2e", "--data", str(short), "--out", str(tmp_path / "run"),
+                 "--init", "default", "--epochs", "1", "--batch-size", "2"]) == 2
     err = capsys.readouterr().err
     assert "only its ONNX graph" in err and "--transfer" in err
     # no bundle for the data's array: the shipped robot_8mic model is checked against it, every difference named
@@ -113,3 +125,19 @@ def test_the_shipped_bundle_regenerates_identically(tmp_path):
     assert {k: v for k, v in again.meta.items() if k not in strip} == \
         {k: v for k, v in shipped.meta.items() if k not in strip}
     assert json.loads((out / "bundle.json").read_text())["training"]["config_hash"]
+
+
+def test_evaluating_on_audio_of_another_sweep_is_refused(tmp_path, capsys):
+    """The shipped robot_8mic bundle hears the 32 ms sweep: rooms made with the 8 ms one are refused, naming both
+    sweeps, by `evaluate --model bundle:...` and `--default` alike, instead of scored as if they fit."""
+    from avperception_train.datagen.config import config_from_dict
+    from avperception_train.datagen.engine import run_datagen
+
+    data = tmp_path / "short_sweep"
+    cfg = config_from_dict({"seed": 5, "array": "robot_8mic", "active": {"duration_s": 0.008}})
+    run_datagen(cfg, data, 4, workers=1, show_progress=False, log=None)
+    for how in (["--model", "bundle:default:robot_8mic"], ["--default"]):
+        assert main(["evaluate", "--data", str(data), "--split", "train", *how]) == 2
+        err = capsys.readouterr().err
+        assert "sweep: the bundle's model hears linear-1000-7000Hz-32ms-16k" in err
+        assert "made with linear-1000-7000Hz-8ms-16k" in err

@@ -107,6 +107,23 @@ def test_fits_its_own_array(bundle):
     check_fits(bundle, load_array("robot_8mic"), 16000, 343.4)
 
 
+def test_audio_made_with_another_sweep_or_speaker_does_not_fit(bundle):
+    """Recorded audio (a dataset, a bag) must have been made with the bundle's sweep and speaker: both are named
+    when they differ, and nothing is compared when they are not given (a live node emits the bundle's own)."""
+    from avperception.inference.bundle import sweep_id
+
+    own = {"sweep": bundle.sweep_id, "speaker_position": bundle.speaker_position.tolist()}
+    assert fits(bundle, "robot_8mic", 16000, 343.4, **own) == []
+    p = bundle.sweep_params
+    other = sweep_id(p["kind"], p["f0_hz"], p["f1_hz"], p["duration_s"] / 4, bundle.sample_rate)
+    moved = (bundle.speaker_position + [0.0, 0.0, 0.03]).tolist()
+    with pytest.raises(BundleMismatch) as e:
+        check_fits(bundle, "robot_8mic", sweep=other, speaker_position=moved)
+    d = e.value.differences
+    assert len(d) == 2 and bundle.sweep_id in d[0] and other in d[0] and d[1].startswith("speaker position")
+    assert "sweep" in str(e.value).split("What to do:")[1]
+
+
 def test_refuses_another_array_naming_the_mic_count(bundle):
     with pytest.raises(BundleMismatch) as e:
         check_fits(bundle, "respeaker_4mic")

@@ -72,7 +72,7 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu", known_height:
         from .engine import onnx_predictor
 
         bundle = load_bundle(path)
-        check_fits(bundle, *dataset_contract(data_root))
+        check_fits(bundle, *dataset_contract(data_root), **dataset_emitter(data_root))
         if known_height:
             try:
                 require_height_input(bundle)
@@ -165,6 +165,23 @@ def dataset_contract(data: str | Path):
     return array, rate, speed_of_sound(m)
 
 
+def dataset_emitter(data: str | Path) -> dict:
+    """``{"sweep": its sweep_id, "speaker_position": [x, y, z]}``: what a dataset's pings were made with (from its
+    manifest's ``active`` settings), the keywords :func:`~avperception.inference.bundle.check_fits` compares with a
+    bundle's; ``{}`` for a dataset without them."""
+    from avperception.inference.bundle import sweep_id
+
+    from ..datagen.shards import read_manifest
+
+    cfg = read_manifest(data).get("config", {})
+    a = cfg.get("active")
+    if not a:
+        return {}
+    rate = int(cfg.get("audio", {}).get("sample_rate", 16000))
+    return {"sweep": sweep_id(a["sweep"], a["f_start_hz"], a["f_end_hz"], a["duration_s"], rate),
+            "speaker_position": a["speaker_position"]}
+
+
 def check_default_fits(data: str | Path, model_path: str | Path | None = None) -> None:
     """Raise :class:`~avperception.inference.bundle.BundleMismatch` (every difference, what to do) when the shipped
     model does not fit the dataset ``data``: the bundle ``model_path`` lies in (the weights of the default
@@ -182,7 +199,7 @@ def check_default_fits(data: str | Path, model_path: str | Path | None = None) -
             where = default_bundle_path(array.name)
         except BundleError:
             where = default_bundle_path()
-    check_fits(load_bundle(where, verify=False), array, rate, c)
+    check_fits(load_bundle(where, verify=False), array, rate, c, **dataset_emitter(data))
 
 
 def cmd_export(a: argparse.Namespace) -> int:
