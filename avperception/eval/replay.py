@@ -52,6 +52,7 @@ SKIP_TEXT = {
     "ping_incomplete_timeout": "the ping's window never completed",
     "ping_queue_full": "too many pings waited for their audio",
     "ping_before_audio": "the ping is older than the first audio",
+    "ping_sweep_mismatch": "the Ping names another sweep than the model hears (its window is not run)",
     "ping_behind": "the replay ran only the newest window",
     "ping_no_truth": "no truth of any kind at the ping's stamp (nothing to score)",
     "ping_no_depth_truth": "no depth truth (sim/depth within 1.5 samples, or camera frame) for the ping",
@@ -454,7 +455,7 @@ class _Replay:
                     stamp = stamp_to_sec(msg.header.stamp)
                     self._clock(stamp, t_ns)
                     self.ping_stamps[int(msg.sequence)] = stamp
-                    self.sonar.push_ping(stamp, int(msg.sequence), bool(msg.onset_known))
+                    self.sonar.push_ping(stamp, int(msg.sequence), bool(msg.onset_known), str(msg.sweep_id))
                 elif topic in self.truth_topics:
                     self._on_truth(self.truth_topics[topic], msg, t_ns)
                 elif topic == self.camera_topic:

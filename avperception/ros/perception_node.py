@@ -166,7 +166,12 @@ class PerceptionNode(Node):
         self.create_subscription(TFMessage, "/tf_static", self.tf_tree.add_static, static)
 
     def on_ping(self, msg) -> None:
-        self.sonar.push_ping(conv.stamp_to_sec(msg.header.stamp), int(msg.sequence), bool(msg.onset_known))
+        if not self.sonar.push_ping(conv.stamp_to_sec(msg.header.stamp), int(msg.sequence), bool(msg.onset_known),
+                                    str(msg.sweep_id)):
+            self.get_logger().warning(f"sonar: a Ping of sweep {msg.sweep_id}, but the model hears "
+                                      f"{self.sonar.bundle.sweep_id}: its window is not run "
+                                      "(pings_skipped_sweep_mismatch); emit the bundle's sweep or load a bundle for "
+                                      "this one", throttle_duration_sec=10.0)
 
     def run_sonar(self, t_received: float) -> None:
         if self.tf_tree is not None:

@@ -31,7 +31,8 @@ import numpy as np
 from ..audio.buffer import ring_write
 from .onset import DirectPath, direct_score, pick_onsets, refine_onset
 
-SKIP_REASONS = ("no_direct_path", "gap_in_window", "overwritten", "incomplete_timeout", "queue_full", "before_audio")
+SKIP_REASONS = ("no_direct_path", "gap_in_window", "overwritten", "incomplete_timeout", "queue_full", "before_audio",
+                "sweep_mismatch")
 
 
 @dataclass

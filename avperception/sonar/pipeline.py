@@ -103,9 +103,15 @@ class SonarPipeline:
         """``(mics, n)`` channel-mapped audio whose first sample was captured at ``stamp`` (s)."""
         self.aligner.push_audio(np.asarray(block, dtype=np.float32), stamp, sequence)
 
-    def push_ping(self, stamp: float, sequence: int, onset_known: bool = True) -> None:
-        """A ping whose sweep left the speaker at ``stamp`` (the audio's clock)."""
+    def push_ping(self, stamp: float, sequence: int, onset_known: bool = True, sweep_id: str = "") -> bool:
+        """A ping whose sweep left the speaker at ``stamp`` (the audio's clock). ``sweep_id``: the sweep it names
+        (a Ping message's; "": not said). A ping of another sweep than the bundle's is not run (the model hears
+        only its own) and counted as ``skipped['sweep_mismatch']``; returns whether it was queued."""
+        if sweep_id and sweep_id != self.bundle.sweep_id:
+            self.aligner.skipped["sweep_mismatch"] += 1
+            return False
         self.aligner.push_ping(stamp, sequence, onset_known)
+        return True
 
     def infer(self, audio: np.ndarray, stamp: float = 0.0, array_height: float | None = None,
               pings_averaged: int = 1):

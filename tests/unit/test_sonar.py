@@ -284,3 +284,16 @@ def test_a_sweep_like_ambient_sound_is_not_a_ping(direct):
     # every ping, and no chirp after the first ping (the one before it could pass for one: nothing to compare yet)
     real = got[np.min(np.abs(got[:, None] - onsets[None]), axis=1) <= 1.0]
     assert len(real) == len(onsets) and np.all(got[got > onsets[0]] == real[real > onsets[0]])
+
+
+def test_a_ping_of_another_sweep_is_not_run():
+    """A Ping naming another sweep than the bundle's is not queued (the model hears only its own sweep) and is
+    counted for the diagnostics; the bundle's own sweep, or none named, is queued."""
+    from avperception.config import SonarConfig, load_array
+    from avperception.sonar.pipeline import SonarPipeline
+
+    p = SonarPipeline(load_array("robot_8mic"), SonarConfig())
+    assert not p.push_ping(1.0, 1, True, "linear-1000-7000Hz-8ms-16k")
+    assert p.aligner.pending == 0 and p.stats()["pings_skipped_sweep_mismatch"] == 1
+    assert p.push_ping(1.25, 2, True, p.bundle.sweep_id) and p.push_ping(1.5, 3, True)
+    assert p.aligner.pending == 2 and p.stats()["pings_skipped_sweep_mismatch"] == 1
