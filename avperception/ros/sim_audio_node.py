@@ -108,8 +108,10 @@ def emitter_overrides(model: str, array: str | None = None) -> tuple[dict, str, 
 
 
 def _sweep_id(active, fs: int) -> str:
-    ms = active.duration_s * 1e3
-    return f"{active.sweep}-{active.f_start_hz:g}-{active.f_end_hz:g}Hz-{ms:g}ms-{fs / 1e3:g}k"
+    """The data engine's ``active`` settings' sweep, named as a bundle names its own."""
+    from ..inference.bundle import sweep_id
+
+    return sweep_id(active.sweep, active.f_start_hz, active.f_end_hz, active.duration_s, fs)
 
 
 class SimAudioNode(Node):
