@@ -542,9 +542,10 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
                  "is a random order's; mean over scenes). The near bound is the range each pixel's surface is "
                  "nearer than with the node's probability (`sonar.near_bound_quantile`, in `near_bound.quantile` "
                  "of the results), scored as a depth; 'truth below it' should be that probability. The confident depth "
-                 "keeps the pixels whose standard deviation is at most the node's share of their range "
-                 "(`sonar.confident_max_rel_std`, in `confident.max_rel_std`): kept = the share of the known pixels "
-                 "it keeps, scored over those; its false far over the near pixels it keeps:\n\n" + unc + "\n")
+                 "keeps the pixels whose standard deviation is at most a share of their range (the node's "
+                 "`sonar.confident_max_rel_std`, or the first of `--confident`; in `confident.max_rel_std`): kept = "
+                 "the share of the known pixels it keeps, scored over those; its false far over the near pixels it "
+                 "keeps:\n\n" + unc + "\n")
     conf = confident_table(results)
     if conf:
         text += "\nThe confident depth by threshold:\n\n" + conf + "\n"
