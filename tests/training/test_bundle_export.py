@@ -129,7 +129,8 @@ def test_the_shipped_bundle_regenerates_identically(tmp_path):
 
 def test_evaluating_on_audio_of_another_sweep_is_refused(tmp_path, capsys):
     """The shipped robot_8mic bundle hears the 32 ms sweep: rooms made with the 8 ms one are refused, naming both
-    sweeps, by `evaluate --model bundle:...` and `--default` alike, instead of scored as if they fit."""
+    sweeps, by `evaluate --model bundle:...`, `--default` and `--model student:...` alike, and by the calibration,
+    instead of scored as if they fit."""
     from avperception_train.datagen.config import config_from_dict
     from avperception_train.datagen.engine import run_datagen
 
@@ -141,3 +142,12 @@ def test_evaluating_on_audio_of_another_sweep_is_refused(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "sweep: the bundle's model hears linear-1000-7000Hz-32ms-16k" in err
         assert "made with linear-1000-7000Hz-8ms-16k" in err
+    # a student's weights (here the shipped one's, outside its bundle) are checked by the sweep they hear
+    from avperception_train.learn.commands import calibrate_student, default_model_path
+
+    weights = str(default_model_path().with_suffix(".safetensors"))
+    assert main(["evaluate", "--data", str(data), "--split", "train", "--model", f"student:{weights}"]) == 2
+    err = capsys.readouterr().err
+    assert "hears a 32 ms sweep" in err and "made with linear-1000-7000Hz-8ms-16k" in err
+    with pytest.raises(ValueError, match="hears a 32 ms sweep"):
+        calibrate_student(weights, str(data), tmp_path / "cal", split="train", log=lambda *_: None)

@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import MODES, load_train_config
@@ -64,7 +65,9 @@ def load_predictor(spec: str, data_root: str, device: str = "cpu", known_height:
     if known_height and kind not in ("student", "bundle"):
         raise ValueError(f"--known-height: {spec} cannot take the array's height (only student: and bundle: can)")
     if kind == "student":
-        return torch_predictor(load_student(path, device), "student", device, known_height=known_height)
+        model = load_student(path, device)
+        check_student_sweep(model, data_root, f"student {path}")
+        return torch_predictor(model, "student", device, known_height=known_height)
     if kind == "bundle":
         from avperception.inference.backends import require_height_input
         from avperception.inference.bundle import check_fits, load_bundle
@@ -180,6 +183,28 @@ def dataset_emitter(data: str | Path) -> dict:
     rate = int(cfg.get("audio", {}).get("sample_rate", 16000))
     return {"sweep": sweep_id(a["sweep"], a["f_start_hz"], a["f_end_hz"], a["duration_s"], rate),
             "speaker_position": a["speaker_position"]}
+
+
+def check_student_sweep(model, data: str | Path, name: str = "the student") -> None:
+    """``ValueError`` naming both when a student that hears its sweep (echogram tokens, ``cfg.emitted``) was trained
+    on another sweep than the dataset ``data`` was made with (its manifest's ``active`` settings); a student or a
+    dataset that says nothing of its sweep is not checked."""
+    from avperception.dsp.echo import sweep
+
+    from ..datagen.shards import read_manifest
+
+    cfg = model.cfg
+    own = np.asarray(getattr(cfg, "emitted", ()) or (), dtype=np.float64)
+    info = read_manifest(data).get("config", {})
+    a = info.get("active")
+    if not own.size or not a:
+        return
+    rate = int(info.get("audio", {}).get("sample_rate", 16000))
+    theirs = sweep(rate, a["f_start_hz"], a["f_end_hz"], a["duration_s"], a["sweep"], a["fade"])
+    if own.shape != theirs.shape or np.abs(own - theirs).max() > 1e-4:
+        raise ValueError(f"{name} hears a {len(own) / cfg.sample_rate * 1e3:g} ms sweep, but {data} was made with "
+                         f"{dataset_emitter(data)['sweep']}: score it on rooms made with its sweep (datagen --set "
+                         "active.duration_s=...)")
 
 
 def check_default_fits(data: str | Path, model_path: str | Path | None = None) -> None:
@@ -338,6 +363,7 @@ def calibrate_student(source: str, data: str, out: str | Path, split: str = "val
     for root in counts:
         array, rate, c = dataset_contract(root)
         check_fits(student_contract(cfg), array, rate, beam_speed(cfg, c))
+        check_student_sweep(model, root, f"student {source}")
     roots = [root for root, n in counts.items() if n]
     what = {"val": "validation"}.get(split, split)
     if not roots:
