@@ -117,8 +117,8 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
             # uncertainty head)
             extra = () if out.depth_uncertainty is None else (
                 out.depth_uncertainty,
-                products.depth_near_bound(out.depth, out.depth_uncertainty, SonarConfig().near_bound_quantile),
-                products.confident_depth(out.depth, out.depth_uncertainty, SonarConfig().confident_max_rel_std))
+                products.depth_near_bound(out.depth, out.depth_uncertainty, sonar.config.near_bound_quantile),
+                products.confident_depth(out.depth, out.depth_uncertainty, sonar.config.confident_max_rel_std))
             t3 = time.perf_counter()
             if conv is not None:
                 f = array.frame_id
