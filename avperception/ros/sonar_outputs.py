@@ -23,6 +23,8 @@ Topics (all stamped with the ping's onset, frame = the array frame unless said):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from nav_msgs.msg import OccupancyGrid
 from rclpy.node import Node
@@ -110,13 +112,17 @@ class SonarPublishers:
         def wanted(pub) -> bool:
             return everything or pub.get_subscription_count() > 0
 
+        # built once a ping, for sonar/depth_confident and sonar/points both
+        confident = functools.cache(lambda: products.confident_depth(out.depth, out.depth_uncertainty,
+                                                                     self.cfg.confident_max_rel_std))
+
         sent = 0
         for pub, make in ((self.depth, lambda: conv.array_to_image(out.depth.astype(np.float32), t, f)),
                           (self.depth_color, lambda: conv.array_to_image(products.depth_colors(out.depth), t, f)),
                           (self.semantic, lambda: conv.array_to_image(out.labels.astype(np.uint8), t, f)),
                           (self.semantic_color, lambda: conv.array_to_image(
                               products.label_colors(out.labels, self.colors), t, f)),
-                          (self.points, lambda: self._points(out)),
+                          (self.points, lambda: self._points(out, confident)),
                           (self.occupancy_grid, lambda: self._plan(out))):
             if wanted(pub):
                 pub.publish(make())
@@ -132,8 +138,7 @@ class SonarPublishers:
             sent += 1
         if (self.depth_confident is not None and out.depth_uncertainty is not None
                 and wanted(self.depth_confident)):
-            self.depth_confident.publish(conv.array_to_image(products.confident_depth(
-                out.depth, out.depth_uncertainty, self.cfg.confident_max_rel_std), t, f))
+            self.depth_confident.publish(conv.array_to_image(confident(), t, f))
             sent += 1
         if wanted(self.occupancy):
             self.occupancy.publish(conv.points_to_cloud(
@@ -151,10 +156,12 @@ class SonarPublishers:
             sent += 2
         return sent
 
-    def _points(self, out):
+    def _points(self, out, confident):
+        """``sonar/points``: every pixel's depth, or with ``sonar.points_confident`` the confident depth's
+        (``confident()``, the ping's, built on first use)."""
         depth = out.depth
         if self.cfg.points_confident and self.cfg.confident_max_rel_std > 0 and out.depth_uncertainty is not None:
-            depth = products.confident_depth(depth, out.depth_uncertainty, self.cfg.confident_max_rel_std)
+            depth = confident()
         pts, lab = products.depth_points(depth, self.rays, out.labels, self.cfg.points_max_range_m)
         rgb = pack_rgb(self.colors[np.minimum(lab, len(self.colors) - 1)]) if len(pts) else np.zeros(0, np.float32)
         return conv.points_to_cloud(pts, out.stamp, self.frame_id, {"label": lab.astype(np.uint8), "rgb": rgb})
