@@ -177,27 +177,23 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     out: dict = {"pings": len(pings)}
     for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
-    def pooled_safety(field: str) -> dict:
+    def pooled(field: str, metrics=safety_metrics) -> dict:
+        """``metrics`` of the pings' ``field`` counts added up; {} when no ping has them."""
         total = None
         for p in pings:
             if p.get(field) is not None:
                 total = merge_counts(total, p[field])
-        return safety_metrics(total) if total is not None else {}
+        return metrics(total) if total is not None else {}
 
     def finite(v):
         return float(v) if v is not None and np.isfinite(v) else None
 
-    sm, bound = pooled_safety("_safety"), pooled_safety("_bound_safety")
+    sm, bound, km = pooled("_safety"), pooled("_bound_safety"), pooled("_kept", kept_metrics)
     for key in ("false_far_rate", "near_recall", "obstacle_delta1"):
         out[key] = finite(sm.get(key))
     out["near_pixels"] = sm.get("near_pixels", 0)
     for key in ("false_far_rate", "near_recall"):
         out["near_bound_" + key] = finite(bound.get(key))
-    kept = None
-    for p in pings:
-        if p.get("_kept") is not None:
-            kept = merge_counts(kept, p["_kept"])
-    km = kept_metrics(kept) if kept is not None else {}
     for key in ("kept", "delta1", "abs_rel", "false_far_rate"):
         out["confident_" + key] = finite(km.get(key))
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
