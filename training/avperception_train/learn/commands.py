@@ -168,19 +168,23 @@ def dataset_contract(data: str | Path):
     return array, rate, speed_of_sound(m)
 
 
+def _dataset_active(data: str | Path) -> tuple[dict | None, int]:
+    """A dataset's ``active`` settings (its sweep and speaker; None when its manifest has none) and sample rate."""
+    from ..datagen.shards import read_manifest
+
+    cfg = read_manifest(data).get("config", {})
+    return cfg.get("active") or None, int(cfg.get("audio", {}).get("sample_rate", 16000))
+
+
 def dataset_emitter(data: str | Path) -> dict:
     """``{"sweep": its sweep_id, "speaker_position": [x, y, z]}``: what a dataset's pings were made with (from its
     manifest's ``active`` settings), the keywords :func:`~avperception.inference.bundle.check_fits` compares with a
     bundle's; ``{}`` for a dataset without them."""
     from avperception.inference.bundle import sweep_id
 
-    from ..datagen.shards import read_manifest
-
-    cfg = read_manifest(data).get("config", {})
-    a = cfg.get("active")
-    if not a:
+    a, rate = _dataset_active(data)
+    if a is None:
         return {}
-    rate = int(cfg.get("audio", {}).get("sample_rate", 16000))
     return {"sweep": sweep_id(a["sweep"], a["f_start_hz"], a["f_end_hz"], a["duration_s"], rate),
             "speaker_position": a["speaker_position"]}
 
@@ -191,17 +195,14 @@ def check_student_sweep(model, data: str | Path, name: str = "the student") -> N
     dataset that says nothing of its sweep is not checked."""
     from avperception.dsp.echo import sweep
 
-    from ..datagen.shards import read_manifest
+    from .train import same_sweep
 
     cfg = model.cfg
     own = np.asarray(getattr(cfg, "emitted", ()) or (), dtype=np.float64)
-    info = read_manifest(data).get("config", {})
-    a = info.get("active")
-    if not own.size or not a:
+    a, rate = _dataset_active(data)
+    if not own.size or a is None:
         return
-    rate = int(info.get("audio", {}).get("sample_rate", 16000))
-    theirs = sweep(rate, a["f_start_hz"], a["f_end_hz"], a["duration_s"], a["sweep"], a["fade"])
-    if own.shape != theirs.shape or np.abs(own - theirs).max() > 1e-4:
+    if not same_sweep(own, sweep(rate, a["f_start_hz"], a["f_end_hz"], a["duration_s"], a["sweep"], a["fade"])):
         raise ValueError(f"{name} hears a {len(own) / cfg.sample_rate * 1e3:g} ms sweep, but {data} was made with "
                          f"{dataset_emitter(data)['sweep']}: score it on rooms made with its sweep (datagen --set "
                          "active.duration_s=...)")

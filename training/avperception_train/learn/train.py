@@ -114,6 +114,12 @@ _DATA_FIELDS = ("num_mics", "sample_rate", "num_samples", "pano_h", "pano_w", "v
                 "el_min_deg", "el_max_deg")
 
 
+def same_sweep(a, b) -> bool:
+    """Whether two emitted sweeps' samples are the same (same length, within 1e-4: one sweep written twice)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and not np.abs(a - b).max() > 1e-4
+
+
 def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | None = None, voxel_decoder: str = ""
                     ) -> tuple[AudioStudent, StudentConfig]:
     """The student to fine-tune: ``spec`` is a student checkpoint (``.pt``), an exported model
@@ -150,8 +156,7 @@ def initial_student(spec: str, data_sc: StudentConfig, emitted: np.ndarray | Non
     if a.shape != b.shape or (a.size and np.abs(a - b).max() > 1e-3):
         diffs.append(f"array_positions: model ({sc.array}) {a.tolist()} vs data ({data_sc.array}) {b.tolist()}")
     if sc.echo_hop and emitted is not None:
-        e = np.asarray(emitted, float)
-        if e.shape != (len(sc.emitted),) or np.abs(e - np.asarray(sc.emitted)).max() > 1e-4:
+        if not same_sweep(emitted, sc.emitted):
             diffs.append("emitted sweep: the model's echogram tokens were trained with another sweep than this dataset's")
     if (sc.echo_beams or sc.layout_beams) and abs(sc.speed_of_sound - data_sc.speed_of_sound) > 1.0:
         diffs.append(f"speed_of_sound: model {sc.speed_of_sound} vs data {data_sc.speed_of_sound} m/s "
