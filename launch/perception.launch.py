@@ -5,6 +5,7 @@
     ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard   # the robot pings
     ros2 launch avperception perception.launch.py use_sim:=false emit:=true device:=MyCard array_height:=1.45
     ros2 launch avperception perception.launch.py sim_speed:=0 average_pings:=4   # a robot standing still
+    ros2 launch avperception perception.launch.py points_confident:=true   # sonar/points without the guesses
     ros2 launch avperception perception.launch.py params_file:=/path/to/my.yaml rviz:=true
 
 Launch arguments (those marked * set node parameters: left empty, the params file's value stands, and
@@ -23,6 +24,8 @@ where the file has none, the node's own default):
   * average_pings  hear up to N pings averaged while the array stands still in odom (sonar.average_pings;
                  shipped: 1 = each ping alone)                                                      ['']
   * sim_speed    the simulated robot's speed, m/s (sim_audio_node speed_m_s; shipped: 0.15; 0 stands) ['']
+  * points_confident  true: sonar/points from the confident depth alone (sonar.points_confident; shipped:
+                 false = every pixel's depth)                                                       ['']
 
 Without `ros2 launch` (e.g. a venv with the PyPI wheels) the same nodes run with
 the same parameter file as:  avperception-run sim_audio perception --ros-args --params-file FILE
@@ -43,8 +46,9 @@ NODE_ARGUMENTS = {
     "floor_frame": (("perception_node", "sonar.floor_frame"),),
     "average_pings": (("perception_node", "sonar.average_pings"),),
     "sim_speed": (("sim_audio_node", "speed_m_s"),),
+    "points_confident": (("perception_node", "sonar.points_confident"),),
 }
-BOOL_ARGUMENTS = ("emit",)
+BOOL_ARGUMENTS = ("emit", "points_confident")
 FLOAT_ARGUMENTS = {"array_height": "metres", "sim_speed": "m/s"}  # argument -> its unit
 INT_ARGUMENTS = ("average_pings",)
 
@@ -85,7 +89,7 @@ def node_overrides(args: Mapping[str, str]) -> dict[str, dict[str, str | bool | 
     """The parameters the launch arguments set, per node: only arguments given (non-empty) appear.
 
     Values stay text (``device:=2`` is the device named "2", not an integer) except the booleans
-    (``emit``) and the numbers (``array_height``, ``sim_speed``, ``average_pings``). Arguments absent from ``args``
+    (``emit``, ``points_confident``) and the numbers (``array_height``, ``sim_speed``, ``average_pings``). Arguments absent from ``args``
     count as not given.
     """
     out: dict[str, dict[str, str | bool | float | int]] = {
@@ -180,5 +184,8 @@ def generate_launch_description():
         DeclareLaunchArgument("sim_speed", default_value="",
                               description="the simulated robot's speed in m/s (sim_audio_node speed_m_s; 0: it "
                                           "stands still)" + keep),
+        DeclareLaunchArgument("points_confident", default_value="",
+                              description="true: sonar/points from the confident depth alone, the pixels the model "
+                                          "is sure of (sonar.points_confident)" + keep),
         OpaqueFunction(function=launch_setup),
     ])

@@ -113,12 +113,14 @@ def run_backend(audio: np.ndarray, onsets: np.ndarray, array, backend: str, ping
             pin = cam(out.depth)
             dcol = products.depth_colors(out.depth)
             scol = products.label_colors(out.labels, b.class_colors)
-            # the uncertainty, the near bound and the confident depth, as the node publishes them (bundles with an
-            # uncertainty head)
-            extra = () if out.depth_uncertainty is None else (
-                out.depth_uncertainty,
-                products.depth_near_bound(out.depth, out.depth_uncertainty, sonar.config.near_bound_quantile),
-                products.confident_depth(out.depth, out.depth_uncertainty, sonar.config.confident_max_rel_std))
+            # the uncertainty, the near bound and the confident depth (and its colours, for RViz), as the node
+            # publishes them (bundles with an uncertainty head)
+            extra = ()
+            if out.depth_uncertainty is not None:
+                conf = products.confident_depth(out.depth, out.depth_uncertainty, sonar.config.confident_max_rel_std)
+                extra = (out.depth_uncertainty,
+                         products.depth_near_bound(out.depth, out.depth_uncertainty, sonar.config.near_bound_quantile),
+                         conf, products.depth_colors(conf))
             t3 = time.perf_counter()
             if conv is not None:
                 f = array.frame_id

@@ -10,6 +10,7 @@ Topics (all stamped with the ping's onset, frame = the array frame unless said):
     sonar/depth_confident   sensor_msgs/Image 32FC1   the depth where its standard deviation is at most
                                                       ``sonar.confident_max_rel_std`` of it, NaN elsewhere (same
                                                       bundles; 0: not published)
+    sonar/depth_confident_color sensor_msgs/Image rgb8 the same, coloured as sonar/depth_color, the rest black
     sonar/semantic          sensor_msgs/Image mono8   class per pixel (bundle's class list)
     sonar/semantic_color    sensor_msgs/Image rgb8    the bundle's class colours
     sonar/points            sensor_msgs/PointCloud2   the depth panorama as 3-D points: x y z, label (uint8), rgb
@@ -68,8 +69,10 @@ class SonarPublishers:
                                   if bundle.has_depth_uncertainty else None)
         self.depth_near_bound = (node.create_publisher(Image, "sonar/depth_near_bound", q)
                                  if bundle.has_depth_uncertainty and sonar.near_bound_quantile > 0 else None)
-        self.depth_confident = (node.create_publisher(Image, "sonar/depth_confident", q)
-                                if bundle.has_depth_uncertainty and sonar.confident_max_rel_std > 0 else None)
+        confident = bundle.has_depth_uncertainty and sonar.confident_max_rel_std > 0
+        self.depth_confident = node.create_publisher(Image, "sonar/depth_confident", q) if confident else None
+        self.depth_confident_color = (node.create_publisher(Image, "sonar/depth_confident_color", q)
+                                      if confident else None)
         if sonar.points_confident and not bundle.has_depth_uncertainty:
             node.get_logger().warning("sonar.points_confident: the bundle's model has no depth uncertainty, so "
                                       "sonar/points carries every pixel's depth")
@@ -112,7 +115,7 @@ class SonarPublishers:
         def wanted(pub) -> bool:
             return everything or pub.get_subscription_count() > 0
 
-        # built once a ping, for sonar/depth_confident and sonar/points both
+        # built once a ping, for sonar/depth_confident, its colours and sonar/points
         confident = functools.cache(lambda: products.confident_depth(out.depth, out.depth_uncertainty,
                                                                      self.cfg.confident_max_rel_std))
 
@@ -139,6 +142,10 @@ class SonarPublishers:
         if (self.depth_confident is not None and out.depth_uncertainty is not None
                 and wanted(self.depth_confident)):
             self.depth_confident.publish(conv.array_to_image(confident(), t, f))
+            sent += 1
+        if (self.depth_confident_color is not None and out.depth_uncertainty is not None
+                and wanted(self.depth_confident_color)):
+            self.depth_confident_color.publish(conv.array_to_image(products.depth_colors(confident()), t, f))
             sent += 1
         if wanted(self.occupancy):
             self.occupancy.publish(conv.points_to_cloud(

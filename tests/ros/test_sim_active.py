@@ -170,3 +170,30 @@ def test_active_mode_without_the_training_package_says_what_to_install(monkeypat
             SimAudioNode(context=ctx, parameter_overrides=[Parameter("mode", value="active")])
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_every_topic_rviz_shows_is_published_by_the_demo(ctx):
+    """config/avperception.rviz shows only topics that the demo's two nodes (the active simulator and
+    perception_node with the shipped bundle) publish: a display on a topic nobody publishes stays empty."""
+    import re
+    from pathlib import Path
+
+    from rclpy.parameter import Parameter
+
+    from avperception.ros.perception_node import PerceptionNode
+    from avperception.ros.sim_audio_node import SimAudioNode
+
+    rviz = (Path(__file__).resolve().parents[2] / "config" / "avperception.rviz").read_text()
+    shown = set(re.findall(r"^\s+Value: (/\S+)$", rviz, flags=re.M))
+    assert {"/sonar/depth_color", "/sonar/depth_confident_color", "/sim/depth"} <= shown
+    sim = SimAudioNode(context=ctx, parameter_overrides=[Parameter("mode", value="active"),
+                                                          Parameter("room_seed", value=ROOM),
+                                                          Parameter("render_processes", value=1)])
+    perception = PerceptionNode(context=ctx, parameter_overrides=[Parameter("array", value="robot_8mic")])
+    try:
+        published = {name for node in (sim, perception)
+                     for name, _ in node.get_publisher_names_and_types_by_node(node.get_name(), node.get_namespace())}
+        assert shown <= published, f"RViz shows topics nobody publishes: {sorted(shown - published)}"
+    finally:
+        perception.destroy_node()
+        sim.destroy_node()

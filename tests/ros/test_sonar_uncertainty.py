@@ -15,7 +15,7 @@ from avperception.inference import OnnxRuntimeBackend, decode, load_bundle
 from avperception.inference.synthetic import bundle_echo_window
 from avperception.ros.conversions import cloud_to_arrays, image_to_array
 from avperception.ros.perception_node import PerceptionNode
-from avperception.sonar.products import confident_depth, depth_near_bound
+from avperception.sonar.products import confident_depth, depth_colors, depth_near_bound
 
 from dds import spin_until  # noqa: E402  (tests/ros)
 
@@ -66,7 +66,8 @@ def test_no_uncertainty_topic_for_a_bundle_without_one(ctx, tmp_path):
         assert not node.sonar.bundle.has_depth_uncertainty and node.sonar_pub.depth_uncertainty is None
         topics = {name for name, _ in node.get_topic_names_and_types()}
         assert "/sonar/depth" in topics
-        assert not {"/sonar/depth_uncertainty", "/sonar/depth_near_bound", "/sonar/depth_confident"} & topics
+        assert not {"/sonar/depth_uncertainty", "/sonar/depth_near_bound", "/sonar/depth_confident",
+                    "/sonar/depth_confident_color"} & topics
     finally:
         node.destroy_node()
 
@@ -78,10 +79,10 @@ def test_no_near_bound_when_its_quantile_is_zero(ctx, uncertainty_bundle):
                                                             Parameter("sonar.confident_max_rel_std", value=0.0)])
     try:
         assert node.sonar_pub.depth_uncertainty is not None and node.sonar_pub.depth_near_bound is None
-        assert node.sonar_pub.depth_confident is None
+        assert node.sonar_pub.depth_confident is None and node.sonar_pub.depth_confident_color is None
         topics = {name for name, _ in node.get_topic_names_and_types()}
         assert "/sonar/depth_uncertainty" in topics
-        assert not {"/sonar/depth_near_bound", "/sonar/depth_confident"} & topics
+        assert not {"/sonar/depth_near_bound", "/sonar/depth_confident", "/sonar/depth_confident_color"} & topics
     finally:
         node.destroy_node()
 
@@ -89,7 +90,8 @@ def test_no_near_bound_when_its_quantile_is_zero(ctx, uncertainty_bundle):
 def test_confident_depth_is_the_depth_where_the_head_is_sure(ctx, uncertainty_bundle):
     """sonar/depth_confident: the depth where its standard deviation is at most sonar.confident_max_rel_std of it,
     NaN elsewhere; the parameter set at the median relative uncertainty of the ping keeps about half the pixels.
-    With sonar.points_confident, sonar/points carries those pixels only."""
+    sonar/depth_confident_color colours those pixels as sonar/depth_color does and leaves the rest black. With
+    sonar.points_confident, sonar/points carries those pixels only."""
     b = load_bundle(uncertainty_bundle)
     out = decode(b, OnnxRuntimeBackend(b).run(bundle_echo_window(b, wall_distance_m=1.5, seed=3)), stamp=3.0)
     known = np.isfinite(out.depth)
@@ -102,12 +104,14 @@ def test_confident_depth_is_the_depth_where_the_head_is_sure(ctx, uncertainty_bu
     got: dict = {}
     listener.create_subscription(Image, "sonar/depth_confident", lambda m: got.__setitem__("c", m),
                                  qos_profile_sensor_data)
+    listener.create_subscription(Image, "sonar/depth_confident_color", lambda m: got.__setitem__("rgb", m),
+                                 qos_profile_sensor_data)
     listener.create_subscription(PointCloud2, "sonar/points", lambda m: got.__setitem__("p", m),
                                  qos_profile_sensor_data)
     try:
         def published() -> bool:
             node.sonar_pub.publish(out, everything=True)
-            return len(got) == 2
+            return len(got) == 3
 
         assert spin_until(listener, ctx, published, 10.0)
         msg = got["c"]
@@ -116,6 +120,11 @@ def test_confident_depth_is_the_depth_where_the_head_is_sure(ctx, uncertainty_bu
         np.testing.assert_array_equal(conf, confident_depth(out.depth, out.depth_uncertainty, r))
         kept = np.isfinite(conf)
         assert 0.3 < kept.sum() / known.sum() < 0.7 and (conf[kept] == out.depth[kept]).all()
+        rgb = image_to_array(got["rgb"])
+        assert got["rgb"].encoding == "rgb8" and rgb.shape == (*b.pano_shape, 3)
+        np.testing.assert_array_equal(rgb, depth_colors(conf))
+        np.testing.assert_array_equal(rgb[kept], depth_colors(out.depth)[kept])
+        assert not rgb[~kept].any() and rgb[kept].any(axis=-1).all()
         cloud = cloud_to_arrays(got["p"])
         ranges = np.sqrt(cloud["x"] ** 2 + cloud["y"] ** 2 + cloud["z"] ** 2)
         in_range = kept & (conf <= node.sonar_pub.cfg.points_max_range_m)

@@ -253,6 +253,12 @@ def test_given_launch_arguments_override_the_params_file(monkeypatch):
             run_launch(monkeypatch, average_pings=bad)
     with pytest.raises(ValueError, match="sim_speed:='-1': expected a number of m/s >= 0"):
         run_launch(monkeypatch, sim_speed="-1")
+    # points_confident is a boolean, for perception_node alone
+    nodes = by_name(run_launch(monkeypatch, points_confident="True"))
+    assert parameters(nodes["perception_node"]) == [PARAMS_FILE, {"sonar.points_confident": True}]
+    assert parameters(nodes["sim_audio_node"]) == [PARAMS_FILE]
+    with pytest.raises(ValueError, match="points_confident:='yes': expected true or false"):
+        run_launch(monkeypatch, points_confident="yes")
 
 
 def test_rviz_without_rviz2_starts_nothing(monkeypatch):
@@ -273,7 +279,8 @@ def test_launch_file_sets_only_declared_parameters_of_installed_nodes(monkeypatc
         for node, param in pairs:
             assert param in declared[node], f"launch argument {argument} sets {node}.{param}, which it does not declare"
     every = {argument: "x" for argument in launch.NODE_ARGUMENTS} | {"emit": "false", "array_height": "1.2",
-                                                                     "average_pings": "4", "sim_speed": "0.2"}
+                                                                     "average_pings": "4", "sim_speed": "0.2",
+                                                                     "points_confident": "false"}
     for use_sim in ("true", "false"):
         for node in run_launch(monkeypatch, use_sim=use_sim, **every):
             assert node.kwargs["executable"] in console_scripts()
