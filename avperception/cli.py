@@ -117,6 +117,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     if a.pings <= 0:
         return 0
     from .demo import run_sonar
+    from .eval.live import describe_safety
 
     print(f"\nlearned outputs: a robot pinging at 4 Hz as it drives through a simulated room ({a.pings} pings)")
     s = run_sonar(a.out, a.pings, a.room, a.seed)
@@ -125,6 +126,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
           f"AbsRel {s['depth_abs_rel_mean']:.3f}; class accuracy {s['class_accuracy_mean']:.3f}; "
           f"voxel IoU {s['voxel_iou_mean']:.3f}; inference {s['inference_ms_median']:.1f} ms "
           f"(p99 {s['inference_ms_p99']:.1f})")
+    print(describe_safety(s))
     print(f"pictures: {Path(a.out) / 'sonar.png'}; numbers: {Path(a.out) / 'sonar_summary.json'}")
     return 0
 

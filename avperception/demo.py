@@ -165,18 +165,20 @@ def run_sonar(out_dir: str | Path = "demo_out", pings: int = 24, room_id: int = 
                "wall_s": time.perf_counter() - t0}
     (out / "sonar_summary.json").write_text(json.dumps(summary, indent=2))
     if plots:
-        _sonar_plot(out / "sonar.png", records, sonar.bundle)
+        _sonar_plot(out / "sonar.png", records, sonar.bundle, sonar.config.confident_max_rel_std)
     return summary
 
 
-def _sonar_plot(path: Path, records: list, bundle) -> None:
-    """Prediction beside truth for the median-scoring ping: depth, classes, occupancy from above; delta1 per ping."""
+def _sonar_plot(path: Path, records: list, bundle, confident_max_rel_std: float = 0.0) -> None:
+    """Prediction beside truth for the median-scoring ping: depth, classes, occupancy from above; for a bundle with a
+    depth uncertainty also the confident depth (at ``confident_max_rel_std``) and the standard deviation as a share
+    of the range; delta1 per ping."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .sonar.products import label_colors
+    from .sonar.products import confident_depth, label_colors
 
     d1 = np.array([r["delta1"] for r in records])
     r = records[int(np.argsort(d1)[len(d1) // 2])]
@@ -185,7 +187,10 @@ def _sonar_plot(path: Path, records: list, bundle) -> None:
     c, e = np.asarray(bundle.voxel_center), np.asarray(bundle.voxel_extent)
     vext = (c[0] - e[0] / 2, c[0] + e[0] / 2, c[1] - e[1] / 2, c[1] + e[1] / 2)
     sem_truth = np.where(t.semantic == 255, 0, t.semantic).astype(np.uint8)
-    fig, ax = plt.subplots(3, 3, figsize=(15, 9.5), constrained_layout=True, gridspec_kw={"width_ratios": [2, 2, 1]})
+    doubt = o.depth_uncertainty is not None and confident_max_rel_std > 0
+    cols = 4 if doubt else 3
+    fig, ax = plt.subplots(3, cols, figsize=(5 * cols, 9.5), constrained_layout=True,
+                           gridspec_kw={"width_ratios": [2, 2, 1, 2][:cols]})
     for row, (name, depth, labels, occ) in enumerate((("predicted", o.depth, o.labels, o.occupancy),
                                                       ("true", t.depth, sem_truth, t.occupancy))):
         im = ax[row, 0].imshow(depth, extent=ext, aspect="auto", cmap="turbo_r", vmin=0, vmax=8)
@@ -196,6 +201,17 @@ def _sonar_plot(path: Path, records: list, bundle) -> None:
         ax[row, 2].imshow(occ.any(axis=0), origin="lower", cmap="Greys", extent=vext)
         ax[row, 2].plot(0, 0, "r^", ms=8)
         ax[row, 2].set_title(f"{name} occupancy, top view")
+    if doubt:
+        im = ax[0, 3].imshow(confident_depth(o.depth, o.depth_uncertainty, confident_max_rel_std), extent=ext,
+                             aspect="auto", cmap="turbo_r", vmin=0, vmax=8)
+        ax[0, 3].set_facecolor("black")
+        ax[0, 3].set_title(f"confident depth (σ ≤ {confident_max_rel_std:g} of the range; "
+                           f"{100 * r['confident_kept']:.0f} % kept, δ1 {r['confident_delta1']:.2f})")
+        fig.colorbar(im, ax=ax[0, 3], label="m")
+        im = ax[1, 3].imshow(o.depth_uncertainty / o.depth, extent=ext, aspect="auto", cmap="magma", vmin=0,
+                             vmax=2 * confident_max_rel_std)
+        ax[1, 3].set_title("predicted σ / range")
+        fig.colorbar(im, ax=ax[1, 3])
     gs = ax[2, 0].get_gridspec()
     for a in ax[2]:
         a.remove()
@@ -204,6 +220,9 @@ def _sonar_plot(path: Path, records: list, bundle) -> None:
     big.plot(pings, d1, "o-", label="depth delta1")
     big.plot(pings, [x["abs_rel"] for x in records], "s-", label="depth AbsRel")
     big.plot(pings, [x["voxel_iou"] for x in records], "^-", label="voxel IoU")
+    if doubt:
+        big.plot(pings, [x["confident_kept"] for x in records], "--", label="confident depth: share kept")
+        big.plot(pings, [x["confident_delta1"] for x in records], ":", label="confident depth: delta1")
     big.set_xlabel("ping")
     big.set_ylim(0, 1)
     big.legend()

@@ -180,6 +180,8 @@ def run_cli(a: argparse.Namespace) -> int:
     except (ValueError, ConfigError) as e:
         print(f"avperception bench sonar-quality: error: {e}", file=sys.stderr)
         return 2
+    from ..eval.live import describe_safety
+
     res = run(rooms, a.pings, a.isolated, a.detect, a.seed, a.known_height, a.average_pings, a.speed, a.loud)
     if a.json:
         print(json.dumps(res))
@@ -192,7 +194,8 @@ def run_cli(a: argparse.Namespace) -> int:
               f"{r['depth_abs_rel_mean']:.3f}, class acc {r['class_accuracy_mean']:.3f}, voxel IoU "
               f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}\n"
               f"  on the surfaces that return an echo ({1 - r['echo_free_share']:.1%} of the pixels): depth delta1 "
-              f"{r['heard_depth_delta1_mean']:.3f}, AbsRel {r['heard_depth_abs_rel_mean']:.3f}")
+              f"{r['heard_depth_delta1_mean']:.3f}, AbsRel {r['heard_depth_abs_rel_mean']:.3f}\n"
+              f"  {describe_safety(r)}")
         if "averaged" in r:
             v = r["averaged"]
             print(f"  up to {res['average_pings']} pings averaged ({v['pings_averaged_mean']:.2f} on average): depth "

@@ -11,13 +11,27 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import class_accuracy, depth_metrics, voxel_iou
+from .safety import kept_counts, kept_metrics, pooled_metrics, safety_counts
 
 
-def score_outputs(out, depth: np.ndarray, semantic: np.ndarray, occupancy: np.ndarray) -> dict:
-    """One ping's scores: depth (delta1, AbsRel, RMSE), class accuracy over labelled pixels, voxel IoU."""
+def score_outputs(out, depth: np.ndarray, semantic: np.ndarray, occupancy: np.ndarray,
+                  confident_max_rel_std: float = 0.0) -> dict:
+    """One ping's scores: depth (delta1, AbsRel, RMSE), class accuracy over labelled pixels, voxel IoU; the
+    pixel counts behind the safety rates (``_safety``, :func:`~.safety.safety_counts`, pooled by
+    :func:`summarize_scores`); and for outputs with a depth uncertainty and ``confident_max_rel_std`` above 0, the
+    confident depth the node publishes at that threshold: the share of the known pixels it keeps and its delta1
+    (``confident_kept``, ``confident_delta1``; counts in ``_kept``)."""
     d = depth_metrics(out.depth, depth)
-    return {"delta1": d["delta1"], "abs_rel": d["abs_rel"], "rmse": d["rmse"],
-            "class_acc": class_accuracy(out.labels, semantic), "voxel_iou": voxel_iou(out.occupancy, occupancy)}
+    rec = {"delta1": d["delta1"], "abs_rel": d["abs_rel"], "rmse": d["rmse"],
+           "class_acc": class_accuracy(out.labels, semantic), "voxel_iou": voxel_iou(out.occupancy, occupancy),
+           "_safety": safety_counts(out.depth, depth, semantic)}
+    if confident_max_rel_std > 0 and out.depth_uncertainty is not None:
+        from ..sonar.products import confident_depth
+
+        rec["_kept"] = kept_counts(confident_depth(out.depth, out.depth_uncertainty, confident_max_rel_std), depth)
+        k = kept_metrics(rec["_kept"])
+        rec["confident_kept"], rec["confident_delta1"] = k["kept"], k["delta1"]
+    return rec
 
 
 def array_pose(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +46,8 @@ def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int 
                  progress: bool = False, bundle=None) -> tuple[list[dict], object]:
     """Stream ``pings`` pings of ``traj`` through a :class:`SonarPipeline`; returns ``(records, pipeline)``.
 
-    Each record holds the ping index, its scores (:func:`score_outputs`), the onset correction the alignment made,
+    Each record holds the ping index, its scores (:func:`score_outputs`, the confident depth at the pipeline's
+    ``confident_max_rel_std``), the onset correction the alignment made,
     and the outputs and truth (``out``, ``truth``). ``announce``: a Ping per onset (else the pipeline must find
     them on the direct path). With ``config.average_pings`` above 1 the pipeline is told the array's pose at each
     ping, as the node reads it from TF in ``sonar.still_frame``.
@@ -61,7 +76,8 @@ def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int 
                     continue
                 t = truth.pop(near[0])
                 records.append({"ping": t.index, "correction": int(w.correction), "out": o, "truth": t,
-                                **score_outputs(o, t.depth, t.semantic, t.occupancy)})
+                                **score_outputs(o, t.depth, t.semantic, t.occupancy,
+                                                sonar.config.confident_max_rel_std)})
         if progress:
             print(f"\rping {seg.index + 1 - start_ping}/{pings}", end="", flush=True)
     if progress:
@@ -72,13 +88,45 @@ def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int 
 
 
 def summarize_scores(records: list[dict]) -> dict:
-    """Means over the pings scored, the worst onset correction and the inference times."""
+    """Means over the pings scored, the worst onset correction and the inference times; the safety rates over the
+    pings' pixels pooled (``false_far_rate``: of the pixels within 0.5 m, the share reported beyond 1 m;
+    ``near_recall``), and where the pings have a confident depth, its scores pooled the same way
+    (``confident_kept``, ``confident_delta1``, ``confident_abs_rel``, ``confident_false_far_rate``). A rate no pixel
+    qualifies for is None."""
     col = {k: np.array([r[k] for r in records], dtype=float) for k in ("delta1", "abs_rel", "voxel_iou", "class_acc")}
     inf = np.array([r["out"].infer_ms for r in records])
-    return {"scored": len(records),
-            "depth_delta1_mean": float(np.nanmean(col["delta1"])),
-            "depth_abs_rel_mean": float(np.nanmean(col["abs_rel"])),
-            "class_accuracy_mean": float(np.nanmean(col["class_acc"])),
-            "voxel_iou_mean": float(np.nanmean(col["voxel_iou"])),
-            "onset_correction_max_samples": int(max(abs(r["correction"]) for r in records)),
-            "inference_ms_median": float(np.median(inf)), "inference_ms_p99": float(np.percentile(inf, 99))}
+    out = {"scored": len(records),
+           "depth_delta1_mean": float(np.nanmean(col["delta1"])),
+           "depth_abs_rel_mean": float(np.nanmean(col["abs_rel"])),
+           "class_accuracy_mean": float(np.nanmean(col["class_acc"])),
+           "voxel_iou_mean": float(np.nanmean(col["voxel_iou"])),
+           "onset_correction_max_samples": int(max(abs(r["correction"]) for r in records)),
+           "inference_ms_median": float(np.median(inf)), "inference_ms_p99": float(np.percentile(inf, 99))}
+
+    def finite(v):
+        return float(v) if v is not None and np.isfinite(v) else None
+
+    safety = pooled_metrics(records, "_safety")
+    for key in ("false_far_rate", "near_recall"):
+        out[key] = finite(safety.get(key))
+    out["near_pixels"] = safety.get("near_pixels", 0)
+    kept = pooled_metrics(records, "_kept", kept_metrics)
+    if kept:
+        for key in ("kept", "delta1", "abs_rel", "false_far_rate"):
+            out["confident_" + key] = finite(kept[key])
+    return out
+
+
+def describe_safety(summary: dict) -> str:
+    """One line on :func:`summarize_scores`' safety rates and confident depth, for the terminal."""
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    n = summary["near_pixels"]
+    text = (f"false far {pct(summary['false_far_rate'])} (of {n} pixels within 0.5 m)" if n else
+            "no pixel within 0.5 m (no false-far rate)")
+    if "confident_kept" in summary:
+        d1 = summary["confident_delta1"]
+        text += (f"; confident depth: {pct(summary['confident_kept'])} of the view kept, delta1 "
+                 f"{'-' if d1 is None else f'{d1:.3f}'}")
+    return text

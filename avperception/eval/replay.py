@@ -37,7 +37,7 @@ from ..constants import MAX_CHUNK_SECONDS
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
 from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou
-from .safety import kept_counts, kept_metrics, merge_counts, safety_counts, safety_metrics, sparsification
+from .safety import kept_counts, kept_metrics, pooled_metrics, safety_counts, sparsification
 
 AUDIO_COMMON = "audio_common_msgs/msg/AudioDataStamped"
 AUDIO_INFO = "audio_common_msgs/msg/AudioInfo"
@@ -177,18 +177,11 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     out: dict = {"pings": len(pings)}
     for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
-    def pooled(field: str, metrics=safety_metrics) -> dict:
-        """``metrics`` of the pings' ``field`` counts added up; {} when no ping has them."""
-        total = None
-        for p in pings:
-            if p.get(field) is not None:
-                total = merge_counts(total, p[field])
-        return metrics(total) if total is not None else {}
-
     def finite(v):
         return float(v) if v is not None and np.isfinite(v) else None
 
-    sm, bound, km = pooled("_safety"), pooled("_bound_safety"), pooled("_kept", kept_metrics)
+    sm, bound = pooled_metrics(pings, "_safety"), pooled_metrics(pings, "_bound_safety")
+    km = pooled_metrics(pings, "_kept", kept_metrics)
     for key in ("false_far_rate", "near_recall", "obstacle_delta1"):
         out[key] = finite(sm.get(key))
     out["near_pixels"] = sm.get("near_pixels", 0)

@@ -91,6 +91,16 @@ def merge_counts(total: dict | None, counts: dict) -> dict:
     return {k: total[k] + counts[k] for k in total}
 
 
+def pooled_metrics(records, field: str, metrics=None) -> dict:
+    """``metrics`` (default :func:`safety_metrics`) of the ``field`` counts of ``records`` (dicts, e.g. one per ping)
+    added up; records without them are skipped, and {} is returned when none has them."""
+    total = None
+    for r in records:
+        if r.get(field) is not None:
+            total = merge_counts(total, r[field])
+    return {} if total is None else (metrics or safety_metrics)(total)
+
+
 def _ratio(a, b) -> float:
     return float(a / b) if b else float("nan")
 

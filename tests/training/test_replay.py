@@ -93,6 +93,8 @@ def test_replay_metrics_equal_direct_scores(sim, report):
         pooled_bound = merge_counts(pooled_bound, safety_counts(bound, truth.depth, truth.semantic))
         conf = confident_depth(out_r.depth, out_r.depth_uncertainty, SonarConfig().confident_max_rel_std)
         pooled_kept = merge_counts(pooled_kept, kept_counts(conf, truth.depth))
+        one = kept_metrics(kept_counts(conf, truth.depth))  # the live scoring's per ping
+        assert (r["confident_kept"], r["confident_delta1"]) == (one["kept"], one["delta1"])
     direct, direct_bound = safety_metrics(pooled), safety_metrics(pooled_bound)
     assert o["near_pixels"] == direct["near_pixels"]
     for k in ("false_far_rate", "near_recall", "obstacle_delta1", "near_bound_false_far_rate",
@@ -107,6 +109,13 @@ def test_replay_metrics_equal_direct_scores(sim, report):
         if o["confident_" + k] is not None:
             assert o["confident_" + k] == pytest.approx(kept[k], abs=1e-12), k
     assert 0 < o["confident_kept"] < 1 and o["confident_delta1"] >= o["delta1_mean"] - 0.05
+    # the live scoring's summary (the demo, bench sonar-quality) pools the same counts to the same rates
+    from avperception.eval.live import summarize_scores
+
+    live = summarize_scores(records)
+    for k in ("false_far_rate", "near_recall", "confident_kept", "confident_delta1", "confident_abs_rel",
+              "confident_false_far_rate"):
+        assert live[k] == (None if o[k] is None else pytest.approx(o[k], abs=1e-12)), k
     assert o["ause_mean"] == pytest.approx(np.mean([p["ause"] for p in saved["pings"]]), abs=1e-12)
     # the uncertainty ranks this room's errors far better than a random order does
     assert o["ause_mean"] < 0.5 * o["ause_random_mean"]
