@@ -32,22 +32,31 @@ from .common import machine
 
 def heard_scores(traj, records: list[dict]) -> dict:
     """Depth delta_1 (each ping's and the mean) and AbsRel (mean) over the pings without the pixels whose surface
-    returns no echo of the sweep (:func:`avperception_train.datagen.scene.echo_free_view`: a wall no sonar hears),
-    and those pixels' share of the known ones."""
-    from avperception_train.datagen.scene import echo_free_view
+    returns no echo of the sweep (a wall no sonar hears), and those pixels' share of the known ones; then the same
+    (``reflected_*``, ``silent_share``) also without the pixels whose surface has no point that reflects the sweep
+    straight back, to which the simulator gives no first-order echo
+    (:func:`avperception_train.datagen.scene.silent_view`)."""
+    from avperception_train.datagen.scene import silent_view
 
     from ..eval.metrics import depth_metrics
 
-    rows, quiet, known = [], 0, 0
+    rows, reflected, counts = [], [], np.zeros(3)  # known pixels echo-free, also those with no specular point; known
     for r in records:
         spec, t = traj.scene_spec(r["ping"], sources=False), r["truth"]
-        mask = echo_free_view(traj.cfg, traj.room, spec.origin, spec.rotation) & np.isfinite(t.depth)
-        rows.append(depth_metrics(r["out"].depth, np.where(mask, np.nan, t.depth)))
-        quiet, known = quiet + int(mask.sum()), known + int(np.isfinite(t.depth).sum())
+        quiet, unreflected = silent_view(traj.cfg, traj.room, spec.origin, spec.rotation)
+        known = np.isfinite(t.depth)
+        quiet, silent = quiet & known, (quiet | unreflected) & known
+        rows.append(depth_metrics(r["out"].depth, np.where(quiet, np.nan, t.depth)))
+        reflected.append(depth_metrics(r["out"].depth, np.where(silent, np.nan, t.depth)))
+        counts += (quiet.sum(), silent.sum(), known.sum())
+    share = counts[:2] / counts[2] if counts[2] else np.full(2, np.nan)
     return {"heard_depth_delta1_mean": float(np.nanmean([x["delta1"] for x in rows])),
             "heard_depth_abs_rel_mean": float(np.nanmean([x["abs_rel"] for x in rows])),
-            "echo_free_share": quiet / known if known else float("nan"),
-            "heard_delta1_per_ping": [round(float(x["delta1"]), 4) for x in rows]}
+            "echo_free_share": float(share[0]),
+            "heard_delta1_per_ping": [round(float(x["delta1"]), 4) for x in rows],
+            "reflected_depth_delta1_mean": float(np.nanmean([x["delta1"] for x in reflected])),
+            "reflected_depth_abs_rel_mean": float(np.nanmean([x["abs_rel"] for x in reflected])),
+            "silent_share": float(share[1])}
 
 
 def isolated_scores(traj, records: list[dict], sonar) -> list[dict]:
@@ -194,7 +203,9 @@ def run_cli(a: argparse.Namespace) -> int:
               f"{r['depth_abs_rel_mean']:.3f}, class acc {r['class_accuracy_mean']:.3f}, voxel IoU "
               f"{r['voxel_iou_mean']:.3f}, worst onset correction {r['onset_correction_max_samples']} samples{iso}\n"
               f"  on the surfaces that return an echo ({1 - r['echo_free_share']:.1%} of the pixels): depth delta1 "
-              f"{r['heard_depth_delta1_mean']:.3f}, AbsRel {r['heard_depth_abs_rel_mean']:.3f}\n"
+              f"{r['heard_depth_delta1_mean']:.3f}, AbsRel {r['heard_depth_abs_rel_mean']:.3f}; where the sweep "
+              f"also reflects straight back ({1 - r['silent_share']:.1%}): delta1 "
+              f"{r['reflected_depth_delta1_mean']:.3f}, AbsRel {r['reflected_depth_abs_rel_mean']:.3f}\n"
               f"  {describe_safety(r)}")
         if "averaged" in r:
             v = r["averaged"]

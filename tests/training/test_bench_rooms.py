@@ -45,20 +45,27 @@ def test_the_live_bench_scores_the_surfaces_that_return_an_echo_apart():
     from avperception.demo import active_room
     from avperception.eval.metrics import depth_metrics
     from avperception_train.datagen.groundtruth import RayCaster, render_view
-    from avperception_train.datagen.scene import echo_free_view, grids
+    from avperception_train.datagen.scene import grids, silent_view
 
     traj = active_room(1, 4.0, 0)
     assert "panel_fabric_covered_6pcf" in traj.room.wall_materials
-    pano, caster, records, full = grids(traj.cfg)[0], RayCaster.for_room(traj.room), [], []
+    pano, caster, records, unheard, full = grids(traj.cfg)[0], RayCaster.for_room(traj.room), [], [], []
     for k in range(0, 40, 10):
         spec = traj.scene_spec(k, sources=False)
         depth, _ = render_view(caster, spec.origin, spec.rotation, pano.vectors, pano.shape)
-        wrong = np.where(echo_free_view(traj.cfg, traj.room, spec.origin, spec.rotation), 3 * depth, depth)
+        quiet, unreflected = silent_view(traj.cfg, traj.room, spec.origin, spec.rotation)
+        wrong = np.where(quiet, 3 * depth, depth)
         records.append({"ping": k, "truth": SimpleNamespace(depth=depth), "out": SimpleNamespace(depth=wrong)})
         full.append(depth_metrics(wrong, depth)["delta1"])
+        # wrong where no point reflects the sweep back: only the second score leaves those pixels out
+        unheard.append({**records[-1], "out": SimpleNamespace(depth=np.where(unreflected & ~quiet, 3 * depth, depth))})
     h = heard_scores(traj, records)
     assert h["heard_depth_delta1_mean"] == 1.0 and h["heard_depth_abs_rel_mean"] == 0.0
     assert 0.0 < h["echo_free_share"] < 0.5 and min(full) < 1.0 and h["heard_delta1_per_ping"] == [1.0] * 4
+    assert h["reflected_depth_delta1_mean"] == 1.0 and h["silent_share"] >= h["echo_free_share"]
+    u = heard_scores(traj, unheard)
+    assert u["reflected_depth_delta1_mean"] == 1.0 and u["reflected_depth_abs_rel_mean"] == 0.0
+    assert u["silent_share"] > u["echo_free_share"] and u["heard_depth_delta1_mean"] < 1.0
 
 
 def test_the_live_bench_averages_pings_only_where_the_robot_stands():

@@ -1,6 +1,7 @@
 """Surfaces that return no echo of the sweep: the simulator's fabric-covered absorber panel absorbs all of it, so no
-sonar can hear such a wall; the evaluation finds those pixels again from the rooms the shards store and scores the
-depth without them."""
+sonar can hear such a wall; and surfaces with no point that reflects the sweep straight back (a box's side seen from
+above its top, a wall past a corner), to which the image-source model gives no first-order echo. The evaluation finds
+those pixels again from the rooms the shards store and scores the depth without them."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 
 from avperception_train.datagen import config_from_dict, run_datagen
 from avperception_train.datagen.acoustics import band_absorption, echo_profile, sweep
-from avperception_train.datagen.geometry import WALL, RoomGeometry
-from avperception_train.datagen.groundtruth import RayCaster, render_view
-from avperception_train.datagen.scene import (SceneSpec, echo_free_materials, echo_free_pixels, grids,
-                                              material_table, scene_room, simulate_audio)
+from avperception_train.datagen.geometry import CEILING, FLOOR, OBSTACLE, WALL, Box, RoomGeometry, specular_point_on
+from avperception_train.datagen.groundtruth import RayCaster, render_view, surface_view
+from avperception_train.datagen.scene import (SceneSpec, echo_free_materials, grids, material_table, scene_room,
+                                              silent_pixels, simulate_audio)
 from avperception_train.datagen.shards import SceneDataset
 
 PANEL = "panel_fabric_covered_6pcf"
@@ -81,7 +82,7 @@ def test_echo_free_pixels_are_the_absorber_walls_pixels(panel_rooms):
     seen = 0
     for arrays in SceneDataset(out, None).iter_shards():
         keep = np.arange(len(arrays["split"]))
-        masks = echo_free_pixels(cfg, arrays, keep)
+        masks, _ = silent_pixels(cfg, arrays, keep)
         for i, mask in zip(keep, masks):
             room, origin, rotation = scene_room(arrays, i, names)
             # the room rebuilt from the shard casts the depth and classes the shard holds
@@ -101,7 +102,7 @@ def test_a_scene_without_a_stored_room_has_no_echo_free_pixels(panel_rooms):
     arrays = dict(next(SceneDataset(out, None).iter_shards()))
     arrays["num_floor_vertices"] = np.zeros_like(arrays["num_floor_vertices"])  # as an imported recording stores it
     assert scene_room(arrays, 0, material_table(cfg)) is None
-    assert not echo_free_pixels(cfg, arrays, [0, 1]).any()
+    assert not any(m.any() for m in silent_pixels(cfg, arrays, [0, 1]))
 
 
 def test_evaluate_scores_the_heard_surfaces_apart(panel_rooms):
@@ -124,10 +125,80 @@ def test_evaluate_scores_the_heard_surfaces_apart(panel_rooms):
     r = evaluate(wrong_on_panels, test)
     h = r["heard"]
     assert h["scenes"] == len(test) and h["delta1"] == 1.0 and h["abs_rel"] == 0.0 and h["false_far_rate"] == 0.0
-    assert h["echo_free_delta1"] == 0.0 and h["echo_free_share"] == pytest.approx((quiet & known).sum() / known.sum())
-    assert 0.0 < h["echo_free_share"] < 0.5 and r["depth"]["delta1"] < 1.0
+    assert h["left_out_delta1"] == 0.0 and h["left_out_share"] == pytest.approx((quiet & known).sum() / known.sum())
+    assert 0.0 < h["left_out_share"] < 0.5 and r["depth"]["delta1"] < 1.0
+    assert r["reflected"]["delta1"] == 1.0 and r["reflected"]["left_out_share"] >= h["left_out_share"]
     assert "| wrong | " in report_text({"wrong": r}) and "return an echo" in report_text({"wrong": r})
     assert "heard" not in evaluate(lambda batch: {"depth": batch["depth"].numpy()}, InMemoryScenes(out, "test"))
+
+
+def test_the_specular_point_is_where_the_perpendicular_meets_the_surface():
+    side = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # a box side 1 m high
+    assert specular_point_on(side, np.array([0.5, -0.8, 0.5]))  # in front of it, below its top
+    assert not specular_point_on(side, np.array([0.5, -0.8, 1.4]))  # above its top
+    assert not specular_point_on(side, np.array([1.3, -0.2, 0.5]))  # past its edge
+    assert specular_point_on(side, np.array([0.5, 0.8, 0.5]))  # from behind: the plane's other side, same foot
+    floor = np.array([[0, 0, 0], [4, 0, 0], [4, 1, 0], [1, 1, 0], [1, 3, 0], [0, 3, 0]], float)  # an L
+    assert specular_point_on(floor, np.array([0.5, 2.5, 1.0])) and not specular_point_on(floor, np.array([3, 2, 1.0]))
+
+
+def _box_room(array_height):
+    """A shoebox with one 1 m high box whose side faces the robot 0.8 m away."""
+    floor = np.array([[0, 0], [6, 0], [6, 5], [0, 5]], float)
+    box = Box((2.0, 1.8), (2.0, 1.0), 1.0, 0.0, HARD)  # x 1-3, y 1.3-2.3: its south side at y = 1.3
+    room = RoomGeometry(floor, 3.0, wall_materials=[HARD] * 4, floor_material=HARD, ceiling_material=HARD,
+                        boxes=[box])
+    return room, np.array([2.0, 0.5, array_height])
+
+
+def test_a_box_side_seen_from_above_its_top_returns_no_first_order_echo():
+    """The same box side 0.8 m away, the array 0.5 m up (below the box's top) or 1.5 m up (above it): only from
+    below does its first-order echo arrive; from above there is no point on the side to reflect it back, and the
+    mask says so."""
+    cfg = config_from_dict({"array": "respeaker_4mic", "active": {"speaker_position": [0.0, 0.0, 0.0]},
+                            "passive": {"num_sources": [0, 0]}})
+    arr = cfg.array_geometry()
+    fs, c, a = cfg.audio.sample_rate, cfg.acoustics.speed_of_sound, cfg.active
+    emitted = sweep(fs, a.f_start_hz, a.f_end_hz, a.duration_s, a.sweep, a.fade)
+    at = int(round(2 * 0.8 / c * fs))
+    around = slice(at - 4, at + 5)
+    peaks = {}
+    for h in (0.5, 1.5):
+        room, origin = _box_room(h)
+        spec = SceneSpec(0, 0, 0, room, origin[:2], h, np.pi / 2, True, 0.0, -80.0, [], seed=1)
+        full = simulate_audio(cfg, spec, arr.positions, noise=False, max_order=1)
+        direct = simulate_audio(cfg, spec, arr.positions, noise=False, max_order=0)
+        peaks[h] = echo_profile(full - direct, emitted).mean(axis=0)[around].max()
+        side = next(s for s in room.surfaces() if s.name == "box0_side0")
+        assert np.allclose(side.corners[:, 1], 1.3)  # the side facing the robot
+        assert specular_point_on(side.corners, origin) == (h < 1.0)
+    assert peaks[1.5] < 0.1 * peaks[0.5]
+
+
+def test_unreflected_pixels_are_the_surfaces_without_a_specular_point(panel_rooms):
+    """Floors and ceilings always reflect straight back (the array stands over the floor, under the ceiling); a
+    box's sides never do when the array is above its top; and the mask marks exactly the pixels of the surfaces
+    that have no specular point."""
+    cfg, out = panel_rooms
+    pano = grids(cfg)[0]
+    names = material_table(cfg)
+    above_boxes = some = 0
+    for arrays in SceneDataset(out, None).iter_shards():
+        keep = np.arange(len(arrays["split"]))
+        _, masks = silent_pixels(cfg, arrays, keep)
+        for i, mask in zip(keep, masks):
+            room, origin, rotation = scene_room(arrays, i, names)
+            hit = surface_view(room, origin, rotation, pano.vectors, pano.shape)
+            surfaces = room.surfaces(box_bottoms=True)
+            labels = np.array([s.label for s in surfaces] + [-1])[hit]
+            assert not mask[(labels == FLOOR) | (labels == CEILING) | (hit < 0)].any()
+            for k, s in enumerate(surfaces):
+                np.testing.assert_array_equal(mask[hit == k], not specular_point_on(s.corners, origin))
+                if s.label == OBSTACLE and "side" in s.name and origin[2] > s.corners[:, 2].max() and (hit == k).any():
+                    above_boxes += 1
+                    assert mask[hit == k].all()
+            some += int(mask.any())
+    assert some >= 2 and above_boxes >= 1
 
 
 def test_an_imported_recording_gets_no_echo_free_mask(dataset, tmp_path, small_cfg):

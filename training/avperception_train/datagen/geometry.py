@@ -168,6 +168,22 @@ def points_in_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return (np.sum(cond & (x < xint), axis=1) % 2) == 1
 
 
+def specular_point_on(corners: np.ndarray, point: np.ndarray) -> bool:
+    """Whether the foot of the perpendicular from ``point (3,)`` to the plane of the polygon ``corners (n, 3)`` lies on
+    the polygon: the one place a sound sent from ``point`` can reflect straight back to it. The image-source model
+    gives a surface without it no first-order echo for a source beside its receiver (edge diffraction, which would,
+    is not simulated)."""
+    c = np.asarray(corners, dtype=np.float64)
+    p = np.asarray(point, dtype=np.float64)
+    normal = np.cross(c[1] - c[0], c[2] - c[0])
+    normal /= np.linalg.norm(normal)
+    u = (c[1] - c[0]) / np.linalg.norm(c[1] - c[0])
+    v = np.cross(normal, u)
+    foot = p - np.dot(p - c[0], normal) * normal
+    plane = np.c_[(c - c[0]) @ u, (c - c[0]) @ v]
+    return bool(points_in_polygon(np.array([(foot - c[0]) @ u, (foot - c[0]) @ v]), plane)[0])
+
+
 def polygon_edge_distance(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     """``(N,)`` distance from points ``(N, 2)`` to the closest edge of a polygon."""
     p = np.asarray(pts, dtype=np.float64).reshape(-1, 2)[:, None]

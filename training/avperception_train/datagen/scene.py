@@ -352,30 +352,45 @@ def echo_free_materials(cfg: DatagenConfig) -> set[str]:
             if band_absorption(m, lo, hi, cfg.audio.sample_rate) >= ECHO_FREE_ABSORPTION}
 
 
-def echo_free_view(cfg: DatagenConfig, room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray,
-                   backend: str = "auto") -> np.ndarray:
-    """``(H, W)`` bool: the panorama pixels (``cfg``'s grid) seen from ``origin`` / ``rotation`` whose surface returns
-    no echo of the sweep (:func:`echo_free_materials`). A sonar cannot hear such a surface: its depth is a guess."""
+def silent_view(cfg: DatagenConfig, room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray,
+                backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """``(echo_free, unreflected)``, each ``(H, W)`` bool over the panorama pixels (``cfg``'s grid) seen from
+    ``origin`` / ``rotation``: those whose surface returns no echo of the sweep (:func:`echo_free_materials`), and
+    those whose surface has no point that reflects a sound from ``origin`` straight back
+    (:func:`~.geometry.specular_point_on`: a box's side seen from above its top or past its edge, a wall past a
+    corner), to which the simulator's image-source model gives no first-order echo. A sonar cannot hear the first;
+    the second it hears at most through later reflections. Either way their depth is a guess."""
+    from .geometry import specular_point_on
     from .groundtruth import surface_view
 
     pano = grids(cfg)[0]
     silent = echo_free_materials(cfg)
-    if not silent:
-        return np.zeros(pano.shape, dtype=bool)
-    quiet = np.array([s.material in silent for s in room.surfaces(box_bottoms=True)] + [False])  # -1: nothing hit
-    return quiet[surface_view(room, origin, rotation, pano.vectors, pano.shape, backend)]
+    surfaces = room.surfaces(box_bottoms=True)
+    hit = surface_view(room, origin, rotation, pano.vectors, pano.shape, backend)  # -1: nothing hit
+    quiet = np.array([s.material in silent for s in surfaces] + [False])
+    unreflected = np.array([not specular_point_on(s.corners, origin) for s in surfaces] + [False])
+    return quiet[hit], unreflected[hit]
 
 
-def echo_free_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "auto") -> np.ndarray:
-    """``(K, H, W)`` bool: :func:`echo_free_view` of the scenes ``keep`` of a shard's ``arrays``, rebuilt from what
-    they store (:func:`scene_room`); all False for a scene that stores no room."""
+def echo_free_view(cfg: DatagenConfig, room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray,
+                   backend: str = "auto") -> np.ndarray:
+    """``(H, W)`` bool: the panorama pixels (``cfg``'s grid) seen from ``origin`` / ``rotation`` whose surface returns
+    no echo of the sweep (:func:`echo_free_materials`). A sonar cannot hear such a surface: its depth is a guess."""
+    if not echo_free_materials(cfg):
+        return np.zeros(grids(cfg)[0].shape, dtype=bool)
+    return silent_view(cfg, room, origin, rotation, backend)[0]
+
+
+def silent_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """``(echo_free, unreflected)``, each ``(K, H, W)`` bool: :func:`silent_view` of the scenes ``keep`` of a shard's
+    ``arrays``, rebuilt from what they store (:func:`scene_room`); all False for a scene that stores no room."""
     names = material_table(cfg)
-    out = np.zeros((len(keep), *grids(cfg)[0].shape), dtype=bool)
+    out = np.zeros((2, len(keep), *grids(cfg)[0].shape), dtype=bool)
     for k, i in enumerate(keep):
         scene = scene_room(arrays, int(i), names)
         if scene is not None:
-            out[k] = echo_free_view(cfg, *scene, backend=backend)
-    return out
+            out[:, k] = silent_view(cfg, *scene, backend=backend)
+    return out[0], out[1]
 
 
 def scene_audio(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarray) -> np.ndarray:

@@ -197,8 +197,9 @@ class InMemoryScenes(torch.utils.data.Dataset):
     (:class:`CameraLabels`) and adds its view ``view (H, W)`` bool, rotated with the scene by the
     augmentation; with ``full_labels`` the labels stay whole and only ``view`` is added (a teacher that
     sees the camera's view and learns the whole room).
-    ``echo_free`` adds ``echo_free (H, W)`` bool: the pixels whose surface returns no echo of the sweep
-    (:func:`~avperception_train.datagen.scene.echo_free_pixels`, cast again from the rooms the shards store), for
+    ``echo_free`` adds ``echo_free (H, W)`` bool: the pixels whose surface returns no echo of the sweep, and
+    ``unreflected (H, W)`` bool: those whose surface has no point that reflects the sweep straight back to the array
+    (:func:`~avperception_train.datagen.scene.silent_pixels`, cast again from the rooms the shards store), for
     scoring what can be heard apart from what cannot; not with ``augment``. An imported recording stores no room
     and gets no mask: what its surfaces return is not known.
     """
@@ -211,12 +212,12 @@ class InMemoryScenes(torch.utils.data.Dataset):
         cfg = None
         if echo_free and ds.manifest.get("source") == "synthetic":
             from ..datagen.config import config_from_dict
-            from ..datagen.scene import echo_free_pixels
+            from ..datagen.scene import silent_pixels
 
             cfg = config_from_dict(ds.manifest["config"])
         self.root = Path(root)
         want = SPLITS.index(split)
-        parts: dict[str, list] = {k: [] for k in KEYS + (("echo_free",) if cfg is not None else ())}
+        parts: dict[str, list] = {k: [] for k in KEYS + (("echo_free", "unreflected") if cfg is not None else ())}
         consts = None
         n, skipped = 0, 0
         for arrays in ds.iter_shards():
@@ -238,7 +239,9 @@ class InMemoryScenes(torch.utils.data.Dataset):
             parts["energy"].append(arrays["energy"][keep])
             parts["has_energy"].append(arrays["has_energy"][keep])
             if cfg is not None:
-                parts["echo_free"].append(echo_free_pixels(cfg, arrays, keep))
+                quiet, unreflected = silent_pixels(cfg, arrays, keep)
+                parts["echo_free"].append(quiet)
+                parts["unreflected"].append(unreflected)
             n += len(keep)
             if max_samples and n >= max_samples:
                 break
@@ -282,7 +285,7 @@ class InMemoryScenes(torch.utils.data.Dataset):
         item = {"audio": d["audio"][i], "depth": d["depth"][i], "semantic": d["semantic"][i].astype(np.int64),
                 "voxels": voxels, "energy": energy}
         if "echo_free" in d:
-            item["echo_free"] = d["echo_free"][i]
+            item["echo_free"], item["unreflected"] = d["echo_free"][i], d["unreflected"][i]
         if self.camera is not None:
             if not self.full_labels:
                 item = self.camera.apply(item)

@@ -137,6 +137,17 @@ def layout_figure(model: torch.nn.Module, dataset, path: str | Path, scenes: int
     return path
 
 
+def _score_without(acc: dict, pred: np.ndarray, gt: np.ndarray, labels: np.ndarray, left_out: np.ndarray) -> None:
+    """Add one scene's depth scores without the pixels ``left_out`` to ``acc`` (``rows``, ``safety`` counts, and
+    ``quiet``: the known pixels left out, those of them within 1.25x, the known pixels)."""
+    left_out = left_out & np.isfinite(gt)
+    kept = np.where(left_out, np.nan, gt)
+    acc["rows"].append(depth_metrics(pred, kept))
+    acc["safety"] = merge_counts(acc["safety"], safety_counts(pred, kept, labels))
+    counts = depth_error_by_label(pred, gt, left_out.astype(np.int64), 2)
+    acc["quiet"] += (counts[1, 0], counts[1, 2], counts[:, 0].sum())
+
+
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
              batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20,
              near_bound_quantile: float | None = None,
@@ -158,9 +169,11 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
     pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
     cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
-    that costs. With the items' ``echo_free`` (``InMemoryScenes(..., echo_free=True)``: pixels whose surface returns no
-    echo of the sweep), ``heard`` scores the depth again without those pixels (AbsRel and delta_1 per scene, then
-    averaged; the safety rates pooled), with their share of the known pixels and the delta_1 pooled on them.
+    that costs. With the items' ``echo_free`` and ``unreflected`` (``InMemoryScenes(..., echo_free=True)``: pixels
+    whose surface returns no echo of the sweep, and those whose surface has no point that reflects it straight back),
+    ``heard`` scores the depth again without the first, ``reflected`` without either (AbsRel and delta_1 per scene,
+    then averaged; the safety rates pooled), each with the share of the known pixels it leaves out and the delta_1
+    pooled on those (``left_out_share``, ``left_out_delta1``).
     """
     from torch.utils.data import DataLoader
 
@@ -173,7 +186,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         confident_max_rel_std = SonarConfig().confident_max_rel_std
     thresholds = [float(r) for r in np.atleast_1d(confident_max_rel_std) if r > 0]
     kept: dict[float, dict | None] = dict.fromkeys(thresholds)  # the confident depth's pixel counts per threshold
-    heard_rows, heard_safety, quiet = [], None, np.zeros(3)  # echo-free pixels, those within 1.25x; known pixels
+    # the depth without the pixels no first-order echo comes from: per scene rows, pooled safety counts, and the
+    # pixels left out, those of them within 1.25x, the known pixels
+    silent = {name: {"rows": [], "safety": None, "quiet": np.zeros(3)} for name in ("heard", "reflected")}
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     by_class = np.zeros((num_classes, 3))
     by_height = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, num_classes + 1, 3))  # band, class (last: all), counts
@@ -205,12 +220,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                             height_heads[band] += (1, ok[0], ok[1], (p[0] <= p[1]) == (h[0] <= h[1]))
                     safety = merge_counts(safety, safety_counts(pred["depth"][i], gt_depth[i], labels))
                     if "echo_free" in batch:
-                        silent = batch["echo_free"][i].numpy() & np.isfinite(gt_depth[i])
-                        heard = np.where(silent, np.nan, gt_depth[i])
-                        heard_rows.append(depth_metrics(pred["depth"][i], heard))
-                        heard_safety = merge_counts(heard_safety, safety_counts(pred["depth"][i], heard, labels))
-                        counts = depth_error_by_label(pred["depth"][i], gt_depth[i], silent.astype(np.int64), 2)
-                        quiet += (counts[1, 0], counts[1, 2], counts[:, 0].sum())
+                        quiet = batch["echo_free"][i].numpy()
+                        for name, left_out in (("heard", quiet), ("reflected", quiet | batch["unreflected"][i].numpy())):
+                            _score_without(silent[name], pred["depth"][i], gt_depth[i], labels, left_out)
                     if "depth_uncertainty" in pred:
                         u, d = pred["depth_uncertainty"][i], pred["depth"][i]
                         for metric, rank in (("abs_rel", u / np.maximum(d, 1e-3)), ("rmse", u)):
@@ -240,13 +252,14 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         out["depth"]["scenes"] = int(np.isfinite([r["abs_rel"] for r in depth_rows]).sum())
     if safety is not None:
         out["safety"] = safety_metrics(safety)
-    if heard_safety is not None:
-        hs = safety_metrics(heard_safety)
-        out["heard"] = {"scenes": int(np.isfinite([r["abs_rel"] for r in heard_rows]).sum()),
-                        "echo_free_share": float(quiet[0] / quiet[2]) if quiet[2] else float("nan"),
-                        "echo_free_delta1": float(quiet[1] / quiet[0]) if quiet[0] else float("nan"),
-                        **{k: _mean_defined([r[k] for r in heard_rows]) for k in ("abs_rel", "rmse", "delta1")},
-                        **{k: hs[k] for k in ("false_far_rate", "near_recall", "obstacle_delta1")}}
+    for name, acc in silent.items():
+        if acc["safety"] is not None:
+            hs, quiet = safety_metrics(acc["safety"]), acc["quiet"]
+            out[name] = {"scenes": int(np.isfinite([r["abs_rel"] for r in acc["rows"]]).sum()),
+                         "left_out_share": float(quiet[0] / quiet[2]) if quiet[2] else float("nan"),
+                         "left_out_delta1": float(quiet[1] / quiet[0]) if quiet[0] else float("nan"),
+                         **{k: _mean_defined([r[k] for r in acc["rows"]]) for k in ("abs_rel", "rmse", "delta1")},
+                         **{k: hs[k] for k in ("false_far_rate", "near_recall", "obstacle_delta1")}}
     if sparse["abs_rel"]:
         out["uncertainty"] = {"scenes": len(sparse["abs_rel"])}
         for metric, rows in sparse.items():
@@ -360,17 +373,22 @@ def safety_table(results: dict[str, dict]) -> str:
     return _table(head, body)
 
 
+HEARD_ROWS = (("heard", "the absorbers left out"),
+              ("reflected", "also the surfaces with no point that reflects the sweep back"))
+
+
 def heard_table(results: dict[str, dict]) -> str:
-    """The depth on the surfaces that return an echo (``heard`` of :func:`evaluate`), one row per method, beside
-    the share of pixels that return none and the delta_1 there; '' if none has it."""
-    rows = {n: r["heard"] for n, r in results.items() if r.get("heard")}
-    if not rows:
+    """The depth on the surfaces that return an echo (``heard`` and ``reflected`` of :func:`evaluate`), two rows per
+    method (:data:`HEARD_ROWS`), beside the share of pixels left out and the delta_1 there; '' if none has it."""
+    body = [[f"{name}: {what}", _cell(r[key]["left_out_share"]),
+             *(_cell(r[key][k]) for k in ("abs_rel", "rmse", "delta1", "false_far_rate", "near_recall",
+                                          "obstacle_delta1")),
+             _cell(r[key]["left_out_delta1"])]
+            for name, r in results.items() for key, what in HEARD_ROWS if r.get(key)]
+    if not body:
         return ""
-    head = ["method", "echo-free pixels", "AbsRel ↓", "RMSE m ↓", "δ1 ↑", "false far ↓", "near recall ↑",
-            "obstacle δ1 ↑", "δ1 on the echo-free pixels"]
-    body = [[name, _cell(h["echo_free_share"]), *(_cell(h[k]) for k in ("abs_rel", "rmse", "delta1", "false_far_rate",
-                                                                      "near_recall", "obstacle_delta1")),
-             _cell(h["echo_free_delta1"])] for name, h in rows.items()]
+    head = ["method", "pixels left out", "AbsRel ↓", "RMSE m ↓", "δ1 ↑", "false far ↓", "near recall ↑",
+            "obstacle δ1 ↑", "δ1 on those left out"]
     return _table(head, body)
 
 
@@ -528,8 +546,11 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
     if heard:
         text += ("\nDepth on the surfaces that return an echo: the same, without the pixels whose surface absorbs "
                  f"the whole sweep (at least {ECHO_FREE_ABSORPTION:.0%} of its energy in every octave band it "
-                 "reaches, a fabric-covered absorber panel): no sonar hears those, and their depth is a guess:\n\n"
-                 + heard + "\n")
+                 "reaches, a fabric-covered absorber panel): no sonar hears those; then also without the pixels "
+                 "whose surface has no point that reflects the sweep straight back to the array (a box's side seen "
+                 "from above its top or past its edge, a wall past a corner): the simulator's image-source model "
+                 "gives those no first-order echo (it does not model diffraction at edges). The depth of either is "
+                 "a guess:\n\n" + heard + "\n")
     heights = array_height_table(results)
     if heights:
         text += ("\nDepth by the array's height above the floor (pooled over pixels; a flat array cannot tell the "
