@@ -31,6 +31,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("adapt", "whole", "layout")
 DEFAULT_DRIVING_SPEED = 2.0  # m/s: the fastest a recipe's driving rooms go by default (the shipped model's range)
 DRIVING_SEED_OFFSET = 1  # the driving rooms' datagen seed: the recipe's plus this (other rooms than the standing ones)
+DRIVING_ROW = "student (this recipe), robot driving"  # the recipe's row scored on the driving test rooms
 BASELINES = {"mean layout of the training rooms": "mean-layout", "echo time of flight": "echo-tof",
              "echo planes (classical)": "echo-planes"}
 
@@ -308,9 +309,6 @@ def run_recipe(array: str, speaker: list[float], out: str | Path, budget: str = 
     save()
     (work / "report.md").write_text(report_markdown(summary, results_md.read_text()))
     return summary
-
-
-DRIVING_ROW = "student (this recipe), robot driving"
 
 
 def _scores(results: dict) -> dict:
