@@ -372,15 +372,6 @@ def silent_view(cfg: DatagenConfig, room: RoomGeometry, origin: np.ndarray, rota
     return quiet[hit], unreflected[hit]
 
 
-def echo_free_view(cfg: DatagenConfig, room: RoomGeometry, origin: np.ndarray, rotation: np.ndarray,
-                   backend: str = "auto") -> np.ndarray:
-    """``(H, W)`` bool: the panorama pixels (``cfg``'s grid) seen from ``origin`` / ``rotation`` whose surface returns
-    no echo of the sweep (:func:`echo_free_materials`). A sonar cannot hear such a surface: its depth is a guess."""
-    if not echo_free_materials(cfg):
-        return np.zeros(grids(cfg)[0].shape, dtype=bool)
-    return silent_view(cfg, room, origin, rotation, backend)[0]
-
-
 def silent_pixels(cfg: DatagenConfig, arrays: dict, keep, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """``(echo_free, unreflected)``, each ``(K, H, W)`` bool: :func:`silent_view` of the scenes ``keep`` of a shard's
     ``arrays``, rebuilt from what they store (:func:`scene_room`); all False for a scene that stores no room."""
