@@ -119,34 +119,25 @@ class SonarPublishers:
         confident = functools.cache(lambda: products.confident_depth(out.depth, out.depth_uncertainty,
                                                                      self.cfg.confident_max_rel_std))
 
+        outputs = [(self.depth, lambda: conv.array_to_image(out.depth.astype(np.float32), t, f)),
+                   (self.depth_color, lambda: conv.array_to_image(products.depth_colors(out.depth), t, f)),
+                   (self.semantic, lambda: conv.array_to_image(out.labels.astype(np.uint8), t, f)),
+                   (self.semantic_color, lambda: conv.array_to_image(
+                       products.label_colors(out.labels, self.colors), t, f)),
+                   (self.points, lambda: self._points(out, confident)),
+                   (self.occupancy_grid, lambda: self._plan(out))]
+        if out.depth_uncertainty is not None:  # their publishers exist for bundles with an uncertainty head
+            outputs += [
+                (self.depth_uncertainty, lambda: conv.array_to_image(out.depth_uncertainty.astype(np.float32), t, f)),
+                (self.depth_near_bound, lambda: conv.array_to_image(products.depth_near_bound(
+                    out.depth, out.depth_uncertainty, self.cfg.near_bound_quantile), t, f)),
+                (self.depth_confident, lambda: conv.array_to_image(confident(), t, f)),
+                (self.depth_confident_color, lambda: conv.array_to_image(products.depth_colors(confident()), t, f))]
         sent = 0
-        for pub, make in ((self.depth, lambda: conv.array_to_image(out.depth.astype(np.float32), t, f)),
-                          (self.depth_color, lambda: conv.array_to_image(products.depth_colors(out.depth), t, f)),
-                          (self.semantic, lambda: conv.array_to_image(out.labels.astype(np.uint8), t, f)),
-                          (self.semantic_color, lambda: conv.array_to_image(
-                              products.label_colors(out.labels, self.colors), t, f)),
-                          (self.points, lambda: self._points(out, confident)),
-                          (self.occupancy_grid, lambda: self._plan(out))):
-            if wanted(pub):
+        for pub, make in outputs:
+            if pub is not None and wanted(pub):
                 pub.publish(make())
                 sent += 1
-        if (self.depth_uncertainty is not None and out.depth_uncertainty is not None
-                and wanted(self.depth_uncertainty)):
-            self.depth_uncertainty.publish(conv.array_to_image(out.depth_uncertainty.astype(np.float32), t, f))
-            sent += 1
-        if (self.depth_near_bound is not None and out.depth_uncertainty is not None
-                and wanted(self.depth_near_bound)):
-            self.depth_near_bound.publish(conv.array_to_image(products.depth_near_bound(
-                out.depth, out.depth_uncertainty, self.cfg.near_bound_quantile), t, f))
-            sent += 1
-        if (self.depth_confident is not None and out.depth_uncertainty is not None
-                and wanted(self.depth_confident)):
-            self.depth_confident.publish(conv.array_to_image(confident(), t, f))
-            sent += 1
-        if (self.depth_confident_color is not None and out.depth_uncertainty is not None
-                and wanted(self.depth_confident_color)):
-            self.depth_confident_color.publish(conv.array_to_image(products.depth_colors(confident()), t, f))
-            sent += 1
         if wanted(self.occupancy):
             self.occupancy.publish(conv.points_to_cloud(
                 products.voxel_centres(out.occupancy, b.voxel_center, b.voxel_extent), t, f))
