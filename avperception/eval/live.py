@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import class_accuracy, depth_metrics, voxel_iou
-from .safety import kept_counts, kept_metrics, pooled_metrics, safety_counts
+from .safety import CONFIDENT_RATES, kept_counts, kept_metrics, named_rates, pooled_metrics, safety_counts
 
 
 def score_outputs(out, depth: np.ndarray, semantic: np.ndarray, occupancy: np.ndarray,
@@ -102,18 +102,12 @@ def summarize_scores(records: list[dict]) -> dict:
            "voxel_iou_mean": float(np.nanmean(col["voxel_iou"])),
            "onset_correction_max_samples": int(max(abs(r["correction"]) for r in records)),
            "inference_ms_median": float(np.median(inf)), "inference_ms_p99": float(np.percentile(inf, 99))}
-
-    def finite(v):
-        return float(v) if v is not None and np.isfinite(v) else None
-
     safety = pooled_metrics(records, "_safety")
-    for key in ("false_far_rate", "near_recall"):
-        out[key] = finite(safety.get(key))
+    out.update(named_rates(safety, ("false_far_rate", "near_recall")))
     out["near_pixels"] = safety.get("near_pixels", 0)
     kept = pooled_metrics(records, "_kept", kept_metrics)
-    if kept:
-        for key in ("kept", "delta1", "abs_rel", "false_far_rate"):
-            out["confident_" + key] = finite(kept[key])
+    if kept:  # pings with a confident depth
+        out.update(named_rates(kept, CONFIDENT_RATES, "confident_"))
     return out
 
 

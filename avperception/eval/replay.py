@@ -37,7 +37,8 @@ from ..constants import MAX_CHUNK_SECONDS
 from .bagio import AUDIO_DECODERS, PING, BagError, TransformTree, cloud_xyz, depth_to_metres, image_to_array, \
     pose_positions, stamp_to_sec, typestore
 from .metrics import class_accuracy, confusion, depth_metrics, segmentation_metrics, voxel_iou
-from .safety import kept_counts, kept_metrics, pooled_metrics, safety_counts, sparsification
+from .safety import CONFIDENT_RATES, kept_counts, kept_metrics, named_rates, pooled_metrics, safety_counts, \
+    sparsification
 
 AUDIO_COMMON = "audio_common_msgs/msg/AudioDataStamped"
 AUDIO_INFO = "audio_common_msgs/msg/AudioInfo"
@@ -177,18 +178,11 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     out: dict = {"pings": len(pings)}
     for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
-    def finite(v):
-        return float(v) if v is not None and np.isfinite(v) else None
-
-    sm, bound = pooled_metrics(pings, "_safety"), pooled_metrics(pings, "_bound_safety")
-    km = pooled_metrics(pings, "_kept", kept_metrics)
-    for key in ("false_far_rate", "near_recall", "obstacle_delta1"):
-        out[key] = finite(sm.get(key))
+    sm = pooled_metrics(pings, "_safety")
+    out.update(named_rates(sm, ("false_far_rate", "near_recall", "obstacle_delta1")))
     out["near_pixels"] = sm.get("near_pixels", 0)
-    for key in ("false_far_rate", "near_recall"):
-        out["near_bound_" + key] = finite(bound.get(key))
-    for key in ("kept", "delta1", "abs_rel", "false_far_rate"):
-        out["confident_" + key] = finite(km.get(key))
+    out.update(named_rates(pooled_metrics(pings, "_bound_safety"), ("false_far_rate", "near_recall"), "near_bound_"))
+    out.update(named_rates(pooled_metrics(pings, "_kept", kept_metrics), CONFIDENT_RATES, "confident_"))
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for p in pings:
         if p.get("_confusion") is not None:

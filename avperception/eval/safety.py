@@ -101,6 +101,18 @@ def pooled_metrics(records, field: str, metrics=None) -> dict:
     return {} if total is None else (metrics or safety_metrics)(total)
 
 
+def named_rates(metrics: dict, keys, prefix: str = "") -> dict:
+    """``{prefix + key: rate}`` for ``keys`` of ``metrics`` (e.g. :func:`pooled_metrics`' output), None where a
+    rate is missing or not finite (no pixel qualifies), for JSON."""
+    def rate(v):
+        return float(v) if v is not None and np.isfinite(v) else None
+
+    return {prefix + k: rate(metrics.get(k)) for k in keys}
+
+
+CONFIDENT_RATES = ("kept", "delta1", "abs_rel", "false_far_rate")  # the confident depth's, reported ``confident_*``
+
+
 def _ratio(a, b) -> float:
     return float(a / b) if b else float("nan")
 
