@@ -83,12 +83,15 @@ class RoomAcoustics:
         air_absorption, ray_tracing, rt_num_rays, rt_receiver_radius, scattering: simulator options.
         seed: seeds pyroomacoustics' own random generators (ray tracer, inside tests), for determinism.
         duration_s: longest impulse response needed; the ray tracer stops there.
+        edge_diffraction: add each source's first-order diffraction at box edges and outer wall corners
+            (:mod:`.diffraction`), each edge scaled by its faces' least absorption over ``band_hz``.
     """
 
     def __init__(self, room: RoomGeometry, mics: np.ndarray, sources: np.ndarray, fs: int, c: float = SPEED_OF_SOUND,
                  max_order_shoebox: int = 10, max_order: int = 3, air_absorption: bool = True,
                  ray_tracing: bool = False, rt_num_rays: int = 5000, rt_receiver_radius: float = 0.5,
-                 scattering: float = 0.1, seed: int = 0, duration_s: float = 0.5) -> None:
+                 scattering: float = 0.1, seed: int = 0, duration_s: float = 0.5, edge_diffraction: bool = False,
+                 band_hz: tuple[float, float] = (1000.0, 7000.0)) -> None:
         pra = _pra()
         self.fs = int(fs)
         mics = np.asarray(mics, dtype=np.float64).reshape(-1, 3)
@@ -144,7 +147,7 @@ class RoomAcoustics:
         self._options = dict(fs=fs, c=c, max_order_shoebox=max_order_shoebox, max_order=max_order,
                              air_absorption=air_absorption, ray_tracing=ray_tracing, rt_num_rays=rt_num_rays,
                              rt_receiver_radius=rt_receiver_radius, scattering=scattering, seed=seed,
-                             duration_s=duration_s)
+                             duration_s=duration_s, edge_diffraction=edge_diffraction, band_hz=band_hz)
 
     def rirs(self) -> list[np.ndarray]:
         """Per source: ``(M, L)`` float64 impulse responses, advanced by :func:`rir_latency`.
@@ -153,14 +156,24 @@ class RoomAcoustics:
         """
         lat = rir_latency()
         out = []
-        for per_mic in self._raw_rirs():
+        for s, per_mic in enumerate(self._raw_rirs()):
             length = max(len(r) for r in per_mic)
             h = np.zeros((self.num_mics, max(1, length - lat)))
             for m, r in enumerate(per_mic):
                 r = np.asarray(r, dtype=np.float64)[lat:]
                 h[m, : len(r)] = r
+            if self._options["edge_diffraction"]:
+                h = _add(h, self._diffraction(self._sources[s]))
             out.append(h)
         return out
+
+    def _diffraction(self, source: np.ndarray) -> np.ndarray:
+        from .diffraction import edge_diffraction
+
+        o = self._options
+        lo, hi = o["band_hz"]
+        return edge_diffraction(self._geometry, source, self._mics, self.fs, o["c"], gain=distance_gain(self.fs, o["c"]),
+                                reflection=lambda m: float(np.sqrt(1 - band_absorption(m, lo, hi, self.fs))))
 
     def _raw_rirs(self) -> list[list[np.ndarray]]:
         """Per source, per microphone: pyroomacoustics' impulse response.
@@ -196,6 +209,14 @@ class RoomAcoustics:
             for s, per_mic in zip(hidden, open_room._raw_rirs()):
                 out[s] = per_mic
         return out
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sum of two ``(M, L)`` impulse responses of different lengths."""
+    out = np.zeros((a.shape[0], max(a.shape[1], b.shape[1])))
+    out[:, : a.shape[1]] += a
+    out[:, : b.shape[1]] += b
+    return out
 
 
 def render_active(h: np.ndarray, emitted: np.ndarray, num_samples: int) -> np.ndarray:

@@ -251,6 +251,7 @@ class AcousticsConfig:
     ray_tracing: bool = False  # hybrid ISM + ray tracing (reverberant tail; slower)
     rt_num_rays: int = 5000
     rt_receiver_radius_m: float = 0.5
+    edge_diffraction: bool = False  # add the sweep's first-order diffraction at box edges and outer corners
 
     def validate(self) -> None:
         if not 300 <= self.speed_of_sound <= 400:

@@ -263,7 +263,8 @@ def simulate_pings(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
                                 orders.get("max_order_shoebox", ac.max_order_shoebox),
                                 orders.get("max_order", ac.max_order), ac.air_absorption, ac.ray_tracing,
                                 ac.rt_num_rays, ac.rt_receiver_radius_m, cfg.room.materials.scattering, spec.seed,
-                                duration_s=n / fs + 0.05)
+                                duration_s=n / fs + 0.05, edge_diffraction=ac.edge_diffraction,
+                                band_hz=(cfg.active.f_start_hz, cfg.active.f_end_hz))
             poses.append(sim.rirs())
         # one length per source over the poses, so that every pose hears the same stretch of each signal
         lengths = [max(hs[j].shape[1] for hs in poses) for j in range(len(pts))]
