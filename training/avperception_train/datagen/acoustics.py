@@ -172,7 +172,8 @@ class RoomAcoustics:
 
         o = self._options
         lo, hi = o["band_hz"]
-        return edge_diffraction(self._geometry, source, self._mics, self.fs, o["c"], gain=distance_gain(self.fs, o["c"]),
+        return edge_diffraction(self._geometry, source, self._mics, self.fs, o["c"],
+                                gain=distance_gain(self.fs, o["c"]),
                                 reflection=lambda m: float(np.sqrt(1 - band_absorption(m, lo, hi, self.fs))))
 
     def _raw_rirs(self) -> list[list[np.ndarray]]:
