@@ -11,16 +11,21 @@ from avperception_train.datagen.trajectory import ActiveTrajectory, BackgroundRe
 
 # small rooms keep the image-source model fast; room 1 is an L with boxes (order 3), room 2 an empty shoebox (order 10)
 CFG = config_from_dict({"array": "robot_8mic", "room": {"size_m": [3.0, 4.5]}})
+DIFFRACTION = config_from_dict({"array": "robot_8mic", "room": {"size_m": [3.0, 4.5]},
+                                "acoustics": {"edge_diffraction": True}})
 
 
-@pytest.mark.parametrize("room_id", [1, 2])
-def test_window_cut_at_an_onset_is_the_training_scene(room_id):
+@pytest.mark.parametrize("room_id,cfg", [(1, CFG), (2, CFG), (1, DIFFRACTION)])
+def test_window_cut_at_an_onset_is_the_training_scene(room_id, cfg):
     # a robot standing still, no ambient sources, no sensor noise, pings far enough apart that no tail overlaps
-    traj = ActiveTrajectory(CFG, room_id=room_id, ping_rate_hz=2.0, speed_m_s=0.0, num_sources=0, noise=False)
+    traj = ActiveTrajectory(cfg, room_id=room_id, ping_rate_hz=2.0, speed_m_s=0.0, num_sources=0, noise=False)
     k = 2
     window = traj.window_at(k)
     spec = traj.scene_spec(k, sources=False)
-    ref = simulate_audio(CFG, spec, traj.mics, noise=False, sources=False)
+    ref = simulate_audio(cfg, spec, traj.mics, noise=False, sources=False)
+    if cfg is DIFFRACTION:  # the box edges and the L's outer corner are heard in the stream as in the scenes
+        plain = simulate_audio(CFG, spec, traj.mics, noise=False, sources=False)
+        assert np.abs(ref - plain).max() > 1e-3 * np.abs(ref).max()
     ref = np.clip(ref, -1.0, 1.0).astype(np.float32)
     assert window.shape == ref.shape == (8, CFG.audio.num_samples)
     assert np.abs(ref).max() > 0.05  # the direct path of a -30 dBFS-at-1-m sweep from 5 cm away
