@@ -171,8 +171,8 @@ def points_in_polygon(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
 def specular_point_on(corners: np.ndarray, point: np.ndarray) -> bool:
     """Whether the foot of the perpendicular from ``point (3,)`` to the plane of the polygon ``corners (n, 3)`` lies on
     the polygon: the one place a sound sent from ``point`` can reflect straight back to it. The image-source model
-    gives a surface without it no first-order echo for a source beside its receiver (edge diffraction, which would,
-    is not simulated)."""
+    gives a surface without it no first-order echo for a source beside its receiver (only its edges' diffraction,
+    :mod:`.diffraction`, with ``acoustics.edge_diffraction``)."""
     c = np.asarray(corners, dtype=np.float64)
     p = np.asarray(point, dtype=np.float64)
     normal = np.cross(c[1] - c[0], c[2] - c[0])

@@ -549,8 +549,8 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
                  "reaches, a fabric-covered absorber panel): no sonar hears those; then also without the pixels "
                  "whose surface has no point that reflects the sweep straight back to the array (a box's side seen "
                  "from above its top or past its edge, a wall past a corner): the simulator's image-source model "
-                 "gives those no first-order echo (it does not model diffraction at edges). The depth of either is "
-                 "a guess:\n\n" + heard + "\n")
+                 "gives those no first-order echo (at most their edges' weak diffraction, with "
+                 "acoustics.edge_diffraction). The depth of either is a guess:\n\n" + heard + "\n")
     heights = array_height_table(results)
     if heights:
         text += ("\nDepth by the array's height above the floor (pooled over pixels; a flat array cannot tell the "
