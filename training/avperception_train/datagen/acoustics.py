@@ -84,14 +84,15 @@ class RoomAcoustics:
         seed: seeds pyroomacoustics' own random generators (ray tracer, inside tests), for determinism.
         duration_s: longest impulse response needed; the ray tracer stops there.
         edge_diffraction: add each source's first-order diffraction at box edges and outer wall corners
-            (:mod:`.diffraction`), each edge scaled by its faces' least absorption over ``band_hz``.
+            (:mod:`.diffraction`), each edge scaled by its faces' least absorption over ``band_hz`` (Hz; None: every
+            octave band of the simulator).
     """
 
     def __init__(self, room: RoomGeometry, mics: np.ndarray, sources: np.ndarray, fs: int, c: float = SPEED_OF_SOUND,
                  max_order_shoebox: int = 10, max_order: int = 3, air_absorption: bool = True,
                  ray_tracing: bool = False, rt_num_rays: int = 5000, rt_receiver_radius: float = 0.5,
                  scattering: float = 0.1, seed: int = 0, duration_s: float = 0.5, edge_diffraction: bool = False,
-                 band_hz: tuple[float, float] = (1000.0, 7000.0)) -> None:
+                 band_hz: tuple[float, float] | None = None) -> None:
         pra = _pra()
         self.fs = int(fs)
         mics = np.asarray(mics, dtype=np.float64).reshape(-1, 3)
@@ -149,6 +150,18 @@ class RoomAcoustics:
                              rt_receiver_radius=rt_receiver_radius, scattering=scattering, seed=seed,
                              duration_s=duration_s, edge_diffraction=edge_diffraction, band_hz=band_hz)
 
+    @classmethod
+    def for_config(cls, cfg, room: RoomGeometry, mics: np.ndarray, sources: np.ndarray, seed: int, duration_s: float,
+                   max_order: int | None = None) -> "RoomAcoustics":
+        """The simulator a data engine config (:class:`~.config.DatagenConfig`) asks for, its sweep's band scaling
+        the edges' diffraction; ``max_order`` overrides both image orders (0: the direct path only)."""
+        ac = cfg.acoustics
+        orders = (ac.max_order_shoebox, ac.max_order) if max_order is None else (max_order, max_order)
+        return cls(room, mics, sources, cfg.audio.sample_rate, ac.speed_of_sound, *orders, ac.air_absorption,
+                   ac.ray_tracing, ac.rt_num_rays, ac.rt_receiver_radius_m, cfg.room.materials.scattering, seed,
+                   duration_s=duration_s, edge_diffraction=ac.edge_diffraction,
+                   band_hz=(cfg.active.f_start_hz, cfg.active.f_end_hz))
+
     def rirs(self) -> list[np.ndarray]:
         """Per source: ``(M, L)`` float64 impulse responses, advanced by :func:`rir_latency`.
 
@@ -171,7 +184,7 @@ class RoomAcoustics:
         from .diffraction import edge_diffraction
 
         o = self._options
-        lo, hi = o["band_hz"]
+        lo, hi = o["band_hz"] or (0.0, self.fs / 2)
         return edge_diffraction(self._geometry, source, self._mics, self.fs, o["c"],
                                 gain=distance_gain(self.fs, o["c"]),
                                 reflection=lambda m: float(np.sqrt(1 - band_absorption(m, lo, hi, self.fs))))

@@ -256,15 +256,10 @@ def simulate_pings(cfg: DatagenConfig, spec: SceneSpec, mic_positions: np.ndarra
     amb = spec.sources if sources else []
     pts += [s.position for s in amb]
     if pts:
-        orders = {} if max_order is None else {"max_order_shoebox": max_order, "max_order": max_order}
         poses = []  # per pose, per source: (M, L) impulse responses
         for off in offsets:
-            sim = RoomAcoustics(spec.room, spec.to_world(mic_positions) + off, np.array(pts), fs, ac.speed_of_sound,
-                                orders.get("max_order_shoebox", ac.max_order_shoebox),
-                                orders.get("max_order", ac.max_order), ac.air_absorption, ac.ray_tracing,
-                                ac.rt_num_rays, ac.rt_receiver_radius_m, cfg.room.materials.scattering, spec.seed,
-                                duration_s=n / fs + 0.05, edge_diffraction=ac.edge_diffraction,
-                                band_hz=(cfg.active.f_start_hz, cfg.active.f_end_hz))
+            sim = RoomAcoustics.for_config(cfg, spec.room, spec.to_world(mic_positions) + off, np.array(pts),
+                                           spec.seed, n / fs + 0.05, max_order)
             poses.append(sim.rirs())
         # one length per source over the poses, so that every pose hears the same stretch of each signal
         lengths = [max(hs[j].shape[1] for hs in poses) for j in range(len(pts))]

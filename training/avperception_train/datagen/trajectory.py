@@ -399,15 +399,12 @@ class ActiveTrajectory:
         from .groundtruth import RayCaster, occupancy, render_view
         from .scene import grids
 
-        c, ac = self.cfg, self.cfg.acoustics
+        c = self.cfg
         spec = self.scene_spec(k)
         pts = np.vstack([spec.to_world(np.asarray(c.active.speaker_position, dtype=np.float64))[None],
                          self.source_positions_world(k)])
-        sim = RoomAcoustics(self.room, spec.to_world(self.mics), pts, self.fs, ac.speed_of_sound,
-                            ac.max_order_shoebox, ac.max_order, ac.air_absorption, ac.ray_tracing, ac.rt_num_rays,
-                            ac.rt_receiver_radius_m, c.room.materials.scattering, spec.seed,
-                            duration_s=c.audio.num_samples / self.fs + 0.05, edge_diffraction=ac.edge_diffraction,
-                            band_hz=(c.active.f_start_hz, c.active.f_end_hz))
+        sim = RoomAcoustics.for_config(c, self.room, spec.to_world(self.mics), pts, spec.seed,
+                                       c.audio.num_samples / self.fs + 0.05)
         hs = [h.astype(np.float32) for h in sim.rirs()]  # float32 whether cached or not: the same bytes either way
         if self._caster is None:
             self._caster = RayCaster.for_room(self.room, self.backend)
