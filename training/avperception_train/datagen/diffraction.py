@@ -3,11 +3,11 @@
 The image-source model returns an echo from a surface only where the sweep meets it at a right angle (its specular
 point). A box side seen at a slant past its end, or from above the box's top, and a wall past an outer corner have
 none, and are silent in pyroomacoustics. Real edges send some sound back from every side; this module adds that
-sound to the speaker's impulse responses.
+sound to each source's impulse responses (:class:`~.acoustics.RoomAcoustics` with ``edge_diffraction``).
 
-The edge is rigid and infinitely thin in its normal plane, and the impulse response is the exact solution of Biot,
-Tolstoy and Medwin in the discrete form of Svensson, Fred and Vanderkooy (JASA 106, 1999): each short element ``dz``
-of an edge with exterior (air) angle ``theta_w`` adds
+Each edge is a rigid wedge, and its impulse response the exact solution of Biot, Tolstoy and Medwin in the discrete
+form of Svensson, Fred and Vanderkooy (JASA 106, 1999): each short element ``dz`` of an edge with exterior (air)
+angle ``theta_w`` adds
 
     h(t) = -nu / (4 pi) * beta / (m l) * dz * delta(t - (m + l) / c),    nu = pi / theta_w
 
