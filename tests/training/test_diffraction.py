@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from avperception_train.datagen import config_from_dict
+from avperception_train.datagen.config import load_config
 from avperception_train.datagen.acoustics import distance_gain, echo_profile, sweep
 from avperception_train.datagen.diffraction import _clear, diffracting_edges, edge_diffraction
 from avperception_train.datagen.geometry import Box, RoomGeometry
-from avperception_train.datagen.scene import SceneSpec, simulate_audio
+from avperception_train.datagen.groundtruth import RayCaster
+from avperception_train.datagen.scene import SceneSpec, sample_scene, simulate_audio
 
 HARD = "hard_surface"
 PANEL = "panel_fabric_covered_6pcf"
@@ -69,6 +71,28 @@ def test_an_edge_hidden_behind_a_box_or_a_wall_is_not_heard():
     ell = RoomGeometry(np.array([[0, 0], [5, 0], [5, 2], [2, 2], [2, 5], [0, 5]], float), 2.8)
     np.testing.assert_array_equal(_clear(ell, np.array([4.0, 1.0, 1.0]), np.array([[1.0, 4.0, 1.0],
                                                                                    [1.0, 1.5, 1.0]])), [False, True])
+
+
+def test_the_edges_hidden_are_those_the_ground_truth_ray_caster_finds_hidden():
+    """Over the edges of wide rooms, the quick visibility test gives what the ground truth's exact ray caster gives
+    for the segment from the speaker to each element (the first hit no nearer than the element)."""
+    cfg = load_config(distribution="wide")
+    mics = cfg.array_geometry().positions
+    seen = hidden = 0
+    for i in range(12):
+        spec = sample_scene(cfg, i, mics)
+        source = spec.to_world(np.asarray(cfg.active.speaker_position, dtype=np.float64))
+        pts = np.vstack([e.start + np.linspace(0.01, e.length - 0.01, 40)[:, None] * e.direction
+                         for e in diffracting_edges(spec.room)] or [np.zeros((0, 3))])
+        if not len(pts):
+            continue
+        d = pts - source
+        length = np.linalg.norm(d, axis=1)
+        t, _ = RayCaster.for_room(spec.room, "numpy").cast(source, d / length[:, None])
+        clear = _clear(spec.room, source, pts)
+        np.testing.assert_array_equal(clear, t >= length - 2e-3)
+        seen, hidden = seen + int(clear.sum()), hidden + int((~clear).sum())
+    assert seen > 100 and hidden > 100  # both kinds were tested
 
 
 def test_a_box_edge_returns_an_echo_where_no_face_reflects_straight_back():
