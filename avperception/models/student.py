@@ -532,6 +532,19 @@ def layout_depth(walls: torch.Tensor, heights: torch.Tensor, sin_el: torch.Tenso
     return torch.minimum(wall, planes).clamp_max(max_depth)
 
 
+def with_obstacles(room: torch.Tensor, semantic: torch.Tensor, obstacle_depth: torch.Tensor, obstacle_class: int
+                   ) -> torch.Tensor:
+    """The depth: the room's ``(B, H, W)`` (m, :func:`layout_depth`), and the decoder's ``obstacle_depth (B, H, W)``
+    where the semantic head (``semantic (B, C, H, W)`` logits) hears an obstacle, weighed by its probability.
+
+    No depth gradient goes into the semantic head, and an obstacle never lies behind the room's surface: it stands
+    in front of the wall, floor or ceiling it hides. (The obstacle's softmax probability is taken as
+    ``1 / sum_c exp(l_c - l_obstacle)``: ONNX Runtime is slow to softmax over channels.)"""
+    sem = semantic.detach()
+    obstacle = 1.0 / torch.exp(sem - sem[:, obstacle_class:obstacle_class + 1]).sum(dim=1)
+    return room + obstacle * (torch.minimum(obstacle_depth, room) - room)
+
+
 def plane_walls(support: torch.Tensor, interp: torch.Tensor, log_cos: torch.Tensor, tau: float = 0.02
                 ) -> torch.Tensor:
     """Walls of a room given as planes: each column's distance to the nearest plane along its ray.
@@ -905,14 +918,8 @@ class AudioStudent(AudioEncoder):
             lay = self.layout(iq, with_spread=self.uncertainty is not None, array_height=array_height)
             walls, heights = lay["walls"], lay["heights"]
             room = layout_depth(walls, heights, self.sin_el, self.cos_el, cfg.max_depth)
-            # the decoder's depth only where the semantic head hears an obstacle (no depth gradient into it), and
-            # never behind the room's surface: an obstacle stands in front of the wall, floor or ceiling it hides
-            # (the obstacle's softmax probability as 1 / sum_c exp(l_c - l_obstacle): ONNX Runtime is slow to softmax
-            # over channels)
-            sem = out["semantic"].detach()
-            obstacle = 1.0 / torch.exp(sem - sem[:, cfg.obstacle_class:cfg.obstacle_class + 1]).sum(dim=1)
             out["obstacle_depth"] = out["depth"]
-            out["depth"] = room + obstacle * (torch.minimum(out["depth"], room) - room)
+            out["depth"] = with_obstacles(room, out["semantic"], out["obstacle_depth"], cfg.obstacle_class)
             out.update(layout=room, walls=walls, heights=heights)
             if "floor_nearer" in lay:
                 out.update(height_pair=lay["height_pair"], floor_nearer=lay["floor_nearer"])

@@ -135,6 +135,41 @@ def test_evaluate_scores_a_bundles_onnx_graph_with_its_uncertainty(ring_scenes):
         load_predictor("bundle:default:respeaker_4mic", ring_scenes)
 
 
+def test_evaluate_scores_the_depth_with_the_rooms_true_layout(ring_scenes):
+    """``layout_oracle``: the shipped student's depth rendered with the true floor and ceiling, the true walls, or
+    both in place of its layout head's. Without obstacles the true room alone gives back the ground truth of the
+    walls, floor and ceiling (the truth's layout renders in the panorama's own rows and columns); with the decoder's
+    obstacles over it, it scores at least as well as the heard depth, and the report shows it."""
+    import torch
+
+    from avperception.models.student import AudioStudent
+    from avperception_train.datagen.geometry import CEILING, FLOOR, WALL
+    from avperception_train.learn.commands import default_model_path, load_predictor
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate, layout_oracle, report_text
+
+    test = InMemoryScenes(ring_scenes, "test")
+    batch = {k: torch.stack([test[i][k] for i in range(len(test))]) for k in ("audio", "walls", "heights")}
+    gt = np.stack([test[i]["depth"].numpy() for i in range(len(test))])
+    sem = np.stack([test[i]["semantic"].numpy() for i in range(len(test))])
+    model = AudioStudent.load(default_model_path()).float().eval()
+    with torch.no_grad():
+        out = model(batch["audio"])
+    no_obstacles = {**out, "semantic": out["semantic"].clone()}
+    no_obstacles["semantic"][:, model.cfg.obstacle_class] = -1e4
+    room = layout_oracle(model, no_obstacles, batch["walls"], batch["heights"])["layout"]
+    surface = np.isin(sem, (FLOOR, CEILING, WALL)) & np.isfinite(gt)
+    ratio = np.maximum(room[surface] / gt[surface], gt[surface] / room[surface])
+    assert (ratio < 1.25).mean() > 0.97 and np.median(ratio) < 1.02, np.percentile(ratio, [50, 90, 99])
+
+    r = evaluate(load_predictor(f"student:{default_model_path()}", ring_scenes), test)
+    o = r["layout_oracle"]
+    assert set(o) == {"heights", "walls", "layout"}
+    assert o["layout"]["delta1"] >= r["depth"]["delta1"] and o["layout"]["delta1"] > 0.9, (o, r["depth"])
+    text = report_text({"shipped": r})
+    assert "true layout" in text and f"| shipped | {r['depth']['abs_rel']:.3f} |" in text
+
+
 def test_evaluate_gives_students_and_bundles_the_scenes_array_height(ring_scenes, tmp_path):
     """``--known-height``: the student and the bundle's graph are given each scene's true array height, render
     the floor there (the same in ONNX Runtime as in torch) and score the floor better than when they hear it;

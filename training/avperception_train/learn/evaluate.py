@@ -75,9 +75,37 @@ def torch_predictor(model: torch.nn.Module, kind: str = "student", device: str =
             res["depth_uncertainty"] = out["depth_uncertainty"].float().cpu().numpy()
         if "heights" in out:
             res["heights"] = out["heights"].float().cpu().numpy()
+        if kind == "student" and "walls" in out and "walls" in batch and "heights" in batch:
+            res["layout_oracle"] = layout_oracle(model, out, batch["walls"].to(dev), batch["heights"].to(dev))
         return res
 
     return run
+
+
+LAYOUT_ORACLES = (("heights", "the true floor and ceiling"), ("walls", "the true walls"),
+                  ("layout", "both: the true room"))
+
+
+def layout_oracle(model: torch.nn.Module, out: dict, walls: torch.Tensor, heights: torch.Tensor
+                  ) -> dict[str, np.ndarray]:
+    """What a student's depth would be with the room's true layout in place of its layout head's: for each of
+    :data:`LAYOUT_ORACLES`, the depth (``(B, H, W)`` m) rendered with the true ``heights (B, 2)`` (floor below,
+    ceiling above the array), the true ``walls (B, W)`` (each column's horizontal distance), or both
+    (:func:`~avperception_train.learn.data.room_layout`; where the truth has none, NaN, the head's stays), the
+    decoder's obstacles over it as in the student. How far each lifts the depth is what that part of the layout
+    head costs."""
+    from avperception.models.student import layout_depth, with_obstacles
+
+    cfg = model.cfg
+    heard_w, heard_h = out["walls"].float(), out["heights"].float()
+    true_w = torch.where(torch.isfinite(walls), walls.float(), heard_w)
+    true_h = torch.where(torch.isfinite(heights), heights.float(), heard_h)
+    res = {}
+    for name, w, h in (("heights", heard_w, true_h), ("walls", true_w, heard_h), ("layout", true_w, true_h)):
+        room = layout_depth(w, h, model.sin_el.float(), model.cos_el.float(), cfg.max_depth)
+        res[name] = with_obstacles(room, out["semantic"].float(), out["obstacle_depth"].float(),
+                                   cfg.obstacle_class).cpu().numpy()
+    return res
 
 
 def scene_array_heights(batch: dict) -> np.ndarray:
@@ -173,7 +201,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     whose surface returns no echo of the sweep, and those whose surface has no point that reflects it straight back),
     ``heard`` scores the depth again without the first, ``reflected`` without either (AbsRel and delta_1 per scene,
     then averaged; the safety rates pooled), each with the share of the known pixels it leaves out and the delta_1
-    pooled on those (``left_out_share``, ``left_out_delta1``).
+    pooled on those (``left_out_share``, ``left_out_delta1``). With a predictor's ``layout_oracle`` (a student with a
+    layout head, :func:`layout_oracle`), ``layout_oracle`` scores each of its depths as ``depth`` is scored (AbsRel,
+    RMSE and delta_1 per scene, then averaged): what the depth would be with the true floor and ceiling, the true
+    walls, or both.
     """
     from torch.utils.data import DataLoader
 
@@ -195,6 +226,7 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     height_scenes = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, 2))  # band: scenes, those with the ceiling nearer
     # band: scenes with a predicted floor and ceiling, floor within 1.25x, ceiling within 1.25x, the nearer one right
     height_heads = np.zeros((len(ARRAY_HEIGHT_EDGES_M) + 1, 4))
+    oracle_rows: dict[str, list] = {name: [] for name, _ in LAYOUT_ORACLES}  # the depth with the true layout
     from .train import _bar
 
     loader = _bar(DataLoader(dataset, batch_size, num_workers=0), "evaluate", progress)
@@ -219,6 +251,8 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                             ok = np.maximum(p / h, h / p) < 1.25
                             height_heads[band] += (1, ok[0], ok[1], (p[0] <= p[1]) == (h[0] <= h[1]))
                     safety = merge_counts(safety, safety_counts(pred["depth"][i], gt_depth[i], labels))
+                    for name, d in pred.get("layout_oracle", {}).items():
+                        oracle_rows[name].append(depth_metrics(d[i], gt_depth[i]))
                     if "echo_free" in batch:
                         quiet = batch["echo_free"][i].numpy()
                         for name, left_out in (("heard", quiet), ("reflected", quiet | batch["unreflected"][i].numpy())):
@@ -252,6 +286,9 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
         out["depth"]["scenes"] = int(np.isfinite([r["abs_rel"] for r in depth_rows]).sum())
     if safety is not None:
         out["safety"] = safety_metrics(safety)
+    if any(oracle_rows.values()):
+        out["layout_oracle"] = {name: {k: _mean_defined([r[k] for r in rows]) for k in ("abs_rel", "rmse", "delta1")}
+                                for name, rows in oracle_rows.items() if rows}
     for name, acc in silent.items():
         if acc["safety"] is not None:
             hs, quiet = safety_metrics(acc["safety"]), acc["quiet"]
@@ -424,6 +461,25 @@ def array_height_table(results: dict[str, dict]) -> str:
     return text
 
 
+def layout_oracle_table(results: dict[str, dict]) -> str:
+    """Each student's depth beside the same with the true floor and ceiling, the true walls and both in place of
+    its layout head's (``layout_oracle`` of :func:`evaluate`), AbsRel / delta_1; '' if none has them."""
+    rows = {n: r for n, r in results.items() if r.get("layout_oracle") and r.get("depth")}
+    if not rows:
+        return ""
+    head = ["method", "as heard: AbsRel ↓", "δ1 ↑"]
+    for _, what in LAYOUT_ORACLES:
+        head += [f"with {what}: AbsRel ↓", "δ1 ↑"]
+    body = []
+    for name, r in rows.items():
+        row = [name, _cell(r["depth"]["abs_rel"]), _cell(r["depth"]["delta1"])]
+        for k, _ in LAYOUT_ORACLES:
+            v = r["layout_oracle"].get(k, {})
+            row += [_cell(v.get("abs_rel")), _cell(v.get("delta1"))]
+        body.append(row)
+    return _table(head, body)
+
+
 def uncertainty_table(results: dict[str, dict]) -> str:
     """AUSE of each method's depth uncertainty for AbsRel and RMSE, beside a random order's (the area between
     the random curve and the oracle's); '' if no method has an uncertainty."""
@@ -527,7 +583,8 @@ def results_tables(results: dict[str, dict]) -> str:
 def report_text(results: dict[str, dict], title: str = "Results", notes: str = "") -> str:
     """The markdown report: title, notes, :func:`results_tables`, the IoU of each class, depth by ground-truth
     class, the safety table (:func:`safety_table`), the depth on the surfaces that return an echo
-    (:func:`heard_table`), depth by the array's height (:func:`array_height_table`) and,
+    (:func:`heard_table`), depth by the array's height (:func:`array_height_table`), the depth with the true layout
+    (:func:`layout_oracle_table`) and,
     for methods with a depth uncertainty, :func:`uncertainty_table`."""
     text = f"# {title}\n\n{notes}\n\n{results_tables(results)}\n"
     iou = iou_by_class_table(results)
@@ -556,6 +613,11 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
         text += ("\nDepth by the array's height above the floor (pooled over pixels; a flat array cannot tell the "
                  "floor's echo from the ceiling's, so where the ceiling is the nearer it can only guess which is "
                  "which):\n\n" + heights + "\n")
+    oracle = layout_oracle_table(results)
+    if oracle:
+        text += ("\nThe depth with the room's true layout in place of the layout head's (the obstacles still the "
+                 "decoder's): how much of the depth's error each part of the heard room, its floor and ceiling or "
+                 "its walls, makes:\n\n" + oracle + "\n")
     unc = uncertainty_table(results)
     if unc:
         text += ("\nDepth uncertainty (area under the sparsification error: leave out the most uncertain pixels step "
