@@ -36,7 +36,7 @@ def test_evaluate_reports_safety_and_the_uncertaintys_ause(dataset):
                                     "depth_uncertainty": np.zeros_like(batch["depth"].numpy())}, test,
                      near_bound_quantile=0.1)
     assert exact["uncertainty"]["near_bound"] == {"quantile": 0.1, "false_far_rate": 0.0, "near_recall": 1.0,
-                                                  "below": 0.0}
+                                                  "delta1": 1.0, "abs_rel": 0.0, "below": 0.0}
     assert "near_bound" not in evaluate(far_when_near, test, near_bound_quantile=0.0)["uncertainty"]
     # the confident depth (sigma within 0.3 of the range: the node's default) drops the 3 m reports, whose
     # uncertainty is most of their range, and keeps the others, 10 % far with 9 % uncertainty
@@ -235,3 +235,45 @@ def test_the_confident_depth_is_scored_at_each_threshold_asked(dataset):
     for bad in ("0,0.3", "11", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             _thresholds(bad)
+
+
+def test_the_near_bound_is_scored_at_each_probability_asked(dataset):
+    """``near_bound_quantile`` with several probabilities: ``near_bound`` is the first's, ``near_bound_by_quantile``
+    lists each, scored as a depth (false far, delta_1, AbsRel, the truth below it) as the bound itself computes,
+    and the report has a table of them; ``evaluate --near-bound`` takes the list and refuses what the node would."""
+    import argparse
+
+    from avperception.sonar.products import depth_near_bound
+    from avperception_train.learn.commands import _probabilities
+    from avperception_train.learn.data import InMemoryScenes
+    from avperception_train.learn.evaluate import evaluate, report_text
+
+    test = InMemoryScenes(dataset, "train")
+
+    def far_when_near(batch):  # as above: what is within 1 m reported at 3 m, with 2-3 m of uncertainty
+        g = batch["depth"].numpy()
+        d = np.where(g < 1.0, 3.0, g * 1.1)
+        return {"depth": d, "depth_uncertainty": np.abs(d - g)}
+
+    r = evaluate(far_when_near, test, near_bound_quantile=[0.1, 0.02])["uncertainty"]
+    rows = r["near_bound_by_quantile"]
+    assert [b["quantile"] for b in rows] == [0.1, 0.02] and r["near_bound"] == rows[0]
+    g = np.stack([test[i]["depth"].numpy() for i in range(len(test))])
+    known = np.isfinite(g) & (g > 1e-3)
+    d = np.where(g < 1.0, 3.0, g * 1.1)
+    for row in rows:
+        b = depth_near_bound(d, np.abs(d - g), row["quantile"])[known]
+        t = g[known]
+        assert row["delta1"] == pytest.approx((np.maximum(b / t, t / b) < 1.25).mean())
+        assert row["abs_rel"] == pytest.approx((np.abs(b - t) / t).mean())
+        assert row["below"] == pytest.approx((t < b).mean())
+        assert row["false_far_rate"] == pytest.approx((b[t < 0.5] > 1.0).mean())
+    # the lower the probability, the nearer the bound: fewer near surfaces reported far, fewer truths below it
+    assert rows[1]["false_far_rate"] < rows[0]["false_far_rate"] and rows[1]["below"] < rows[0]["below"]
+    text = report_text({"far when near": {"uncertainty": r}})
+    assert "The near bound by its probability" in text and "| far when near | 0.02 |" in text
+    assert "near_bound_by_quantile" not in evaluate(far_when_near, test)["uncertainty"]
+    assert _probabilities("0.05,0.02") == [0.05, 0.02]
+    for bad in ("0,0.02", "0.6", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _probabilities(bad)

@@ -133,7 +133,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         t = time.time()
         results[name] = evaluate(load_predictor(spec, a.data, a.device, a.known_height), test,
                                  voxel_size_m=test.info.voxel_size_m, progress=True,
-                                 confident_max_rel_std=a.confident)
+                                 near_bound_quantile=a.near_bound, confident_max_rel_std=a.confident)
         print(f"{name}: {time.time() - t:.1f} s", flush=True)
     title = f"Evaluation on the {a.split} split of {a.data}" + (", the array's height known" if a.known_height else "")
     notes = f"{len(test)} scenes from rooms never seen in training."
@@ -453,6 +453,19 @@ def _thresholds(text: str) -> list[float]:
     return values
 
 
+def _probabilities(text: str) -> list[float]:
+    """``--near-bound 0.1,0.05,0.02``: probabilities in (0, 0.5] (as ``sonar.near_bound_quantile`` takes, 0 aside)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers joined by commas, e.g. 0.05,0.02") from None
+    bad = [v for v in values if not 0 < v <= 0.5]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad}: each must be in (0, 0.5] (the probability that the surface is "
+                                         "nearer than the bound)")
+    return values
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a teacher, VQ-VAE or student (see configs/)")
     p.add_argument("--config", help="training YAML (examples: training/configs/*.yaml); options given here override it")
@@ -491,6 +504,10 @@ def add_commands(sub) -> None:
                    help="score the confident depth (sonar/depth_confident) keeping the pixels whose standard deviation "
                         "is at most R of their range, at each R given (default: the node's sonar.confident_max_rel_std, "
                         "0.3); several give a table to choose the node's from")
+    p.add_argument("--near-bound", dest="near_bound", type=_probabilities, metavar="Q[,Q2,...]",
+                   help="score the near bound (sonar/depth_near_bound) at each probability Q that the surface is "
+                        "nearer (default: the node's sonar.near_bound_quantile, 0.02); several give a table to "
+                        "choose the node's from")
     p.add_argument("--known-height", dest="known_height", action="store_true",
                    help="give the students and bundles each scene's true array height above the floor, as a robot "
                         "that knows where its array is mounted gives the node (sonar.array_height_m)")

@@ -178,7 +178,7 @@ def _score_without(acc: dict, pred: np.ndarray, gt: np.ndarray, labels: np.ndarr
 
 def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: float = 2.5 / 32,
              batch_size: int = 32, progress: bool = False, sparsification_steps: int = 20,
-             near_bound_quantile: float | None = None,
+             near_bound_quantile: float | Sequence[float] | None = None,
              confident_max_rel_std: float | Sequence[float] | None = None) -> dict:
     """Average metrics over ``dataset`` (items: dicts of tensors as the data module yields).
 
@@ -188,12 +188,14 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     relative uncertainty ``depth_uncertainty / depth``, for RMSE by the uncertainty in metres; AUSE against the
     oracle, and a random order's for reference; and ``uncertainty["near_bound"]`` scores the near bound the node
     publishes (:func:`avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``, None: the node's
-    default) as a depth: its false-far rate and near recall, and ``below``, the share of known pixels whose truth
-    is nearer than it (the quantile, if the uncertainty is calibrated); ``uncertainty["confident"]`` scores the
-    depth the node publishes where it is sure (:func:`avperception.sonar.products.confident_depth` at
-    ``confident_max_rel_std``, None: the node's default; :func:`avperception.eval.safety.kept_metrics`): the share of
-    the known pixels it keeps, their delta_1, AbsRel and false-far rate; given several thresholds, ``confident`` is
-    the first's and ``confident_by_threshold`` lists each one's. With the items' ``heights`` (floor below
+    default) as a depth: its false-far rate and near recall, delta_1 and AbsRel (what its caution costs), and
+    ``below``, the share of known pixels whose truth is nearer than it (the quantile, if the uncertainty is
+    calibrated); given several quantiles, ``near_bound`` is the first's and ``near_bound_by_quantile`` lists each
+    one's; ``uncertainty["confident"]`` scores the depth the node publishes where it is sure
+    (:func:`avperception.sonar.products.confident_depth` at ``confident_max_rel_std``, None: the node's default;
+    :func:`avperception.eval.safety.kept_metrics`): the share of the known pixels it keeps, their delta_1, AbsRel
+    and false-far rate; given several thresholds, ``confident`` is the first's and ``confident_by_threshold`` lists
+    each one's. With the items' ``heights`` (floor below
     and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
     pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
     cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
@@ -212,7 +214,10 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     safety, sparse = None, {"abs_rel": [], "rmse": []}
     if near_bound_quantile is None:
         near_bound_quantile = SonarConfig().near_bound_quantile
-    bound_safety, bound_below = None, np.zeros(2)  # the near bound: safety counts; pixels below it, known pixels
+    quantiles = [float(q) for q in np.atleast_1d(near_bound_quantile) if q > 0]
+    # the near bound at each quantile: safety counts, the kept-depth counts (its delta_1 and AbsRel), and the
+    # pixels whose truth lies below it with the known pixels
+    bounds = {q: {"safety": None, "scores": None, "below": np.zeros(2)} for q in quantiles}
     if confident_max_rel_std is None:
         confident_max_rel_std = SonarConfig().confident_max_rel_std
     thresholds = [float(r) for r in np.atleast_1d(confident_max_rel_std) if r > 0]
@@ -262,11 +267,12 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                         for metric, rank in (("abs_rel", u / np.maximum(d, 1e-3)), ("rmse", u)):
                             sparse[metric].append(sparsification(d, gt_depth[i], rank, metric,
                                                                  sparsification_steps))
-                        if near_bound_quantile > 0:
-                            bound = depth_near_bound(d, u, near_bound_quantile)
-                            bound_safety = merge_counts(bound_safety, safety_counts(bound, gt_depth[i], labels))
+                        for q, acc in bounds.items():
+                            bound = depth_near_bound(d, u, q)
+                            acc["safety"] = merge_counts(acc["safety"], safety_counts(bound, gt_depth[i], labels))
+                            acc["scores"] = merge_counts(acc["scores"], kept_counts(bound, gt_depth[i]))
                             known = np.isfinite(gt_depth[i]) & np.isfinite(bound)
-                            bound_below += ((gt_depth[i][known] < bound[known]).sum(), known.sum())
+                            acc["below"] += ((gt_depth[i][known] < bound[known]).sum(), known.sum())
                         for r in thresholds:
                             kept[r] = merge_counts(kept[r], kept_counts(confident_depth(d, u, r), gt_depth[i]))
             if "semantic" in pred:
@@ -305,12 +311,11 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
                 "ause_random": _mean_defined([r["ause_random"] for r in rows]),
                 "fractions": rows[0]["fractions"],
                 **{c: np.nanmean([r[c] for r in rows], axis=0).tolist() for c in ("model", "oracle", "random")}}
-        if bound_safety is not None:
-            b = safety_metrics(bound_safety)
-            out["uncertainty"]["near_bound"] = {
-                "quantile": float(near_bound_quantile), "false_far_rate": b["false_far_rate"],
-                "near_recall": b["near_recall"],
-                "below": float(bound_below[0] / bound_below[1]) if bound_below[1] else float("nan")}
+        rows = [{"quantile": q, **_bound_metrics(acc)} for q, acc in bounds.items() if acc["safety"] is not None]
+        if rows:
+            out["uncertainty"]["near_bound"] = rows[0]
+            if len(rows) > 1:
+                out["uncertainty"]["near_bound_by_quantile"] = rows
         if thresholds:
             rows = [{"max_rel_std": r, **kept_metrics(kept[r])} for r in thresholds]
             out["uncertainty"]["confident"] = rows[0]
@@ -385,6 +390,13 @@ UNCERTAINTY_COLUMNS = [
     ("confident", "kept", "confident depth: kept"), ("confident", "delta1", "its δ1 ↑"),
     ("confident", "abs_rel", "its AbsRel ↓"), ("confident", "false_far_rate", "its false far ↓"),
 ]
+
+
+def _bound_metrics(acc: dict) -> dict:
+    """The near bound's scores from :func:`evaluate`'s pooled counts for one quantile."""
+    b, k, below = safety_metrics(acc["safety"]), kept_metrics(acc["scores"]), acc["below"]
+    return {"false_far_rate": b["false_far_rate"], "near_recall": b["near_recall"], "delta1": k["delta1"],
+            "abs_rel": k["abs_rel"], "below": float(below[0] / below[1]) if below[1] else float("nan")}
 
 
 def safety_table(results: dict[str, dict]) -> str:
@@ -506,6 +518,21 @@ def confident_table(results: dict[str, dict]) -> str:
                    "near pixels kept"], body)
 
 
+def near_bound_table(results: dict[str, dict]) -> str:
+    """The near bound at each quantile ``evaluate`` was given (``near_bound_by_quantile``) scored as a depth: its
+    false far and near recall, delta_1 and AbsRel, and the share of the known pixels whose truth lies below it,
+    one row per method and quantile; '' if no method has several."""
+    rows = {n: r["uncertainty"]["near_bound_by_quantile"] for n, r in results.items()
+            if r.get("uncertainty", {}).get("near_bound_by_quantile")}
+    if not rows:
+        return ""
+    body = [[name, f"{b['quantile']:g}"] + [_cell(b[k]) for k in ("false_far_rate", "near_recall", "delta1",
+                                                                  "abs_rel", "below")]
+            for name, bs in rows.items() for b in bs]
+    return _table(["method", "probability", "false far ↓", "near recall ↑", "δ1", "AbsRel", "truth below it"],
+                  body)
+
+
 def _cell(v) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
 
@@ -623,12 +650,17 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
         text += ("\nDepth uncertainty (area under the sparsification error: leave out the most uncertain pixels step "
                  "by step, minus the same by the true error; 0 = it ranks the errors perfectly, the random column "
                  "is a random order's; mean over scenes). The near bound is the range each pixel's surface is "
-                 "nearer than with the node's probability (`sonar.near_bound_quantile`, in `near_bound.quantile` "
-                 "of the results), scored as a depth; 'truth below it' should be that probability. The confident depth "
-                 "keeps the pixels whose standard deviation is at most a share of their range (the node's "
-                 "`sonar.confident_max_rel_std`, or the first of `--confident`; in `confident.max_rel_std`): kept = "
-                 "the share of the known pixels it keeps, scored over those; its false far over the near pixels it "
-                 "keeps:\n\n" + unc + "\n")
+                 "nearer than with the node's probability (`sonar.near_bound_quantile`, or the first of "
+                 "`--near-bound`; in `near_bound.quantile` of the results), scored as a depth; 'truth below it' "
+                 "should be that probability. The confident depth keeps the pixels whose standard deviation is at "
+                 "most a share of their range (the node's `sonar.confident_max_rel_std`, or the first of "
+                 "`--confident`; in `confident.max_rel_std`): kept = the share of the known pixels it keeps, scored "
+                 "over those; its false far over the near pixels it keeps:\n\n" + unc + "\n")
+    bound = near_bound_table(results)
+    if bound:
+        text += ("\nThe near bound by its probability (`--near-bound`; the node's `sonar.near_bound_quantile`): the "
+                 "lower the probability, the fewer near surfaces it reports far, and the nearer it puts the rest; "
+                 "the truth should lie below it at about its probability:\n\n" + bound + "\n")
     conf = confident_table(results)
     if conf:
         text += "\nThe confident depth by threshold:\n\n" + conf + "\n"
