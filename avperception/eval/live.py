@@ -90,9 +90,9 @@ def score_stream(traj, pings: int, config=None, start_ping: int = 0, chunk: int 
 def summarize_scores(records: list[dict]) -> dict:
     """Means over the pings scored, the worst onset correction and the inference times; the safety rates over the
     pings' pixels pooled (``false_far_rate``: of the pixels within 0.5 m, the share reported beyond 1 m;
-    ``near_recall``), and where the pings have a confident depth, its scores pooled the same way
-    (``confident_kept``, ``confident_delta1``, ``confident_abs_rel``, ``confident_false_far_rate``). A rate no pixel
-    qualifies for is None."""
+    ``near_recall``; ``false_near_rate``: of the pixels beyond 2 m, the share reported within 1 m), and where the
+    pings have a confident depth, its scores pooled the same way (``confident_kept``, ``confident_delta1``,
+    ``confident_abs_rel``, ``confident_false_far_rate``). A rate no pixel qualifies for is None."""
     col = {k: np.array([r[k] for r in records], dtype=float) for k in ("delta1", "abs_rel", "voxel_iou", "class_acc")}
     inf = np.array([r["out"].infer_ms for r in records])
     out = {"scored": len(records),
@@ -103,7 +103,7 @@ def summarize_scores(records: list[dict]) -> dict:
            "onset_correction_max_samples": int(max(abs(r["correction"]) for r in records)),
            "inference_ms_median": float(np.median(inf)), "inference_ms_p99": float(np.percentile(inf, 99))}
     safety = pooled_metrics(records, "_safety")
-    out.update(named_rates(safety, ("false_far_rate", "near_recall")))
+    out.update(named_rates(safety, ("false_far_rate", "near_recall", "false_near_rate")))
     out["near_pixels"] = safety.get("near_pixels", 0)
     kept = pooled_metrics(records, "_kept", kept_metrics)
     if kept:  # pings with a confident depth

@@ -179,9 +179,10 @@ def summarize(pings: list[dict], num_classes: int, doa_errors=None) -> dict:
     for key in ("delta1", "abs_rel", "rmse", "class_acc", "voxel_iou", "ause", "ause_random"):
         out[f"{key}_mean"], out[f"{key}_pings"] = mean(key)
     sm = pooled_metrics(pings, "_safety")
-    out.update(named_rates(sm, ("false_far_rate", "near_recall", "obstacle_delta1")))
+    out.update(named_rates(sm, ("false_far_rate", "near_recall", "false_near_rate", "obstacle_delta1")))
     out["near_pixels"] = sm.get("near_pixels", 0)
-    out.update(named_rates(pooled_metrics(pings, "_bound_safety"), ("false_far_rate", "near_recall"), "near_bound_"))
+    out.update(named_rates(pooled_metrics(pings, "_bound_safety"), ("false_far_rate", "near_recall", "false_near_rate"),
+                           "near_bound_"))
     out.update(named_rates(pooled_metrics(pings, "_kept", kept_metrics), CONFIDENT_RATES, "confident_"))
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for p in pings:

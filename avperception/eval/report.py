@@ -33,8 +33,10 @@ def _fmt(v, digits: int = 3) -> str:
 
 METRIC_COLUMNS = (("pings", "pings"), ("delta1_mean", "depth δ1"), ("abs_rel_mean", "AbsRel"), ("rmse_mean", "RMSE m"),
                   ("near_pixels", "px < 0.5 m"), ("false_far_rate", "false far"), ("near_recall", "near recall"),
+                  ("false_near_rate", "false near"),
                   ("ause_mean", "AUSE AbsRel"), ("ause_random_mean", "random AUSE"),
-                  ("near_bound_false_far_rate", "near bound false far"), ("confident_kept", "confident kept"),
+                  ("near_bound_false_far_rate", "near bound false far"),
+                  ("near_bound_false_near_rate", "near bound false near"), ("confident_kept", "confident kept"),
                   ("confident_delta1", "confident δ1"), ("class_acc_mean", "class acc."),
                   ("miou", "mIoU"), ("voxel_iou_mean", "voxel IoU"), ("infer_ms_median", "inference ms p50"),
                   ("latency_ms_p99", "latency ms p99"))

@@ -6,6 +6,9 @@ Safety (:func:`safety_counts`, pooled over many images, then :func:`safety_metri
   ``far_m`` (1 m): an obstacle at arm's length reported as open space, the most dangerous error;
 - **near-obstacle recall**: of the pixels whose true range is under ``close_m`` (1 m), the fraction predicted
   under ``close_pred_m`` (1.5 m): what a planner that slows down for anything nearer than 1.5 m would catch;
+- **false-near rate**: of the pixels whose true range is beyond ``open_m`` (2 m), the fraction predicted under
+  ``far_m`` (1 m): open space reported as an obstacle at arm's length, what stops a robot for nothing (the price
+  of a cautious depth, such as the near bound);
 - AbsRel and delta_1 in bands of true range (:data:`RANGE_EDGES_M`: <0.5, 0.5-1, 1-2, 2-4, 4-6, >6 m) and
   delta_1 on the obstacle class's pixels.
 
@@ -25,6 +28,7 @@ from .metrics import OBSTACLE
 RANGE_EDGES_M = (0.5, 1.0, 2.0, 4.0, 6.0)  # bands of true range: below the first edge, between edges, above the last
 NEAR_M, FAR_M = 0.5, 1.0                   # false far: true range < NEAR_M, predicted > FAR_M
 CLOSE_M, CLOSE_PRED_M = 1.0, 1.5           # near-obstacle recall: true range < CLOSE_M, predicted < CLOSE_PRED_M
+OPEN_M = 2.0                               # false near: true range > OPEN_M, predicted < FAR_M
 SPARSIFICATION_METRICS = ("abs_rel", "rmse")
 
 
@@ -56,7 +60,8 @@ def safety_counts(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray | None = 
         edges: ``(K,)`` increasing band edges (m): ``K + 1`` bands of true range.
     Returns:
         ``near``, ``false_far`` (true < NEAR_M; of those predicted > FAR_M), ``close``, ``close_hit``
-        (true < CLOSE_M; of those predicted < CLOSE_PRED_M), ``band_n``, ``band_abs_rel``, ``band_delta1``
+        (true < CLOSE_M; of those predicted < CLOSE_PRED_M), ``open``, ``false_near`` (true > OPEN_M; of those
+        predicted < FAR_M), ``band_n``, ``band_abs_rel``, ``band_delta1``
         (``(K + 1,)``: pixels, sum of ``|p - g| / g``, pixels within 1.25x, per band of true range),
         ``obstacle_n`` and ``obstacle_delta1``; all float64 arrays.
     """
@@ -69,6 +74,7 @@ def safety_counts(pred: np.ndarray, gt: np.ndarray, labels: np.ndarray | None = 
     out = {
         "near": np.float64(near.sum()), "false_far": np.float64((near & (p > FAR_M)).sum()),
         "close": np.float64(close.sum()), "close_hit": np.float64((close & (p < CLOSE_PRED_M)).sum()),
+        "open": np.float64((g > OPEN_M).sum()), "false_near": np.float64(((g > OPEN_M) & (p < FAR_M)).sum()),
         "band_n": np.bincount(band, minlength=k).astype(np.float64),
         "band_abs_rel": np.bincount(band, weights=np.abs(p - g) / g, minlength=k),
         "band_delta1": np.bincount(band, weights=ok.astype(np.float64), minlength=k),
@@ -118,8 +124,9 @@ def _ratio(a, b) -> float:
 
 
 def safety_metrics(counts: dict, edges=RANGE_EDGES_M) -> dict:
-    """Rates from pooled :func:`safety_counts`: ``false_far_rate``, ``near_recall``, ``obstacle_delta1`` (NaN where
-    no pixel qualifies), how many pixels each rests on (``near_pixels``, ``close_pixels``, ``obstacle_pixels``),
+    """Rates from pooled :func:`safety_counts`: ``false_far_rate``, ``near_recall``, ``false_near_rate``,
+    ``obstacle_delta1`` (NaN where no pixel qualifies), how many pixels each rests on (``near_pixels``,
+    ``close_pixels``, ``open_pixels``, ``obstacle_pixels``),
     and ``by_range``: ``{band name: {share, abs_rel, delta1}}`` for every band with pixels."""
     n = counts["band_n"]
     by_range = {name: {"share": float(n[i] / n.sum()), "abs_rel": float(counts["band_abs_rel"][i] / n[i]),
@@ -127,9 +134,10 @@ def safety_metrics(counts: dict, edges=RANGE_EDGES_M) -> dict:
                 for i, name in enumerate(range_band_names(edges)) if n[i]}
     return {"false_far_rate": _ratio(counts["false_far"], counts["near"]),
             "near_recall": _ratio(counts["close_hit"], counts["close"]),
+            "false_near_rate": _ratio(counts["false_near"], counts["open"]),
             "obstacle_delta1": _ratio(counts["obstacle_delta1"], counts["obstacle_n"]),
             "near_pixels": int(counts["near"]), "close_pixels": int(counts["close"]),
-            "obstacle_pixels": int(counts["obstacle_n"]), "by_range": by_range}
+            "open_pixels": int(counts["open"]), "obstacle_pixels": int(counts["obstacle_n"]), "by_range": by_range}
 
 
 def kept_counts(pred: np.ndarray, gt: np.ndarray, min_depth: float = 1e-3) -> dict[str, np.ndarray]:

@@ -97,8 +97,8 @@ def test_replay_metrics_equal_direct_scores(sim, report):
         assert (r["confident_kept"], r["confident_delta1"]) == (one["kept"], one["delta1"])
     direct, direct_bound = safety_metrics(pooled), safety_metrics(pooled_bound)
     assert o["near_pixels"] == direct["near_pixels"]
-    for k in ("false_far_rate", "near_recall", "obstacle_delta1", "near_bound_false_far_rate",
-              "near_bound_near_recall"):
+    for k in ("false_far_rate", "near_recall", "false_near_rate", "obstacle_delta1", "near_bound_false_far_rate",
+              "near_bound_near_recall", "near_bound_false_near_rate"):
         want = direct_bound[k[len("near_bound_"):]] if k.startswith("near_bound_") else direct[k]
         assert (o[k] is None) == (not np.isfinite(want)), k
         if o[k] is not None:
@@ -113,8 +113,8 @@ def test_replay_metrics_equal_direct_scores(sim, report):
     from avperception.eval.live import summarize_scores
 
     live = summarize_scores(records)
-    for k in ("false_far_rate", "near_recall", "confident_kept", "confident_delta1", "confident_abs_rel",
-              "confident_false_far_rate"):
+    for k in ("false_far_rate", "near_recall", "false_near_rate", "confident_kept", "confident_delta1",
+              "confident_abs_rel", "confident_false_far_rate"):
         assert live[k] == (None if o[k] is None else pytest.approx(o[k], abs=1e-12)), k
     assert o["ause_mean"] == pytest.approx(np.mean([p["ause"] for p in saved["pings"]]), abs=1e-12)
     # the uncertainty ranks this room's errors far better than a random order does

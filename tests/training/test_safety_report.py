@@ -36,7 +36,7 @@ def test_evaluate_reports_safety_and_the_uncertaintys_ause(dataset):
                                     "depth_uncertainty": np.zeros_like(batch["depth"].numpy())}, test,
                      near_bound_quantile=0.1)
     assert exact["uncertainty"]["near_bound"] == {"quantile": 0.1, "false_far_rate": 0.0, "near_recall": 1.0,
-                                                  "delta1": 1.0, "abs_rel": 0.0, "below": 0.0}
+                                                  "false_near_rate": 0.0, "delta1": 1.0, "abs_rel": 0.0, "below": 0.0}
     assert "near_bound" not in evaluate(far_when_near, test, near_bound_quantile=0.0)["uncertainty"]
     # the confident depth (sigma within 0.3 of the range: the node's default) drops the 3 m reports, whose
     # uncertainty is most of their range, and keeps the others, 10 % far with 9 % uncertainty
@@ -268,6 +268,7 @@ def test_the_near_bound_is_scored_at_each_probability_asked(dataset):
         assert row["abs_rel"] == pytest.approx((np.abs(b - t) / t).mean())
         assert row["below"] == pytest.approx((t < b).mean())
         assert row["false_far_rate"] == pytest.approx((b[t < 0.5] > 1.0).mean())
+        assert row["false_near_rate"] == pytest.approx((b[t > 2.0] < 1.0).mean())
     # the lower the probability, the nearer the bound: fewer near surfaces reported far, fewer truths below it
     assert rows[1]["false_far_rate"] < rows[0]["false_far_rate"] and rows[1]["below"] < rows[0]["below"]
     text = report_text({"far when near": {"uncertainty": r}})

@@ -19,6 +19,12 @@ def test_false_far_and_near_recall_count_what_a_robot_would_hit():
     assert m["near_pixels"] == 4 and m["false_far_rate"] == pytest.approx(2 / 4)
     assert m["close_pixels"] == 6 and m["near_recall"] == pytest.approx(3 / 6)  # 0.9, 0.45, 1.4
     assert np.isnan(m["obstacle_delta1"]) and m["obstacle_pixels"] == 0
+    # beyond 2 m: one pixel, reported right; reported at 0.9 m instead it is open space seen as near (false near),
+    # at 1.0 m not (the same 1 m line as the false far); an unknown prediction is far, never near
+    assert m["open_pixels"] == 1 and m["false_near_rate"] == 0.0
+    gt = np.array([3.0, 2.5, 5.0, 2.0, 1.5])
+    m = safety_metrics(safety_counts(np.array([0.9, 1.0, np.nan, 0.5, 0.5]), gt))
+    assert m["open_pixels"] == 3 and m["false_near_rate"] == pytest.approx(1 / 3)  # 2.0 m is not beyond 2 m
 
 
 def test_a_depth_with_gaps_is_scored_on_what_it_keeps():

@@ -380,12 +380,14 @@ SCENE_COLUMNS = [
 SAFETY_COLUMNS = [
     ("safety", "false_far_rate", "false far ↓ (< 0.5 m seen > 1 m)"),
     ("safety", "near_recall", "near recall ↑ (< 1 m seen < 1.5 m)"),
+    ("safety", "false_near_rate", "false near ↓ (> 2 m seen < 1 m)"),
     ("safety", "obstacle_delta1", "obstacle δ1 ↑"),
 ]
 UNCERTAINTY_COLUMNS = [
     ("abs_rel", "ause", "AUSE AbsRel ↓"), ("abs_rel", "ause_random", "random AbsRel"),
     ("rmse", "ause", "AUSE RMSE m ↓"), ("rmse", "ause_random", "random RMSE m"),
     ("near_bound", "false_far_rate", "near bound: false far ↓"), ("near_bound", "near_recall", "near recall ↑"),
+    ("near_bound", "false_near_rate", "false near ↓"),
     ("near_bound", "below", "truth below it"),
     ("confident", "kept", "confident depth: kept"), ("confident", "delta1", "its δ1 ↑"),
     ("confident", "abs_rel", "its AbsRel ↓"), ("confident", "false_far_rate", "its false far ↓"),
@@ -395,8 +397,9 @@ UNCERTAINTY_COLUMNS = [
 def _bound_metrics(acc: dict) -> dict:
     """The near bound's scores from :func:`evaluate`'s pooled counts for one quantile."""
     b, k, below = safety_metrics(acc["safety"]), kept_metrics(acc["scores"]), acc["below"]
-    return {"false_far_rate": b["false_far_rate"], "near_recall": b["near_recall"], "delta1": k["delta1"],
-            "abs_rel": k["abs_rel"], "below": float(below[0] / below[1]) if below[1] else float("nan")}
+    return {"false_far_rate": b["false_far_rate"], "near_recall": b["near_recall"],
+            "false_near_rate": b["false_near_rate"], "delta1": k["delta1"], "abs_rel": k["abs_rel"],
+            "below": float(below[0] / below[1]) if below[1] else float("nan")}
 
 
 def safety_table(results: dict[str, dict]) -> str:
@@ -520,17 +523,17 @@ def confident_table(results: dict[str, dict]) -> str:
 
 def near_bound_table(results: dict[str, dict]) -> str:
     """The near bound at each quantile ``evaluate`` was given (``near_bound_by_quantile``) scored as a depth: its
-    false far and near recall, delta_1 and AbsRel, and the share of the known pixels whose truth lies below it,
-    one row per method and quantile; '' if no method has several."""
+    false far, near recall and false near, delta_1 and AbsRel, and the share of the known pixels whose truth lies
+    below it, one row per method and quantile; '' if no method has several."""
     rows = {n: r["uncertainty"]["near_bound_by_quantile"] for n, r in results.items()
             if r.get("uncertainty", {}).get("near_bound_by_quantile")}
     if not rows:
         return ""
-    body = [[name, f"{b['quantile']:g}"] + [_cell(b[k]) for k in ("false_far_rate", "near_recall", "delta1",
-                                                                  "abs_rel", "below")]
+    body = [[name, f"{b['quantile']:g}"] + [_cell(b[k]) for k in ("false_far_rate", "near_recall", "false_near_rate",
+                                                                  "delta1", "abs_rel", "below")]
             for name, bs in rows.items() for b in bs]
-    return _table(["method", "probability", "false far ↓", "near recall ↑", "δ1", "AbsRel", "truth below it"],
-                  body)
+    return _table(["method", "probability", "false far ↓", "near recall ↑", "false near ↓", "δ1", "AbsRel",
+                   "truth below it"], body)
 
 
 def _cell(v) -> str:
