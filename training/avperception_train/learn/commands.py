@@ -441,29 +441,24 @@ def cmd_export_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
-def _thresholds(text: str) -> list[float]:
-    """``--confident 0.1,0.2,0.3``: positive numbers up to 10 (as ``sonar.confident_max_rel_std`` takes)."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give numbers joined by commas, e.g. 0.2,0.3") from None
-    bad = [v for v in values if not 0 < v <= 10]
-    if bad:
-        raise argparse.ArgumentTypeError(f"{bad}: each must be in (0, 10] (a standard deviation as a share of the range)")
-    return values
+def _numbers(high: float, what: str, example: str):
+    """An argparse type: numbers joined by commas (``example``), each in (0, ``high``] (``what`` each one is)."""
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give numbers joined by commas, e.g. {example}") from None
+        bad = [v for v in values if not 0 < v <= high]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad}: each must be in (0, {high:g}] ({what})")
+        return values
+    return parse
 
 
-def _probabilities(text: str) -> list[float]:
-    """``--near-bound 0.1,0.05,0.02``: probabilities in (0, 0.5] (as ``sonar.near_bound_quantile`` takes, 0 aside)."""
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give numbers joined by commas, e.g. 0.05,0.02") from None
-    bad = [v for v in values if not 0 < v <= 0.5]
-    if bad:
-        raise argparse.ArgumentTypeError(f"{bad}: each must be in (0, 0.5] (the probability that the surface is "
-                                         "nearer than the bound)")
-    return values
+# --confident 0.1,0.2,0.3 (as sonar.confident_max_rel_std takes) and --near-bound 0.1,0.05,0.02 (as
+# sonar.near_bound_quantile takes, 0 aside)
+_thresholds = _numbers(10.0, "a standard deviation as a share of the range", "0.2,0.3")
+_probabilities = _numbers(0.5, "the probability that the surface is nearer than the bound", "0.05,0.02")
 
 
 def add_commands(sub) -> None:

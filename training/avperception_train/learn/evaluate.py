@@ -627,8 +627,8 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
     safety = safety_table(results)
     if safety:
         text += ("\nSafety (pooled over the test pixels): false far = the share of pixels within 0.5 m predicted "
-                 "beyond 1 m; near recall = the share of pixels within 1 m predicted within 1.5 m; then depth by "
-                 "band of true range (the share of pixels in brackets):\n\n" + safety + "\n")
+                 "beyond 1 m; near recall = the share of pixels within 1 m predicted within 1.5 m; false near = the "
+                 "share of pixels beyond 2 m predicted within 1 m; then depth by band of true range (the share of pixels in brackets):\n\n" + safety + "\n")
     heard = heard_table(results)
     if heard:
         text += ("\nDepth on the surfaces that return an echo: the same, without the pixels whose surface absorbs "
