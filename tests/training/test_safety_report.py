@@ -239,8 +239,9 @@ def test_the_confident_depth_is_scored_at_each_threshold_asked(dataset):
 
 def test_the_near_bound_is_scored_at_each_probability_asked(dataset):
     """``near_bound_quantile`` with several probabilities: ``near_bound`` is the first's, ``near_bound_by_quantile``
-    lists each, scored as a depth (false far, delta_1, AbsRel, the truth below it) as the bound itself computes,
-    and the report has a table of them; ``evaluate --near-bound`` takes the list and refuses what the node would."""
+    lists each, scored as a depth (false far and near, delta_1, AbsRel, the truth below it) as the bound itself
+    computes, and the report has a table of them; ``evaluate --near-bound`` takes the list and refuses what the node
+    would."""
     import argparse
 
     from avperception.sonar.products import depth_near_bound

@@ -188,18 +188,18 @@ def evaluate(predict: Predictor, dataset, num_classes: int = 4, voxel_size_m: fl
     relative uncertainty ``depth_uncertainty / depth``, for RMSE by the uncertainty in metres; AUSE against the
     oracle, and a random order's for reference; and ``uncertainty["near_bound"]`` scores the near bound the node
     publishes (:func:`avperception.sonar.products.depth_near_bound` at ``near_bound_quantile``, None: the node's
-    default) as a depth: its false-far rate and near recall, delta_1 and AbsRel (what its caution costs), and
-    ``below``, the share of known pixels whose truth is nearer than it (the quantile, if the uncertainty is
-    calibrated); given several quantiles, ``near_bound`` is the first's and ``near_bound_by_quantile`` lists each
+    default) as a depth: its false-far rate, near recall and false-near rate, delta_1 and AbsRel (what its caution
+    costs), and ``below``, the share of known pixels whose truth is nearer than it (the quantile, if the uncertainty
+    is calibrated); given several quantiles, ``near_bound`` is the first's and ``near_bound_by_quantile`` lists each
     one's; ``uncertainty["confident"]`` scores the depth the node publishes where it is sure
     (:func:`avperception.sonar.products.confident_depth` at ``confident_max_rel_std``, None: the node's default;
     :func:`avperception.eval.safety.kept_metrics`): the share of the known pixels it keeps, their delta_1, AbsRel
     and false-far rate; given several thresholds, ``confident`` is the first's and ``confident_by_threshold`` lists
-    each one's. With the items' ``heights`` (floor below
-    and ceiling above the array, :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height``
-    pools the depth per band of the array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array
-    cannot tell the floor's echo from the ceiling's, so the bands where the ceiling can be the nearer show what
-    that costs. With the items' ``echo_free`` and ``unreflected`` (``InMemoryScenes(..., echo_free=True)``: pixels
+    each one's. With the items' ``heights`` (floor below and ceiling above the array,
+    :func:`~avperception_train.learn.data.room_layout`), ``depth_by_array_height`` pools the depth per band of the
+    array's height above the floor (:data:`ARRAY_HEIGHT_EDGES_M`): a flat array cannot tell the floor's echo from
+    the ceiling's, so the bands where the ceiling can be the nearer show what that costs. With the items'
+    ``echo_free`` and ``unreflected`` (``InMemoryScenes(..., echo_free=True)``: pixels
     whose surface returns no echo of the sweep, and those whose surface has no point that reflects it straight back),
     ``heard`` scores the depth again without the first, ``reflected`` without either (AbsRel and delta_1 per scene,
     then averaged; the safety rates pooled), each with the share of the known pixels it leaves out and the delta_1
@@ -403,8 +403,8 @@ def _bound_metrics(acc: dict) -> dict:
 
 
 def safety_table(results: dict[str, dict]) -> str:
-    """False-far rate, near-obstacle recall and obstacle delta_1, then AbsRel / delta_1 per band of true range
-    (pooled over pixels; the share of pixels in brackets), one row per method; '' if none has depth."""
+    """False-far rate, near-obstacle recall, false-near rate and obstacle delta_1, then AbsRel / delta_1 per band
+    of true range (pooled over pixels; the share of pixels in brackets), one row per method; '' if none has depth."""
     rows = {n: r for n, r in results.items() if r.get("safety")}
     if not rows:
         return ""
@@ -628,7 +628,8 @@ def report_text(results: dict[str, dict], title: str = "Results", notes: str = "
     if safety:
         text += ("\nSafety (pooled over the test pixels): false far = the share of pixels within 0.5 m predicted "
                  "beyond 1 m; near recall = the share of pixels within 1 m predicted within 1.5 m; false near = the "
-                 "share of pixels beyond 2 m predicted within 1 m; then depth by band of true range (the share of pixels in brackets):\n\n" + safety + "\n")
+                 "share of pixels beyond 2 m predicted within 1 m; then depth by band of true range (the share of "
+                 "pixels in brackets):\n\n" + safety + "\n")
     heard = heard_table(results)
     if heard:
         text += ("\nDepth on the surfaces that return an echo: the same, without the pixels whose surface absorbs "
