@@ -7,16 +7,19 @@ import numpy as np
 import pytest
 
 
+def far_when_near(batch):
+    """A predictor whose errors are known: everything within 1 m reported at 3 m, the rest 10 % far; its uncertainty
+    is its error (relative 0.09 where it is right, (3 - g) / 3 where it reports 3 m)."""
+    g = batch["depth"].numpy()
+    d = np.where(g < 1.0, 3.0, g * 1.1)
+    return {"depth": d, "depth_uncertainty": np.abs(d - g)}
+
+
 def test_evaluate_reports_safety_and_the_uncertaintys_ause(dataset):
     from avperception_train.learn.data import InMemoryScenes
     from avperception_train.learn.evaluate import report_text, evaluate
 
     test = InMemoryScenes(dataset, "train")
-
-    def far_when_near(batch):  # everything within 1 m is reported at 3 m; the uncertainty knows its error
-        g = batch["depth"].numpy()
-        d = np.where(g < 1.0, 3.0, g * 1.1)
-        return {"depth": d, "depth_uncertainty": np.abs(d - g)}
 
     r = evaluate(far_when_near, test)
     s = r["safety"]
@@ -219,11 +222,6 @@ def test_the_confident_depth_is_scored_at_each_threshold_asked(dataset):
 
     test = InMemoryScenes(dataset, "train")
 
-    def far_when_near(batch):  # as above: relative uncertainty 0.09 where right, (3 - g) / 3 where reported at 3 m
-        g = batch["depth"].numpy()
-        d = np.where(g < 1.0, 3.0, g * 1.1)
-        return {"depth": d, "depth_uncertainty": np.abs(d - g)}
-
     r = evaluate(far_when_near, test, confident_max_rel_std=[0.05, 0.3, 1.0])["uncertainty"]
     rows = r["confident_by_threshold"]
     assert [c["max_rel_std"] for c in rows] == [0.05, 0.3, 1.0] and r["confident"] == rows[0]
@@ -250,11 +248,6 @@ def test_the_near_bound_is_scored_at_each_probability_asked(dataset):
     from avperception_train.learn.evaluate import evaluate, report_text
 
     test = InMemoryScenes(dataset, "train")
-
-    def far_when_near(batch):  # as above: what is within 1 m reported at 3 m, with 2-3 m of uncertainty
-        g = batch["depth"].numpy()
-        d = np.where(g < 1.0, 3.0, g * 1.1)
-        return {"depth": d, "depth_uncertainty": np.abs(d - g)}
 
     r = evaluate(far_when_near, test, near_bound_quantile=[0.1, 0.02])["uncertainty"]
     rows = r["near_bound_by_quantile"]
