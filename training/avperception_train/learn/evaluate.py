@@ -506,34 +506,34 @@ def uncertainty_table(results: dict[str, dict]) -> str:
     return _table(["method"] + [c[2] for c in UNCERTAINTY_COLUMNS] + ["scenes"], body)
 
 
+def _by_setting_table(results: dict[str, dict], key: str, setting: tuple[str, str],
+                      columns: tuple[tuple[str, str], ...]) -> str:
+    """One row per method and setting from the list ``uncertainty[key]`` of each method's results: the method, the
+    ``setting`` ``(field, header)`` and the ``columns`` ``(field, header)``; '' if no method has the list."""
+    rows = {n: r["uncertainty"][key] for n, r in results.items() if r.get("uncertainty", {}).get(key)}
+    if not rows:
+        return ""
+    body = [[name, f"{c[setting[0]]:g}"] + [_cell(c[k]) for k, _ in columns] for name, cs in rows.items() for c in cs]
+    return _table(["method", setting[1]] + [h for _, h in columns], body)
+
+
 def confident_table(results: dict[str, dict]) -> str:
     """The confident depth at each threshold ``evaluate`` was given (``confident_by_threshold``): the share of the
     known pixels it keeps, delta_1 and AbsRel over them, the false far over the near pixels it keeps and the share
     of the near pixels it keeps, one row per method and threshold; '' if no method has several."""
-    rows = {n: r["uncertainty"]["confident_by_threshold"] for n, r in results.items()
-            if r.get("uncertainty", {}).get("confident_by_threshold")}
-    if not rows:
-        return ""
-    body = [[name, f"{c['max_rel_std']:g}"] + [_cell(c[k]) for k in ("kept", "delta1", "abs_rel", "false_far_rate",
-                                                                      "near_kept")]
-            for name, cs in rows.items() for c in cs]
-    return _table(["method", "σ at most (of the range)", "kept", "δ1 ↑", "AbsRel ↓", "false far ↓",
-                   "near pixels kept"], body)
+    return _by_setting_table(results, "confident_by_threshold", ("max_rel_std", "σ at most (of the range)"),
+                             (("kept", "kept"), ("delta1", "δ1 ↑"), ("abs_rel", "AbsRel ↓"),
+                              ("false_far_rate", "false far ↓"), ("near_kept", "near pixels kept")))
 
 
 def near_bound_table(results: dict[str, dict]) -> str:
     """The near bound at each quantile ``evaluate`` was given (``near_bound_by_quantile``) scored as a depth: its
     false far, near recall and false near, delta_1 and AbsRel, and the share of the known pixels whose truth lies
     below it, one row per method and quantile; '' if no method has several."""
-    rows = {n: r["uncertainty"]["near_bound_by_quantile"] for n, r in results.items()
-            if r.get("uncertainty", {}).get("near_bound_by_quantile")}
-    if not rows:
-        return ""
-    body = [[name, f"{b['quantile']:g}"] + [_cell(b[k]) for k in ("false_far_rate", "near_recall", "false_near_rate",
-                                                                  "delta1", "abs_rel", "below")]
-            for name, bs in rows.items() for b in bs]
-    return _table(["method", "probability", "false far ↓", "near recall ↑", "false near ↓", "δ1", "AbsRel",
-                   "truth below it"], body)
+    return _by_setting_table(results, "near_bound_by_quantile", ("quantile", "probability"),
+                             (("false_far_rate", "false far ↓"), ("near_recall", "near recall ↑"),
+                              ("false_near_rate", "false near ↓"), ("delta1", "δ1"), ("abs_rel", "AbsRel"),
+                              ("below", "truth below it")))
 
 
 def _cell(v) -> str:
