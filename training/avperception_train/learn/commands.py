@@ -441,6 +441,20 @@ def cmd_export_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_wall_echoes(a: argparse.Namespace) -> int:
+    """``wall-echoes``: :func:`.wall_echoes.audit` printed as a table (and written as JSON with ``--out``)."""
+    from .wall_echoes import audit, report
+
+    if a.scenes < 0:
+        raise ValueError(f"--scenes must be 0 (all) or more, got {a.scenes}")
+    result = audit(a.data, a.split, a.scenes)
+    print(report(result), end="")
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {a.out}")
+    return 0
+
+
 def _numbers(high: float, what: str, example: str):
     """An argparse type: numbers joined by commas (``example``), each in (0, ``high``] (``what`` each one is)."""
     def parse(text: str) -> list[float]:
@@ -512,6 +526,19 @@ def add_commands(sub) -> None:
                    help="also draw a student's layout head against the true walls (top views of 6 scenes): the first "
                         "--model student with a layout head, else the shipped one")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("wall-echoes", help="which walls an array hears in a dataset's rooms (no model): the share "
+                                           "whose echo is the strongest in its beam, by band of range",
+                       description="At each wall's specular column (where it is nearest) beamform the matched "
+                                   "filters towards it and find the strongest echo between half and 1.5 times "
+                                   "its distance: heard when within 0.1 m of the wall. What one ping can tell of "
+                                   "the room, to compare arrays, sweeps and rooms before training (made with the "
+                                   "same datagen options but one).")
+    p.add_argument("--data", required=True, help="dataset directory")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--scenes", type=int, default=0, help="only the first N scenes of the split (default: all)")
+    p.add_argument("--out", help="also write the result here (.json)")
+    p.set_defaults(func=cmd_wall_echoes)
 
     p = sub.add_parser("export", help="student checkpoint -> safetensors + config JSON (+ ONNX)")
     p.add_argument("checkpoint", help="best.pt of a student run")
