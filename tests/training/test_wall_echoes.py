@@ -33,7 +33,7 @@ def _echoes(paths, noise: float = 1e-4, seed: int = 0):
     sweep = np.asarray(load_emitter_sweep("default").samples, dtype=np.float64)
     f = np.fft.rfftfreq(2 * N, 1 / FS)
     spec = np.fft.rfft(sweep, 2 * N)
-    out = np.zeros((len(positions), 2 * N // 2 + 1), dtype=complex)
+    out = np.zeros((len(positions), N + 1), dtype=complex)  # rfft of 2 N samples
     for az, r, a in paths:
         u = np.array([np.cos(np.radians(az)), np.sin(np.radians(az)), 0.0])
         delay = 2 * r / C - positions @ u / C  # mic m hears a wave from u that much earlier than the origin
