@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avperception.bench.common import markdown_table
 from avperception.eval.safety import RANGE_EDGES_M, range_band_names
 
 TOLERANCE_M = 0.1      # heard: the strongest echo within this of the wall's range
@@ -124,9 +125,7 @@ def report(result: dict) -> str:
     def pct(v: float) -> str:
         return "–" if not np.isfinite(v) else f"{100 * v:.0f} %"
 
-    text = (f"{result['data']} ({result['array']}, {result['scenes']} {result['split']} scenes): the share of the "
-            f"walls whose strongest echo in their beam lies at the wall, by band of range\n\n"
-            "| range | walls | heard | strongest echo earlier |\n|---|---|---|---|\n")
-    for b in result["bands"]:
-        text += f"| {b['band']} | {b['walls']} | {pct(b['heard'])} | {pct(b['early'])} |\n"
-    return text
+    table = markdown_table(["range", "walls", "heard", "strongest echo earlier"],
+                           [[b["band"], b["walls"], pct(b["heard"]), pct(b["early"])] for b in result["bands"]])
+    return (f"{result['data']} ({result['array']}, {result['scenes']} {result['split']} scenes): the share of the "
+            f"walls whose strongest echo in their beam lies at the wall, by band of range\n\n{table}\n")
