@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bench.common import markdown_table
+
 PLOTS = (("error_over_time.png", "Depth error over time"), ("latency_hist.png", "Latency per ping"),
          ("class_iou.png", "IoU per class"), ("doa_cdf.png", "DOA error CDF"),
          ("samples.png", "Predictions beside the truth"))
@@ -71,12 +73,6 @@ def tables(m: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     return out
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def summary_markdown(m: dict) -> str:
     t = tables(m)
     sp = m["speed"]
@@ -90,12 +86,12 @@ def summary_markdown(m: dict) -> str:
              + (f" ({x:.1f}x real time)." if x else "."), ""]
     for n in m["notes"]:
         parts.append(f"- {n}")
-    parts += ["", "## Overall", "", _md_table(*t["overall"]), "", "## Per segment", "", _md_table(*t["segments"]),
-              "", "## IoU per class", "", _md_table(*t["classes"]), "", "## Skipped", "",
-              _md_table(*t["skipped"]) if t["skipped"][1] else "Nothing was skipped.", "", "## Stream", "",
-              _md_table(*t["stream"]), ""]
+    parts += ["", "## Overall", "", markdown_table(*t["overall"]), "", "## Per segment", "", markdown_table(*t["segments"]),
+              "", "## IoU per class", "", markdown_table(*t["classes"]), "", "## Skipped", "",
+              markdown_table(*t["skipped"]) if t["skipped"][1] else "Nothing was skipped.", "", "## Stream", "",
+              markdown_table(*t["stream"]), ""]
     if t["events"][1]:
-        parts += [_md_table(*t["events"]), ""]
+        parts += [markdown_table(*t["events"]), ""]
     parts += ["## How the numbers are computed", "",
               "Per ping: depth δ1 (fraction of pixels with max(p/g, g/p) < 1.25), AbsRel and RMSE over the pixels with "
               "a true depth; class accuracy over labelled pixels; voxel IoU of the occupied voxels. Means are over the "
